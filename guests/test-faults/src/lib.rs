@@ -1,0 +1,77 @@
+//! A test handler that misbehaves on demand, so the host's containment can be
+//! tested with a real component. The payload selects the behaviour:
+//! `panic` traps, `loop` never returns, `oom` allocates without bound,
+//! `invalid`/`reject`/`fail` return that error, `spin:<ms>` busy-waits that
+//! long and then echoes; anything else is echoed to topic `echo` with the
+//! same key and headers, plus an `instance-calls` header counting the calls
+//! this instance has served (1 on a fresh instance).
+
+wit_bindgen::generate!({ world: "handler", path: "../../wit" });
+
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::{Duration, Instant};
+
+use exports::sluice::handler::handle::Guest;
+use sluice::handler::types::{HandleError, Header, LogEntry, LogLevel, Message, Output, Publish};
+
+/// Calls served by this instance: instance memory starts fresh with it.
+static CALLS: AtomicU32 = AtomicU32::new(0);
+
+struct TestFaults;
+
+impl Guest for TestFaults {
+    fn handle(msg: Message) -> Result<Vec<Output>, HandleError> {
+        let calls = CALLS.fetch_add(1, Ordering::Relaxed) + 1;
+        if let Some(ms) = msg.payload.strip_prefix(b"spin:") {
+            let ms: u64 = std::str::from_utf8(ms)
+                .ok()
+                .and_then(|ms| ms.parse().ok())
+                .ok_or_else(|| HandleError::InvalidInput("spin:<ms> wants a number".into()))?;
+            let started = Instant::now();
+            while started.elapsed() < Duration::from_millis(ms) {
+                std::hint::spin_loop();
+            }
+        }
+        match msg.payload.as_slice() {
+            b"panic" => panic!("test-faults: panic requested"),
+            b"loop" => {
+                let mut n = 0u64;
+                loop {
+                    n = std::hint::black_box(n.wrapping_add(1));
+                }
+            }
+            b"oom" => {
+                let mut hoard: Vec<Vec<u8>> = Vec::new();
+                loop {
+                    hoard.push(vec![1u8; 1 << 20]);
+                    std::hint::black_box(&hoard);
+                }
+            }
+            b"invalid" => Err(HandleError::InvalidInput("invalid requested".into())),
+            b"reject" => Err(HandleError::Rejected("rejection requested".into())),
+            b"fail" => Err(HandleError::Failed("failure requested".into())),
+            _ => {
+                println!("echo {} bytes", msg.payload.len());
+                let mut headers = msg.headers;
+                headers.push(Header {
+                    name: "instance-calls".into(),
+                    value: calls.to_string().into_bytes(),
+                });
+                Ok(vec![
+                    Output::Publish(Publish {
+                        topic: "echo".into(),
+                        key: msg.key,
+                        payload: msg.payload,
+                        headers,
+                    }),
+                    Output::Log(LogEntry {
+                        level: LogLevel::Debug,
+                        text: format!("echoed offset {}", msg.offset),
+                    }),
+                ])
+            }
+        }
+    }
+}
+
+export!(TestFaults);

@@ -1,0 +1,50 @@
+//! Command-line arguments; parsing only.
+
+use std::path::PathBuf;
+
+use clap::{Parser, Subcommand};
+
+/// Runs microservice handlers as sandboxed WebAssembly components over Kafka.
+#[derive(Debug, Parser)]
+#[command(name = "sluice", version)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Consume the routed topics and run their handlers until stopped
+    /// (SIGINT/SIGTERM finish in-flight messages, commit, and exit).
+    Run {
+        /// The TOML config file.
+        #[arg(long, short)]
+        config: PathBuf,
+        /// Stop once every input is handled and committed (always so with
+        /// `brokers = "embedded"`).
+        #[arg(long)]
+        until_drained: bool,
+    },
+    /// Run a handler on messages from a JSONL file, with no broker, and print
+    /// one JSON line per input: its outputs or its error.
+    Replay {
+        /// The handler component.
+        #[arg(long)]
+        handler: PathBuf,
+        /// Messages, one JSON object per line.
+        #[arg(long)]
+        input: PathBuf,
+        /// Wall-clock deadline per call, in milliseconds.
+        #[arg(long, default_value_t = 1000)]
+        deadline_ms: u64,
+        /// Linear-memory cap, in MiB.
+        #[arg(long, default_value_t = 64)]
+        memory_mib: u64,
+    },
+    /// Show a component's contract, exports and imports, and whether it
+    /// instantiates under the host's sandbox.
+    Inspect {
+        /// The component file.
+        file: PathBuf,
+    },
+}

@@ -1,0 +1,512 @@
+//! The TOML configuration: schema, defaults, and validation that names the
+//! offending key and says what is allowed.
+
+use std::collections::{BTreeMap, HashSet};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+
+/// What `brokers = "embedded"` means: an in-process Kafka-protocol broker.
+pub const EMBEDDED: &str = "embedded";
+
+/// librdkafka properties sluice sets itself; overriding them would break its
+/// delivery guarantees.
+const RESERVED_KAFKA_PROPERTIES: &[&str] = &[
+    "bootstrap.servers",
+    "group.id",
+    "enable.auto.offset.store",
+    "enable.auto.commit",
+    "auto.commit.interval.ms",
+    "enable.idempotence",
+];
+
+/// A configuration problem, naming the key at fault.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("cannot read config {path}: {source}")]
+    Read {
+        /// The config file.
+        path: PathBuf,
+        /// The I/O error.
+        source: std::io::Error,
+    },
+    /// The file is not valid TOML or does not match the schema.
+    #[error("config {path}: {message}")]
+    Parse {
+        /// The config file.
+        path: PathBuf,
+        /// The parser's explanation (with line and column, and the key).
+        message: String,
+    },
+    /// A value is out of range or inconsistent.
+    #[error("config {path}: {key}: {message}")]
+    Invalid {
+        /// The config file.
+        path: PathBuf,
+        /// The offending key, dotted (`routes[1].handler`).
+        key: String,
+        /// What is wrong and what is allowed.
+        message: String,
+    },
+}
+
+/// The whole configuration of one `sluice run`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(rename_all = "kebab-case", deny_unknown_fields)]
+pub struct Config {
+    /// `"embedded"` or a comma-separated list of `host:port`.
+    pub brokers: String,
+    /// Kafka consumer group id.
+    #[serde(default = "default_group_id")]
+    pub group_id: String,
+    /// Directory of handler components: `<name>/<version>.wasm` or `<name>@<version>.wasm`.
+    #[serde(default = "default_handlers_dir")]
+    pub handlers_dir: PathBuf,
+    /// How often stored offsets are committed.
+    #[serde(default = "default_commit_interval_ms")]
+    pub commit_interval_ms: u64,
+    /// How long a stop waits for in-flight messages before giving up on them.
+    #[serde(default = "default_shutdown_timeout_ms")]
+    pub shutdown_timeout_ms: u64,
+    /// Sandbox limits applied to every handler.
+    #[serde(default)]
+    pub limits: Limits,
+    /// Topic → handler routes.
+    pub routes: Vec<Route>,
+    /// Where messages come from (default: the routes' topics on the brokers).
+    #[serde(default)]
+    pub source: Source,
+    /// Settings of the embedded broker.
+    pub embedded: Option<Embedded>,
+    /// Extra librdkafka properties.
+    #[serde(default)]
+    pub kafka: KafkaProperties,
+    /// Directory relative paths are resolved against (the config file's).
+    #[serde(skip)]
+    pub base_dir: PathBuf,
+}
+
+/// Sandbox limits for handler calls.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(rename_all = "kebab-case", deny_unknown_fields)]
+pub struct Limits {
+    /// Wall-clock deadline for one handler call, in milliseconds.
+    #[serde(default = "default_deadline_ms")]
+    pub deadline_ms: u64,
+    /// Linear-memory cap of one instance, in MiB.
+    #[serde(default = "default_memory_mib")]
+    pub memory_mib: u64,
+    /// Replace an instance after this many calls.
+    #[serde(default = "default_recycle_after")]
+    pub recycle_after: u64,
+    /// Worker threads running handler calls; 0 means one per CPU.
+    #[serde(default)]
+    pub workers: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            deadline_ms: default_deadline_ms(),
+            memory_mib: default_memory_mib(),
+            recycle_after: default_recycle_after(),
+            workers: 0,
+        }
+    }
+}
+
+impl Limits {
+    /// The per-call deadline.
+    pub fn deadline(&self) -> Duration {
+        Duration::from_millis(self.deadline_ms)
+    }
+
+    /// The memory cap in bytes.
+    pub fn memory_bytes(&self) -> usize {
+        (self.memory_mib as usize) << 20
+    }
+
+    /// Number of worker threads to start.
+    pub fn worker_count(&self) -> usize {
+        if self.workers > 0 {
+            self.workers
+        } else {
+            std::thread::available_parallelism().map_or(2, |n| n.get())
+        }
+    }
+}
+
+/// What to do with a message its handler cannot decode.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum OnInvalidInput {
+    /// Send it to the dead-letter topic (default).
+    #[default]
+    DeadLetter,
+    /// Log it and move on.
+    Skip,
+}
+
+/// One route: messages of a topic go to a handler.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(rename_all = "kebab-case", deny_unknown_fields)]
+pub struct Route {
+    /// Input topic.
+    pub topic: String,
+    /// Handler name (a folder or file prefix in the handlers directory).
+    pub handler: String,
+    /// Pin a version instead of running the highest one.
+    pub version: Option<String>,
+    /// Dead-letter topic (default: `<topic>.dlq`).
+    pub dead_letter_topic: Option<String>,
+    /// Dead-letter or skip messages the handler cannot decode.
+    #[serde(default)]
+    pub on_invalid_input: OnInvalidInput,
+}
+
+impl Route {
+    /// The topic this route dead-letters to.
+    pub fn dead_letter_topic(&self) -> String {
+        self.dead_letter_topic
+            .clone()
+            .unwrap_or_else(|| format!("{}.dlq", self.topic))
+    }
+}
+
+/// Where messages come from.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(rename_all = "kebab-case", deny_unknown_fields)]
+pub struct Source {
+    /// Read messages from this JSONL file instead of consuming the brokers.
+    pub file: Option<PathBuf>,
+}
+
+/// The embedded broker (`brokers = "embedded"`).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(rename_all = "kebab-case", deny_unknown_fields)]
+pub struct Embedded {
+    /// Partitions of each routed topic.
+    #[serde(default = "default_partitions")]
+    pub partitions: i32,
+    /// JSONL files whose messages are produced into their topics at start.
+    #[serde(default)]
+    pub seed: Vec<PathBuf>,
+}
+
+impl Default for Embedded {
+    fn default() -> Self {
+        Embedded {
+            partitions: default_partitions(),
+            seed: Vec::new(),
+        }
+    }
+}
+
+/// Extra librdkafka properties, passed through as given.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(rename_all = "kebab-case", deny_unknown_fields)]
+pub struct KafkaProperties {
+    /// Properties for the consumer.
+    #[serde(default)]
+    pub consumer: BTreeMap<String, String>,
+    /// Properties for the producer.
+    #[serde(default)]
+    pub producer: BTreeMap<String, String>,
+}
+
+fn default_group_id() -> String {
+    "sluice".into()
+}
+fn default_handlers_dir() -> PathBuf {
+    "handlers".into()
+}
+fn default_commit_interval_ms() -> u64 {
+    1000
+}
+fn default_shutdown_timeout_ms() -> u64 {
+    30_000
+}
+fn default_deadline_ms() -> u64 {
+    1000
+}
+fn default_memory_mib() -> u64 {
+    64
+}
+fn default_recycle_after() -> u64 {
+    10_000
+}
+fn default_partitions() -> i32 {
+    4
+}
+
+impl Config {
+    /// Reads, parses and validates a config file.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        let base_dir = path
+            .parent()
+            .filter(|p| !p.as_os_str().is_empty())
+            .unwrap_or(Path::new("."));
+        Config::parse(&text, path, base_dir)
+    }
+
+    /// Parses and validates config text; `path` is only used in messages.
+    pub fn parse(text: &str, path: &Path, base_dir: &Path) -> Result<Config, ConfigError> {
+        let mut config: Config = toml::from_str(text).map_err(|e| ConfigError::Parse {
+            path: path.to_owned(),
+            message: e.to_string().trim_end().replace('\n', " | "),
+        })?;
+        config.base_dir = base_dir.to_owned();
+        config
+            .validate()
+            .map_err(|(key, message)| ConfigError::Invalid {
+                path: path.to_owned(),
+                key,
+                message,
+            })?;
+        Ok(config)
+    }
+
+    /// True when the config asks for the in-process broker.
+    pub fn is_embedded(&self) -> bool {
+        self.brokers == EMBEDDED
+    }
+
+    /// Resolves a path from the config against the config file's directory.
+    pub fn resolve(&self, path: &Path) -> PathBuf {
+        self.base_dir.join(path)
+    }
+
+    /// The route for a topic.
+    pub fn route(&self, topic: &str) -> Option<&Route> {
+        self.routes.iter().find(|r| r.topic == topic)
+    }
+
+    fn validate(&self) -> Result<(), (String, String)> {
+        let invalid = |key: &str, message: String| Err((key.to_owned(), message));
+        if self.brokers != EMBEDDED {
+            let well_formed = !self.brokers.trim().is_empty()
+                && self.brokers.split(',').all(|b| {
+                    b.trim()
+                        .rsplit_once(':')
+                        .is_some_and(|(host, port)| !host.is_empty() && port.parse::<u16>().is_ok())
+                });
+            if !well_formed {
+                return invalid(
+                    "brokers",
+                    format!(
+                        "{:?} is not \"embedded\" nor a comma-separated list of host:port",
+                        self.brokers
+                    ),
+                );
+            }
+            if self.embedded.is_some() {
+                return invalid(
+                    "embedded",
+                    "only allowed with brokers = \"embedded\"".into(),
+                );
+            }
+        }
+        if self.group_id.trim().is_empty() {
+            return invalid("group-id", "must not be empty".into());
+        }
+        check_range("commit-interval-ms", self.commit_interval_ms, 10, 3_600_000)?;
+        check_range(
+            "shutdown-timeout-ms",
+            self.shutdown_timeout_ms,
+            0,
+            3_600_000,
+        )?;
+        check_range("limits.deadline-ms", self.limits.deadline_ms, 1, 600_000)?;
+        check_range("limits.memory-mib", self.limits.memory_mib, 1, 4096)?;
+        check_range(
+            "limits.recycle-after",
+            self.limits.recycle_after,
+            1,
+            u64::MAX,
+        )?;
+        check_range("limits.workers", self.limits.workers as u64, 0, 1024)?;
+        if self.routes.is_empty() {
+            return invalid(
+                "routes",
+                "at least one [[routes]] entry (topic and handler) is required".into(),
+            );
+        }
+        let mut topics = HashSet::new();
+        for (i, route) in self.routes.iter().enumerate() {
+            let key = |field: &str| format!("routes[{i}].{field}");
+            if route.topic.trim().is_empty() {
+                return invalid(&key("topic"), "must not be empty".into());
+            }
+            if !topics.insert(route.topic.as_str()) {
+                return invalid(
+                    &key("topic"),
+                    format!(
+                        "topic {:?} is routed twice; one route per topic",
+                        route.topic
+                    ),
+                );
+            }
+            if !is_handler_name(&route.handler) {
+                return invalid(
+                    &key("handler"),
+                    format!(
+                        "{:?} is not a handler name: use lowercase letters, digits, '-' and '_'",
+                        route.handler
+                    ),
+                );
+            }
+            if let Some(version) = &route.version
+                && semver::Version::parse(version).is_err()
+            {
+                return invalid(
+                    &key("version"),
+                    format!("{version:?} is not a semantic version like \"1.2.0\""),
+                );
+            }
+            if route.dead_letter_topic() == route.topic {
+                return invalid(
+                    &key("dead-letter-topic"),
+                    "must differ from the route's own topic".into(),
+                );
+            }
+        }
+        if let Some(embedded) = &self.embedded {
+            check_range("embedded.partitions", embedded.partitions as u64, 1, 1000)?;
+        }
+        for (section, props) in [
+            ("kafka.consumer", &self.kafka.consumer),
+            ("kafka.producer", &self.kafka.producer),
+        ] {
+            if let Some(reserved) = props
+                .keys()
+                .find(|k| RESERVED_KAFKA_PROPERTIES.contains(&k.as_str()))
+            {
+                return invalid(
+                    &format!("{section}.\"{reserved}\""),
+                    "is set by sluice itself and cannot be overridden".into(),
+                );
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Whether `name` can name a handler (and thus a folder in the handlers directory).
+pub(crate) fn is_handler_name(name: &str) -> bool {
+    !name.is_empty()
+        && name
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' || c == '_')
+}
+
+fn check_range(key: &str, value: u64, min: u64, max: u64) -> Result<(), (String, String)> {
+    if (min..=max).contains(&value) {
+        Ok(())
+    } else if max == u64::MAX {
+        Err((key.into(), format!("{value} is below the minimum {min}")))
+    } else {
+        Err((
+            key.into(),
+            format!("{value} is out of range; allowed: {min} to {max}"),
+        ))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(text: &str) -> Result<Config, ConfigError> {
+        Config::parse(text, Path::new("test.toml"), Path::new("."))
+    }
+
+    const MINIMAL: &str = r#"
+brokers = "embedded"
+[[routes]]
+topic = "in"
+handler = "echo"
+"#;
+
+    #[test]
+    fn defaults_fill_everything_not_given() {
+        let config = parse(MINIMAL).unwrap();
+        assert!(config.is_embedded());
+        assert_eq!(config.group_id, "sluice");
+        assert_eq!(config.limits.deadline_ms, 1000);
+        assert_eq!(config.limits.memory_mib, 64);
+        assert_eq!(config.routes[0].dead_letter_topic(), "in.dlq");
+        assert_eq!(
+            config.routes[0].on_invalid_input,
+            OnInvalidInput::DeadLetter
+        );
+    }
+
+    fn error_of(text: &str) -> String {
+        parse(text).unwrap_err().to_string()
+    }
+
+    #[test]
+    fn unknown_keys_are_named() {
+        let err = error_of(&format!("{MINIMAL}\nbrokerz = 1\n"));
+        assert!(err.contains("brokerz"), "{err}");
+        let err = error_of(&format!("{MINIMAL}\n[limits]\ndeadline = 5\n"));
+        assert!(err.contains("deadline"), "{err}");
+    }
+
+    #[test]
+    fn out_of_range_values_name_key_and_range() {
+        let err = error_of(&format!("{MINIMAL}\n[limits]\ndeadline-ms = 0\n"));
+        assert!(err.contains("limits.deadline-ms"), "{err}");
+        assert!(err.contains("1 to 600000"), "{err}");
+    }
+
+    #[test]
+    fn route_errors_name_the_route() {
+        let err = error_of(
+            "brokers = \"embedded\"\n[[routes]]\ntopic = \"a\"\nhandler = \"x\"\n[[routes]]\ntopic = \"a\"\nhandler = \"y\"\n",
+        );
+        assert!(err.contains("routes[1].topic"), "{err}");
+        let err =
+            error_of("brokers = \"embedded\"\n[[routes]]\ntopic = \"a\"\nhandler = \"Bad Name\"\n");
+        assert!(err.contains("routes[0].handler"), "{err}");
+        let err = error_of(
+            "brokers = \"embedded\"\n[[routes]]\ntopic = \"a\"\nhandler = \"x\"\nversion = \"one\"\n",
+        );
+        assert!(err.contains("routes[0].version"), "{err}");
+    }
+
+    #[test]
+    fn brokers_must_be_embedded_or_host_port() {
+        let err = error_of("brokers = \"localhost\"\n[[routes]]\ntopic = \"a\"\nhandler = \"x\"\n");
+        assert!(err.contains("brokers"), "{err}");
+        assert!(
+            parse("brokers = \"a:9092,b:9093\"\n[[routes]]\ntopic = \"a\"\nhandler = \"x\"\n")
+                .is_ok()
+        );
+    }
+
+    #[test]
+    fn reserved_kafka_properties_are_refused() {
+        let err = error_of(&format!(
+            "{MINIMAL}\n[kafka.consumer]\n\"enable.auto.offset.store\" = \"true\"\n"
+        ));
+        assert!(
+            err.contains("kafka.consumer.\"enable.auto.offset.store\""),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn missing_routes_are_explained() {
+        let err = error_of("brokers = \"embedded\"\nroutes = []\n");
+        assert!(err.contains("routes"), "{err}");
+        let err = error_of("brokers = \"embedded\"\n");
+        assert!(err.contains("routes"), "{err}");
+    }
+}

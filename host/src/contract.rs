@@ -1,0 +1,157 @@
+//! The contract between host and handler, as plain Rust values.
+//!
+//! These types do not depend on any one version of the WIT package: each
+//! contract version's bindings (see `runtime::bindings`) convert into them, so
+//! everything after the handler call works the same whichever version a
+//! component was built against.
+
+use std::fmt;
+
+/// A message header: a name and raw bytes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Header {
+    /// Header name.
+    pub name: String,
+    /// Raw header value.
+    pub value: Vec<u8>,
+}
+
+impl Header {
+    /// A header from a name and any byte-like value.
+    pub fn new(name: impl Into<String>, value: impl Into<Vec<u8>>) -> Self {
+        Header {
+            name: name.into(),
+            value: value.into(),
+        }
+    }
+}
+
+/// One consumed message, whatever source it came from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Message {
+    /// Topic the message was consumed from.
+    pub topic: String,
+    /// Partition within the topic.
+    pub partition: i32,
+    /// Offset within the partition.
+    pub offset: i64,
+    /// Message key, if any.
+    pub key: Option<Vec<u8>>,
+    /// Message payload.
+    pub payload: Vec<u8>,
+    /// Message headers, in order.
+    pub headers: Vec<Header>,
+    /// Milliseconds since the Unix epoch; 0 when the source has none.
+    pub timestamp: u64,
+}
+
+impl Message {
+    /// The message's place in its source, for logs and dead-letter headers.
+    pub fn id(&self) -> MessageId<'_> {
+        MessageId(self)
+    }
+}
+
+/// Displays a message as `topic[partition]@offset`.
+pub struct MessageId<'a>(&'a Message);
+
+impl fmt::Display for MessageId<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "{}[{}]@{}",
+            self.0.topic, self.0.partition, self.0.offset
+        )
+    }
+}
+
+/// Publish a record to a topic.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Publish {
+    /// Destination topic.
+    pub topic: String,
+    /// Record key, if any.
+    pub key: Option<Vec<u8>>,
+    /// Record payload.
+    pub payload: Vec<u8>,
+    /// Record headers (the host adds `sluice-id`).
+    pub headers: Vec<Header>,
+}
+
+/// Severity of a handler's log output.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogLevel {
+    /// Very verbose detail.
+    Trace,
+    /// Debugging detail.
+    Debug,
+    /// Normal operation.
+    Info,
+    /// Something unexpected that was handled.
+    Warn,
+    /// Something failed.
+    Error,
+}
+
+impl LogLevel {
+    /// The level's lowercase name, as used in the WIT contract.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            LogLevel::Trace => "trace",
+            LogLevel::Debug => "debug",
+            LogLevel::Info => "info",
+            LogLevel::Warn => "warn",
+            LogLevel::Error => "error",
+        }
+    }
+}
+
+/// A log line a handler asked the host to write.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LogEntry {
+    /// Severity.
+    pub level: LogLevel,
+    /// The text, written as given.
+    pub text: String,
+}
+
+/// A side effect a handler asked the host to execute.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Output {
+    /// Publish a record.
+    Publish(Publish),
+    /// Write a log line.
+    Log(LogEntry),
+}
+
+/// An error a handler returned. Handlers are deterministic, so none is retried.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum HandleError {
+    /// The message could not be decoded.
+    #[error("invalid input: {0}")]
+    InvalidInput(String),
+    /// The message was read but a business rule refused it.
+    #[error("rejected: {0}")]
+    Rejected(String),
+    /// Any other failure the handler reports.
+    #[error("failed: {0}")]
+    Failed(String),
+}
+
+impl HandleError {
+    /// The error's kind, as named in the WIT contract.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            HandleError::InvalidInput(_) => "invalid-input",
+            HandleError::Rejected(_) => "rejected",
+            HandleError::Failed(_) => "failed",
+        }
+    }
+
+    /// The handler's own explanation.
+    pub fn detail(&self) -> &str {
+        match self {
+            HandleError::InvalidInput(d) | HandleError::Rejected(d) | HandleError::Failed(d) => d,
+        }
+    }
+}

@@ -1,0 +1,27 @@
+//! sluice runs microservice handlers as sandboxed WebAssembly components: it
+//! consumes Kafka, calls a component's `handle` for each message, and itself
+//! executes every side effect the handler asked for, committing a message's
+//! offset only once all of them are done.
+//!
+//! Modules in the order a message meets them: [`source`] (Kafka or a JSONL
+//! file) → `schedule` (one ordered lane per partition, offset watermarks) →
+//! `runtime` (the handler call, sandboxed) → `policy` (dead-letter a failure)
+//! → `effects` (publish, log) → back to `schedule`'s offsets for the ack.
+//! [`run`] wires them together; [`config`] is the TOML schema.
+
+pub mod config;
+pub mod contract;
+mod effects;
+pub mod embedded;
+mod pipeline;
+mod policy;
+pub mod registry;
+pub mod replay;
+mod run;
+pub mod runtime;
+mod schedule;
+pub mod source;
+pub mod telemetry;
+
+pub use config::Config;
+pub use run::{RunError, RunOptions, run};

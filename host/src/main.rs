@@ -1,0 +1,123 @@
+//! The `sluice` binary: parse arguments, set up logging, call the library.
+
+mod cli;
+
+use std::io::{IsTerminal, Write};
+use std::process::ExitCode;
+
+use anyhow::Context;
+use clap::Parser;
+use sluice::config::{Config, Limits};
+use sluice::runtime::{Inspection, Runtime};
+use sluice::telemetry::Stop;
+use sluice::{RunOptions, replay};
+use tracing_subscriber::EnvFilter;
+
+use cli::{Cli, Command};
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let default_level = match cli.command {
+        Command::Run { .. } => "info",
+        _ => "warn",
+    };
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default_level)),
+        )
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
+        .init();
+    match execute(cli.command) {
+        Ok(code) => code,
+        Err(error) => {
+            eprintln!("error: {error:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn execute(command: Command) -> anyhow::Result<ExitCode> {
+    match command {
+        Command::Run {
+            config,
+            until_drained,
+        } => {
+            let config = Config::load(&config)?;
+            let options = RunOptions {
+                until_drained,
+                keep_records: config.is_embedded(),
+                ..RunOptions::default()
+            };
+            let runtime = tokio::runtime::Runtime::new().context("cannot start async runtime")?;
+            let report = runtime.block_on(sluice::run(&config, options, stop_signal()))?;
+            print!("{}", report.summary());
+            if report.unfinished > 0 {
+                eprintln!(
+                    "error: {} messages were unfinished at exit; they will be redelivered",
+                    report.unfinished
+                );
+                return Ok(ExitCode::FAILURE);
+            }
+            if report.stop == Stop::Requested {
+                tracing::info!("stopped on request");
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Replay {
+            handler,
+            input,
+            deadline_ms,
+            memory_mib,
+        } => {
+            let limits = Limits {
+                deadline_ms,
+                memory_mib,
+                ..Limits::default()
+            };
+            let stdout = std::io::stdout();
+            let mut out = std::io::BufWriter::new(stdout.lock());
+            replay::replay(&handler, &input, &limits, &mut out)?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Inspect { file } => {
+            let runtime = Runtime::new(&Limits::default())?;
+            let inspection = runtime.inspect(&file)?;
+            print_inspection(&inspection)?;
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}
+
+/// Resolves on SIGINT or SIGTERM.
+async fn stop_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = signal(SignalKind::terminate()).expect("install SIGTERM handler");
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+    }
+    tracing::info!("stop requested");
+}
+
+fn print_inspection(i: &Inspection) -> std::io::Result<()> {
+    let mut out = std::io::stdout().lock();
+    writeln!(out, "file      {} ({} bytes)", i.path.display(), i.size)?;
+    writeln!(
+        out,
+        "contract  {} (runs as contract {})",
+        i.contract,
+        i.contract_version.as_str()
+    )?;
+    for (label, names) in [("exports", &i.exports), ("imports", &i.imports)] {
+        for (n, name) in names.iter().enumerate() {
+            writeln!(out, "{:<9} {name}", if n == 0 { label } else { "" })?;
+        }
+    }
+    writeln!(
+        out,
+        "sandbox   instantiates (compiled in {} ms, instantiated in {:.2} ms)",
+        i.compile_time.as_millis(),
+        i.instantiate_time.as_secs_f64() * 1000.0
+    )
+}

@@ -1,0 +1,260 @@
+//! Loading a handler component: read, recognise, compile, check it against
+//! the contract and the host's imports, and instantiate it once under the
+//! sandbox. Every refusal is one line naming the file and the reason.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use wasmtime::component::Component;
+
+use super::bindings::{ContractVersion, HANDLE_INTERFACE, HandlerPre};
+use super::sandbox::GuestTag;
+use super::{CallLimits, Handler, HandlerInstance, Runtime, Trap, WasmInstance, one_line};
+
+/// The first eight bytes of a component (magic, version 0x0d, layer 1).
+const COMPONENT_HEADER: [u8; 8] = *b"\0asm\x0d\x00\x01\x00";
+/// The first eight bytes of a core module (magic, version 1, layer 0).
+const CORE_MODULE_HEADER: [u8; 8] = *b"\0asm\x01\x00\x00\x00";
+
+/// A handler component the host refused, and why.
+#[derive(Debug, thiserror::Error)]
+#[error("{}: {problem}", path.display())]
+pub struct LoadError {
+    /// The file.
+    pub path: PathBuf,
+    /// What is wrong with it.
+    pub problem: LoadProblem,
+}
+
+/// Why a component was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum LoadProblem {
+    /// The file cannot be read.
+    #[error("cannot read: {0}")]
+    Read(String),
+    /// The file is not WebAssembly at all.
+    #[error("not a WebAssembly file (no \\0asm header)")]
+    NotWasm,
+    /// A core module, not a component.
+    #[error(
+        "a core WebAssembly module, not a component: build it for wasm32-wasip2 or wrap it with `wasm-tools component new`"
+    )]
+    CoreModule,
+    /// wasmtime cannot compile it.
+    #[error("does not compile: {0}")]
+    Compile(String),
+    /// It does not export the handler interface.
+    #[error("not a sluice handler: it exports {exports}, expected {HANDLE_INTERFACE}@<version>")]
+    WrongWorld {
+        /// What it exports instead.
+        exports: String,
+    },
+    /// It is built for a contract version the host does not speak.
+    #[error(
+        "built for sluice:handler@{found}, which this host does not speak (it speaks {})",
+        ContractVersion::supported()
+    )]
+    UnsupportedContract {
+        /// The version it was built for.
+        found: String,
+    },
+    /// It exports the interface, but with other types.
+    #[error("exports {HANDLE_INTERFACE} with types that do not match the contract: {0}")]
+    Mismatch(String),
+    /// It imports something the host does not provide.
+    #[error("needs imports the host does not provide: {0}")]
+    Imports(String),
+    /// It trapped when instantiated under the sandbox.
+    #[error("fails to instantiate under the sandbox: {0}")]
+    Instantiate(Trap),
+}
+
+/// What `sluice inspect` reports about a component that loads.
+#[derive(Debug, Clone)]
+pub struct Inspection {
+    /// The file.
+    pub path: PathBuf,
+    /// Size in bytes.
+    pub size: u64,
+    /// The contract package it was built against (`sluice:handler@0.1.0`).
+    pub contract: String,
+    /// The contract version the host runs it as.
+    pub contract_version: ContractVersion,
+    /// Export names.
+    pub exports: Vec<String>,
+    /// Import names.
+    pub imports: Vec<String>,
+    /// Time to compile.
+    pub compile_time: Duration,
+    /// Time of the trial instantiation.
+    pub instantiate_time: Duration,
+}
+
+/// A handler component that passed every check, ready to instantiate.
+pub struct WasmHandler {
+    tag: GuestTag,
+    contract: ContractVersion,
+    pre: HandlerPre,
+    limits: CallLimits,
+}
+
+impl WasmHandler {
+    /// The contract version this component speaks.
+    pub fn contract(&self) -> ContractVersion {
+        self.contract
+    }
+}
+
+impl Handler for WasmHandler {
+    fn name(&self) -> &str {
+        &self.tag.name
+    }
+
+    fn version(&self) -> &str {
+        &self.tag.version
+    }
+
+    fn instantiate(&self) -> Result<Box<dyn HandlerInstance>, Trap> {
+        Ok(Box::new(WasmInstance::new(
+            &self.pre,
+            &self.tag,
+            &self.limits,
+        )?))
+    }
+}
+
+impl Runtime {
+    /// Loads and checks a handler component; `name` and `version` tag its logs
+    /// and outputs.
+    pub fn load(
+        &self,
+        path: &Path,
+        name: &str,
+        version: &str,
+    ) -> Result<Arc<WasmHandler>, LoadError> {
+        self.prepare(path, name, version)
+            .map(|(handler, _)| handler)
+    }
+
+    /// Loads and checks a component, and reports what it is.
+    pub fn inspect(&self, path: &Path) -> Result<Inspection, LoadError> {
+        self.prepare(path, "inspect", "-")
+            .map(|(_, inspection)| inspection)
+    }
+
+    fn prepare(
+        &self,
+        path: &Path,
+        name: &str,
+        version: &str,
+    ) -> Result<(Arc<WasmHandler>, Inspection), LoadError> {
+        let refuse = |problem| LoadError {
+            path: path.to_owned(),
+            problem,
+        };
+        let bytes = std::fs::read(path).map_err(|e| refuse(LoadProblem::Read(e.to_string())))?;
+        match bytes.get(..8) {
+            Some(header) if header == COMPONENT_HEADER => {}
+            Some(header) if header == CORE_MODULE_HEADER => {
+                return Err(refuse(LoadProblem::CoreModule));
+            }
+            _ => return Err(refuse(LoadProblem::NotWasm)),
+        }
+
+        let started = Instant::now();
+        let component = Component::new(&self.engine, &bytes)
+            .map_err(|e| refuse(LoadProblem::Compile(one_line(&e))))?;
+        let compile_time = started.elapsed();
+
+        let ty = component.component_type();
+        let exports: Vec<String> = ty
+            .exports(&self.engine)
+            .map(|(n, _)| n.to_owned())
+            .collect();
+        let imports: Vec<String> = ty
+            .imports(&self.engine)
+            .map(|(n, _)| n.to_owned())
+            .collect();
+        let (contract, contract_version) = find_contract(&exports).map_err(refuse)?;
+
+        let instance_pre = self
+            .linker
+            .instantiate_pre(&component)
+            .map_err(|e| refuse(LoadProblem::Imports(one_line(&e))))?;
+        let pre = HandlerPre::new(contract_version, instance_pre)
+            .map_err(|e| refuse(LoadProblem::Mismatch(one_line(&e))))?;
+
+        let handler = WasmHandler {
+            tag: GuestTag {
+                name: name.into(),
+                version: version.into(),
+            },
+            contract: contract_version,
+            pre,
+            limits: CallLimits::new(&self.limits),
+        };
+        let started = Instant::now();
+        handler
+            .instantiate()
+            .map_err(|trap| refuse(LoadProblem::Instantiate(trap)))?;
+        let instantiate_time = started.elapsed();
+
+        let inspection = Inspection {
+            path: path.to_owned(),
+            size: bytes.len() as u64,
+            contract,
+            contract_version,
+            exports,
+            imports,
+            compile_time,
+            instantiate_time,
+        };
+        Ok((Arc::new(handler), inspection))
+    }
+}
+
+/// Finds the handler export and the contract version it was built against.
+fn find_contract(exports: &[String]) -> Result<(String, ContractVersion), LoadProblem> {
+    let prefix = format!("{HANDLE_INTERFACE}@");
+    let Some(export) = exports.iter().find(|e| e.starts_with(&prefix)) else {
+        let exports = if exports.is_empty() {
+            "nothing".to_owned()
+        } else {
+            exports.join(", ")
+        };
+        return Err(LoadProblem::WrongWorld { exports });
+    };
+    let found = &export[prefix.len()..];
+    let version = semver::Version::parse(found)
+        .ok()
+        .and_then(|v| ContractVersion::of(&v))
+        .ok_or_else(|| LoadProblem::UnsupportedContract {
+            found: found.to_owned(),
+        })?;
+    Ok((format!("sluice:handler@{found}"), version))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn contract_is_found_by_export_name() {
+        let exports = vec!["sluice:handler/handle@0.1.0".to_owned()];
+        let (name, version) = find_contract(&exports).unwrap();
+        assert_eq!(name, "sluice:handler@0.1.0");
+        assert_eq!(version, ContractVersion::V0_1);
+        // A patch release of the same minor is the same contract.
+        assert!(find_contract(&["sluice:handler/handle@0.1.7".to_owned()]).is_ok());
+    }
+
+    #[test]
+    fn unknown_versions_and_worlds_are_refused() {
+        let err = find_contract(&["sluice:handler/handle@9.0.0".to_owned()]).unwrap_err();
+        assert!(err.to_string().contains("9.0.0"), "{err}");
+        assert!(err.to_string().contains("sluice:handler@0.1.x"), "{err}");
+        let err = find_contract(&["run".to_owned()]).unwrap_err();
+        assert!(err.to_string().contains("exports run"), "{err}");
+    }
+}

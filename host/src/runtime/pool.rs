@@ -1,0 +1,142 @@
+//! Worker threads that run handler calls. Calls are CPU-bound and may run up
+//! to their deadline, so they get threads of their own rather than blocking
+//! the async runtime; each worker keeps one instance per handler.
+
+use std::sync::mpsc;
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+
+use tokio::sync::oneshot;
+
+use super::{CallError, Handler, HandlerInstance};
+use crate::contract::{Message, Output};
+
+type CallResult = Result<Vec<Output>, CallError>;
+
+struct Job {
+    handler: Arc<dyn Handler>,
+    message: Arc<Message>,
+    reply: oneshot::Sender<CallResult>,
+}
+
+/// A fixed set of threads that call handlers.
+pub(crate) struct WorkerPool {
+    jobs: Option<mpsc::Sender<Job>>,
+    threads: Vec<JoinHandle<()>>,
+}
+
+impl WorkerPool {
+    /// Starts `workers` threads; each instance serves `recycle_after` calls at most.
+    pub(crate) fn start(workers: usize, recycle_after: u64) -> WorkerPool {
+        let (jobs, queue) = mpsc::channel::<Job>();
+        let queue = Arc::new(Mutex::new(queue));
+        let threads = (0..workers.max(1))
+            .map(|i| {
+                let queue = queue.clone();
+                std::thread::Builder::new()
+                    .name(format!("sluice-worker-{i}"))
+                    .spawn(move || Worker::new(recycle_after).run(&queue))
+                    .expect("spawn worker thread")
+            })
+            .collect();
+        WorkerPool {
+            jobs: Some(jobs),
+            threads,
+        }
+    }
+
+    /// Runs `handler` on `message` on some worker and returns its outcome.
+    pub(crate) async fn call(
+        &self,
+        handler: Arc<dyn Handler>,
+        message: Arc<Message>,
+    ) -> CallResult {
+        let (reply, outcome) = oneshot::channel();
+        self.jobs
+            .as_ref()
+            .expect("worker pool is running")
+            .send(Job {
+                handler,
+                message,
+                reply,
+            })
+            .expect("worker threads outlive the pool handle");
+        outcome.await.expect("a worker always replies")
+    }
+}
+
+impl Drop for WorkerPool {
+    fn drop(&mut self) {
+        self.jobs.take();
+        for thread in self.threads.drain(..) {
+            let _ = thread.join();
+        }
+    }
+}
+
+/// One live instance on a worker, with the handler that made it.
+struct Slot {
+    handler: Arc<dyn Handler>,
+    instance: Box<dyn HandlerInstance>,
+    calls: u64,
+}
+
+struct Worker {
+    slots: Vec<Slot>,
+    recycle_after: u64,
+}
+
+impl Worker {
+    fn new(recycle_after: u64) -> Self {
+        Worker {
+            slots: Vec::new(),
+            recycle_after,
+        }
+    }
+
+    fn run(mut self, queue: &Mutex<mpsc::Receiver<Job>>) {
+        loop {
+            let job = match queue.lock().expect("job queue lock").recv() {
+                Ok(job) => job,
+                Err(_) => return,
+            };
+            let outcome = self.call(&job.handler, &job.message);
+            // The caller may have gone away (shutdown); nothing to do then.
+            let _ = job.reply.send(outcome);
+        }
+    }
+
+    fn call(&mut self, handler: &Arc<dyn Handler>, message: &Message) -> CallResult {
+        // Instances of handlers nobody else holds any more (replaced versions) go.
+        self.slots
+            .retain(|slot| Arc::strong_count(&slot.handler) > 1);
+        let index = match self
+            .slots
+            .iter()
+            .position(|s| same_handler(&s.handler, handler))
+        {
+            Some(index) => index,
+            None => {
+                let instance = handler.instantiate()?;
+                self.slots.push(Slot {
+                    handler: handler.clone(),
+                    instance,
+                    calls: 0,
+                });
+                self.slots.len() - 1
+            }
+        };
+        let slot = &mut self.slots[index];
+        let outcome = slot.instance.handle(message);
+        slot.calls += 1;
+        // A trapped instance may be in any state: never reuse it.
+        if matches!(outcome, Err(CallError::Trap(_))) || slot.calls >= self.recycle_after {
+            self.slots.swap_remove(index);
+        }
+        outcome
+    }
+}
+
+fn same_handler(a: &Arc<dyn Handler>, b: &Arc<dyn Handler>) -> bool {
+    std::ptr::addr_eq(Arc::as_ptr(a), Arc::as_ptr(b))
+}

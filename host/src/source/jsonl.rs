@@ -1,0 +1,223 @@
+//! The JSONL message format shared by the file source, `sluice replay` and the
+//! embedded broker's seed files. One message per line:
+//!
+//! ```json
+//! {"topic":"orders","partition":0,"offset":7,"timestamp":1700000000000,
+//!  "key":"o-1","headers":{"trace":"abc"},"payload":{"any":"json"}}
+//! ```
+//!
+//! Only `topic` and `payload` are required. A string payload is taken as its
+//! UTF-8 bytes; any other JSON value is serialized compactly. A missing offset
+//! is the next one of its topic and partition, as a broker would assign it.
+
+use std::collections::HashMap;
+use std::fs::File;
+use std::io::{BufRead, BufReader, Lines};
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+
+use crate::contract::{Header, Message};
+
+/// A line of a JSONL file that is not a message.
+#[derive(Debug, thiserror::Error)]
+#[error("{}:{line}: {message}", path.display())]
+pub struct JsonlError {
+    /// The file.
+    pub path: PathBuf,
+    /// 1-based line number (0 when the file cannot be opened).
+    pub line: usize,
+    /// What is wrong.
+    pub message: String,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Line {
+    topic: String,
+    partition: Option<i32>,
+    offset: Option<i64>,
+    timestamp: Option<u64>,
+    key: Option<String>,
+    #[serde(default)]
+    headers: serde_json::Map<String, serde_json::Value>,
+    payload: Option<serde_json::Value>,
+}
+
+/// Reads messages from a JSONL file, one per non-blank line.
+pub struct JsonlReader {
+    path: PathBuf,
+    lines: Lines<BufReader<File>>,
+    line: usize,
+    next_offsets: HashMap<(String, i32), i64>,
+    keyed_partitions: Option<i32>,
+}
+
+impl JsonlReader {
+    /// Opens a JSONL file.
+    pub fn open(path: &Path) -> Result<JsonlReader, JsonlError> {
+        let file = File::open(path).map_err(|e| JsonlError {
+            path: path.to_owned(),
+            line: 0,
+            message: format!("cannot open: {e}"),
+        })?;
+        Ok(JsonlReader {
+            path: path.to_owned(),
+            lines: BufReader::new(file).lines(),
+            line: 0,
+            next_offsets: HashMap::new(),
+            keyed_partitions: None,
+        })
+    }
+
+    /// Puts a message without a `partition` in one of `partitions` by a hash
+    /// of its key (keyless ones in 0), instead of always in partition 0.
+    pub fn partition_by_key(mut self, partitions: i32) -> Self {
+        self.keyed_partitions = Some(partitions.max(1));
+        self
+    }
+
+    /// The 1-based number of the line last read.
+    pub fn line(&self) -> usize {
+        self.line
+    }
+
+    fn error(&self, message: String) -> JsonlError {
+        JsonlError {
+            path: self.path.clone(),
+            line: self.line,
+            message,
+        }
+    }
+
+    fn parse(&mut self, text: &str) -> Result<Message, JsonlError> {
+        let line: Line =
+            serde_json::from_str(text).map_err(|e| self.error(format!("not a message: {e}")))?;
+        if line.topic.is_empty() {
+            return Err(self.error("topic must not be empty".into()));
+        }
+        let partition = match (line.partition, self.keyed_partitions) {
+            (Some(partition), _) => partition,
+            (None, Some(partitions)) => line
+                .key
+                .as_deref()
+                .map_or(0, |key| (fnv1a(key.as_bytes()) % partitions as u32) as i32),
+            (None, None) => 0,
+        };
+        if partition < 0 {
+            return Err(self.error(format!("partition {partition} is negative")));
+        }
+        let payload = match line.payload {
+            None => return Err(self.error("missing payload".into())),
+            Some(serde_json::Value::String(text)) => text.into_bytes(),
+            Some(other) => other.to_string().into_bytes(),
+        };
+        let headers = line
+            .headers
+            .into_iter()
+            .map(|(name, value)| match value {
+                serde_json::Value::String(text) => Ok(Header::new(name, text)),
+                _ => Err(self.error(format!("header {name:?} must be a string"))),
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        let next = self
+            .next_offsets
+            .entry((line.topic.clone(), partition))
+            .or_insert(0);
+        let offset = line.offset.unwrap_or(*next);
+        if offset < 0 {
+            return Err(self.error(format!("offset {offset} is negative")));
+        }
+        *next = offset + 1;
+        Ok(Message {
+            topic: line.topic,
+            partition,
+            offset,
+            key: line.key.map(String::into_bytes),
+            payload,
+            headers,
+            timestamp: line.timestamp.unwrap_or(0),
+        })
+    }
+}
+
+/// FNV-1a, a small stable hash, so keyed partitioning is the same every run.
+fn fnv1a(bytes: &[u8]) -> u32 {
+    bytes.iter().fold(0x811c_9dc5, |hash, &b| {
+        (hash ^ u32::from(b)).wrapping_mul(0x0100_0193)
+    })
+}
+
+impl Iterator for JsonlReader {
+    type Item = Result<Message, JsonlError>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        loop {
+            let text = match self.lines.next()? {
+                Ok(text) => text,
+                Err(e) => {
+                    self.line += 1;
+                    return Some(Err(self.error(format!("cannot read: {e}"))));
+                }
+            };
+            self.line += 1;
+            if !text.trim().is_empty() {
+                return Some(self.parse(&text));
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn read(text: &str) -> Vec<Result<Message, JsonlError>> {
+        let dir = std::env::temp_dir().join(format!("sluice-jsonl-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join(format!("{:x}.jsonl", text.len() ^ text.as_ptr() as usize));
+        std::fs::write(&path, text).unwrap();
+        let out = JsonlReader::open(&path).unwrap().collect();
+        std::fs::remove_file(&path).unwrap();
+        out
+    }
+
+    #[test]
+    fn payloads_keys_headers_and_default_offsets() {
+        let msgs = read(
+            "{\"topic\":\"a\",\"payload\":\"héllo\",\"key\":\"k\",\"headers\":{\"h\":\"v\"}}\n\n\
+             {\"topic\":\"a\",\"payload\":{\"x\": [1, 2]}}\n\
+             {\"topic\":\"a\",\"partition\":1,\"offset\":9,\"timestamp\":5,\"payload\":3}\n\
+             {\"topic\":\"a\",\"payload\":\"\"}\n",
+        );
+        let msgs: Vec<Message> = msgs.into_iter().map(Result::unwrap).collect();
+        assert_eq!(msgs[0].payload, "héllo".as_bytes());
+        assert_eq!(msgs[0].key.as_deref(), Some(&b"k"[..]));
+        assert_eq!(msgs[0].headers, vec![Header::new("h", "v")]);
+        assert_eq!(msgs[1].payload, b"{\"x\":[1,2]}");
+        assert_eq!((msgs[1].partition, msgs[1].offset), (0, 1));
+        assert_eq!(
+            (msgs[2].partition, msgs[2].offset, msgs[2].timestamp),
+            (1, 9, 5)
+        );
+        assert_eq!(msgs[3].offset, 2);
+    }
+
+    #[test]
+    fn bad_lines_name_file_line_and_problem() {
+        let msgs =
+            read("{\"topic\":\"a\",\"payload\":1}\n{\"topic\":\"a\"}\n{\"topik\":\"a\"}\nnope\n");
+        assert!(msgs[0].is_ok());
+        let errors: Vec<String> = msgs[1..]
+            .iter()
+            .map(|m| m.as_ref().unwrap_err().to_string())
+            .collect();
+        assert!(errors[0].ends_with(":2: missing payload"), "{}", errors[0]);
+        assert!(
+            errors[1].contains(":3: not a message: unknown field `topik`"),
+            "{}",
+            errors[1]
+        );
+        assert!(errors[2].contains(":4: not a message"), "{}", errors[2]);
+    }
+}

@@ -1,0 +1,276 @@
+//! What a run did: counters for every run, and (for the demo and tests) a
+//! record of each confirmed publish and dead letter, with a readable summary.
+
+use std::fmt::Write as _;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use base64::Engine as _;
+
+use crate::contract::Message;
+
+/// Where a record came from: the input message and the handler that ran it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Origin {
+    /// Input topic.
+    pub topic: String,
+    /// Input partition.
+    pub partition: i32,
+    /// Input offset.
+    pub offset: i64,
+    /// Handler name.
+    pub handler: String,
+    /// Handler version.
+    pub version: String,
+}
+
+impl Origin {
+    pub(crate) fn new(message: &Message, handler: &str, version: &str) -> Self {
+        Origin {
+            topic: message.topic.clone(),
+            partition: message.partition,
+            offset: message.offset,
+            handler: handler.to_owned(),
+            version: version.to_owned(),
+        }
+    }
+}
+
+/// One thing a run did to the outside world.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Record {
+    /// An output was published and the broker confirmed it.
+    Published {
+        /// The input and handler.
+        origin: Origin,
+        /// Index of the output in the handler's list.
+        output: usize,
+        /// Destination topic.
+        topic: String,
+        /// Partition it landed in.
+        partition: i32,
+        /// Offset it landed at.
+        offset: i64,
+        /// Record key.
+        key: Option<Vec<u8>>,
+        /// Record payload.
+        payload: Vec<u8>,
+    },
+    /// The input was dead-lettered and the broker confirmed it.
+    DeadLettered {
+        /// The input and handler.
+        origin: Origin,
+        /// Dead-letter topic.
+        topic: String,
+        /// The `sluice-reason` (`rejected`, `deadline`, ...).
+        reason: String,
+        /// The `sluice-detail`.
+        detail: String,
+    },
+    /// The input was skipped by configuration (`on-invalid-input = "skip"`).
+    Skipped {
+        /// The input and handler.
+        origin: Origin,
+        /// Why.
+        detail: String,
+    },
+}
+
+impl Record {
+    fn origin(&self) -> &Origin {
+        match self {
+            Record::Published { origin, .. }
+            | Record::DeadLettered { origin, .. }
+            | Record::Skipped { origin, .. } => origin,
+        }
+    }
+
+    fn sort_key(&self) -> (&str, i32, i64, usize) {
+        let o = self.origin();
+        let index = match self {
+            Record::Published { output, .. } => *output,
+            _ => usize::MAX,
+        };
+        (&o.topic, o.partition, o.offset, index)
+    }
+}
+
+/// Why a run ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Stop {
+    /// Every input was consumed and committed.
+    #[default]
+    Drained,
+    /// A stop was requested (SIGINT/SIGTERM).
+    Requested,
+}
+
+/// The outcome of a run.
+#[derive(Debug, Clone, Default)]
+pub struct RunReport {
+    /// Messages received from the source.
+    pub consumed: u64,
+    /// Messages whose handler returned outputs.
+    pub succeeded: u64,
+    /// Outputs published and confirmed.
+    pub published: u64,
+    /// Messages dead-lettered and confirmed.
+    pub dead_lettered: u64,
+    /// Messages skipped by configuration.
+    pub skipped: u64,
+    /// Messages still unfinished when the run stopped (they will be redelivered).
+    pub unfinished: u64,
+    /// Individual records, when the run was asked to keep them.
+    pub records: Vec<Record>,
+    /// Why the run ended.
+    pub stop: Stop,
+}
+
+/// Counters and records, shared by everything in a run.
+#[derive(Debug, Default)]
+pub(crate) struct Telemetry {
+    consumed: AtomicU64,
+    succeeded: AtomicU64,
+    published: AtomicU64,
+    dead_lettered: AtomicU64,
+    skipped: AtomicU64,
+    records: Option<Mutex<Vec<Record>>>,
+}
+
+impl Telemetry {
+    /// Counters only, or counters and every record.
+    pub(crate) fn new(keep_records: bool) -> Self {
+        Telemetry {
+            records: keep_records.then(Mutex::default),
+            ..Telemetry::default()
+        }
+    }
+
+    pub(crate) fn consumed(&self) {
+        self.consumed.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub(crate) fn succeeded(&self) {
+        self.succeeded.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub(crate) fn published(&self) {
+        self.published.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub(crate) fn dead_lettered(&self) {
+        self.dead_lettered.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub(crate) fn skipped(&self) {
+        self.skipped.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Whether records are kept (so callers can skip building them).
+    pub(crate) fn keeps_records(&self) -> bool {
+        self.records.is_some()
+    }
+
+    /// Keeps a record, if this run keeps them (counting is separate).
+    pub(crate) fn keep(&self, record: Record) {
+        if let Some(records) = &self.records {
+            records.lock().expect("records lock").push(record);
+        }
+    }
+
+    pub(crate) fn report(&self, stop: Stop, unfinished: u64) -> RunReport {
+        let mut records = self
+            .records
+            .as_ref()
+            .map(|r| r.lock().expect("records lock").clone())
+            .unwrap_or_default();
+        records.sort_by(|a, b| a.sort_key().cmp(&b.sort_key()));
+        RunReport {
+            consumed: self.consumed.load(Ordering::Relaxed),
+            succeeded: self.succeeded.load(Ordering::Relaxed),
+            published: self.published.load(Ordering::Relaxed),
+            dead_lettered: self.dead_lettered.load(Ordering::Relaxed),
+            skipped: self.skipped.load(Ordering::Relaxed),
+            unfinished,
+            records,
+            stop,
+        }
+    }
+}
+
+/// Bytes as text when they are UTF-8, else as `base64:...`.
+pub(crate) fn readable(bytes: &[u8]) -> String {
+    match std::str::from_utf8(bytes) {
+        Ok(text) => text.to_owned(),
+        Err(_) => format!(
+            "base64:{}",
+            base64::engine::general_purpose::STANDARD.encode(bytes)
+        ),
+    }
+}
+
+/// Shortens a line for the summary.
+fn clip(text: &str, max: usize) -> String {
+    if text.chars().count() <= max {
+        text.to_owned()
+    } else {
+        format!("{}…", text.chars().take(max).collect::<String>())
+    }
+}
+
+impl RunReport {
+    /// A readable account of the run: totals, then what each input led to.
+    pub fn summary(&self) -> String {
+        let mut out = String::new();
+        let _ = writeln!(
+            out,
+            "{} messages consumed: {} handled, {} outputs published, {} dead-lettered, {} skipped{}",
+            self.consumed,
+            self.succeeded,
+            self.published,
+            self.dead_lettered,
+            self.skipped,
+            if self.unfinished > 0 {
+                format!(", {} unfinished (will be redelivered)", self.unfinished)
+            } else {
+                String::new()
+            }
+        );
+        let mut last_input = None;
+        for record in &self.records {
+            let o = record.origin();
+            let input = (o.topic.as_str(), o.partition, o.offset);
+            if last_input != Some(input) {
+                let _ = writeln!(
+                    out,
+                    "\n{}[{}]@{}  ({} {})",
+                    o.topic, o.partition, o.offset, o.handler, o.version
+                );
+                last_input = Some(input);
+            }
+            let line = match record {
+                Record::Published {
+                    topic,
+                    partition,
+                    offset,
+                    key,
+                    payload,
+                    ..
+                } => format!(
+                    "  published  → {topic}[{partition}]@{offset}  key={}  {}",
+                    key.as_deref().map_or("-".into(), readable),
+                    readable(payload)
+                ),
+                Record::DeadLettered {
+                    topic,
+                    reason,
+                    detail,
+                    ..
+                } => format!("  dead-letter → {topic}  {reason}: {detail}"),
+                Record::Skipped { detail, .. } => format!("  skipped  {detail}"),
+            };
+            let _ = writeln!(out, "{}", clip(&line, 240));
+        }
+        out
+    }
+}

@@ -1,0 +1,237 @@
+//! The command line: replay, inspect, refusals of bad files, config errors,
+//! and the JSONL file source.
+
+use std::path::{Path, PathBuf};
+use std::process::Output;
+
+use sluice::embedded::EmbeddedBroker;
+
+use crate::support::*;
+
+fn stderr_of(output: &Output) -> String {
+    String::from_utf8_lossy(&output.stderr).into_owned()
+}
+
+/// The one `error:` line of a failed command.
+fn error_line(output: &Output) -> String {
+    assert!(
+        !output.status.success(),
+        "expected failure, got {}",
+        output.status
+    );
+    let stderr = stderr_of(output);
+    let errors: Vec<&str> = stderr
+        .lines()
+        .filter(|l| l.starts_with("error: "))
+        .collect();
+    assert_eq!(errors.len(), 1, "want exactly one error line:\n{stderr}");
+    assert_eq!(
+        stderr.lines().last(),
+        Some(errors[0]),
+        "the error line comes last:\n{stderr}"
+    );
+    errors[0].to_owned()
+}
+
+fn shop_handler(name: &str) -> PathBuf {
+    dist().join(name).join("0.1.0.wasm")
+}
+
+#[test]
+fn replay_prints_exactly_the_expected_outputs_of_the_shop_samples() {
+    for (handler, topic) in [
+        ("order-shipped-email", "order-shipped"),
+        ("cancel-order", "order-cancel-requests"),
+    ] {
+        let output = sluice()
+            .args(["replay", "--handler"])
+            .arg(shop_handler(handler))
+            .arg("--input")
+            .arg(repo().join(format!("examples/shop/messages/{topic}.jsonl")))
+            .output()
+            .unwrap();
+        assert!(output.status.success(), "{}", stderr_of(&output));
+        let expected_file = repo().join(format!("examples/shop/expected/{topic}.replay.jsonl"));
+        let expected = std::fs::read_to_string(&expected_file).unwrap();
+        assert_eq!(
+            String::from_utf8(output.stdout).unwrap(),
+            expected,
+            "replay of {handler} differs from {}",
+            expected_file.display()
+        );
+    }
+}
+
+#[test]
+fn inspect_describes_a_handler_and_its_sandbox_check() {
+    let output = sluice()
+        .arg("inspect")
+        .arg(shop_handler("order-shipped-email"))
+        .output()
+        .unwrap();
+    assert!(output.status.success(), "{}", stderr_of(&output));
+    let text = String::from_utf8(output.stdout).unwrap();
+    for expected in [
+        "contract  sluice:handler@0.1.0",
+        "exports   sluice:handler/handle@0.1.0",
+        "imports   sluice:handler/types@0.1.0",
+        "wasi:cli/stdout@",
+        "sandbox   instantiates",
+    ] {
+        assert!(
+            text.contains(expected),
+            "inspect lacks {expected:?}:\n{text}"
+        );
+    }
+}
+
+/// Files that are not handlers, with a piece of the reason each must give.
+fn bad_files(scratch: &Scratch) -> Vec<(PathBuf, &'static str)> {
+    let real = std::fs::read(component("test-faults")).unwrap();
+    vec![
+        (
+            scratch.write("text.wasm", "hello, not wasm"),
+            "not a WebAssembly file",
+        ),
+        (
+            scratch.write("core.wasm", b"\0asm\x01\0\0\0"),
+            "a core WebAssembly module, not a component",
+        ),
+        (
+            scratch.write("truncated.wasm", &real[..real.len() / 2]),
+            "does not compile",
+        ),
+        (
+            component("test-other-world"),
+            "not a sluice handler: it exports run",
+        ),
+    ]
+}
+
+#[test]
+fn inspect_and_replay_refuse_bad_files_with_one_line() {
+    let scratch = Scratch::new();
+    let input = scratch.write("in.jsonl", "{\"topic\":\"t\",\"payload\":\"x\"}\n");
+    for (file, reason) in bad_files(&scratch) {
+        let inspect = sluice().arg("inspect").arg(&file).output().unwrap();
+        let line = error_line(&inspect);
+        assert!(line.contains(reason), "inspect {}: {line}", file.display());
+        assert!(
+            line.contains(&*file.to_string_lossy()),
+            "names the file: {line}"
+        );
+
+        let replay = sluice()
+            .args(["replay", "--handler"])
+            .arg(&file)
+            .arg("--input")
+            .arg(&input)
+            .output()
+            .unwrap();
+        assert!(replay.stdout.is_empty());
+        let line = error_line(&replay);
+        assert!(line.contains(reason), "replay {}: {line}", file.display());
+    }
+}
+
+fn run_with(config: &Path) -> Output {
+    sluice()
+        .args(["run", "--config"])
+        .arg(config)
+        .output()
+        .unwrap()
+}
+
+#[test]
+fn run_refuses_bad_handler_files_with_one_line() {
+    let scratch = Scratch::new();
+    for (file, reason) in bad_files(&scratch) {
+        let handlers = scratch.path().join(format!(
+            "handlers-{}",
+            file.file_stem().unwrap().to_string_lossy()
+        ));
+        std::fs::create_dir_all(handlers.join("bad")).unwrap();
+        std::fs::copy(&file, handlers.join("bad/0.1.0.wasm")).unwrap();
+        let routes = "[[routes]]\ntopic = \"in\"\nhandler = \"bad\"\n";
+        // Nothing listens there: the handler must be refused before any connection.
+        let config = scratch.write("bad.toml", config("127.0.0.1:9", "g", &handlers, routes));
+        let line = error_line(&run_with(&config));
+        assert!(line.contains(reason), "{}: {line}", file.display());
+        assert!(line.contains("bad/0.1.0.wasm"), "names the file: {line}");
+    }
+}
+
+#[test]
+fn config_errors_name_the_offending_key() {
+    let scratch = Scratch::new();
+    let handlers = dist();
+    let route = "[[routes]]\ntopic = \"order-shipped\"\nhandler = \"order-shipped-email\"\n";
+    let cases = [
+        (format!("brokerz = \"x:1\"\n{route}"), "brokerz"),
+        (
+            config(
+                "127.0.0.1:9",
+                "g",
+                &handlers,
+                &format!("[limits]\ndeadline-ms = 0\n{route}"),
+            ),
+            "limits.deadline-ms",
+        ),
+        (
+            config("127.0.0.1:9", "g", &handlers, "[[routes]]\ntopic = \"a\"\n"),
+            "handler",
+        ),
+        (config("localhost", "g", &handlers, route), "brokers"),
+        (
+            config(
+                "127.0.0.1:9",
+                "g",
+                &handlers,
+                "[[routes]]\ntopic = \"a\"\nhandler = \"nope\"\n",
+            ),
+            "no handler named \"nope\"",
+        ),
+    ];
+    for (text, key) in cases {
+        let file = scratch.write("config.toml", &text);
+        let line = error_line(&run_with(&file));
+        assert!(
+            line.contains(key),
+            "error for {key:?} does not name it: {line}"
+        );
+    }
+}
+
+#[test]
+fn the_file_source_runs_routes_from_jsonl_and_stops_at_a_bad_line() {
+    let broker = EmbeddedBroker::start().unwrap();
+    let brokers = broker.bootstrap_servers();
+    let scratch = Scratch::new();
+    let handlers = scratch.handlers(&[("test-faults", "0.1.0", &component("test-faults"))]);
+    let input = scratch.write(
+        "in.jsonl",
+        "{\"topic\":\"local\",\"key\":\"a\",\"payload\":\"one\"}\n\
+         {\"topic\":\"local\",\"key\":\"a\",\"payload\":{\"two\":2}}\n\
+         {\"topic\":\"local\",\"key\":\"a\"}\n\
+         {\"topic\":\"local\",\"key\":\"a\",\"payload\":\"four\"}\n",
+    );
+    let routes = format!(
+        "[source]\nfile = \"{}\"\n\n[[routes]]\ntopic = \"local\"\nhandler = \"test-faults\"\n",
+        input.display()
+    );
+    let config = scratch.write("file.toml", config(brokers, "file", &handlers, &routes));
+    let exit = Host::start(&scratch, "file", &config, &[]).wait();
+    assert!(!exit.status.success());
+    let last = exit.stderr.lines().last().unwrap_or_default();
+    assert!(
+        last.contains("in.jsonl:3: missing payload"),
+        "{}",
+        exit.stderr
+    );
+    // The lines before the bad one were still handled and published.
+    let payloads: Vec<String> = read_topic(brokers, "echo")
+        .into_iter()
+        .map(|r| r.payload)
+        .collect();
+    assert_eq!(payloads, ["one", "{\"two\":2}"]);
+}

@@ -1,0 +1,9 @@
+//! End-to-end tests: a real Kafka-protocol broker (librdkafka's mock cluster,
+//! through the same client code the host uses), real `sluice` processes and
+//! real guest components built from guests/.
+
+mod cli;
+mod dead_letters;
+mod delivery;
+mod shop;
+mod support;

@@ -1,0 +1,136 @@
+//! The shop example end to end: what lands in the topics, committed offsets,
+//! and that a second run publishes nothing new.
+
+use serde_json::{Map, Value, json};
+use sluice::embedded::EmbeddedBroker;
+use sluice::source::jsonl::JsonlReader;
+
+use crate::support::*;
+
+const OUTPUT_TOPICS: [&str; 4] = [
+    "email-requests",
+    "order-events",
+    "order-shipped.dlq",
+    "order-cancel-requests.dlq",
+];
+const INPUT_TOPICS: [&str; 2] = ["order-shipped", "order-cancel-requests"];
+
+const ROUTES: &str = r#"
+[[routes]]
+topic = "order-shipped"
+handler = "order-shipped-email"
+dead-letter-topic = "order-shipped.dlq"
+
+[[routes]]
+topic = "order-cancel-requests"
+handler = "cancel-order"
+"#;
+
+/// Seeds the shop messages the way the demo does: four partitions, by key.
+fn seed(broker: &EmbeddedBroker) {
+    for topic in INPUT_TOPICS {
+        broker.create_topic(topic, 4).unwrap();
+        let file = repo().join(format!("examples/shop/messages/{topic}.jsonl"));
+        let messages: Vec<_> = JsonlReader::open(&file)
+            .unwrap()
+            .partition_by_key(4)
+            .collect::<Result<_, _>>()
+            .unwrap();
+        broker.produce(&messages).unwrap();
+    }
+}
+
+/// A record as one canonical JSON line (topic, key, payload, headers).
+fn canonical(topic: &str, record: &Record) -> String {
+    let headers: Map<String, Value> = record
+        .headers
+        .iter()
+        .map(|(name, value)| (name.clone(), json!(value)))
+        .collect();
+    json!({ "topic": topic, "key": record.key, "payload": record.payload, "headers": headers })
+        .to_string()
+}
+
+fn all_outputs(brokers: &str) -> Vec<String> {
+    let mut lines: Vec<String> = OUTPUT_TOPICS
+        .iter()
+        .flat_map(|topic| {
+            read_topic(brokers, topic)
+                .iter()
+                .map(|r| canonical(topic, r))
+                .collect::<Vec<_>>()
+        })
+        .collect();
+    lines.sort();
+    lines
+}
+
+#[test]
+fn shop_publishes_exactly_the_expected_records_and_commits_to_the_end() {
+    let broker = EmbeddedBroker::start().unwrap();
+    let brokers = broker.bootstrap_servers();
+    seed(&broker);
+    let scratch = Scratch::new();
+    let config = scratch.write("shop.toml", config(brokers, "shop", &dist(), ROUTES));
+
+    Host::start(&scratch, "first", &config, &["--until-drained"]).wait_ok();
+
+    let expected_file = repo().join("examples/shop/expected/records.jsonl");
+    let mut expected: Vec<String> = std::fs::read_to_string(&expected_file)
+        .unwrap()
+        .lines()
+        .filter(|l| !l.trim().is_empty())
+        .map(|l| serde_json::from_str::<Value>(l).unwrap().to_string())
+        .collect();
+    expected.sort();
+    let actual = all_outputs(brokers);
+    assert_eq!(
+        actual,
+        expected,
+        "records differ from {}; actual:\n{}",
+        expected_file.display(),
+        actual.join("\n")
+    );
+
+    // Two shipments of o-1001 share a key: their emails keep input order.
+    let emails = read_topic(brokers, "email-requests");
+    let o1001: Vec<(i32, i64)> = emails
+        .iter()
+        .filter(|r| r.key.as_deref() == Some("o-1001"))
+        .map(Record::source)
+        .collect();
+    assert_eq!(o1001.len(), 2);
+    assert!(
+        o1001[0].1 < o1001[1].1,
+        "o-1001 emails out of order: {o1001:?}"
+    );
+
+    for topic in INPUT_TOPICS {
+        let committed = committed(brokers, "shop", topic);
+        let ends = end_offsets(brokers, topic);
+        for (partition, end) in ends {
+            let done = committed.iter().find(|(p, _)| *p == partition).unwrap().1;
+            // A partition with no messages may have nothing to commit.
+            assert_eq!(
+                done.unwrap_or(0),
+                end,
+                "{topic}[{partition}] committed {done:?}, end {end}"
+            );
+        }
+    }
+
+    // Same group again: everything is committed, so nothing new is published.
+    let before: Vec<i64> = OUTPUT_TOPICS.iter().map(|t| count(brokers, t)).collect();
+    let second = Host::start(&scratch, "second", &config, &["--until-drained"]).wait_ok();
+    let after: Vec<i64> = OUTPUT_TOPICS.iter().map(|t| count(brokers, t)).collect();
+    assert_eq!(
+        before, after,
+        "second run published again:\n{}",
+        second.stdout
+    );
+    assert!(
+        second.stdout.starts_with("0 messages consumed"),
+        "{}",
+        second.stdout
+    );
+}

@@ -1,0 +1,347 @@
+//! Shared pieces of the end-to-end tests: built guests, scratch directories,
+//! `sluice` processes, and reading topics back from the broker.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+use rdkafka::config::ClientConfig;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::message::{Headers, Message as _};
+use rdkafka::{Offset, TopicPartitionList};
+use sluice::contract::{Header, Message};
+
+/// How long any single wait in a test may take before it fails.
+pub const PATIENCE: Duration = Duration::from_secs(60);
+
+pub fn repo() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .unwrap()
+        .to_owned()
+}
+
+/// Builds the guests once per test run (a no-op when they are up to date).
+pub fn guests() -> &'static Path {
+    static BUILT: OnceLock<PathBuf> = OnceLock::new();
+    BUILT.get_or_init(|| {
+        let status = Command::new(repo().join("scripts/build-guests"))
+            .status()
+            .expect("run scripts/build-guests");
+        assert!(status.success(), "scripts/build-guests failed");
+        repo().join("guests")
+    })
+}
+
+/// A service handler as laid out by scripts/build-guests.
+pub fn dist() -> PathBuf {
+    guests().join("dist")
+}
+
+/// A built guest component by crate name (test guests live only here).
+pub fn component(crate_name: &str) -> PathBuf {
+    guests()
+        .join("target/wasm32-wasip2/release")
+        .join(format!("{}.wasm", crate_name.replace('-', "_")))
+}
+
+/// A temporary directory that is removed when the test ends.
+pub struct Scratch(tempfile::TempDir);
+
+impl Scratch {
+    pub fn new() -> Scratch {
+        Scratch(tempfile::tempdir().expect("create scratch dir"))
+    }
+
+    pub fn path(&self) -> &Path {
+        self.0.path()
+    }
+
+    pub fn write(&self, name: &str, contents: impl AsRef<[u8]>) -> PathBuf {
+        let path = self.path().join(name);
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        std::fs::write(&path, contents).unwrap();
+        path
+    }
+
+    /// A handlers directory holding `component` as `<name>/<version>.wasm`.
+    pub fn handlers(&self, entries: &[(&str, &str, &Path)]) -> PathBuf {
+        let dir = self.path().join("handlers");
+        for (name, version, component) in entries {
+            std::fs::create_dir_all(dir.join(name)).unwrap();
+            std::fs::copy(component, dir.join(name).join(format!("{version}.wasm"))).unwrap();
+        }
+        dir
+    }
+}
+
+/// Config text for a host on `brokers` with quick group settings for tests.
+pub fn config(brokers: &str, group: &str, handlers: &Path, routes: &str) -> String {
+    format!(
+        r#"brokers = "{brokers}"
+group-id = "{group}"
+handlers-dir = "{handlers}"
+commit-interval-ms = 200
+shutdown-timeout-ms = 20000
+
+[kafka.consumer]
+"session.timeout.ms" = "3000"
+"heartbeat.interval.ms" = "300"
+
+{routes}
+"#,
+        handlers = handlers.display()
+    )
+}
+
+/// The `sluice` binary under test.
+pub fn sluice() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_sluice"))
+}
+
+/// A `sluice run` child process; killed if the test ends first.
+pub struct Host {
+    child: Option<Child>,
+    stdout: PathBuf,
+    stderr: PathBuf,
+}
+
+/// How a host process ended.
+pub struct Exit {
+    pub status: ExitStatus,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+impl Host {
+    pub fn start(scratch: &Scratch, name: &str, config: &Path, extra: &[&str]) -> Host {
+        let stdout = scratch.path().join(format!("{name}.stdout"));
+        let stderr = scratch.path().join(format!("{name}.stderr"));
+        let child = sluice()
+            .args(["run", "--config"])
+            .arg(config)
+            .args(extra)
+            .env("RUST_LOG", "info")
+            .stdout(std::fs::File::create(&stdout).unwrap())
+            .stderr(std::fs::File::create(&stderr).unwrap())
+            .stdin(Stdio::null())
+            .spawn()
+            .expect("start sluice");
+        Host {
+            child: Some(child),
+            stdout,
+            stderr,
+        }
+    }
+
+    /// Sends a signal (SIGTERM for a graceful stop, SIGKILL for a crash).
+    pub fn signal(&self, signal: i32) {
+        let pid = self.child.as_ref().unwrap().id() as i32;
+        // SAFETY: plain kill(2) on our own child.
+        assert_eq!(unsafe { libc::kill(pid, signal) }, 0, "signal sluice");
+    }
+
+    /// Waits for the process to end, failing the test after `PATIENCE`.
+    pub fn wait(mut self) -> Exit {
+        let mut child = self.child.take().unwrap();
+        let started = Instant::now();
+        let status = loop {
+            if let Some(status) = child.try_wait().unwrap() {
+                break status;
+            }
+            if started.elapsed() > PATIENCE {
+                let _ = child.kill();
+                panic!(
+                    "sluice did not exit within {PATIENCE:?}; stderr:\n{}",
+                    std::fs::read_to_string(&self.stderr).unwrap_or_default()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        };
+        Exit {
+            status,
+            stdout: std::fs::read_to_string(&self.stdout).unwrap_or_default(),
+            stderr: std::fs::read_to_string(&self.stderr).unwrap_or_default(),
+        }
+    }
+
+    /// Waits for a successful exit and returns its stdout.
+    pub fn wait_ok(self) -> Exit {
+        let exit = self.wait();
+        assert!(
+            exit.status.success(),
+            "sluice failed: {}\n{}",
+            exit.status,
+            exit.stderr
+        );
+        exit
+    }
+}
+
+impl Drop for Host {
+    fn drop(&mut self) {
+        if let Some(child) = &mut self.child {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+/// Polls `condition` until it holds; fails the test after `PATIENCE`.
+pub fn wait_until(what: &str, mut condition: impl FnMut() -> bool) {
+    let started = Instant::now();
+    while !condition() {
+        assert!(started.elapsed() < PATIENCE, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// A message for producing in tests.
+pub fn message(topic: &str, partition: i32, key: &str, payload: &str) -> Message {
+    Message {
+        topic: topic.into(),
+        partition,
+        offset: 0,
+        key: Some(key.as_bytes().to_vec()),
+        payload: payload.as_bytes().to_vec(),
+        headers: vec![Header::new("origin", "test")],
+        timestamp: 0,
+    }
+}
+
+/// A record read back from a topic.
+#[derive(Debug, Clone)]
+pub struct Record {
+    pub partition: i32,
+    pub offset: i64,
+    pub key: Option<String>,
+    pub payload: String,
+    pub headers: Vec<(String, String)>,
+}
+
+impl Record {
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, v)| v.as_str())
+    }
+
+    /// The input (partition, offset) a sluice output came from, by `sluice-id`.
+    pub fn source(&self) -> (i32, i64) {
+        let id = self.header("sluice-id").expect("sluice-id header");
+        let parts: Vec<&str> = id.split('/').collect();
+        (parts[1].parse().unwrap(), parts[2].parse().unwrap())
+    }
+}
+
+fn reader(brokers: &str, group: &str) -> BaseConsumer {
+    ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .set("group.id", group)
+        .set("enable.auto.commit", "false")
+        .create()
+        .expect("create test consumer")
+}
+
+/// Partitions of a topic, or none if it does not exist.
+fn partitions(consumer: &BaseConsumer, topic: &str) -> Vec<i32> {
+    let metadata = consumer
+        .fetch_metadata(Some(topic), Duration::from_secs(10))
+        .expect("fetch metadata");
+    metadata
+        .topics()
+        .iter()
+        .filter(|t| t.name() == topic && t.error().is_none())
+        .flat_map(|t| t.partitions().iter().map(|p| p.id()))
+        .collect()
+}
+
+/// End offsets of every partition of a topic.
+pub fn end_offsets(brokers: &str, topic: &str) -> Vec<(i32, i64)> {
+    let consumer = reader(brokers, "sluice-test-reader");
+    partitions(&consumer, topic)
+        .into_iter()
+        .map(|p| {
+            let (_, high) = consumer
+                .fetch_watermarks(topic, p, Duration::from_secs(10))
+                .expect("fetch watermarks");
+            (p, high)
+        })
+        .collect()
+}
+
+/// Records in a topic right now (sum over partitions).
+pub fn count(brokers: &str, topic: &str) -> i64 {
+    end_offsets(brokers, topic)
+        .iter()
+        .map(|(_, high)| high)
+        .sum()
+}
+
+/// Every record of a topic, by partition then offset.
+pub fn read_topic(brokers: &str, topic: &str) -> Vec<Record> {
+    let consumer = reader(brokers, "sluice-test-reader");
+    let ends = end_offsets(brokers, topic);
+    let mut tpl = TopicPartitionList::new();
+    for (partition, _) in &ends {
+        tpl.add_partition_offset(topic, *partition, Offset::Beginning)
+            .unwrap();
+    }
+    consumer.assign(&tpl).unwrap();
+    drop(tpl);
+    let expected: i64 = ends.iter().map(|(_, high)| high).sum();
+    let mut records = Vec::new();
+    let started = Instant::now();
+    while (records.len() as i64) < expected {
+        assert!(started.elapsed() < PATIENCE, "timed out reading {topic}");
+        let Some(result) = consumer.poll(Duration::from_millis(100)) else {
+            continue;
+        };
+        let msg = result.expect("consume");
+        let text = |bytes: &[u8]| String::from_utf8_lossy(bytes).into_owned();
+        records.push(Record {
+            partition: msg.partition(),
+            offset: msg.offset(),
+            key: msg.key().map(text),
+            payload: text(msg.payload().unwrap_or_default()),
+            headers: msg
+                .headers()
+                .map(|hs| {
+                    hs.iter()
+                        .map(|h| (h.key.to_owned(), text(h.value.unwrap_or_default())))
+                        .collect()
+                })
+                .unwrap_or_default(),
+        });
+    }
+    records.sort_by_key(|r| (r.partition, r.offset));
+    records
+}
+
+/// The group's committed offset for each partition of a topic (None: no commit).
+pub fn committed(brokers: &str, group: &str, topic: &str) -> Vec<(i32, Option<i64>)> {
+    let consumer = reader(brokers, group);
+    let mut tpl = TopicPartitionList::new();
+    for p in partitions(&consumer, topic) {
+        tpl.add_partition(topic, p);
+    }
+    let committed = consumer
+        .committed_offsets(tpl, Duration::from_secs(10))
+        .expect("committed offsets");
+    let offsets = committed
+        .elements()
+        .iter()
+        .map(|e| {
+            let offset = match e.offset() {
+                Offset::Offset(o) => Some(o),
+                _ => None,
+            };
+            (e.partition(), offset)
+        })
+        .collect();
+    // Lists from a consumer must be dropped before it (see shared/kafka.md).
+    drop(committed);
+    offsets
+}
