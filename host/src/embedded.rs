@@ -16,6 +16,8 @@ use crate::contract::Message;
 
 /// How long producing to the embedded broker may take to be confirmed.
 const FLUSH_TIMEOUT: Duration = Duration::from_secs(60);
+/// The mock cluster's single broker.
+const BROKER_ID: i32 = 1;
 
 /// An in-process Kafka-protocol broker.
 pub struct EmbeddedBroker {
@@ -73,11 +75,25 @@ impl EmbeddedBroker {
 
     /// Creates a topic (a no-op error for one that exists is returned as is).
     pub fn create_topic(&self, topic: &str, partitions: i32) -> KafkaResult<()> {
+        self.mock()?.create_topic(topic, partitions, 1)
+    }
+
+    /// Takes the broker off the network (connections refused) until
+    /// `bring_up`, to test what clients do when it goes away.
+    pub fn take_down(&self) -> KafkaResult<()> {
+        self.mock()?.broker_down(BROKER_ID)
+    }
+
+    /// Puts the broker back after `take_down`.
+    pub fn bring_up(&self) -> KafkaResult<()> {
+        self.mock()?.broker_up(BROKER_ID)
+    }
+
+    fn mock(&self) -> KafkaResult<rdkafka::mocking::MockCluster<'_, FailureCount>> {
         self.client
             .client()
             .mock_cluster()
-            .ok_or(KafkaError::MockCluster(RDKafkaErrorCode::Fail))?
-            .create_topic(topic, partitions, 1)
+            .ok_or(KafkaError::MockCluster(RDKafkaErrorCode::Fail))
     }
 
     /// Produces messages to their topic and partition, in order, and waits

@@ -50,40 +50,50 @@ impl Pipeline {
         self.routes.contains_key(topic)
     }
 
-    /// Handles one message and starts its effects. Returns once the effects
-    /// are running in order, so the lane can go on; the ack follows when the
-    /// broker has confirmed them.
-    pub(crate) async fn process(&self, delivery: Delivery) {
-        let Delivery { message, ack } = delivery;
-        self.telemetry.consumed();
-        let Some(RouteHandler { route, handler }) = self.routes.get(&message.topic) else {
-            // Sources only deliver routed topics; keep the offset back if not.
-            tracing::error!(input = %message.id(), "no route for message; left unacknowledged");
+    /// Handles a batch of one lane's messages and starts their effects, in
+    /// order. Returns once the effects are running, so the lane can go on;
+    /// each ack follows when the broker has confirmed that message's effects.
+    pub(crate) async fn process(&self, deliveries: Vec<Delivery>) {
+        let Some(first) = deliveries.first() else {
             return;
         };
-        let pending = match self.pool.call(handler.clone(), message.clone()).await {
-            Ok(outputs) => {
-                self.telemetry.succeeded();
-                self.effects
-                    .execute(&message, handler.as_ref(), outputs)
-                    .await
-            }
-            Err(error) => match policy::on_failure(route, &error) {
-                Disposition::DeadLetter(dead) => {
+        let Some(RouteHandler { route, handler }) = self.routes.get(&first.message.topic) else {
+            // Sources only deliver routed topics; keep the offsets back if not.
+            tracing::error!(input = %first.message.id(), "no route for message; left unacknowledged");
+            return;
+        };
+        let messages = deliveries.iter().map(|d| d.message.clone()).collect();
+        let outcomes = self.pool.call(handler.clone(), messages).await;
+        let mut settling = Vec::with_capacity(deliveries.len());
+        for (Delivery { message, ack }, outcome) in deliveries.into_iter().zip(outcomes) {
+            self.telemetry.consumed();
+            let pending = match outcome {
+                Ok(outputs) => {
+                    self.telemetry.succeeded();
                     self.effects
-                        .dead_letter(&message, handler.as_ref(), dead)
+                        .execute(&message, handler.as_ref(), outputs)
                         .await
                 }
-                Disposition::Skip(detail) => {
-                    self.effects.skip(&message, handler.as_ref(), detail);
-                    ack.finish();
-                    return;
-                }
-            },
-        };
+                Err(error) => match policy::on_failure(route, &error) {
+                    Disposition::DeadLetter(dead) => {
+                        self.effects
+                            .dead_letter(&message, handler.as_ref(), dead)
+                            .await
+                    }
+                    Disposition::Skip(detail) => {
+                        self.effects.skip(&message, handler.as_ref(), detail);
+                        ack.finish();
+                        continue;
+                    }
+                },
+            };
+            settling.push((pending, ack));
+        }
         tokio::spawn(async move {
-            pending.settle().await;
-            ack.finish();
+            for (pending, ack) in settling {
+                pending.settle().await;
+                ack.finish();
+            }
         });
     }
 }

@@ -18,16 +18,16 @@ use crate::pipeline::{Pipeline, RouteHandler};
 use crate::registry::{self, RegistryError};
 use crate::runtime::{Handler, LoadError, Runtime, RuntimeError, WorkerPool};
 use crate::schedule::offsets::Offsets;
-use crate::schedule::{Lanes, Queued};
+use crate::schedule::{Feed, Lanes, Queued};
 use crate::source::Delivery;
 use crate::source::jsonl::{JsonlError, JsonlReader};
-use crate::source::kafka::KafkaSource;
+use crate::source::kafka::{Committer, KafkaSource, PartitionEvent, UnsplitMessage};
 use crate::telemetry::{RunReport, Stop, Telemetry};
 
 /// How often finished offsets are handed to the consumer for committing.
 const STORE_INTERVAL: Duration = Duration::from_millis(100);
 /// How often a run that stops when drained checks whether it is.
-const DRAIN_CHECK_INTERVAL: Duration = Duration::from_millis(250);
+const DRAIN_CHECK_INTERVAL: Duration = Duration::from_millis(100);
 
 /// How a run behaves beyond its config.
 #[derive(Default)]
@@ -67,6 +67,9 @@ pub enum RunError {
     /// The Kafka client.
     #[error("kafka: {0}")]
     Kafka(#[from] KafkaError),
+    /// A message escaped its partition's queue; the run stops unacknowledged.
+    #[error("kafka: {0}")]
+    Unsplit(#[from] UnsplitMessage),
 }
 
 /// Runs the routes of `config` until `shutdown` resolves or, when asked (or
@@ -105,12 +108,8 @@ pub async fn run(
             consume_file(&path, lanes, &offsets, shutdown, deadline).await
         }
         None => {
-            let source = Arc::new(KafkaSource::connect(config, &brokers, offsets.clone())?);
-            let stop =
-                consume_kafka(&source, lanes, &offsets, until_drained, shutdown, deadline).await;
-            // Closing the consumer leaves the group, which may wait on the broker.
-            let _ = tokio::task::spawn_blocking(move || drop(source)).await;
-            Ok(stop)
+            let source = KafkaSource::connect(config, &brokers, offsets.clone())?;
+            consume_kafka(source, lanes, &offsets, until_drained, shutdown, deadline).await
         }
     };
     publisher.flush(deadline);
@@ -189,44 +188,47 @@ enum Event {
     Stop(Stop),
     Store,
     CheckDrained,
-    Received(Result<Delivery, KafkaError>),
+    Partition(Result<PartitionEvent, UnsplitMessage>),
 }
 
 async fn consume_kafka(
-    source: &Arc<KafkaSource>,
+    mut source: KafkaSource,
     mut lanes: Lanes,
     offsets: &Arc<Offsets>,
     until_drained: bool,
     shutdown: impl Future<Output = ()>,
     deadline: Duration,
-) -> Stop {
+) -> Result<Stop, RunError> {
+    let committer = source.committer();
     let mut store_tick = tokio::time::interval(STORE_INTERVAL);
     let mut drain_tick = tokio::time::interval(DRAIN_CHECK_INTERVAL);
     tokio::pin!(shutdown);
+    let mut failure = None;
     let stop = loop {
         let event = tokio::select! {
             biased;
             _ = &mut shutdown => Event::Stop(Stop::Requested),
             _ = store_tick.tick() => Event::Store,
             _ = drain_tick.tick(), if until_drained => Event::CheckDrained,
-            received = source.recv() => Event::Received(received),
+            event = source.next_event() => Event::Partition(event),
         };
         match event {
             Event::Stop(stop) => break stop,
-            Event::Store => source.store_advanced(),
+            Event::Store => committer.store_advanced(),
             Event::CheckDrained => {
-                if offsets.in_flight() == 0 && is_drained(source).await {
+                if offsets.in_flight() == 0 && is_drained(&committer).await {
                     break Stop::Drained;
                 }
             }
-            Event::Received(Ok(delivery)) => {
-                tokio::select! {
-                    _ = lanes.dispatch(delivery) => {}
-                    _ = &mut shutdown => break Stop::Requested,
-                }
+            Event::Partition(Ok(PartitionEvent::Assigned(tp, feed))) => {
+                lanes.open(tp, Feed::Partition(feed));
             }
-            // librdkafka recovers from broker and network errors by itself.
-            Event::Received(Err(error)) => tracing::warn!(%error, "consumer error"),
+            Event::Partition(Ok(PartitionEvent::Revoked(tp))) => lanes.stop(&tp),
+            Event::Partition(Err(unsplit)) => {
+                tracing::error!(%unsplit, "stopping: cannot keep partition order");
+                failure = Some(RunError::Unsplit(unsplit));
+                break Stop::Requested;
+            }
         }
     };
     tracing::info!(
@@ -234,15 +236,18 @@ async fn consume_kafka(
         in_flight = offsets.in_flight(),
         "stopping: finishing in-flight messages"
     );
-    finish(lanes, stop, offsets, deadline).await;
-    let committer = source.clone();
+    // Partition queues never run dry: what a lane has not started stays for
+    // the next owner of its partition.
+    finish(lanes, Queued::Leave, offsets, deadline).await;
     let _ = tokio::task::spawn_blocking(move || committer.commit_now()).await;
-    stop
+    // Closing the consumer leaves the group, which may wait on the broker.
+    let _ = tokio::task::spawn_blocking(move || drop(source)).await;
+    failure.map_or(Ok(stop), Err)
 }
 
-async fn is_drained(source: &Arc<KafkaSource>) -> bool {
-    let source = source.clone();
-    match tokio::task::spawn_blocking(move || source.drained()).await {
+async fn is_drained(committer: &Committer) -> bool {
+    let committer = committer.clone();
+    match tokio::task::spawn_blocking(move || committer.drained()).await {
         Ok(Ok(drained)) => drained,
         Ok(Err(error)) => {
             tracing::debug!(%error, "drain check failed; will check again");
@@ -288,18 +293,18 @@ async fn consume_file(
             _ = &mut shutdown => break Stop::Requested,
         }
     };
-    // Whatever was read before a bad line is still finished.
-    finish(lanes, stop, offsets, deadline).await;
-    failure.map_or(Ok(stop), Err)
-}
-
-/// Finishes the messages being handled (and, when drained, those queued)
-/// and waits for their acks, up to `deadline`.
-async fn finish(lanes: Lanes, stop: Stop, offsets: &Offsets, deadline: Duration) {
+    // Whatever was read before the end or a bad line is still finished.
     let queued = match stop {
         Stop::Drained => Queued::Handle,
         Stop::Requested => Queued::Leave,
     };
+    finish(lanes, queued, offsets, deadline).await;
+    failure.map_or(Ok(stop), Err)
+}
+
+/// Finishes the batches being handled (and, with `Queued::Handle`, those
+/// queued) and waits for their acks, up to `deadline`.
+async fn finish(lanes: Lanes, queued: Queued, offsets: &Offsets, deadline: Duration) {
     let drained = async {
         lanes.close(queued).await;
         offsets.wait_idle().await;

@@ -153,3 +153,59 @@ fn sigterm_finishes_in_flight_messages_and_commits_exactly_what_was_done() {
         "duplicates after a graceful stop"
     );
 }
+
+#[test]
+fn a_broker_outage_mid_stream_loses_nothing_and_publishes_are_retried() {
+    let broker = EmbeddedBroker::start().unwrap();
+    let brokers = broker.bootstrap_servers();
+    broker.create_topic("in", PARTITIONS).unwrap();
+    let messages: Vec<_> = (0..MESSAGES)
+        .map(|i| {
+            message(
+                "in",
+                i as i32 % PARTITIONS,
+                &format!("k{}", i % 40),
+                "spin:1",
+            )
+        })
+        .collect();
+    broker.produce(&messages).unwrap();
+    let scratch = Scratch::new();
+    let handlers = scratch.handlers(&[("test-faults", "0.1.0", &component("test-faults"))]);
+    // Deliveries give up quickly during the outage, so sluice's own retry
+    // (not only librdkafka's) has to bring them through.
+    let routes = format!("{ROUTES}\n[kafka.producer]\n\"message.timeout.ms\" = \"500\"\n");
+    let config = scratch.write("host.toml", config(brokers, "delivery", &handlers, &routes));
+
+    let host = Host::start(&scratch, "outage", &config, &["--until-drained"]);
+    wait_until("the host to publish some outputs", || {
+        count(brokers, "echo") >= 100
+    });
+    broker.take_down().unwrap();
+    let stderr = scratch.path().join("outage.stderr");
+    wait_until("a publish to fail while the broker is down", || {
+        std::fs::read_to_string(&stderr).is_ok_and(|log| log.contains("publish failed; retrying"))
+    });
+    broker.bring_up().unwrap();
+    let exit = host.wait();
+    assert!(exit.status.success(), "{}\n{}", exit.status, exit.stderr);
+
+    let outputs = outputs_per_input(brokers);
+    assert_eq!(
+        outputs.len(),
+        MESSAGES,
+        "inputs without an output after the outage"
+    );
+    assert_eq!(
+        count(brokers, "in.dlq"),
+        0,
+        "nothing may be dead-lettered by an outage"
+    );
+    let committed = committed_map(brokers);
+    for (partition, end) in end_offsets(brokers, "in") {
+        assert_eq!(
+            committed[&partition], end,
+            "partition {partition} not committed to its end"
+        );
+    }
+}

@@ -57,6 +57,11 @@ pub(crate) mod v0_1 {
     wasmtime::component::bindgen!({
         world: "handler",
         path: "../wit",
+        // Messages are lowered into the guest straight from the host's own
+        // values, without copying them into owned binding types first.
+        ownership: Borrowing {
+            duplicate_if_necessary: true
+        },
     });
 }
 
@@ -110,9 +115,10 @@ impl HandlerExports {
     ) -> wasmtime::Result<Result<Vec<Output>, HandleError>> {
         match self {
             HandlerExports::V0_1(handler) => {
+                let headers: Vec<_> = msg.headers.iter().map(v0_1_types::header_param).collect();
                 let result = handler
                     .sluice_handler_handle()
-                    .call_handle(store, &v0_1_types::message(msg))?;
+                    .call_handle(store, v0_1_types::message(msg, &headers))?;
                 Ok(result
                     .map(|outputs| outputs.into_iter().map(v0_1_types::output).collect())
                     .map_err(v0_1_types::error))
@@ -125,26 +131,29 @@ mod v0_1_types {
     use super::*;
     use v0_1::sluice::handler::types as wit;
 
-    pub(super) fn message(msg: &Message) -> wit::Message {
+    pub(super) fn message<'a>(
+        msg: &'a Message,
+        headers: &'a [wit::HeaderParam<'a>],
+    ) -> wit::Message<'a> {
         wit::Message {
-            topic: msg.topic.clone(),
+            topic: &msg.topic,
             partition: msg.partition as u32,
             offset: msg.offset as u64,
-            key: msg.key.clone(),
-            payload: msg.payload.clone(),
-            headers: msg.headers.iter().map(header_to_wit).collect(),
+            key: msg.key.as_deref(),
+            payload: &msg.payload,
+            headers,
             timestamp: msg.timestamp,
         }
     }
 
-    fn header_to_wit(h: &Header) -> wit::Header {
-        wit::Header {
-            name: h.name.clone(),
-            value: h.value.clone(),
+    pub(super) fn header_param(h: &Header) -> wit::HeaderParam<'_> {
+        wit::HeaderParam {
+            name: &h.name,
+            value: &h.value,
         }
     }
 
-    fn header(h: wit::Header) -> Header {
+    fn header(h: wit::HeaderResult) -> Header {
         Header {
             name: h.name,
             value: h.value,

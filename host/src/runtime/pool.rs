@@ -13,10 +13,11 @@ use crate::contract::{Message, Output};
 
 type CallResult = Result<Vec<Output>, CallError>;
 
+/// Messages of one lane, to be handled in order on one worker.
 struct Job {
     handler: Arc<dyn Handler>,
-    message: Arc<Message>,
-    reply: oneshot::Sender<CallResult>,
+    messages: Vec<Arc<Message>>,
+    reply: oneshot::Sender<Vec<CallResult>>,
 }
 
 /// A fixed set of threads that call handlers.
@@ -45,23 +46,25 @@ impl WorkerPool {
         }
     }
 
-    /// Runs `handler` on `message` on some worker and returns its outcome.
+    /// Runs `handler` on each message, in order, on one worker, and returns
+    /// their outcomes. One round trip per batch keeps thread hand-offs off the
+    /// per-message cost.
     pub(crate) async fn call(
         &self,
         handler: Arc<dyn Handler>,
-        message: Arc<Message>,
-    ) -> CallResult {
-        let (reply, outcome) = oneshot::channel();
+        messages: Vec<Arc<Message>>,
+    ) -> Vec<CallResult> {
+        let (reply, outcomes) = oneshot::channel();
         self.jobs
             .as_ref()
             .expect("worker pool is running")
             .send(Job {
                 handler,
-                message,
+                messages,
                 reply,
             })
             .expect("worker threads outlive the pool handle");
-        outcome.await.expect("a worker always replies")
+        outcomes.await.expect("a worker always replies")
     }
 }
 
@@ -100,9 +103,16 @@ impl Worker {
                 Ok(job) => job,
                 Err(_) => return,
             };
-            let outcome = self.call(&job.handler, &job.message);
+            // Instances of handlers nobody else holds any more (replaced versions) go.
+            self.slots
+                .retain(|slot| Arc::strong_count(&slot.handler) > 1);
+            let outcomes = job
+                .messages
+                .iter()
+                .map(|message| self.call(&job.handler, message))
+                .collect();
             // The caller may have gone away (shutdown); nothing to do then.
-            let _ = job.reply.send(outcome);
+            let _ = job.reply.send(outcomes);
         }
     }
 

@@ -1,11 +1,18 @@
 //! The Kafka source: one consumer-group member subscribed to every routed
-//! topic. Offsets are stored only when the watermark says every message below
-//! them is finished (`enable.auto.offset.store=false`); librdkafka commits the
-//! stored offsets periodically, and sluice commits them itself before
-//! partitions are revoked and at shutdown.
+//! topic. Each assigned partition is split onto its own queue, which feeds
+//! that partition's lane, so partitions never wait on each other. Offsets are
+//! stored only when the watermark says every message below them is finished
+//! (`enable.auto.offset.store=false`); librdkafka commits the stored offsets
+//! periodically, and sluice commits them itself before partitions are
+//! revoked and at shutdown.
 
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock, Weak};
 use std::time::Duration;
+
+use futures::FutureExt;
+use futures::StreamExt;
+use rdkafka::consumer::stream_consumer::StreamPartitionQueue;
+use tokio::sync::mpsc;
 
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{
@@ -23,47 +30,131 @@ use crate::schedule::offsets::{Offsets, TopicPartition};
 /// How long a committed-offsets query may take before it counts as failed.
 const QUERY_TIMEOUT: Duration = Duration::from_secs(5);
 
-/// Consumer callbacks: keep the watermarks and the group's offsets in step
-/// with partition assignment.
+type SourceConsumer = StreamConsumer<SourceContext>;
+
+/// A change in what this member owns, for the run loop to open or stop lanes.
+pub(crate) enum PartitionEvent {
+    /// A partition was assigned; its messages arrive on this feed.
+    Assigned(TopicPartition, PartitionFeed),
+    /// A partition was revoked.
+    Revoked(TopicPartition),
+}
+
+/// Consumer callbacks: split assigned partitions onto their own queues, and
+/// keep the watermarks and the group's offsets in step with assignment.
 pub(crate) struct SourceContext {
     offsets: Arc<Offsets>,
+    consumer: OnceLock<Weak<SourceConsumer>>,
+    events: mpsc::UnboundedSender<PartitionEvent>,
 }
 
 impl ClientContext for SourceContext {}
 
 impl ConsumerContext for SourceContext {
+    // Runs before librdkafka (incrementally) assigns or revokes. A queue split
+    // off before the assignment is never forwarded to the main queue, so the
+    // split has to happen here, not after.
     fn pre_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
-        if let Rebalance::Revoke(revoked) = rebalance {
-            let partitions = partitions_of(revoked);
-            tracing::info!(partitions = %list(&partitions), "partitions revoked");
-            // Commit what is finished before another member takes over.
-            store(consumer, &self.offsets, &partitions);
-            commit(consumer, CommitMode::Sync);
-            for tp in &partitions {
-                self.offsets.forget(tp);
-            }
-        }
-    }
-
-    fn post_rebalance(&self, _: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
         match rebalance {
-            Rebalance::Assign(assigned) => {
+            Rebalance::Assign(assigned) if assigned.count() > 0 => {
+                let Some(stream) = self.consumer.get().and_then(Weak::upgrade) else {
+                    return;
+                };
                 let partitions = partitions_of(assigned);
                 tracing::info!(partitions = %list(&partitions), "partitions assigned");
-                for tp in &partitions {
-                    self.offsets.forget(tp);
+                for tp in partitions {
+                    self.offsets.forget(&tp);
+                    match stream.split_partition_queue(&tp.0, tp.1) {
+                        Some(queue) => {
+                            let feed = PartitionFeed {
+                                queue,
+                                offsets: self.offsets.clone(),
+                            };
+                            let _ = self.events.send(PartitionEvent::Assigned(tp, feed));
+                        }
+                        None => {
+                            tracing::error!(topic = %tp.0, partition = tp.1, "cannot split assigned partition")
+                        }
+                    }
+                }
+            }
+            Rebalance::Revoke(revoked) if revoked.count() > 0 => {
+                let partitions = partitions_of(revoked);
+                tracing::info!(partitions = %list(&partitions), "partitions revoked");
+                // Commit what is finished before another member takes over.
+                store(consumer, &self.offsets, &partitions);
+                commit(consumer, CommitMode::Sync);
+                for tp in partitions {
+                    self.offsets.forget(&tp);
+                    let _ = self.events.send(PartitionEvent::Revoked(tp));
                 }
             }
             Rebalance::Error(error) => tracing::warn!(%error, "rebalance failed"),
-            Rebalance::Revoke(_) => {}
+            Rebalance::Assign(_) | Rebalance::Revoke(_) => {}
         }
     }
 }
 
+/// One assigned partition's own queue of messages.
+pub(crate) struct PartitionFeed {
+    queue: StreamPartitionQueue<SourceContext>,
+    offsets: Arc<Offsets>,
+}
+
+impl PartitionFeed {
+    /// Waits for a message, then takes what else is ready, up to `max`; each
+    /// is registered as in flight.
+    pub(crate) async fn next_batch(&mut self, batch: &mut Vec<Delivery>, max: usize) -> usize {
+        let mut stream = self.queue.stream();
+        let mut received = 0;
+        while received < max {
+            let next = if received == 0 {
+                stream.next().await
+            } else {
+                match stream.next().now_or_never() {
+                    Some(next) => next,
+                    None => break,
+                }
+            };
+            match next {
+                Some(Ok(message)) => {
+                    batch.push(delivery(&message, &self.offsets));
+                    received += 1;
+                }
+                // librdkafka recovers from fetch errors by itself.
+                Some(Err(error)) => tracing::warn!(%error, "partition consumer error"),
+                None => break,
+            }
+        }
+        received
+    }
+}
+
+fn delivery(borrowed: &BorrowedMessage<'_>, offsets: &Arc<Offsets>) -> Delivery {
+    let message = owned(borrowed);
+    let ack = offsets.begin((message.topic.clone(), message.partition), message.offset);
+    Delivery {
+        message: Arc::new(message),
+        ack,
+    }
+}
+
+/// A message that arrived on the main queue instead of its partition's:
+/// the split did not take, and the run stops rather than process it out of
+/// order or lose it.
+#[derive(Debug, thiserror::Error)]
+#[error("message {topic}[{partition}]@{offset} arrived outside its partition queue")]
+pub struct UnsplitMessage {
+    topic: String,
+    partition: i32,
+    offset: i64,
+}
+
 /// A consumer-group member feeding the pipeline.
 pub(crate) struct KafkaSource {
-    consumer: StreamConsumer<SourceContext>,
+    consumer: Arc<SourceConsumer>,
     offsets: Arc<Offsets>,
+    events: mpsc::UnboundedReceiver<PartitionEvent>,
 }
 
 impl KafkaSource {
@@ -90,41 +181,77 @@ impl KafkaSource {
                 config.commit_interval_ms.to_string(),
             )
             .set("enable.auto.offset.store", "false");
-        let consumer: StreamConsumer<SourceContext> =
-            client.create_with_context(SourceContext {
+        let (events, events_received) = mpsc::unbounded_channel();
+        let consumer: Arc<SourceConsumer> =
+            Arc::new(client.create_with_context(SourceContext {
                 offsets: offsets.clone(),
-            })?;
+                consumer: OnceLock::new(),
+                events,
+            })?);
+        let _ = consumer.context().consumer.set(Arc::downgrade(&consumer));
         let topics: Vec<&str> = config.routes.iter().map(|r| r.topic.as_str()).collect();
         consumer.subscribe(&topics)?;
         tracing::info!(brokers, group = %config.group_id, topics = %topics.join(","), "subscribed");
-        Ok(KafkaSource { consumer, offsets })
-    }
-
-    /// The next message, registered as in flight.
-    pub(crate) async fn recv(&self) -> KafkaResult<Delivery> {
-        let borrowed = self.consumer.recv().await?;
-        let message = owned(&borrowed);
-        let ack = self
-            .offsets
-            .begin((message.topic.clone(), message.partition), message.offset);
-        Ok(Delivery {
-            message: Arc::new(message),
-            ack,
+        Ok(KafkaSource {
+            consumer,
+            offsets,
+            events: events_received,
         })
     }
 
+    /// Serves the consumer's events (rebalances run in here) and returns the
+    /// next assignment change. Messages all go to partition queues; one here
+    /// is an error.
+    pub(crate) async fn next_event(&mut self) -> Result<PartitionEvent, UnsplitMessage> {
+        loop {
+            tokio::select! {
+                biased;
+                Some(event) = self.events.recv() => return Ok(event),
+                received = self.consumer.recv() => match received {
+                    Ok(message) => {
+                        return Err(UnsplitMessage {
+                            topic: message.topic().to_owned(),
+                            partition: message.partition(),
+                            offset: message.offset(),
+                        });
+                    }
+                    // librdkafka recovers from broker and network errors by itself.
+                    Err(error) => tracing::warn!(%error, "consumer error"),
+                },
+            }
+        }
+    }
+
+    /// A handle for storing and committing offsets, usable from blocking
+    /// threads while the source loop goes on.
+    pub(crate) fn committer(&self) -> Committer {
+        Committer {
+            consumer: self.consumer.clone(),
+            offsets: self.offsets.clone(),
+        }
+    }
+}
+
+/// Stores and commits finished offsets, and tells whether everything is.
+#[derive(Clone)]
+pub(crate) struct Committer {
+    consumer: Arc<SourceConsumer>,
+    offsets: Arc<Offsets>,
+}
+
+impl Committer {
     /// Stores the offsets whose watermark advanced, for the next commit.
     pub(crate) fn store_advanced(&self) {
         let advanced = self.offsets.advanced();
         if !advanced.is_empty() {
-            store_offsets(&self.consumer, &advanced);
+            store_offsets(&*self.consumer, &advanced);
         }
     }
 
-    /// Stores everything finished and commits it now.
+    /// Stores everything finished and commits it now (blocks).
     pub(crate) fn commit_now(&self) {
         self.store_advanced();
-        commit(&self.consumer, CommitMode::Sync);
+        commit(&*self.consumer, CommitMode::Sync);
     }
 
     /// Whether every assigned partition is consumed and committed up to its
@@ -151,9 +278,7 @@ impl KafkaSource {
         drop(committed);
         Ok(drained)
     }
-}
 
-impl KafkaSource {
     /// A partition's low and high watermarks as of the latest fetch response
     /// (no broker round trip; `fetch_watermarks` costs one per partition).
     fn cached_watermarks(&self, topic: &str, partition: i32) -> Option<(i64, i64)> {

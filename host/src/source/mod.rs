@@ -3,7 +3,7 @@
 //! moves its partition's watermark once the message is finished.
 
 pub mod jsonl;
-pub(crate) mod kafka;
+pub mod kafka;
 
 use std::sync::Arc;
 

@@ -1,0 +1,146 @@
+//! P1: messages per second of a sluice run with the Rust order-shipped-email
+//! component, against a minimal hand-written native rdkafka loop doing the
+//! same work (consume → the same logic → produce, offsets stored once the
+//! output is delivered), on the same embedded broker in the same process.
+//! Prints `RESULT P1 <sluice rate / native rate> ratio` (goal ≥ 0.8).
+
+mod support;
+
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+
+use futures::stream::{FuturesUnordered, StreamExt};
+use rdkafka::config::ClientConfig;
+use rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
+use rdkafka::message::{Header as KafkaHeader, Message as _, OwnedHeaders};
+use rdkafka::producer::{FutureProducer, FutureRecord};
+use rdkafka::{Offset, TopicPartitionList};
+use sluice::embedded::EmbeddedBroker;
+use sluice::{Config, RunOptions};
+use support::logic;
+
+const MESSAGES: usize = 200_000;
+/// The mock broker keeps about 5 MB per partition and drops older records:
+/// 200,000 messages of ~250 bytes need 16 partitions to stay whole.
+const PARTITIONS: i32 = 16;
+const ROUNDS: usize = 3;
+
+fn main() {
+    let handlers = support::handlers_dir();
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let broker = EmbeddedBroker::start().unwrap();
+    let brokers = broker.bootstrap_servers().to_owned();
+    broker.create_topic("order-shipped", PARTITIONS).unwrap();
+    broker
+        .produce(&support::order_shipped(MESSAGES, PARTITIONS))
+        .unwrap();
+
+    let (mut native, mut sluice) = (Vec::new(), Vec::new());
+    for round in 0..ROUNDS {
+        let (rate, cpu) =
+            measure(|| runtime.block_on(native_loop(&brokers, &format!("native-{round}"))));
+        println!("round {round}: native {rate:.0} msg/s ({cpu:.1} µs CPU/msg)");
+        native.push(rate);
+        let (rate, cpu) = measure(|| {
+            runtime.block_on(sluice_run(&brokers, &handlers, &format!("sluice-{round}")))
+        });
+        println!("round {round}: sluice {rate:.0} msg/s ({cpu:.1} µs CPU/msg)");
+        sluice.push(rate);
+    }
+    let (native, sluice) = (support::median(native), support::median(sluice));
+    println!(
+        "median over {ROUNDS} rounds of {MESSAGES} messages on {PARTITIONS} partitions: native {native:.0} msg/s, sluice {sluice:.0} msg/s"
+    );
+    println!("RESULT P1 {:.2} ratio", sluice / native);
+}
+
+/// Messages per second of `run`, and process CPU time per message.
+fn measure(run: impl FnOnce() -> Duration) -> (f64, f64) {
+    let cpu_before = support::cpu_time();
+    let elapsed = run();
+    let cpu = support::cpu_time() - cpu_before;
+    (
+        MESSAGES as f64 / elapsed.as_secs_f64(),
+        cpu.as_secs_f64() * 1e6 / MESSAGES as f64,
+    )
+}
+
+/// The baseline: the least a correct at-least-once loop must do.
+async fn native_loop(brokers: &str, group: &str) -> Duration {
+    let consumer: StreamConsumer = ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .set("group.id", group)
+        .set("auto.offset.reset", "earliest")
+        .set("partition.assignment.strategy", "cooperative-sticky")
+        .set("enable.auto.commit", "true")
+        .set("enable.auto.offset.store", "false")
+        .create()
+        .unwrap();
+    let producer: FutureProducer = ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .set("enable.idempotence", "true")
+        .create()
+        .unwrap();
+    let started = Instant::now();
+    consumer.subscribe(&["order-shipped"]).unwrap();
+    let mut deliveries = FuturesUnordered::new();
+    let mut next_offsets: HashMap<i32, i64> = HashMap::new();
+    let (mut received, mut delivered) = (0, 0);
+    while delivered < MESSAGES {
+        tokio::select! {
+            msg = consumer.recv(), if received < MESSAGES => {
+                let msg = msg.unwrap();
+                let email = logic::handle(msg.payload().unwrap()).unwrap();
+                let id = format!("order-shipped/{}/{}/0", msg.partition(), msg.offset());
+                let headers = OwnedHeaders::new()
+                    .insert(KafkaHeader { key: "content-type", value: Some("application/json") })
+                    .insert(KafkaHeader { key: "sluice-id", value: Some(&id) });
+                let record = FutureRecord::to("email-native")
+                    .key(&email.order_id)
+                    .payload(&email.payload)
+                    .headers(headers);
+                let delivery = producer.send_result(record).map_err(|(e, _)| e).unwrap();
+                let (partition, offset) = (msg.partition(), msg.offset());
+                deliveries.push(async move { (delivery.await, partition, offset) });
+                received += 1;
+            }
+            Some((result, partition, offset)) = deliveries.next() => {
+                result.unwrap().unwrap();
+                let next = next_offsets.entry(partition).or_default();
+                *next = (*next).max(offset + 1);
+                let mut tpl = TopicPartitionList::new();
+                tpl.add_partition_offset("order-shipped", partition, Offset::Offset(*next)).unwrap();
+                consumer.store_offsets(&tpl).unwrap();
+                delivered += 1;
+            }
+        }
+    }
+    consumer.commit_consumer_state(CommitMode::Sync).unwrap();
+    started.elapsed()
+}
+
+/// The same work as a sluice run, in process, until drained.
+async fn sluice_run(brokers: &str, handlers: &std::path::Path, group: &str) -> Duration {
+    let text = format!(
+        r#"brokers = "{brokers}"
+group-id = "{group}"
+handlers-dir = "{}"
+
+[[routes]]
+topic = "order-shipped"
+handler = "order-shipped-email"
+"#,
+        handlers.display()
+    );
+    let config = Config::parse(&text, "p1.toml".as_ref(), ".".as_ref()).unwrap();
+    let options = RunOptions {
+        until_drained: true,
+        ..RunOptions::default()
+    };
+    let started = Instant::now();
+    let report = sluice::run(&config, options, std::future::pending())
+        .await
+        .unwrap();
+    assert_eq!(report.published as usize, MESSAGES);
+    started.elapsed()
+}

@@ -1,0 +1,119 @@
+//! Shared by the benchmarks: built guests, input generation, the native
+//! baseline of the order-shipped-email handler, and statistics.
+// Each benchmark uses a different part of this module.
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::Arc;
+
+use sluice::contract::{Header, LogEntry, LogLevel, Message, Output, Publish};
+use sluice::runtime::{CallError, Handler, HandlerInstance, Trap};
+
+/// The guest's own logic, compiled natively: the baseline runs the same code.
+#[path = "../../../guests/order-shipped-email/src/logic.rs"]
+pub mod logic;
+
+pub fn repo() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .unwrap()
+        .to_owned()
+}
+
+/// Builds the guests (a no-op when up to date) and returns the handlers directory.
+pub fn handlers_dir() -> PathBuf {
+    let status = Command::new(repo().join("scripts/build-guests"))
+        .status()
+        .expect("run scripts/build-guests");
+    assert!(status.success(), "scripts/build-guests failed");
+    repo().join("guests/dist")
+}
+
+/// `n` valid order-shipped events spread over `partitions` by order id.
+pub fn order_shipped(n: usize, partitions: i32) -> Vec<Message> {
+    (0..n)
+        .map(|i| {
+            let order = format!("o-{i}");
+            let payload = format!(
+                r#"{{"orderId":"{order}","customer":{{"name":"Customer {i}","email":"c{i}@example.com"}},"carrier":"UPS","tracking":"1Z{i:016}","items":[{{"sku":"SKU-1","qty":1}},{{"sku":"SKU-2","qty":{}}}]}}"#,
+                i % 5
+            );
+            Message {
+                topic: "order-shipped".into(),
+                partition: i as i32 % partitions,
+                offset: (i as i32 / partitions) as i64,
+                key: Some(order.into_bytes()),
+                payload: payload.into_bytes(),
+                headers: vec![Header::new("source", "bench")],
+                timestamp: 1_767_225_600_000 + i as u64,
+            }
+        })
+        .collect()
+}
+
+/// The outputs the order-shipped-email component returns, made natively.
+pub fn native_outputs(payload: &[u8]) -> Result<Vec<Output>, CallError> {
+    let email = logic::handle(payload).map_err(|refusal| {
+        CallError::Handler(match refusal {
+            logic::Refusal::InvalidInput(why) => sluice::contract::HandleError::InvalidInput(why),
+            logic::Refusal::Rejected(why) => sluice::contract::HandleError::Rejected(why),
+        })
+    })?;
+    Ok(vec![
+        Output::Publish(Publish {
+            topic: logic::OUTPUT_TOPIC.into(),
+            key: Some(email.order_id.into_bytes()),
+            payload: email.payload,
+            headers: vec![Header::new("content-type", "application/json")],
+        }),
+        Output::Log(LogEntry {
+            level: LogLevel::Info,
+            text: email.log,
+        }),
+    ])
+}
+
+/// order-shipped-email as a native sluice handler.
+pub struct NativeOrderShippedEmail;
+
+impl Handler for NativeOrderShippedEmail {
+    fn name(&self) -> &str {
+        "order-shipped-email"
+    }
+
+    fn version(&self) -> &str {
+        "native"
+    }
+
+    fn instantiate(&self) -> Result<Box<dyn HandlerInstance>, Trap> {
+        Ok(Box::new(NativeOrderShippedEmail))
+    }
+}
+
+impl HandlerInstance for NativeOrderShippedEmail {
+    fn handle(&mut self, msg: &Message) -> Result<Vec<Output>, CallError> {
+        native_outputs(&msg.payload)
+    }
+}
+
+pub fn native_handler() -> Arc<dyn Handler> {
+    Arc::new(NativeOrderShippedEmail)
+}
+
+/// CPU time this process has used so far (all threads).
+pub fn cpu_time() -> std::time::Duration {
+    // SAFETY: getrusage only writes the struct it is given.
+    let usage = unsafe {
+        let mut usage: libc::rusage = std::mem::zeroed();
+        libc::getrusage(libc::RUSAGE_SELF, &mut usage);
+        usage
+    };
+    let micros = |t: libc::timeval| t.tv_sec as u64 * 1_000_000 + t.tv_usec as u64;
+    std::time::Duration::from_micros(micros(usage.ru_utime) + micros(usage.ru_stime))
+}
+
+pub fn median(mut values: Vec<f64>) -> f64 {
+    values.sort_by(|a, b| a.total_cmp(b));
+    values[values.len() / 2]
+}
