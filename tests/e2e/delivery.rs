@@ -18,8 +18,9 @@ topic = "in"
 handler = "test-faults"
 "#;
 
-/// A broker with `MESSAGES` slow messages (1 ms of handler time each) on `in`.
-fn slow_stream() -> (EmbeddedBroker, Scratch, std::path::PathBuf) {
+/// A broker with `MESSAGES` slow messages (1 ms of handler time each) on
+/// `in`, and a host config for them (with `extra` config appended).
+fn slow_stream(extra: &str) -> (EmbeddedBroker, Scratch, std::path::PathBuf) {
     let broker = EmbeddedBroker::start().unwrap();
     broker.create_topic("in", PARTITIONS).unwrap();
     let messages: Vec<_> = (0..MESSAGES)
@@ -37,7 +38,12 @@ fn slow_stream() -> (EmbeddedBroker, Scratch, std::path::PathBuf) {
     let handlers = scratch.handlers(&[("test-faults", "0.1.0", &component("test-faults"))]);
     let config = scratch.write(
         "host.toml",
-        config(broker.bootstrap_servers(), "delivery", &handlers, ROUTES),
+        config(
+            broker.bootstrap_servers(),
+            "delivery",
+            &handlers,
+            &format!("{ROUTES}\n{extra}"),
+        ),
     );
     (broker, scratch, config)
 }
@@ -60,7 +66,7 @@ fn committed_map(brokers: &str) -> HashMap<i32, i64> {
 
 #[test]
 fn a_killed_host_loses_nothing_and_repeats_only_what_was_not_committed() {
-    let (broker, scratch, config) = slow_stream();
+    let (broker, scratch, config) = slow_stream("");
     let brokers = broker.bootstrap_servers();
 
     let first = Host::start(&scratch, "first", &config, &[]);
@@ -110,7 +116,7 @@ fn a_killed_host_loses_nothing_and_repeats_only_what_was_not_committed() {
 
 #[test]
 fn sigterm_finishes_in_flight_messages_and_commits_exactly_what_was_done() {
-    let (broker, scratch, config) = slow_stream();
+    let (broker, scratch, config) = slow_stream("");
     let brokers = broker.bootstrap_servers();
 
     let host = Host::start(&scratch, "stopped", &config, &[]);
@@ -156,26 +162,11 @@ fn sigterm_finishes_in_flight_messages_and_commits_exactly_what_was_done() {
 
 #[test]
 fn a_broker_outage_mid_stream_loses_nothing_and_publishes_are_retried() {
-    let broker = EmbeddedBroker::start().unwrap();
-    let brokers = broker.bootstrap_servers();
-    broker.create_topic("in", PARTITIONS).unwrap();
-    let messages: Vec<_> = (0..MESSAGES)
-        .map(|i| {
-            message(
-                "in",
-                i as i32 % PARTITIONS,
-                &format!("k{}", i % 40),
-                "spin:1",
-            )
-        })
-        .collect();
-    broker.produce(&messages).unwrap();
-    let scratch = Scratch::new();
-    let handlers = scratch.handlers(&[("test-faults", "0.1.0", &component("test-faults"))]);
     // Deliveries give up quickly during the outage, so sluice's own retry
     // (not only librdkafka's) has to bring them through.
-    let routes = format!("{ROUTES}\n[kafka.producer]\n\"message.timeout.ms\" = \"500\"\n");
-    let config = scratch.write("host.toml", config(brokers, "delivery", &handlers, &routes));
+    let (broker, scratch, config) =
+        slow_stream("[kafka.producer]\n\"message.timeout.ms\" = \"500\"\n");
+    let brokers = broker.bootstrap_servers();
 
     let host = Host::start(&scratch, "outage", &config, &["--until-drained"]);
     wait_until("the host to publish some outputs", || {

@@ -9,18 +9,16 @@
 use std::sync::{Arc, OnceLock, Weak};
 use std::time::Duration;
 
-use futures::FutureExt;
-use futures::StreamExt;
-use rdkafka::consumer::stream_consumer::StreamPartitionQueue;
-use tokio::sync::mpsc;
-
+use futures::{FutureExt, StreamExt};
 use rdkafka::config::ClientConfig;
+use rdkafka::consumer::stream_consumer::StreamPartitionQueue;
 use rdkafka::consumer::{
     BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance, StreamConsumer,
 };
 use rdkafka::error::{KafkaError, KafkaResult, RDKafkaErrorCode};
 use rdkafka::message::{BorrowedMessage, Headers, Message as _};
 use rdkafka::{ClientContext, Offset, TopicPartitionList};
+use tokio::sync::mpsc;
 
 use super::Delivery;
 use crate::config::Config;
