@@ -70,6 +70,14 @@ pub struct Config {
     /// How long a stop waits for in-flight messages before giving up on them.
     #[serde(default = "default_shutdown_timeout_ms")]
     pub shutdown_timeout_ms: u64,
+    /// How long a revoked partition's in-flight messages may take to finish
+    /// before its offsets are committed and it is let go.
+    #[serde(default = "default_revoke_timeout_ms")]
+    pub revoke_timeout_ms: u64,
+    /// Messages in flight in this host, over all partitions; at the cap,
+    /// partitions are paused.
+    #[serde(default = "default_host_max_in_flight")]
+    pub max_in_flight: usize,
     /// Sandbox limits applied to every handler.
     #[serde(default)]
     pub limits: Limits,
@@ -149,6 +157,118 @@ pub enum OnInvalidInput {
     Skip,
 }
 
+/// Which messages of a partition must wait for each other.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Ordering {
+    /// Same key in order, different keys concurrently (default).
+    #[default]
+    Key,
+    /// One message at a time per partition.
+    Partition,
+    /// No order at all.
+    Unordered,
+}
+
+/// What a dead letter does to the messages of its key that follow it.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum OnDeadLetter {
+    /// Nothing: they are handled as usual (default).
+    #[default]
+    Continue,
+    /// Park the key: its later messages in the partition are dead-lettered
+    /// behind it (`key-parked`) until an operator re-drives it.
+    ParkKey,
+}
+
+/// How a route's effects reach the outside world.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum DeliveryMode {
+    /// Effects run before the offset is committed (default).
+    #[default]
+    AtLeastOnce,
+    /// Outputs and consumed offsets commit in one Kafka transaction; only
+    /// for routes whose outputs are all publishes.
+    ExactlyOnce,
+}
+
+/// Retries of transient effect failures: exponential backoff, full jitter.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(rename_all = "kebab-case", deny_unknown_fields)]
+pub struct RetryPolicy {
+    /// First backoff ceiling.
+    #[serde(default = "default_retry_initial_ms")]
+    pub initial_ms: u64,
+    /// Largest backoff ceiling.
+    #[serde(default = "default_retry_max_interval_ms")]
+    pub max_interval_ms: u64,
+    /// Attempts in all, the first included.
+    #[serde(default = "default_retry_max_attempts")]
+    pub max_attempts: u32,
+    /// Time an effect may spend retrying (waiting on an open breaker excluded).
+    #[serde(default = "default_retry_max_elapsed_ms")]
+    pub max_elapsed_ms: u64,
+}
+
+impl Default for RetryPolicy {
+    fn default() -> Self {
+        RetryPolicy {
+            initial_ms: default_retry_initial_ms(),
+            max_interval_ms: default_retry_max_interval_ms(),
+            max_attempts: default_retry_max_attempts(),
+            max_elapsed_ms: default_retry_max_elapsed_ms(),
+        }
+    }
+}
+
+/// The circuit breaker of each effect target (output topic, HTTP host).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(rename_all = "kebab-case", deny_unknown_fields)]
+pub struct BreakerPolicy {
+    /// Consecutive transient failures that open it.
+    #[serde(default = "default_breaker_failures")]
+    pub failures: u32,
+    /// How long it stays open before a probe is let through.
+    #[serde(default = "default_breaker_open_ms")]
+    pub open_ms: u64,
+}
+
+impl Default for BreakerPolicy {
+    fn default() -> Self {
+        BreakerPolicy {
+            failures: default_breaker_failures(),
+            open_ms: default_breaker_open_ms(),
+        }
+    }
+}
+
+/// HTTP effects of a route.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(rename_all = "kebab-case", deny_unknown_fields)]
+pub struct HttpPolicy {
+    /// Hosts requests may go to: `host` (any port) or `host:port`.
+    #[serde(default)]
+    pub allow: Vec<String>,
+    /// Whole-request timeout.
+    #[serde(default = "default_http_timeout_ms")]
+    pub timeout_ms: u64,
+    /// Connection timeout.
+    #[serde(default = "default_http_connect_timeout_ms")]
+    pub connect_timeout_ms: u64,
+}
+
+impl Default for HttpPolicy {
+    fn default() -> Self {
+        HttpPolicy {
+            allow: Vec::new(),
+            timeout_ms: default_http_timeout_ms(),
+            connect_timeout_ms: default_http_connect_timeout_ms(),
+        }
+    }
+}
+
 /// One route: messages of a topic go to a handler.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(rename_all = "kebab-case", deny_unknown_fields)]
@@ -164,6 +284,27 @@ pub struct Route {
     /// Dead-letter or skip messages the handler cannot decode.
     #[serde(default)]
     pub on_invalid_input: OnInvalidInput,
+    /// Which messages wait for each other.
+    #[serde(default)]
+    pub ordering: Ordering,
+    /// Messages in flight per partition; at the cap the partition is paused.
+    #[serde(default = "default_partition_max_in_flight")]
+    pub max_in_flight: usize,
+    /// What a dead letter does to its key's later messages.
+    #[serde(default)]
+    pub on_dead_letter: OnDeadLetter,
+    /// At-least-once or exactly-once.
+    #[serde(default)]
+    pub delivery: DeliveryMode,
+    /// Retries of transient effect failures.
+    #[serde(default)]
+    pub retry: RetryPolicy,
+    /// Circuit breakers of the route's effect targets.
+    #[serde(default)]
+    pub breaker: BreakerPolicy,
+    /// HTTP effects.
+    #[serde(default)]
+    pub http: HttpPolicy,
 }
 
 impl Route {
@@ -227,6 +368,39 @@ fn default_commit_interval_ms() -> u64 {
 }
 fn default_shutdown_timeout_ms() -> u64 {
     30_000
+}
+fn default_revoke_timeout_ms() -> u64 {
+    10_000
+}
+fn default_host_max_in_flight() -> usize {
+    10_000
+}
+fn default_partition_max_in_flight() -> usize {
+    1000
+}
+fn default_retry_initial_ms() -> u64 {
+    100
+}
+fn default_retry_max_interval_ms() -> u64 {
+    10_000
+}
+fn default_retry_max_attempts() -> u32 {
+    10
+}
+fn default_retry_max_elapsed_ms() -> u64 {
+    120_000
+}
+fn default_breaker_failures() -> u32 {
+    5
+}
+fn default_breaker_open_ms() -> u64 {
+    5000
+}
+fn default_http_timeout_ms() -> u64 {
+    10_000
+}
+fn default_http_connect_timeout_ms() -> u64 {
+    2000
 }
 fn default_deadline_ms() -> u64 {
     1000
@@ -375,6 +549,57 @@ impl Config {
                     "must differ from the route's own topic".into(),
                 );
             }
+            check_range(
+                &key("max-in-flight"),
+                route.max_in_flight as u64,
+                1,
+                1_000_000,
+            )?;
+            let retry = &route.retry;
+            check_range(&key("retry.initial-ms"), retry.initial_ms, 1, 3_600_000)?;
+            check_range(
+                &key("retry.max-interval-ms"),
+                retry.max_interval_ms,
+                retry.initial_ms,
+                3_600_000,
+            )?;
+            check_range(
+                &key("retry.max-attempts"),
+                u64::from(retry.max_attempts),
+                1,
+                1_000_000,
+            )?;
+            check_range(
+                &key("retry.max-elapsed-ms"),
+                retry.max_elapsed_ms,
+                1,
+                86_400_000,
+            )?;
+            check_range(
+                &key("breaker.failures"),
+                u64::from(route.breaker.failures),
+                1,
+                1_000_000,
+            )?;
+            check_range(&key("breaker.open-ms"), route.breaker.open_ms, 1, 3_600_000)?;
+            check_range(&key("http.timeout-ms"), route.http.timeout_ms, 1, 3_600_000)?;
+            check_range(
+                &key("http.connect-timeout-ms"),
+                route.http.connect_timeout_ms,
+                1,
+                3_600_000,
+            )?;
+            if let Some(bad) = route
+                .http
+                .allow
+                .iter()
+                .find(|h| !is_allowed_host_pattern(h))
+            {
+                return invalid(
+                    &key("http.allow"),
+                    format!("{bad:?} is not a host or host:port (no scheme, path or wildcard)"),
+                );
+            }
         }
         if let Some(embedded) = &self.embedded {
             check_range("embedded.partitions", embedded.partitions as u64, 1, 1000)?;
@@ -395,6 +620,19 @@ impl Config {
         }
         Ok(())
     }
+}
+
+/// Whether an allow-list entry is a bare `host` or `host:port`.
+fn is_allowed_host_pattern(entry: &str) -> bool {
+    let (host, port) = match entry.rsplit_once(':') {
+        Some((host, port)) => (host, Some(port)),
+        None => (entry, None),
+    };
+    !host.is_empty()
+        && host
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '.')
+        && port.is_none_or(|p| p.parse::<u16>().is_ok())
 }
 
 /// Whether `name` can name a handler (and thus a folder in the handlers directory).

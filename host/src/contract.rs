@@ -115,6 +115,53 @@ pub struct LogEntry {
     pub text: String,
 }
 
+/// An HTTP method.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HttpMethod {
+    /// GET
+    Get,
+    /// HEAD
+    Head,
+    /// POST
+    Post,
+    /// PUT
+    Put,
+    /// PATCH
+    Patch,
+    /// DELETE
+    Delete,
+    /// OPTIONS
+    Options,
+}
+
+impl HttpMethod {
+    /// The method's name as sent on the wire.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            HttpMethod::Get => "GET",
+            HttpMethod::Head => "HEAD",
+            HttpMethod::Post => "POST",
+            HttpMethod::Put => "PUT",
+            HttpMethod::Patch => "PATCH",
+            HttpMethod::Delete => "DELETE",
+            HttpMethod::Options => "OPTIONS",
+        }
+    }
+}
+
+/// An HTTP request a handler asked the host to make.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HttpRequest {
+    /// The method.
+    pub method: HttpMethod,
+    /// The absolute URL (http or https).
+    pub url: String,
+    /// Request headers (the host adds `sluice-id`).
+    pub headers: Vec<Header>,
+    /// The body; empty for none.
+    pub body: Vec<u8>,
+}
+
 /// A side effect a handler asked the host to execute.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Output {
@@ -122,6 +169,8 @@ pub enum Output {
     Publish(Publish),
     /// Write a log line.
     Log(LogEntry),
+    /// Make an HTTP request (contract 0.2 and later).
+    Http(HttpRequest),
 }
 
 /// An error a handler returned. Handlers are deterministic, so none is retried.

@@ -1,29 +1,53 @@
-//! One message's way from handler call to acknowledgement: handle (in the
-//! sandbox) → policy (dead-letter or skip a failure) → effects (run the
-//! outputs) → ack (once every effect is confirmed).
+//! One message's way from handler call to acknowledgement:
+//!
+//! 1. handle: the lane's batch goes to a worker in one call, in offset order
+//!    (handlers are pure, so calling them early is safe);
+//! 2. wait: each message waits for the previous message on its ordering
+//!    chain (`schedule::chains`);
+//! 3. interpret: its outputs run in order (`effects`), or it is
+//!    dead-lettered (`policy`): handler failures at once, effect failures
+//!    once permanent or out of retries, and later messages of a parked key
+//!    behind it;
+//! 4. release: the next message on the chain may go;
+//! 5. settle: its publishes are confirmed by the broker;
+//! 6. ack: its offset may be committed, its in-flight slot is free.
 
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use crate::config::Route;
-use crate::effects::Effects;
-use crate::policy::{self, Disposition};
-use crate::runtime::{Handler, WorkerPool};
+use crate::config::{OnDeadLetter, Route};
+use crate::contract::Message;
+use crate::effects::{Effects, Failure, Pending, RouteEffects};
+use crate::policy::{self, DeadLetter, Disposition, Stage};
+use crate::runtime::{CallError, Handler, WorkerPool};
+use crate::schedule::chains::Link;
+use crate::schedule::{PartitionState, Slot};
 use crate::source::Delivery;
 use crate::telemetry::Telemetry;
 
-/// A route with the handler that serves it.
+/// A route with the handler that serves it and its effects' settings.
 pub(crate) struct RouteHandler {
     pub(crate) route: Route,
     pub(crate) handler: Arc<dyn Handler>,
+    pub(crate) effects: RouteEffects,
 }
 
-/// Everything a lane needs to take a message from its handler to its ack.
+/// Everything needed to take a message from its handler to its ack.
 pub(crate) struct Pipeline {
-    routes: HashMap<String, RouteHandler>,
+    routes: HashMap<String, Arc<RouteHandler>>,
     pool: WorkerPool,
     effects: Effects,
     telemetry: Arc<Telemetry>,
+}
+
+/// A handled message on its way through its effects.
+struct InFlight {
+    route: Arc<RouteHandler>,
+    partition: Arc<PartitionState>,
+    delivery: Delivery,
+    outcome: Result<Vec<crate::contract::Output>, CallError>,
+    link: Link,
+    slot: Slot,
 }
 
 impl Pipeline {
@@ -35,7 +59,7 @@ impl Pipeline {
     ) -> Self {
         let routes = routes
             .into_iter()
-            .map(|r| (r.route.topic.clone(), r))
+            .map(|r| (r.route.topic.clone(), Arc::new(r)))
             .collect();
         Pipeline {
             routes,
@@ -45,55 +69,146 @@ impl Pipeline {
         }
     }
 
-    /// Whether a topic has a route.
-    pub(crate) fn routes(&self, topic: &str) -> bool {
-        self.routes.contains_key(topic)
+    /// The route of a topic.
+    pub(crate) fn route(&self, topic: &str) -> Option<&Arc<RouteHandler>> {
+        self.routes.get(topic)
     }
 
-    /// Handles a batch of one lane's messages and starts their effects, in
-    /// order. Returns once the effects are running, so the lane can go on;
-    /// each ack follows when the broker has confirmed that message's effects.
-    pub(crate) async fn process(&self, deliveries: Vec<Delivery>) {
-        let Some(first) = deliveries.first() else {
+    /// Handles a batch of one lane's messages and sets each on its way.
+    /// Returns once they are handled; each ack follows its effects.
+    pub(crate) async fn process(
+        self: &Arc<Self>,
+        partition: &Arc<PartitionState>,
+        work: Vec<(Delivery, Slot)>,
+    ) {
+        let Some((first, _)) = work.first() else {
             return;
         };
-        let Some(RouteHandler { route, handler }) = self.routes.get(&first.message.topic) else {
+        let Some(route) = self.routes.get(&first.message.topic).cloned() else {
             // Sources only deliver routed topics; keep the offsets back if not.
             tracing::error!(input = %first.message.id(), "no route for message; left unacknowledged");
             return;
         };
-        let messages = deliveries.iter().map(|d| d.message.clone()).collect();
-        let outcomes = self.pool.call(handler.clone(), messages).await;
-        let mut settling = Vec::with_capacity(deliveries.len());
-        for (Delivery { message, ack }, outcome) in deliveries.into_iter().zip(outcomes) {
+        let messages = work.iter().map(|(d, _)| d.message.clone()).collect();
+        let outcomes = self.pool.call(route.handler.clone(), messages).await;
+        for ((delivery, slot), outcome) in work.into_iter().zip(outcomes) {
             self.telemetry.consumed();
-            let pending = match outcome {
+            let link = partition
+                .chains
+                .join(route.route.ordering, delivery.message.key.as_deref());
+            let in_flight = InFlight {
+                route: route.clone(),
+                partition: partition.clone(),
+                delivery,
+                outcome,
+                link,
+                slot,
+            };
+            tokio::spawn(self.clone().finish(in_flight));
+        }
+    }
+
+    /// Steps 2 to 6 for one message.
+    async fn finish(self: Arc<Self>, in_flight: InFlight) {
+        let InFlight {
+            route,
+            partition,
+            delivery: Delivery { message, ack },
+            outcome,
+            mut link,
+            slot,
+        } = in_flight;
+        let handler = route.handler.as_ref();
+        link.wait().await;
+
+        let mut pending = Vec::new();
+        let dead = if partition.parked.is_parked(message.key.as_deref()) {
+            Some(parked(&route.route, &message))
+        } else {
+            match outcome {
                 Ok(outputs) => {
                     self.telemetry.succeeded();
-                    self.effects
-                        .execute(&message, handler.as_ref(), outputs)
-                        .await
+                    let (started, result) = self
+                        .effects
+                        .run(&route.effects, &message, handler, outputs)
+                        .await;
+                    pending.push(started);
+                    result.err().map(|failed| interpreted(&route.route, failed))
                 }
-                Err(error) => match policy::on_failure(route, &error) {
-                    Disposition::DeadLetter(dead) => {
-                        self.effects
-                            .dead_letter(&message, handler.as_ref(), dead)
-                            .await
-                    }
+                Err(error) => match policy::on_failure(&route.route, &error) {
+                    Disposition::DeadLetter(dead) => Some(dead),
                     Disposition::Skip(detail) => {
-                        self.effects.skip(&message, handler.as_ref(), detail);
-                        ack.finish();
-                        continue;
+                        self.effects.skip(&message, handler, detail);
+                        None
                     }
                 },
-            };
-            settling.push((pending, ack));
-        }
-        tokio::spawn(async move {
-            for (pending, ack) in settling {
-                pending.settle().await;
-                ack.finish();
             }
-        });
+        };
+        if let Some(dead) = dead {
+            pending.push(self.dead_letter(&route, &partition, &message, dead).await);
+        }
+        // Everything this message hands over is handed over, in order.
+        drop(link);
+
+        let mut undelivered = None;
+        for p in pending {
+            if let Err(failed) = p.settle(&route.effects.retry).await {
+                undelivered.get_or_insert(failed);
+            }
+        }
+        if let Some(failed) = undelivered {
+            let dead = interpreted(&route.route, failed);
+            let late = self.dead_letter(&route, &partition, &message, dead).await;
+            let _ = late.settle(&route.effects.retry).await;
+        }
+        ack.finish();
+        drop(slot);
+    }
+
+    /// Dead-letters a message, parking its key first if the route says so.
+    async fn dead_letter(
+        &self,
+        route: &RouteHandler,
+        partition: &PartitionState,
+        message: &Message,
+        dead: DeadLetter,
+    ) -> Pending {
+        if route.route.on_dead_letter == OnDeadLetter::ParkKey
+            && partition.parked.park(message.key.as_deref())
+        {
+            tracing::warn!(
+                input = %message.id(),
+                key = %String::from_utf8_lossy(message.key.as_deref().unwrap_or_default()),
+                "key parked: its later messages go to the dead-letter topic until re-driven"
+            );
+        }
+        self.effects
+            .dead_letter(message, route.handler.as_ref(), dead)
+            .await
+    }
+}
+
+/// The dead letter of a message whose effect failed for good.
+fn interpreted(route: &Route, failed: Failure) -> DeadLetter {
+    DeadLetter {
+        topic: route.dead_letter_topic(),
+        stage: Stage::Interpret,
+        reason: failed.reason,
+        detail: failed.detail,
+        attempts: failed.attempts,
+    }
+}
+
+/// The dead letter of a message held behind its parked key.
+fn parked(route: &Route, message: &Message) -> DeadLetter {
+    DeadLetter {
+        topic: route.dead_letter_topic(),
+        stage: Stage::Schedule,
+        reason: "key-parked",
+        detail: format!(
+            "key parked in partition {} after an earlier message was dead-lettered",
+            message.partition
+        ),
+        attempts: 0,
     }
 }

@@ -126,6 +126,17 @@ fn output(output: &Output) -> Value {
         Output::Log(entry) => {
             json!({ "log": { "level": entry.level.as_str(), "text": entry.text } })
         }
+        Output::Http(request) => {
+            let mut http = Map::new();
+            http.insert("method".into(), json!(request.method.as_str()));
+            http.insert("url".into(), json!(request.url));
+            http.insert(
+                "headers".into(),
+                request.headers.iter().map(header).collect(),
+            );
+            insert_bytes(&mut http, "body", &request.body);
+            json!({ "http": http })
+        }
     }
 }
 

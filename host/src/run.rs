@@ -11,10 +11,11 @@ use std::time::{Duration, Instant};
 use rdkafka::error::KafkaError;
 
 use crate::config::{Config, Embedded};
-use crate::effects::Effects;
 use crate::effects::publish::Publisher;
+use crate::effects::{Effects, RouteEffects};
 use crate::embedded::EmbeddedBroker;
 use crate::pipeline::{Pipeline, RouteHandler};
+use crate::policy::breaker::Breakers;
 use crate::registry::{self, RegistryError};
 use crate::runtime::{Handler, LoadError, Runtime, RuntimeError, WorkerPool};
 use crate::schedule::offsets::Offsets;
@@ -67,6 +68,9 @@ pub enum RunError {
     /// The Kafka client.
     #[error("kafka: {0}")]
     Kafka(#[from] KafkaError),
+    /// An HTTP client could not be set up.
+    #[error("http client: {0}")]
+    Http(reqwest::Error),
     /// A message escaped its partition's queue; the run stops unacknowledged.
     #[error("kafka: {0}")]
     Unsplit(#[from] UnsplitMessage),
@@ -95,11 +99,15 @@ pub async fn run(
     let pipeline = Arc::new(Pipeline::new(
         routes,
         WorkerPool::start(config.limits.worker_count(), config.limits.recycle_after),
-        Effects::new(publisher.clone(), telemetry.clone()),
+        Effects::new(
+            publisher.clone(),
+            Arc::new(Breakers::default()),
+            telemetry.clone(),
+        ),
         telemetry.clone(),
     ));
     let offsets = Arc::new(Offsets::default());
-    let lanes = Lanes::new(pipeline);
+    let lanes = Lanes::new(pipeline, config.max_in_flight);
     let deadline = Duration::from_millis(config.shutdown_timeout_ms);
 
     let outcome = match &config.source.file {
@@ -178,6 +186,7 @@ fn load_routes(
         routes.push(RouteHandler {
             route: route.clone(),
             handler,
+            effects: RouteEffects::new(route).map_err(RunError::Http)?,
         });
     }
     Ok(routes)

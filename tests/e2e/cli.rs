@@ -72,9 +72,9 @@ fn inspect_describes_a_handler_and_its_sandbox_check() {
     assert!(output.status.success(), "{}", stderr_of(&output));
     let text = String::from_utf8(output.stdout).unwrap();
     for expected in [
-        "contract  sluice:handler@0.1.0",
-        "exports   sluice:handler/handle@0.1.0",
-        "imports   sluice:handler/types@0.1.0",
+        "contract  sluice:handler@0.2.0",
+        "exports   sluice:handler/handle@0.2.0",
+        "imports   sluice:handler/types@0.2.0",
         "wasi:cli/stdout@",
         "sandbox   instantiates",
     ] {

@@ -175,7 +175,7 @@ fn a_broker_outage_mid_stream_loses_nothing_and_publishes_are_retried() {
     broker.take_down().unwrap();
     let stderr = scratch.path().join("outage.stderr");
     wait_until("a publish to fail while the broker is down", || {
-        std::fs::read_to_string(&stderr).is_ok_and(|log| log.contains("publish failed; retrying"))
+        std::fs::read_to_string(&stderr).is_ok_and(|log| log.contains("effect failed; retrying"))
     });
     broker.bring_up().unwrap();
     let exit = host.wait();

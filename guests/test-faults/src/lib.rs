@@ -2,7 +2,8 @@
 //! tested with a real component. The payload selects the behaviour:
 //! `panic` traps, `loop` never returns, `oom` allocates without bound,
 //! `invalid`/`reject`/`fail` return that error, `spin:<ms>` busy-waits that
-//! long and then echoes; anything else is echoed to topic `echo` with the
+//! long and then echoes, `http:<url>` POSTs the payload to the URL (and
+//! publishes nothing); anything else is echoed to topic `echo` with the
 //! same key and headers, plus an `instance-calls` header counting the calls
 //! this instance has served (1 on a fresh instance).
 
@@ -12,7 +13,9 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
 use exports::sluice::handler::handle::Guest;
-use sluice::handler::types::{HandleError, Header, LogEntry, LogLevel, Message, Output, Publish};
+use sluice::handler::types::{
+    HandleError, Header, HttpMethod, HttpRequest, LogEntry, LogLevel, Message, Output, Publish,
+};
 
 /// Calls served by this instance: instance memory starts fresh with it.
 static CALLS: AtomicU32 = AtomicU32::new(0);
@@ -31,6 +34,16 @@ impl Guest for TestFaults {
             while started.elapsed() < Duration::from_millis(ms) {
                 std::hint::spin_loop();
             }
+        }
+        if let Some(url) = msg.payload.strip_prefix(b"http:") {
+            let url = String::from_utf8(url.to_vec())
+                .map_err(|_| HandleError::InvalidInput("http:<url> wants a UTF-8 URL".into()))?;
+            return Ok(vec![Output::Http(HttpRequest {
+                method: HttpMethod::Post,
+                url,
+                headers: msg.headers,
+                body: msg.payload,
+            })]);
         }
         match msg.payload.as_slice() {
             b"panic" => panic!("test-faults: panic requested"),

@@ -1,20 +1,72 @@
-//! Executing what handlers asked for: one executor per output kind. Effects
-//! of one message run in output order; `publish` is confirmed asynchronously
-//! so the next message of the lane can start while the broker acknowledges.
+//! Executing what handlers asked for: one executor per output kind (publish,
+//! http, log). A message's outputs run in list order. `run` returns once
+//! each has been handed over (a publish enqueued, an HTTP request answered),
+//! so the next message of its ordering chain can go; `Pending::settle` then
+//! waits for the publishes to be confirmed. Transient failures are retried
+//! behind the target's circuit breaker; what cannot succeed becomes a
+//! `Failure`, which the pipeline dead-letters.
 
+pub(crate) mod http;
 pub(crate) mod publish;
 
+use std::future::Future;
 use std::sync::Arc;
 
+use rdkafka::producer::DeliveryFuture;
+
+use crate::config::{BreakerPolicy, RetryPolicy, Route};
 use crate::contract::{Header, LogEntry, LogLevel, Message, Output, Publish};
+use crate::policy::breaker::{Admission, Breaker, Breakers, Outcome, Target};
+use crate::policy::retry::Retries;
 use crate::policy::{self, DeadLetter};
 use crate::runtime::Handler;
 use crate::telemetry::{Origin, Record, Telemetry};
-use publish::{InFlight, Publisher};
+use http::HttpClient;
+use publish::{Landed, Publisher};
+
+/// How an effect attempt failed.
+#[derive(Debug, Clone, thiserror::Error)]
+pub(crate) enum EffectError {
+    /// Worth retrying: the target may recover.
+    #[error("{0}")]
+    Transient(String),
+    /// Retrying cannot help.
+    #[error("{reason}: {detail}")]
+    Permanent {
+        reason: &'static str,
+        detail: String,
+    },
+}
+
+/// Why an effect was given up: the dead letter's reason, detail and attempts.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Failure {
+    pub(crate) reason: &'static str,
+    pub(crate) detail: String,
+    pub(crate) attempts: u32,
+}
+
+/// A route's settings for its effects.
+pub(crate) struct RouteEffects {
+    pub(crate) retry: RetryPolicy,
+    pub(crate) breaker: BreakerPolicy,
+    pub(crate) http: HttpClient,
+}
+
+impl RouteEffects {
+    pub(crate) fn new(route: &Route) -> Result<RouteEffects, reqwest::Error> {
+        Ok(RouteEffects {
+            retry: route.retry.clone(),
+            breaker: route.breaker.clone(),
+            http: HttpClient::new(&route.http)?,
+        })
+    }
+}
 
 /// Runs outputs and dead letters, and records what they did.
 pub(crate) struct Effects {
     publisher: Arc<Publisher>,
+    breakers: Arc<Breakers>,
     telemetry: Arc<Telemetry>,
 }
 
@@ -24,44 +76,89 @@ enum Purpose {
     DeadLetter(DeadLetter),
 }
 
-/// A message's effects that still await confirmation.
+/// A record handed to the producer, with its first attempt under way.
+struct Sent {
+    record: Publish,
+    purpose: Purpose,
+    breaker: Option<Arc<Breaker>>,
+    admission: Option<Admission>,
+    delivery: Result<DeliveryFuture, EffectError>,
+}
+
+/// A message's publishes that still await confirmation.
 #[must_use = "a message is only finished once its pending effects are settled"]
 pub(crate) struct Pending {
     origin: Option<Origin>,
-    publishes: Vec<(InFlight, Purpose)>,
+    sent: Vec<Sent>,
+    publisher: Arc<Publisher>,
     telemetry: Arc<Telemetry>,
 }
 
 impl Effects {
-    pub(crate) fn new(publisher: Arc<Publisher>, telemetry: Arc<Telemetry>) -> Self {
+    pub(crate) fn new(
+        publisher: Arc<Publisher>,
+        breakers: Arc<Breakers>,
+        telemetry: Arc<Telemetry>,
+    ) -> Self {
         Effects {
             publisher,
+            breakers,
             telemetry,
         }
     }
 
-    /// Runs a message's outputs in order: logs now, publishes enqueued.
-    pub(crate) async fn execute(
+    /// Runs a message's outputs in order until each is handed over; the
+    /// publishes' confirmations are left in the returned `Pending`. Stops at
+    /// the first output that fails for good (those before it have run).
+    pub(crate) async fn run(
         &self,
+        route: &RouteEffects,
         message: &Message,
         handler: &dyn Handler,
         outputs: Vec<Output>,
-    ) -> Pending {
-        let mut publishes = Vec::new();
+    ) -> (Pending, Result<(), Failure>) {
+        let mut sent = Vec::new();
+        let mut outcome = Ok(());
         for (index, output) in outputs.into_iter().enumerate() {
+            let id = sluice_id(message, &index.to_string());
             match output {
-                Output::Publish(publish) => {
-                    let record = with_sluice_id(publish, message, &index.to_string());
-                    let in_flight = self.publisher.enqueue(record).await;
-                    publishes.push((in_flight, Purpose::Output(index)));
-                }
                 Output::Log(entry) => log(message, handler, &entry),
+                Output::Publish(mut record) => {
+                    record.headers.push(Header::new("sluice-id", id));
+                    let breaker = self
+                        .breakers
+                        .get(Target::Topic(record.topic.clone()), &route.breaker);
+                    let admission = breaker.admit().await;
+                    let delivery = self.publisher.send(&record).await;
+                    sent.push(Sent {
+                        record,
+                        purpose: Purpose::Output(index),
+                        breaker: Some(breaker),
+                        admission: Some(admission),
+                        delivery,
+                    });
+                }
+                Output::Http(request) => {
+                    let result = async {
+                        let (url, target) =
+                            route.http.check(&request).map_err(|e| failure(e, 0))?;
+                        let breaker = self.breakers.get(target, &route.breaker);
+                        let admission = breaker.admit().await;
+                        let attempt = || route.http.send(&url, &request, &id);
+                        drive(&breaker, &route.retry, admission, attempt(), attempt).await
+                    };
+                    if let Err(failed) = result.await {
+                        outcome = Err(failed);
+                        break;
+                    }
+                }
             }
         }
-        self.pending(message, handler, publishes)
+        (self.pending(message, handler, sent), outcome)
     }
 
-    /// Sends a message to its dead-letter topic.
+    /// Sends a message to its dead-letter topic (enqueued now, in order;
+    /// confirmed, however long it takes, when the `Pending` is settled).
     pub(crate) async fn dead_letter(
         &self,
         message: &Message,
@@ -75,17 +172,24 @@ impl Effects {
             stage = dead.stage.as_str(),
             reason = dead.reason,
             detail = %dead.detail,
+            attempts = dead.attempts,
             topic = %dead.topic,
             "dead-lettering message"
         );
-        let record = policy::dead_letter_record(message, &dead, handler.name(), handler.version());
-        let record = with_sluice_id(record, message, "dead-letter");
-        let in_flight = self.publisher.enqueue(record).await;
-        self.pending(
-            message,
-            handler,
-            vec![(in_flight, Purpose::DeadLetter(dead))],
-        )
+        let mut record =
+            policy::dead_letter_record(message, &dead, handler.name(), handler.version());
+        record
+            .headers
+            .push(Header::new("sluice-id", sluice_id(message, "dead-letter")));
+        let delivery = self.publisher.send(&record).await;
+        let sent = Sent {
+            record,
+            purpose: Purpose::DeadLetter(dead),
+            breaker: None,
+            admission: None,
+            delivery,
+        };
+        self.pending(message, handler, vec![sent])
     }
 
     /// Accounts for a message skipped by configuration.
@@ -98,65 +202,186 @@ impl Effects {
         });
     }
 
-    fn pending(
-        &self,
-        message: &Message,
-        handler: &dyn Handler,
-        publishes: Vec<(InFlight, Purpose)>,
-    ) -> Pending {
+    fn pending(&self, message: &Message, handler: &dyn Handler, sent: Vec<Sent>) -> Pending {
         Pending {
             origin: self
                 .telemetry
                 .keeps_records()
                 .then(|| Origin::new(message, handler.name(), handler.version())),
-            publishes,
+            sent,
+            publisher: self.publisher.clone(),
             telemetry: self.telemetry.clone(),
         }
     }
 }
 
 impl Pending {
-    /// Waits until the broker confirmed every record, and accounts for them.
-    pub(crate) async fn settle(self) {
-        for (in_flight, purpose) in self.publishes {
-            let (record, landed) = in_flight.confirmed().await;
-            match &purpose {
-                Purpose::Output(_) => self.telemetry.published(),
-                Purpose::DeadLetter(_) => self.telemetry.dead_lettered(),
-            }
-            let Some(origin) = self.origin.clone() else {
-                continue;
+    /// Waits until the broker confirmed every record, retrying failed ones
+    /// within the route's budget (dead letters without limit). Returns the
+    /// first publish that could not be delivered.
+    pub(crate) async fn settle(self, retry: &RetryPolicy) -> Result<(), Failure> {
+        let Pending {
+            origin,
+            sent,
+            publisher,
+            telemetry,
+        } = self;
+        let mut outcome = Ok(());
+        for sent in sent {
+            let Sent {
+                record,
+                purpose,
+                breaker,
+                admission,
+                delivery,
+            } = sent;
+            let first = async {
+                match delivery {
+                    Ok(delivery) => publish::delivered(delivery).await,
+                    Err(error) => Err(error),
+                }
             };
-            self.telemetry.keep(match purpose {
-                Purpose::Output(output) => Record::Published {
-                    origin,
-                    output,
-                    topic: record.topic,
-                    partition: landed.partition,
-                    offset: landed.offset,
-                    key: record.key,
-                    payload: record.payload,
+            let again = || publisher.publish(&record);
+            let landed = match (breaker, admission) {
+                (Some(breaker), Some(admission)) => {
+                    drive(&breaker, retry, admission, first, again).await
+                }
+                // Dead letters have nowhere else to go: never give up.
+                _ => match first.await {
+                    Ok(landed) => Ok(landed),
+                    Err(_) => Ok(publisher.publish_stubbornly(&record).await),
                 },
-                Purpose::DeadLetter(dead) => Record::DeadLettered {
-                    origin,
-                    topic: dead.topic,
-                    reason: dead.reason.to_owned(),
-                    detail: dead.detail,
-                },
-            });
+            };
+            match landed {
+                Ok(landed) => account(&telemetry, origin.as_ref(), &record, purpose, landed),
+                Err(failed) => {
+                    if outcome.is_ok() {
+                        outcome = Err(failed);
+                    }
+                }
+            }
+        }
+        outcome
+    }
+}
+
+/// Counts a confirmed record, and keeps it if the run keeps records.
+fn account(
+    telemetry: &Telemetry,
+    origin: Option<&Origin>,
+    record: &Publish,
+    purpose: Purpose,
+    landed: Landed,
+) {
+    {
+        match &purpose {
+            Purpose::Output(_) => telemetry.published(),
+            Purpose::DeadLetter(_) => telemetry.dead_lettered(),
+        }
+        let Some(origin) = origin.cloned() else {
+            return;
+        };
+        telemetry.keep(match purpose {
+            Purpose::Output(output) => Record::Published {
+                origin,
+                output,
+                topic: record.topic.clone(),
+                partition: landed.partition,
+                offset: landed.offset,
+                key: record.key.clone(),
+                payload: record.payload.clone(),
+            },
+            Purpose::DeadLetter(dead) => Record::DeadLettered {
+                origin,
+                topic: dead.topic,
+                reason: dead.reason.to_owned(),
+                detail: dead.detail,
+            },
+        });
+    }
+}
+
+/// Drives one effect to success, or to the failure that ends it. The first
+/// attempt is already under way; each later one is admitted by the target's
+/// breaker and retried within the budget. An attempt that was a breaker's
+/// probe does not spend the budget: while a target is down nothing is given
+/// up on, it only waits.
+async fn drive<T, First, Again, Next>(
+    breaker: &Breaker,
+    policy: &RetryPolicy,
+    admission: Admission,
+    first: First,
+    mut again: Again,
+) -> Result<T, Failure>
+where
+    First: Future<Output = Result<T, EffectError>>,
+    Again: FnMut() -> Next,
+    Next: Future<Output = Result<T, EffectError>>,
+{
+    let mut retries = Retries::new(policy);
+    retries.admitted(&admission);
+    let mut admission = admission;
+    let mut result = first.await;
+    loop {
+        match result {
+            Ok(value) => {
+                breaker.record(admission, Outcome::Healthy);
+                return Ok(value);
+            }
+            Err(EffectError::Permanent { reason, detail }) => {
+                breaker.record(admission, Outcome::Healthy);
+                return Err(Failure {
+                    reason,
+                    detail,
+                    attempts: retries.made(),
+                });
+            }
+            Err(EffectError::Transient(detail)) => {
+                breaker.record(admission, Outcome::Failed);
+                let Some(delay) = retries.next_delay() else {
+                    return Err(Failure {
+                        reason: "retries-exhausted",
+                        detail,
+                        attempts: retries.made(),
+                    });
+                };
+                tracing::warn!(
+                    %detail,
+                    attempts = retries.made(),
+                    delay_ms = delay.as_millis() as u64,
+                    "effect failed; retrying"
+                );
+                tokio::time::sleep(delay).await;
+                admission = breaker.admit().await;
+                retries.admitted(&admission);
+                result = again().await;
+            }
         }
     }
 }
 
-/// Adds the `sluice-id` header (`<topic>/<partition>/<offset>/<index>`), which
-/// is the same on every redelivery so downstream consumers can drop duplicates.
-fn with_sluice_id(mut record: Publish, message: &Message, index: &str) -> Publish {
-    let id = format!(
+fn failure(error: EffectError, attempts: u32) -> Failure {
+    match error {
+        EffectError::Permanent { reason, detail } => Failure {
+            reason,
+            detail,
+            attempts,
+        },
+        EffectError::Transient(detail) => Failure {
+            reason: "retries-exhausted",
+            detail,
+            attempts,
+        },
+    }
+}
+
+/// The `sluice-id` of an output (`<topic>/<partition>/<offset>/<index>`):
+/// the same on every redelivery, so downstream consumers can drop duplicates.
+fn sluice_id(message: &Message, index: &str) -> String {
+    format!(
         "{}/{}/{}/{index}",
         message.topic, message.partition, message.offset
-    );
-    record.headers.push(Header::new("sluice-id", id));
-    record
+    )
 }
 
 /// The `log` effect: a `tracing` event tagged with handler and input.

@@ -3,15 +3,16 @@
 //!
 //! A component built against an older minor version must keep loading, and
 //! the component model compares types exactly, so the host keeps the bindings
-//! of every version it supports and picks one by the component's export name.
-//! Adding a version: freeze the previous WIT under `wit/archive/`, add a module
-//! here, a `ContractVersion` case, and its conversions.
+//! of every version it speaks and picks one by the component's export name.
+//! Adding a version: copy the current WIT verbatim to `wit/archive/<version>/`,
+//! bump `wit/`, add a module here (with `shared_conversions!` and its
+//! `output`), a `ContractVersion` case, and arms in the two enums below.
 
 use wasmtime::component::{Component, InstancePre};
 use wasmtime::{Engine, Store};
 
 use super::sandbox::GuestState;
-use crate::contract::{HandleError, Header, LogEntry, LogLevel, Message, Output, Publish};
+use crate::contract::{HandleError, Message, Output};
 
 /// The export every handler component has, without its version suffix.
 pub(crate) const HANDLE_INTERFACE: &str = "sluice:handler/handle";
@@ -21,16 +22,19 @@ pub(crate) const HANDLE_INTERFACE: &str = "sluice:handler/handle";
 pub enum ContractVersion {
     /// `sluice:handler@0.1.x`: outputs `publish` and `log`.
     V0_1,
+    /// `sluice:handler@0.2.x`: adds the `http` output.
+    V0_2,
 }
 
 impl ContractVersion {
     /// Every version the host speaks, oldest first.
-    pub const ALL: &'static [ContractVersion] = &[ContractVersion::V0_1];
+    pub const ALL: &'static [ContractVersion] = &[ContractVersion::V0_1, ContractVersion::V0_2];
 
     /// The version as written in WIT (`0.1`), for messages.
     pub fn as_str(self) -> &'static str {
         match self {
             ContractVersion::V0_1 => "0.1",
+            ContractVersion::V0_2 => "0.2",
         }
     }
 
@@ -39,6 +43,7 @@ impl ContractVersion {
     pub(crate) fn of(version: &semver::Version) -> Option<ContractVersion> {
         match (version.major, version.minor) {
             (0, 1) => Some(ContractVersion::V0_1),
+            (0, 2) => Some(ContractVersion::V0_2),
             _ => None,
         }
     }
@@ -53,27 +58,149 @@ impl ContractVersion {
     }
 }
 
+/// Conversions between the host's types and a version's generated `wit`
+/// types, for everything the versions have in common. Each version module
+/// adds `output`, which differs with the output cases it has.
+macro_rules! shared_conversions {
+    () => {
+        use crate::contract::{HandleError, Header, LogEntry, LogLevel, Message, Publish};
+
+        /// The message, borrowed: lowered straight from the host's values.
+        pub(crate) fn message<'a>(
+            msg: &'a Message,
+            headers: &'a [wit::HeaderParam<'a>],
+        ) -> wit::Message<'a> {
+            wit::Message {
+                topic: &msg.topic,
+                partition: msg.partition as u32,
+                offset: msg.offset as u64,
+                key: msg.key.as_deref(),
+                payload: &msg.payload,
+                headers,
+                timestamp: msg.timestamp,
+            }
+        }
+
+        pub(crate) fn header_param(h: &Header) -> wit::HeaderParam<'_> {
+            wit::HeaderParam {
+                name: &h.name,
+                value: &h.value,
+            }
+        }
+
+        #[allow(dead_code, reason = "not every version has every output")]
+        fn header(h: wit::HeaderResult) -> Header {
+            Header {
+                name: h.name,
+                value: h.value,
+            }
+        }
+
+        fn publish(p: wit::Publish) -> Publish {
+            Publish {
+                topic: p.topic,
+                key: p.key,
+                payload: p.payload,
+                headers: p.headers.into_iter().map(header).collect(),
+            }
+        }
+
+        fn log(entry: wit::LogEntry) -> LogEntry {
+            LogEntry {
+                level: match entry.level {
+                    wit::LogLevel::Trace => LogLevel::Trace,
+                    wit::LogLevel::Debug => LogLevel::Debug,
+                    wit::LogLevel::Info => LogLevel::Info,
+                    wit::LogLevel::Warn => LogLevel::Warn,
+                    wit::LogLevel::Error => LogLevel::Error,
+                },
+                text: entry.text,
+            }
+        }
+
+        pub(crate) fn error(error: wit::HandleError) -> HandleError {
+            match error {
+                wit::HandleError::InvalidInput(d) => HandleError::InvalidInput(d),
+                wit::HandleError::Rejected(d) => HandleError::Rejected(d),
+                wit::HandleError::Failed(d) => HandleError::Failed(d),
+            }
+        }
+    };
+}
+
+/// Contract 0.1, frozen in `wit/archive/0.1.0`.
 pub(crate) mod v0_1 {
     wasmtime::component::bindgen!({
         world: "handler",
-        path: "../wit",
-        // Messages are lowered into the guest straight from the host's own
-        // values, without copying them into owned binding types first.
+        path: "../wit/archive/0.1.0",
         ownership: Borrowing {
             duplicate_if_necessary: true
         },
     });
+
+    pub(crate) mod convert {
+        use super::sluice::handler::types as wit;
+        use crate::contract::Output;
+        shared_conversions!();
+
+        pub(crate) fn output(output: wit::Output) -> Output {
+            match output {
+                wit::Output::Publish(p) => Output::Publish(publish(p)),
+                wit::Output::Log(entry) => Output::Log(log(entry)),
+            }
+        }
+    }
+}
+
+/// Contract 0.2, the current `wit/`.
+pub(crate) mod v0_2 {
+    wasmtime::component::bindgen!({
+        world: "handler",
+        path: "../wit",
+        ownership: Borrowing {
+            duplicate_if_necessary: true
+        },
+    });
+
+    pub(crate) mod convert {
+        use super::sluice::handler::types as wit;
+        use crate::contract::{HttpMethod, HttpRequest, Output};
+        shared_conversions!();
+
+        pub(crate) fn output(output: wit::Output) -> Output {
+            match output {
+                wit::Output::Publish(p) => Output::Publish(publish(p)),
+                wit::Output::Log(entry) => Output::Log(log(entry)),
+                wit::Output::Http(request) => Output::Http(HttpRequest {
+                    method: match request.method {
+                        wit::HttpMethod::Get => HttpMethod::Get,
+                        wit::HttpMethod::Head => HttpMethod::Head,
+                        wit::HttpMethod::Post => HttpMethod::Post,
+                        wit::HttpMethod::Put => HttpMethod::Put,
+                        wit::HttpMethod::Patch => HttpMethod::Patch,
+                        wit::HttpMethod::Delete => HttpMethod::Delete,
+                        wit::HttpMethod::Options => HttpMethod::Options,
+                    },
+                    url: request.url,
+                    headers: request.headers.into_iter().map(header).collect(),
+                    body: request.body,
+                }),
+            }
+        }
+    }
 }
 
 /// A component pre-linked against the host, ready to instantiate cheaply.
 #[derive(Clone)]
 pub(crate) enum HandlerPre {
     V0_1(v0_1::HandlerPre<GuestState>),
+    V0_2(v0_2::HandlerPre<GuestState>),
 }
 
 /// A live instance's exports.
 pub(crate) enum HandlerExports {
     V0_1(v0_1::Handler),
+    V0_2(v0_2::Handler),
 }
 
 impl HandlerPre {
@@ -83,6 +210,7 @@ impl HandlerPre {
     ) -> wasmtime::Result<HandlerPre> {
         Ok(match version {
             ContractVersion::V0_1 => HandlerPre::V0_1(v0_1::HandlerPre::new(pre)?),
+            ContractVersion::V0_2 => HandlerPre::V0_2(v0_2::HandlerPre::new(pre)?),
         })
     }
 
@@ -92,18 +220,34 @@ impl HandlerPre {
     ) -> wasmtime::Result<HandlerExports> {
         Ok(match self {
             HandlerPre::V0_1(pre) => HandlerExports::V0_1(pre.instantiate(store)?),
+            HandlerPre::V0_2(pre) => HandlerExports::V0_2(pre.instantiate(store)?),
         })
     }
 
     pub(crate) fn component(&self) -> &Component {
         match self {
             HandlerPre::V0_1(pre) => pre.instance_pre().component(),
+            HandlerPre::V0_2(pre) => pre.instance_pre().component(),
         }
     }
 
     pub(crate) fn engine(&self) -> &Engine {
         self.component().engine()
     }
+}
+
+/// Calls a version's `handle` and converts what it returns.
+macro_rules! call_handle {
+    ($version:ident, $handler:expr, $store:expr, $msg:expr) => {{
+        use $version::convert;
+        let headers: Vec<_> = $msg.headers.iter().map(convert::header_param).collect();
+        let result = $handler
+            .sluice_handler_handle()
+            .call_handle($store, convert::message($msg, &headers))?;
+        Ok(result
+            .map(|outputs| outputs.into_iter().map(convert::output).collect())
+            .map_err(convert::error))
+    }};
 }
 
 impl HandlerExports {
@@ -114,78 +258,8 @@ impl HandlerExports {
         msg: &Message,
     ) -> wasmtime::Result<Result<Vec<Output>, HandleError>> {
         match self {
-            HandlerExports::V0_1(handler) => {
-                let headers: Vec<_> = msg.headers.iter().map(v0_1_types::header_param).collect();
-                let result = handler
-                    .sluice_handler_handle()
-                    .call_handle(store, v0_1_types::message(msg, &headers))?;
-                Ok(result
-                    .map(|outputs| outputs.into_iter().map(v0_1_types::output).collect())
-                    .map_err(v0_1_types::error))
-            }
-        }
-    }
-}
-
-mod v0_1_types {
-    use super::*;
-    use v0_1::sluice::handler::types as wit;
-
-    pub(super) fn message<'a>(
-        msg: &'a Message,
-        headers: &'a [wit::HeaderParam<'a>],
-    ) -> wit::Message<'a> {
-        wit::Message {
-            topic: &msg.topic,
-            partition: msg.partition as u32,
-            offset: msg.offset as u64,
-            key: msg.key.as_deref(),
-            payload: &msg.payload,
-            headers,
-            timestamp: msg.timestamp,
-        }
-    }
-
-    pub(super) fn header_param(h: &Header) -> wit::HeaderParam<'_> {
-        wit::HeaderParam {
-            name: &h.name,
-            value: &h.value,
-        }
-    }
-
-    fn header(h: wit::HeaderResult) -> Header {
-        Header {
-            name: h.name,
-            value: h.value,
-        }
-    }
-
-    pub(super) fn output(output: wit::Output) -> Output {
-        match output {
-            wit::Output::Publish(p) => Output::Publish(Publish {
-                topic: p.topic,
-                key: p.key,
-                payload: p.payload,
-                headers: p.headers.into_iter().map(header).collect(),
-            }),
-            wit::Output::Log(entry) => Output::Log(LogEntry {
-                level: match entry.level {
-                    wit::LogLevel::Trace => LogLevel::Trace,
-                    wit::LogLevel::Debug => LogLevel::Debug,
-                    wit::LogLevel::Info => LogLevel::Info,
-                    wit::LogLevel::Warn => LogLevel::Warn,
-                    wit::LogLevel::Error => LogLevel::Error,
-                },
-                text: entry.text,
-            }),
-        }
-    }
-
-    pub(super) fn error(error: wit::HandleError) -> HandleError {
-        match error {
-            wit::HandleError::InvalidInput(d) => HandleError::InvalidInput(d),
-            wit::HandleError::Rejected(d) => HandleError::Rejected(d),
-            wit::HandleError::Failed(d) => HandleError::Failed(d),
+            HandlerExports::V0_1(handler) => call_handle!(v0_1, handler, store, msg),
+            HandlerExports::V0_2(handler) => call_handle!(v0_2, handler, store, msg),
         }
     }
 }

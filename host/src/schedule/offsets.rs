@@ -122,6 +122,15 @@ impl Offsets {
         self.partitions.lock().expect("offsets lock").remove(tp);
     }
 
+    /// Messages of these partitions received and not yet finished.
+    pub(crate) fn in_flight_of(&self, tps: &[TopicPartition]) -> usize {
+        let partitions = self.partitions.lock().expect("offsets lock");
+        tps.iter()
+            .filter_map(|tp| partitions.get(tp))
+            .map(|state| state.in_flight.len())
+            .sum()
+    }
+
     /// Messages received and not yet settled.
     pub(crate) fn in_flight(&self) -> usize {
         self.in_flight.load(Ordering::Acquire)

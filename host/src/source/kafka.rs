@@ -6,8 +6,9 @@
 //! periodically, and sluice commits them itself before partitions are
 //! revoked and at shutdown.
 
-use std::sync::{Arc, OnceLock, Weak};
-use std::time::Duration;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, OnceLock, Weak};
+use std::time::{Duration, Instant};
 
 use futures::{FutureExt, StreamExt};
 use rdkafka::config::ClientConfig;
@@ -18,7 +19,7 @@ use rdkafka::consumer::{
 use rdkafka::error::{KafkaError, KafkaResult, RDKafkaErrorCode};
 use rdkafka::message::{BorrowedMessage, Headers, Message as _};
 use rdkafka::{ClientContext, Offset, TopicPartitionList};
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, watch};
 
 use super::Delivery;
 use crate::config::Config;
@@ -27,6 +28,8 @@ use crate::schedule::offsets::{Offsets, TopicPartition};
 
 /// How long a committed-offsets query may take before it counts as failed.
 const QUERY_TIMEOUT: Duration = Duration::from_secs(5);
+/// How often a revoke checks whether the partition's messages are done.
+const REVOKE_POLL: Duration = Duration::from_millis(5);
 
 type SourceConsumer = StreamConsumer<SourceContext>;
 
@@ -44,6 +47,9 @@ pub(crate) struct SourceContext {
     offsets: Arc<Offsets>,
     consumer: OnceLock<Weak<SourceConsumer>>,
     events: mpsc::UnboundedSender<PartitionEvent>,
+    /// How each assigned partition's lane is told it was revoked.
+    revocations: Mutex<HashMap<TopicPartition, watch::Sender<bool>>>,
+    revoke_timeout: Duration,
 }
 
 impl ClientContext for SourceContext {}
@@ -64,9 +70,17 @@ impl ConsumerContext for SourceContext {
                     self.offsets.forget(&tp);
                     match stream.split_partition_queue(&tp.0, tp.1) {
                         Some(queue) => {
+                            let (revoke, revoked) = watch::channel(false);
+                            self.revocations
+                                .lock()
+                                .expect("revocations lock")
+                                .insert(tp.clone(), revoke);
                             let feed = PartitionFeed {
                                 queue,
                                 offsets: self.offsets.clone(),
+                                consumer: stream.clone(),
+                                tp: tp.clone(),
+                                revoked,
                             };
                             let _ = self.events.send(PartitionEvent::Assigned(tp, feed));
                         }
@@ -79,6 +93,7 @@ impl ConsumerContext for SourceContext {
             Rebalance::Revoke(revoked) if revoked.count() > 0 => {
                 let partitions = partitions_of(revoked);
                 tracing::info!(partitions = %list(&partitions), "partitions revoked");
+                self.drain(&partitions);
                 // Commit what is finished before another member takes over.
                 store(consumer, &self.offsets, &partitions);
                 commit(consumer, CommitMode::Sync);
@@ -93,13 +108,71 @@ impl ConsumerContext for SourceContext {
     }
 }
 
+impl SourceContext {
+    /// Stops the lanes of revoked partitions and waits, up to the revoke
+    /// timeout, for their messages in flight to finish. This blocks the
+    /// thread serving the consumer's events (the run loop), which is what
+    /// holds the rebalance until the partitions are done with; lanes and
+    /// effects run on the runtime's workers meanwhile.
+    fn drain(&self, partitions: &[TopicPartition]) {
+        {
+            let mut revocations = self.revocations.lock().expect("revocations lock");
+            for tp in partitions {
+                if let Some(revoke) = revocations.remove(tp) {
+                    revoke.send_replace(true);
+                }
+            }
+        }
+        let deadline = Instant::now() + self.revoke_timeout;
+        while self.offsets.in_flight_of(partitions) > 0 {
+            if Instant::now() >= deadline {
+                tracing::warn!(
+                    in_flight = self.offsets.in_flight_of(partitions),
+                    timeout_ms = self.revoke_timeout.as_millis() as u64,
+                    "revoke timeout: letting partitions go with messages in flight"
+                );
+                return;
+            }
+            std::thread::sleep(REVOKE_POLL);
+        }
+    }
+}
+
 /// One assigned partition's own queue of messages.
 pub(crate) struct PartitionFeed {
     queue: StreamPartitionQueue<SourceContext>,
     offsets: Arc<Offsets>,
+    consumer: Arc<SourceConsumer>,
+    tp: TopicPartition,
+    revoked: watch::Receiver<bool>,
 }
 
 impl PartitionFeed {
+    /// A signal that fires when the partition is revoked.
+    pub(crate) fn revocation(&self) -> watch::Receiver<bool> {
+        self.revoked.clone()
+    }
+
+    /// Stops fetching the partition (its lane is at its in-flight cap).
+    pub(crate) fn pause(&self) {
+        if let Err(error) = self.consumer.pause(&self.list()) {
+            tracing::warn!(%error, topic = %self.tp.0, partition = self.tp.1, "cannot pause partition");
+        }
+    }
+
+    /// Fetches the partition again.
+    pub(crate) fn resume(&self) {
+        if let Err(error) = self.consumer.resume(&self.list()) {
+            tracing::warn!(%error, topic = %self.tp.0, partition = self.tp.1, "cannot resume partition");
+        }
+    }
+
+    fn list(&self) -> TopicPartitionList {
+        let mut tpl = TopicPartitionList::new();
+        tpl.add_partition(&self.tp.0, self.tp.1);
+        tpl
+    }
+
     /// Waits for a message, then takes what else is ready, up to `max`; each
     /// is registered as in flight.
     pub(crate) async fn next_batch(&mut self, batch: &mut Vec<Delivery>, max: usize) -> usize {
@@ -185,6 +258,8 @@ impl KafkaSource {
                 offsets: offsets.clone(),
                 consumer: OnceLock::new(),
                 events,
+                revocations: Mutex::default(),
+                revoke_timeout: Duration::from_millis(config.revoke_timeout_ms),
             })?);
         let _ = consumer.context().consumer.set(Arc::downgrade(&consumer));
         let topics: Vec<&str> = config.routes.iter().map(|r| r.topic.as_str()).collect();

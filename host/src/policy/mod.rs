@@ -1,9 +1,11 @@
 //! What happens when something fails: handler failures are deterministic, so
 //! they are dead-lettered at once (or skipped, for invalid input when the
-//! route says so); effect failures are transient, so they are retried with
-//! exponential backoff and full jitter.
+//! route says so); transient effect failures are retried (`retry`) behind a
+//! circuit breaker per target (`breaker`); permanent ones, and retries that
+//! run out, dead-letter the message at the `interpret` stage.
 
-use std::time::Duration;
+pub(crate) mod breaker;
+pub(crate) mod retry;
 
 use crate::config::{OnInvalidInput, Route};
 use crate::contract::{HandleError, Header, Message, Publish};
@@ -16,6 +18,10 @@ pub(crate) enum Stage {
     Decode,
     /// The handler refused, failed or trapped.
     Handle,
+    /// An effect failed permanently, or its retries ran out.
+    Interpret,
+    /// Held behind an earlier dead letter of its key (`park-key`).
+    Schedule,
 }
 
 impl Stage {
@@ -23,6 +29,8 @@ impl Stage {
         match self {
             Stage::Decode => "decode",
             Stage::Handle => "handle",
+            Stage::Interpret => "interpret",
+            Stage::Schedule => "schedule",
         }
     }
 }
@@ -34,6 +42,8 @@ pub(crate) struct DeadLetter {
     pub(crate) stage: Stage,
     pub(crate) reason: &'static str,
     pub(crate) detail: String,
+    /// Attempts made at the failed effect (1 for handler failures).
+    pub(crate) attempts: u32,
 }
 
 /// What to do with a message whose handler call failed.
@@ -64,6 +74,7 @@ pub(crate) fn on_failure(route: &Route, error: &CallError) -> Disposition {
         stage,
         reason: error.kind(),
         detail,
+        attempts: 1,
     })
 }
 
@@ -80,6 +91,7 @@ pub(crate) fn dead_letter_record(
         Header::new("sluice-stage", dead.stage.as_str()),
         Header::new("sluice-reason", dead.reason),
         Header::new("sluice-detail", dead.detail.as_str()),
+        Header::new("sluice-attempts", dead.attempts.to_string()),
         Header::new("sluice-source-topic", message.topic.as_str()),
         Header::new("sluice-source-partition", message.partition.to_string()),
         Header::new("sluice-source-offset", message.offset.to_string()),
@@ -94,48 +106,17 @@ pub(crate) fn dead_letter_record(
     }
 }
 
-/// Exponential backoff with full jitter: each delay is uniform in
-/// `[0, min(max, initial × 2^attempt)]`, so retrying clients spread out.
-#[derive(Debug, Clone)]
-pub(crate) struct Backoff {
-    initial: Duration,
-    max: Duration,
-    attempt: u32,
-}
-
-impl Backoff {
-    pub(crate) fn new(initial: Duration, max: Duration) -> Self {
-        Backoff {
-            initial,
-            max,
-            attempt: 0,
-        }
-    }
-
-    /// The delay before the next attempt.
-    pub(crate) fn next_delay(&mut self) -> Duration {
-        let ceiling = self
-            .initial
-            .saturating_mul(1u32 << self.attempt.min(20))
-            .min(self.max);
-        self.attempt += 1;
-        ceiling.mul_f64(rand::random::<f64>())
-    }
-}
-
 #[cfg(test)]
 mod tests {
+    use std::time::Duration;
+
     use super::*;
     use crate::runtime::Trap;
 
     fn route(on_invalid_input: OnInvalidInput) -> Route {
-        Route {
-            topic: "in".into(),
-            handler: "h".into(),
-            version: None,
-            dead_letter_topic: None,
-            on_invalid_input,
-        }
+        let mut route: Route = toml::from_str("topic = \"in\"\nhandler = \"h\"").unwrap();
+        route.on_invalid_input = on_invalid_input;
+        route
     }
 
     #[test]
@@ -187,15 +168,5 @@ mod tests {
             on_failure(&r, &rejected),
             Disposition::DeadLetter(_)
         ));
-    }
-
-    #[test]
-    fn backoff_grows_to_its_cap_with_jitter() {
-        let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(1));
-        let delays: Vec<Duration> = (0..30).map(|_| backoff.next_delay()).collect();
-        assert!(delays[0] <= Duration::from_millis(100));
-        assert!(delays.iter().all(|d| *d <= Duration::from_secs(1)));
-        // Full jitter: not all the same once the cap is reached.
-        assert!(delays[10..].windows(2).any(|w| w[0] != w[1]));
     }
 }

@@ -1,0 +1,188 @@
+//! The `http` effect: requests made by the host with `reqwest`, only to hosts
+//! on the route's allow-list. A URL outside the list is a permanent failure,
+//! never a request. Redirects are not followed (a redirect could leave the
+//! list); 2xx is success, 408, 429 and 5xx are transient, any other status
+//! permanent.
+
+use std::time::Duration;
+
+use reqwest::{Method, Url};
+
+use super::EffectError;
+use crate::config::HttpPolicy;
+use crate::contract::{HttpMethod, HttpRequest};
+use crate::policy::breaker::Target;
+
+/// A route's HTTP client and allow-list.
+pub(crate) struct HttpClient {
+    client: reqwest::Client,
+    allow: Vec<(String, Option<u16>)>,
+}
+
+impl HttpClient {
+    pub(crate) fn new(policy: &HttpPolicy) -> Result<HttpClient, reqwest::Error> {
+        let client = reqwest::Client::builder()
+            .timeout(Duration::from_millis(policy.timeout_ms))
+            .connect_timeout(Duration::from_millis(policy.connect_timeout_ms))
+            .redirect(reqwest::redirect::Policy::none())
+            .build()?;
+        let allow = policy
+            .allow
+            .iter()
+            .map(|entry| match entry.rsplit_once(':') {
+                Some((host, port)) => (host.to_ascii_lowercase(), port.parse().ok()),
+                None => (entry.to_ascii_lowercase(), None),
+            })
+            .collect();
+        Ok(HttpClient { client, allow })
+    }
+
+    /// Checks a request against the allow-list; its breaker target if allowed.
+    pub(crate) fn check(&self, request: &HttpRequest) -> Result<(Url, Target), EffectError> {
+        let invalid = |detail: String| EffectError::Permanent {
+            reason: "invalid-request",
+            detail,
+        };
+        let url = Url::parse(&request.url)
+            .map_err(|e| invalid(format!("bad URL {:?}: {e}", request.url)))?;
+        if !matches!(url.scheme(), "http" | "https") {
+            return Err(invalid(format!("{:?} is not an http(s) URL", request.url)));
+        }
+        let host = url.host_str().unwrap_or_default().to_ascii_lowercase();
+        let port = url.port_or_known_default();
+        let allowed = self
+            .allow
+            .iter()
+            .any(|(h, p)| *h == host && (p.is_none() || *p == port));
+        if !allowed {
+            return Err(EffectError::Permanent {
+                reason: "host-not-allowed",
+                detail: format!(
+                    "{host}:{} is not on the route's http.allow list",
+                    port.unwrap_or_default()
+                ),
+            });
+        }
+        let target = Target::Host(format!("{host}:{}", port.unwrap_or_default()));
+        Ok((url, target))
+    }
+
+    /// Makes the request; `Ok` with the status for a 2xx response.
+    pub(crate) async fn send(
+        &self,
+        url: &Url,
+        request: &HttpRequest,
+        sluice_id: &str,
+    ) -> Result<u16, EffectError> {
+        let mut builder = self
+            .client
+            .request(method(request.method), url.clone())
+            .header("sluice-id", sluice_id)
+            .body(request.body.clone());
+        for h in &request.headers {
+            builder = builder.header(h.name.as_str(), h.value.as_slice());
+        }
+        let response = builder.send().await.map_err(|e| {
+            if e.is_builder() {
+                EffectError::Permanent {
+                    reason: "invalid-request",
+                    detail: e.to_string(),
+                }
+            } else {
+                // Timeouts, refused or reset connections: the target's trouble.
+                EffectError::Transient(error_chain(&e))
+            }
+        })?;
+        let status = response.status();
+        match status.as_u16() {
+            200..=299 => Ok(status.as_u16()),
+            408 | 429 | 500..=599 => {
+                Err(EffectError::Transient(format!("HTTP {status} from {url}")))
+            }
+            _ => Err(EffectError::Permanent {
+                reason: "http-status",
+                detail: format!("HTTP {status} from {url}"),
+            }),
+        }
+    }
+}
+
+fn method(method: HttpMethod) -> Method {
+    match method {
+        HttpMethod::Get => Method::GET,
+        HttpMethod::Head => Method::HEAD,
+        HttpMethod::Post => Method::POST,
+        HttpMethod::Put => Method::PUT,
+        HttpMethod::Patch => Method::PATCH,
+        HttpMethod::Delete => Method::DELETE,
+        HttpMethod::Options => Method::OPTIONS,
+    }
+}
+
+/// reqwest's error with its causes (its Display alone hides the reason).
+fn error_chain(error: &reqwest::Error) -> String {
+    let mut text = error.to_string();
+    let mut source = std::error::Error::source(error);
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::contract::HttpMethod;
+
+    fn request(url: &str) -> HttpRequest {
+        HttpRequest {
+            method: HttpMethod::Post,
+            url: url.into(),
+            headers: vec![],
+            body: vec![],
+        }
+    }
+
+    fn client(allow: &[&str]) -> HttpClient {
+        HttpClient::new(&HttpPolicy {
+            allow: allow.iter().map(|s| s.to_string()).collect(),
+            ..HttpPolicy::default()
+        })
+        .unwrap()
+    }
+
+    fn reason(result: Result<(Url, Target), EffectError>) -> &'static str {
+        match result {
+            Err(EffectError::Permanent { reason, .. }) => reason,
+            other => panic!("expected a permanent failure, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn the_allow_list_matches_host_and_port() {
+        let c = client(&["api.example.com", "localhost:8080"]);
+        let (_, target) = c.check(&request("https://API.example.com/x")).unwrap();
+        assert_eq!(target, Target::Host("api.example.com:443".into()));
+        assert!(c.check(&request("http://api.example.com:9000/x")).is_ok());
+        assert!(c.check(&request("http://localhost:8080/")).is_ok());
+        assert_eq!(
+            reason(c.check(&request("http://localhost:8081/"))),
+            "host-not-allowed"
+        );
+        assert_eq!(
+            reason(c.check(&request("http://evil.example.com/"))),
+            "host-not-allowed"
+        );
+        assert_eq!(
+            reason(c.check(&request("ftp://api.example.com/"))),
+            "invalid-request"
+        );
+        assert_eq!(reason(c.check(&request("not a url"))), "invalid-request");
+        assert_eq!(
+            reason(client(&[]).check(&request("http://localhost:8080/"))),
+            "host-not-allowed"
+        );
+    }
+}

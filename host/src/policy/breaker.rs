@@ -1,0 +1,261 @@
+//! Circuit breakers, one per effect target (an output topic, an HTTP host).
+//! After `failures` consecutive transient failures a breaker opens: effects
+//! on its target wait instead of failing, which fills the in-flight caps and
+//! pauses the partitions that need the target, while nothing is
+//! dead-lettered. After `open-ms` one probe goes through (half-open): success
+//! closes the breaker, failure opens it again.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use tokio::sync::Notify;
+
+use crate::config::BreakerPolicy;
+
+/// What an effect acts on; each has its own breaker.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub(crate) enum Target {
+    Topic(String),
+    Host(String),
+}
+
+impl fmt::Display for Target {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Target::Topic(topic) => write!(f, "topic {topic}"),
+            Target::Host(host) => write!(f, "host {host}"),
+        }
+    }
+}
+
+/// A breaker's state.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum BreakerState {
+    Closed { failures: u32 },
+    Open { until: Instant },
+    HalfOpen,
+}
+
+/// One target's breaker.
+#[derive(Debug)]
+pub(crate) struct Breaker {
+    target: Target,
+    policy: BreakerPolicy,
+    state: Mutex<BreakerState>,
+    changed: Notify,
+}
+
+/// Leave to act on a target; report how it went with `Breaker::record`.
+#[derive(Debug)]
+#[must_use = "report the outcome to the breaker"]
+pub(crate) struct Admission {
+    /// Time spent waiting for the breaker.
+    pub(crate) waited: Duration,
+    /// Whether this attempt is the probe of a breaker that was open.
+    pub(crate) probe: bool,
+}
+
+#[cfg(test)]
+impl Admission {
+    pub(crate) fn closed() -> Self {
+        Admission {
+            waited: Duration::ZERO,
+            probe: false,
+        }
+    }
+
+    pub(crate) fn probe() -> Self {
+        Admission {
+            waited: Duration::ZERO,
+            probe: true,
+        }
+    }
+}
+
+/// How an attempt on a target went, as far as its breaker is concerned.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Outcome {
+    /// It worked, or failed for a reason that is not the target's (a 4xx).
+    Healthy,
+    /// The target failed transiently.
+    Failed,
+}
+
+impl Breaker {
+    fn new(target: Target, policy: BreakerPolicy) -> Self {
+        Breaker {
+            target,
+            policy,
+            state: Mutex::new(BreakerState::Closed { failures: 0 }),
+            changed: Notify::new(),
+        }
+    }
+
+    #[cfg(test)]
+    pub(crate) fn state(&self) -> BreakerState {
+        *self.state.lock().expect("breaker lock")
+    }
+
+    /// Waits until the target may be tried: at once when closed; after the
+    /// open period, as the single probe, when open.
+    pub(crate) async fn admit(&self) -> Admission {
+        let started = Instant::now();
+        loop {
+            let changed = self.changed.notified();
+            let wait = {
+                let mut state = self.state.lock().expect("breaker lock");
+                match *state {
+                    BreakerState::Closed { .. } => None,
+                    BreakerState::Open { until } if Instant::now() >= until => {
+                        *state = BreakerState::HalfOpen;
+                        tracing::info!(target_ = %self.target, "circuit breaker half-open: probing");
+                        return Admission {
+                            waited: started.elapsed(),
+                            probe: true,
+                        };
+                    }
+                    BreakerState::Open { until } => Some(until - Instant::now()),
+                    // A probe is out: wait for its verdict.
+                    BreakerState::HalfOpen => Some(Duration::MAX),
+                }
+            };
+            match wait {
+                None => {
+                    return Admission {
+                        waited: started.elapsed(),
+                        probe: false,
+                    };
+                }
+                Some(Duration::MAX) => changed.await,
+                Some(wait) => {
+                    let _ = tokio::time::timeout(wait, changed).await;
+                }
+            }
+        }
+    }
+
+    /// Reports how an admitted attempt went.
+    pub(crate) fn record(&self, admission: Admission, outcome: Outcome) {
+        let mut state = self.state.lock().expect("breaker lock");
+        let next = match (*state, outcome) {
+            (BreakerState::HalfOpen, Outcome::Healthy) if admission.probe => {
+                tracing::info!(target_ = %self.target, "circuit breaker closed: probe succeeded");
+                BreakerState::Closed { failures: 0 }
+            }
+            (BreakerState::HalfOpen, Outcome::Failed) if admission.probe => {
+                tracing::warn!(target_ = %self.target, "circuit breaker open again: probe failed");
+                self.opened()
+            }
+            (BreakerState::Closed { .. }, Outcome::Healthy) => BreakerState::Closed { failures: 0 },
+            (BreakerState::Closed { failures }, Outcome::Failed) => {
+                if failures + 1 >= self.policy.failures {
+                    tracing::warn!(
+                        target_ = %self.target,
+                        failures = failures + 1,
+                        open_ms = self.policy.open_ms,
+                        "circuit breaker open"
+                    );
+                    self.opened()
+                } else {
+                    BreakerState::Closed {
+                        failures: failures + 1,
+                    }
+                }
+            }
+            // Late reports from attempts admitted before the state changed.
+            (state, _) => state,
+        };
+        *state = next;
+        drop(state);
+        self.changed.notify_waiters();
+    }
+
+    fn opened(&self) -> BreakerState {
+        BreakerState::Open {
+            until: Instant::now() + Duration::from_millis(self.policy.open_ms),
+        }
+    }
+}
+
+/// Every target's breaker, created on first use.
+#[derive(Debug, Default)]
+pub(crate) struct Breakers {
+    breakers: Mutex<HashMap<Target, Arc<Breaker>>>,
+}
+
+impl Breakers {
+    /// The breaker of `target`; a new one takes `policy` (the first route to
+    /// use a target sets its breaker's policy).
+    pub(crate) fn get(&self, target: Target, policy: &BreakerPolicy) -> Arc<Breaker> {
+        let mut breakers = self.breakers.lock().expect("breakers lock");
+        breakers
+            .entry(target.clone())
+            .or_insert_with(|| Arc::new(Breaker::new(target, policy.clone())))
+            .clone()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn breaker(failures: u32, open_ms: u64) -> Breaker {
+        Breaker::new(
+            Target::Host("example:80".into()),
+            BreakerPolicy { failures, open_ms },
+        )
+    }
+
+    #[tokio::test]
+    async fn opens_after_consecutive_failures_and_a_success_resets() {
+        let b = breaker(3, 60_000);
+        for _ in 0..2 {
+            let a = b.admit().await;
+            b.record(a, Outcome::Failed);
+        }
+        let a = b.admit().await;
+        b.record(a, Outcome::Healthy);
+        assert_eq!(b.state(), BreakerState::Closed { failures: 0 });
+        for _ in 0..3 {
+            let a = b.admit().await;
+            b.record(a, Outcome::Failed);
+        }
+        assert!(matches!(b.state(), BreakerState::Open { .. }));
+    }
+
+    #[tokio::test]
+    async fn an_open_breaker_holds_callers_until_a_probe_closes_it() {
+        let b = Arc::new(breaker(1, 30));
+        let a = b.admit().await;
+        b.record(a, Outcome::Failed);
+        assert!(matches!(b.state(), BreakerState::Open { .. }));
+
+        // The first caller after the open period is the probe.
+        let probe = b.admit().await;
+        assert!(probe.probe && probe.waited >= Duration::from_millis(20));
+        assert_eq!(b.state(), BreakerState::HalfOpen);
+        // Another caller waits for the probe's verdict.
+        let waiter = {
+            let b = b.clone();
+            tokio::spawn(async move { b.admit().await })
+        };
+        tokio::task::yield_now().await;
+        assert!(!waiter.is_finished());
+        b.record(probe, Outcome::Healthy);
+        let admitted = waiter.await.unwrap();
+        assert!(!admitted.probe);
+        assert_eq!(b.state(), BreakerState::Closed { failures: 0 });
+    }
+
+    #[tokio::test]
+    async fn a_failed_probe_opens_it_again() {
+        let b = breaker(1, 10);
+        let a = b.admit().await;
+        b.record(a, Outcome::Failed);
+        let probe = b.admit().await;
+        b.record(probe, Outcome::Failed);
+        assert!(matches!(b.state(), BreakerState::Open { .. }));
+    }
+}

@@ -1,0 +1,169 @@
+//! Ordering chains. Handlers are pure, so only effects need ordering: a
+//! message's effects start once the previous message on its chain has handed
+//! its own over. The chain is the message key (`ordering = "key"`), the
+//! whole partition (`"partition"`), or nothing (`"unordered"`).
+
+use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicU64, Ordering as AtomicOrdering};
+use std::sync::{Arc, Mutex};
+
+use tokio::sync::oneshot;
+
+use crate::config::Ordering;
+
+/// What a chain is keyed by: a message key, or `None` for the partition's
+/// single chain (and for keyless messages when ordering by key).
+type ChainKey = Option<Vec<u8>>;
+
+/// The latest message on a chain: the signal its successor waits for.
+struct Tail {
+    id: u64,
+    done: oneshot::Receiver<()>,
+}
+
+/// The chains of one partition.
+#[derive(Default)]
+pub(crate) struct Chains {
+    tails: Mutex<HashMap<ChainKey, Tail>>,
+    ids: AtomicU64,
+}
+
+/// A message's place on its chain. Dropping it (done, failed or abandoned)
+/// lets the next message of the chain go.
+pub(crate) struct Link {
+    wait: Option<oneshot::Receiver<()>>,
+    done: Option<oneshot::Sender<()>>,
+    place: Option<(Arc<Chains>, ChainKey, u64)>,
+}
+
+impl Chains {
+    /// Puts a message at the end of its chain.
+    pub(crate) fn join(self: &Arc<Self>, ordering: Ordering, key: Option<&[u8]>) -> Link {
+        let chain_key = match ordering {
+            Ordering::Unordered => {
+                return Link {
+                    wait: None,
+                    done: None,
+                    place: None,
+                };
+            }
+            Ordering::Partition => None,
+            Ordering::Key => key.map(<[u8]>::to_vec),
+        };
+        let (done, signal) = oneshot::channel();
+        let id = self.ids.fetch_add(1, AtomicOrdering::Relaxed);
+        let previous = self
+            .tails
+            .lock()
+            .expect("chains lock")
+            .insert(chain_key.clone(), Tail { id, done: signal });
+        Link {
+            wait: previous.map(|tail| tail.done),
+            done: Some(done),
+            place: Some((self.clone(), chain_key, id)),
+        }
+    }
+
+    /// Chains with a message on them.
+    #[cfg(test)]
+    pub(crate) fn len(&self) -> usize {
+        self.tails.lock().expect("chains lock").len()
+    }
+}
+
+impl Link {
+    /// Waits until the previous message on the chain has handed its effects over.
+    pub(crate) async fn wait(&mut self) {
+        if let Some(previous) = self.wait.take() {
+            // An error means the predecessor was dropped: it is done too.
+            let _ = previous.await;
+        }
+    }
+}
+
+impl Drop for Link {
+    fn drop(&mut self) {
+        if let Some(done) = self.done.take() {
+            let _ = done.send(());
+        }
+        if let Some((chains, key, id)) = self.place.take() {
+            let mut tails = chains.tails.lock().expect("chains lock");
+            // Last on its chain: nobody will wait for it, the chain goes.
+            if tails.get(&key).is_some_and(|tail| tail.id == id) {
+                tails.remove(&key);
+            }
+        }
+    }
+}
+
+/// Keys parked in a partition (`on-dead-letter = "park-key"`): their later
+/// messages are dead-lettered behind the one that failed.
+#[derive(Default)]
+pub(crate) struct Parked {
+    keys: Mutex<HashSet<ChainKey>>,
+}
+
+impl Parked {
+    pub(crate) fn park(&self, key: Option<&[u8]>) -> bool {
+        let mut keys = self.keys.lock().expect("parked lock");
+        keys.insert(key.map(<[u8]>::to_vec))
+    }
+
+    pub(crate) fn is_parked(&self, key: Option<&[u8]>) -> bool {
+        let keys = self.keys.lock().expect("parked lock");
+        !keys.is_empty() && keys.contains(&key.map(<[u8]>::to_vec))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    async fn finished_in_time(link: &mut Link) -> bool {
+        tokio::time::timeout(Duration::from_millis(50), link.wait())
+            .await
+            .is_ok()
+    }
+
+    #[tokio::test]
+    async fn same_key_waits_other_keys_do_not() {
+        let chains = Arc::new(Chains::default());
+        let a1 = chains.join(Ordering::Key, Some(b"a"));
+        let mut a2 = chains.join(Ordering::Key, Some(b"a"));
+        let mut b1 = chains.join(Ordering::Key, Some(b"b"));
+        assert!(finished_in_time(&mut b1).await, "another key goes at once");
+        assert!(!finished_in_time(&mut a2).await, "same key waits");
+        drop(a1);
+        assert!(
+            finished_in_time(&mut a2).await,
+            "and goes when its predecessor is done"
+        );
+        drop((a2, b1));
+        assert_eq!(chains.len(), 0, "finished chains are forgotten");
+    }
+
+    #[tokio::test]
+    async fn partition_ordering_is_one_chain_and_unordered_none() {
+        let chains = Arc::new(Chains::default());
+        let first = chains.join(Ordering::Partition, Some(b"a"));
+        let mut second = chains.join(Ordering::Partition, Some(b"b"));
+        assert!(!finished_in_time(&mut second).await);
+        drop(first);
+        assert!(finished_in_time(&mut second).await);
+        let _held = chains.join(Ordering::Unordered, Some(b"a"));
+        let mut free = chains.join(Ordering::Unordered, Some(b"a"));
+        assert!(finished_in_time(&mut free).await);
+    }
+
+    #[test]
+    fn parked_keys() {
+        let parked = Parked::default();
+        assert!(!parked.is_parked(Some(b"k")));
+        assert!(parked.park(Some(b"k")));
+        assert!(!parked.park(Some(b"k")), "already parked");
+        assert!(parked.is_parked(Some(b"k")));
+        assert!(!parked.is_parked(Some(b"j")));
+        assert!(!parked.is_parked(None));
+    }
+}
