@@ -16,7 +16,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use crate::config::{OnDeadLetter, Route};
-use crate::contract::Message;
+use crate::contract::{Message, Output};
 use crate::effects::{Effects, Failure, Pending, RouteEffects};
 use crate::policy::{self, DeadLetter, Disposition, Stage};
 use crate::runtime::{CallError, Handler, WorkerPool};
@@ -45,8 +45,15 @@ struct InFlight {
     route: Arc<RouteHandler>,
     partition: Arc<PartitionState>,
     delivery: Delivery,
-    outcome: Result<Vec<crate::contract::Output>, CallError>,
+    outcome: Result<Vec<Output>, CallError>,
     link: Link,
+    slot: Slot,
+}
+
+/// A message whose effects are handed over, waiting for confirmations.
+struct Handed {
+    delivery: Delivery,
+    pending: Vec<Pending>,
     slot: Slot,
 }
 
@@ -75,7 +82,13 @@ impl Pipeline {
     }
 
     /// Handles a batch of one lane's messages and sets each on its way.
-    /// Returns once they are handled; each ack follows its effects.
+    ///
+    /// A message that may go at once (nothing before it on its chain) and
+    /// only publishes and logs hands its effects over right here: that is
+    /// quick (publishes are only enqueued) and keeps the common case free of
+    /// a task per message. The others (waiting on their chain, or calling
+    /// HTTP) get a task each, so slow keys do not hold up the lane. Either
+    /// way the acks follow the broker's confirmations.
     pub(crate) async fn process(
         self: &Arc<Self>,
         partition: &Arc<PartitionState>,
@@ -91,46 +104,91 @@ impl Pipeline {
         };
         let messages = work.iter().map(|(d, _)| d.message.clone()).collect();
         let outcomes = self.pool.call(route.handler.clone(), messages).await;
+        let mut handed = Vec::new();
         for ((delivery, slot), outcome) in work.into_iter().zip(outcomes) {
             self.telemetry.consumed();
             let link = partition
                 .chains
                 .join(route.route.ordering, delivery.message.key.as_deref());
-            let in_flight = InFlight {
-                route: route.clone(),
-                partition: partition.clone(),
-                delivery,
-                outcome,
-                link,
-                slot,
-            };
-            tokio::spawn(self.clone().finish(in_flight));
+            let calls_out = outcome
+                .as_ref()
+                .is_ok_and(|outputs| outputs.iter().any(|o| matches!(o, Output::Http(_))));
+            if link.is_free() && !calls_out {
+                let pending = self
+                    .interpret(&route, partition, &delivery.message, outcome)
+                    .await;
+                drop(link);
+                handed.push(Handed {
+                    delivery,
+                    pending,
+                    slot,
+                });
+            } else {
+                let in_flight = InFlight {
+                    route: route.clone(),
+                    partition: partition.clone(),
+                    delivery,
+                    outcome,
+                    link,
+                    slot,
+                };
+                tokio::spawn(self.clone().finish(in_flight));
+            }
+        }
+        if !handed.is_empty() {
+            let pipeline = self.clone();
+            let partition = partition.clone();
+            tokio::spawn(async move {
+                for handed in handed {
+                    pipeline.conclude(&route, &partition, handed).await;
+                }
+            });
         }
     }
 
-    /// Steps 2 to 6 for one message.
+    /// A message with a task of its own: waits for its chain, hands its
+    /// effects over, lets the chain go on, and concludes.
     async fn finish(self: Arc<Self>, in_flight: InFlight) {
         let InFlight {
             route,
             partition,
-            delivery: Delivery { message, ack },
+            delivery,
             outcome,
             mut link,
             slot,
         } = in_flight;
-        let handler = route.handler.as_ref();
         link.wait().await;
+        let pending =
+            Box::pin(self.interpret(&route, &partition, &delivery.message, outcome)).await;
+        drop(link);
+        let handed = Handed {
+            delivery,
+            pending,
+            slot,
+        };
+        Box::pin(self.conclude(&route, &partition, handed)).await;
+    }
 
+    /// The ordered part: runs the outputs (or dead-letters the message) up
+    /// to where everything is handed over. Returns what awaits confirmation.
+    async fn interpret(
+        &self,
+        route: &RouteHandler,
+        partition: &PartitionState,
+        message: &Message,
+        outcome: Result<Vec<Output>, CallError>,
+    ) -> Vec<Pending> {
+        let handler = route.handler.as_ref();
         let mut pending = Vec::new();
         let dead = if partition.parked.is_parked(message.key.as_deref()) {
-            Some(parked(&route.route, &message))
+            Some(parked(&route.route, message))
         } else {
             match outcome {
                 Ok(outputs) => {
                     self.telemetry.succeeded();
                     let (started, result) = self
                         .effects
-                        .run(&route.effects, &message, handler, outputs)
+                        .run(&route.effects, message, handler, outputs)
                         .await;
                     pending.push(started);
                     result.err().map(|failed| interpreted(&route.route, failed))
@@ -138,18 +196,26 @@ impl Pipeline {
                 Err(error) => match policy::on_failure(&route.route, &error) {
                     Disposition::DeadLetter(dead) => Some(dead),
                     Disposition::Skip(detail) => {
-                        self.effects.skip(&message, handler, detail);
+                        self.effects.skip(message, handler, detail);
                         None
                     }
                 },
             }
         };
         if let Some(dead) = dead {
-            pending.push(self.dead_letter(&route, &partition, &message, dead).await);
+            pending.push(self.dead_letter(route, partition, message, dead).await);
         }
-        // Everything this message hands over is handed over, in order.
-        drop(link);
+        pending
+    }
 
+    /// Waits for the broker's confirmations (dead-lettering the message if a
+    /// publish cannot be delivered), then acknowledges it and frees its slot.
+    async fn conclude(&self, route: &RouteHandler, partition: &PartitionState, handed: Handed) {
+        let Handed {
+            delivery: Delivery { message, ack },
+            pending,
+            slot,
+        } = handed;
         let mut undelivered = None;
         for p in pending {
             if let Err(failed) = p.settle(&route.effects.retry).await {
@@ -158,7 +224,7 @@ impl Pipeline {
         }
         if let Some(failed) = undelivered {
             let dead = interpreted(&route.route, failed);
-            let late = self.dead_letter(&route, &partition, &message, dead).await;
+            let late = self.dead_letter(route, partition, &message, dead).await;
             let _ = late.settle(&route.effects.retry).await;
         }
         ack.finish();

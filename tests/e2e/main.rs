@@ -5,5 +5,7 @@
 mod cli;
 mod dead_letters;
 mod delivery;
+mod effects;
+mod http_target;
 mod shop;
 mod support;

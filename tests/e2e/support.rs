@@ -116,13 +116,24 @@ pub struct Exit {
 
 impl Host {
     pub fn start(scratch: &Scratch, name: &str, config: &Path, extra: &[&str]) -> Host {
+        Host::start_logging(scratch, name, config, extra, "info")
+    }
+
+    /// Like `start`, with `RUST_LOG` set to `log`.
+    pub fn start_logging(
+        scratch: &Scratch,
+        name: &str,
+        config: &Path,
+        extra: &[&str],
+        log: &str,
+    ) -> Host {
         let stdout = scratch.path().join(format!("{name}.stdout"));
         let stderr = scratch.path().join(format!("{name}.stderr"));
         let child = sluice()
             .args(["run", "--config"])
             .arg(config)
             .args(extra)
-            .env("RUST_LOG", "info")
+            .env("RUST_LOG", log)
             .stdout(std::fs::File::create(&stdout).unwrap())
             .stderr(std::fs::File::create(&stderr).unwrap())
             .stdin(Stdio::null())
@@ -186,6 +197,11 @@ impl Drop for Host {
             let _ = child.wait();
         }
     }
+}
+
+/// What a host has logged so far.
+pub fn log_of(scratch: &Scratch, name: &str) -> String {
+    std::fs::read_to_string(scratch.path().join(format!("{name}.stderr"))).unwrap_or_default()
 }
 
 /// Polls `condition` until it holds; fails the test after `PATIENCE`.

@@ -3,7 +3,7 @@
 //! `panic` traps, `loop` never returns, `oom` allocates without bound,
 //! `invalid`/`reject`/`fail` return that error, `spin:<ms>` busy-waits that
 //! long and then echoes, `http:<url>` POSTs the payload to the URL (and
-//! publishes nothing); anything else is echoed to topic `echo` with the
+//! publishes nothing), `ignore` returns no outputs; anything else is echoed to topic `echo` with the
 //! same key and headers, plus an `instance-calls` header counting the calls
 //! this instance has served (1 on a fresh instance).
 
@@ -60,6 +60,7 @@ impl Guest for TestFaults {
                     std::hint::black_box(&hoard);
                 }
             }
+            b"ignore" => Ok(vec![]),
             b"invalid" => Err(HandleError::InvalidInput("invalid requested".into())),
             b"reject" => Err(HandleError::Rejected("rejection requested".into())),
             b"fail" => Err(HandleError::Failed("failure requested".into())),

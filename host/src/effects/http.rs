@@ -11,7 +11,6 @@ use reqwest::{Method, Url};
 use super::EffectError;
 use crate::config::HttpPolicy;
 use crate::contract::{HttpMethod, HttpRequest};
-use crate::policy::breaker::Target;
 
 /// A route's HTTP client and allow-list.
 pub(crate) struct HttpClient {
@@ -37,8 +36,8 @@ impl HttpClient {
         Ok(HttpClient { client, allow })
     }
 
-    /// Checks a request against the allow-list; its breaker target if allowed.
-    pub(crate) fn check(&self, request: &HttpRequest) -> Result<(Url, Target), EffectError> {
+    /// Checks a request against the allow-list; its URL and `host:port` if allowed.
+    pub(crate) fn check(&self, request: &HttpRequest) -> Result<(Url, String), EffectError> {
         let invalid = |detail: String| EffectError::Permanent {
             reason: "invalid-request",
             detail,
@@ -63,7 +62,7 @@ impl HttpClient {
                 ),
             });
         }
-        let target = Target::Host(format!("{host}:{}", port.unwrap_or_default()));
+        let target = format!("{host}:{}", port.unwrap_or_default());
         Ok((url, target))
     }
 
@@ -153,7 +152,7 @@ mod tests {
         .unwrap()
     }
 
-    fn reason(result: Result<(Url, Target), EffectError>) -> &'static str {
+    fn reason(result: Result<(Url, String), EffectError>) -> &'static str {
         match result {
             Err(EffectError::Permanent { reason, .. }) => reason,
             other => panic!("expected a permanent failure, got {other:?}"),
@@ -164,7 +163,7 @@ mod tests {
     fn the_allow_list_matches_host_and_port() {
         let c = client(&["api.example.com", "localhost:8080"]);
         let (_, target) = c.check(&request("https://API.example.com/x")).unwrap();
-        assert_eq!(target, Target::Host("api.example.com:443".into()));
+        assert_eq!(target, "api.example.com:443");
         assert!(c.check(&request("http://api.example.com:9000/x")).is_ok());
         assert!(c.check(&request("http://localhost:8080/")).is_ok());
         assert_eq!(

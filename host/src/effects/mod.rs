@@ -16,7 +16,7 @@ use rdkafka::producer::DeliveryFuture;
 
 use crate::config::{BreakerPolicy, RetryPolicy, Route};
 use crate::contract::{Header, LogEntry, LogLevel, Message, Output, Publish};
-use crate::policy::breaker::{Admission, Breaker, Breakers, Outcome, Target};
+use crate::policy::breaker::{Admission, Breaker, Breakers, Outcome};
 use crate::policy::retry::Retries;
 use crate::policy::{self, DeadLetter};
 use crate::runtime::Handler;
@@ -125,9 +125,7 @@ impl Effects {
                 Output::Log(entry) => log(message, handler, &entry),
                 Output::Publish(mut record) => {
                     record.headers.push(Header::new("sluice-id", id));
-                    let breaker = self
-                        .breakers
-                        .get(Target::Topic(record.topic.clone()), &route.breaker);
+                    let breaker = self.breakers.topic(&record.topic, &route.breaker);
                     let admission = breaker.admit().await;
                     let delivery = self.publisher.send(&record).await;
                     sent.push(Sent {
@@ -140,9 +138,8 @@ impl Effects {
                 }
                 Output::Http(request) => {
                     let result = async {
-                        let (url, target) =
-                            route.http.check(&request).map_err(|e| failure(e, 0))?;
-                        let breaker = self.breakers.get(target, &route.breaker);
+                        let (url, host) = route.http.check(&request).map_err(|e| failure(e, 0))?;
+                        let breaker = self.breakers.host(&host, &route.breaker);
                         let admission = breaker.admit().await;
                         let attempt = || route.http.send(&url, &request, &id);
                         drive(&breaker, &route.retry, admission, attempt(), attempt).await
@@ -318,11 +315,13 @@ where
     Again: FnMut() -> Next,
     Next: Future<Output = Result<T, EffectError>>,
 {
-    let mut retries = Retries::new(policy);
-    retries.admitted(&admission);
+    // Most effects succeed at once; the retry budget is only set up when one does not.
+    let mut retries: Option<Retries> = None;
     let mut admission = admission;
     let mut result = first.await;
     loop {
+        let retries = retries.get_or_insert_with(|| Retries::new(policy));
+        retries.admitted(&admission);
         match result {
             Ok(value) => {
                 breaker.record(admission, Outcome::Healthy);
@@ -353,7 +352,6 @@ where
                 );
                 tokio::time::sleep(delay).await;
                 admission = breaker.admit().await;
-                retries.admitted(&admission);
                 result = again().await;
             }
         }

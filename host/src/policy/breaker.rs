@@ -179,21 +179,44 @@ impl Breaker {
     }
 }
 
-/// Every target's breaker, created on first use.
+/// Every target's breaker, created on first use. A new breaker takes the
+/// policy of the route that first uses its target.
 #[derive(Debug, Default)]
 pub(crate) struct Breakers {
-    breakers: Mutex<HashMap<Target, Arc<Breaker>>>,
+    topics: Mutex<HashMap<String, Arc<Breaker>>>,
+    hosts: Mutex<HashMap<String, Arc<Breaker>>>,
 }
 
 impl Breakers {
-    /// The breaker of `target`; a new one takes `policy` (the first route to
-    /// use a target sets its breaker's policy).
-    pub(crate) fn get(&self, target: Target, policy: &BreakerPolicy) -> Arc<Breaker> {
-        let mut breakers = self.breakers.lock().expect("breakers lock");
-        breakers
-            .entry(target.clone())
-            .or_insert_with(|| Arc::new(Breaker::new(target, policy.clone())))
-            .clone()
+    /// The breaker of an output topic (looked up without allocating: it is
+    /// on every publish's path).
+    pub(crate) fn topic(&self, topic: &str, policy: &BreakerPolicy) -> Arc<Breaker> {
+        Self::get(
+            &self.topics,
+            topic,
+            || Target::Topic(topic.to_owned()),
+            policy,
+        )
+    }
+
+    /// The breaker of an HTTP host (`host:port`).
+    pub(crate) fn host(&self, host: &str, policy: &BreakerPolicy) -> Arc<Breaker> {
+        Self::get(&self.hosts, host, || Target::Host(host.to_owned()), policy)
+    }
+
+    fn get(
+        map: &Mutex<HashMap<String, Arc<Breaker>>>,
+        name: &str,
+        target: impl FnOnce() -> Target,
+        policy: &BreakerPolicy,
+    ) -> Arc<Breaker> {
+        let mut breakers = map.lock().expect("breakers lock");
+        if let Some(breaker) = breakers.get(name) {
+            return breaker.clone();
+        }
+        let breaker = Arc::new(Breaker::new(target(), policy.clone()));
+        breakers.insert(name.to_owned(), breaker.clone());
+        breaker
     }
 }
 

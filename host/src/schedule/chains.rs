@@ -72,6 +72,11 @@ impl Chains {
 }
 
 impl Link {
+    /// Whether the message may go at once (nothing before it on its chain).
+    pub(crate) fn is_free(&self) -> bool {
+        self.wait.is_none()
+    }
+
     /// Waits until the previous message on the chain has handed its effects over.
     pub(crate) async fn wait(&mut self) {
         if let Some(previous) = self.wait.take() {

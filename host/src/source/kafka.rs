@@ -155,6 +155,7 @@ impl PartitionFeed {
 
     /// Stops fetching the partition (its lane is at its in-flight cap).
     pub(crate) fn pause(&self) {
+        tracing::debug!(topic = %self.tp.0, partition = self.tp.1, "partition paused: in-flight cap reached");
         if let Err(error) = self.consumer.pause(&self.list()) {
             tracing::warn!(%error, topic = %self.tp.0, partition = self.tp.1, "cannot pause partition");
         }
@@ -162,6 +163,7 @@ impl PartitionFeed {
 
     /// Fetches the partition again.
     pub(crate) fn resume(&self) {
+        tracing::debug!(topic = %self.tp.0, partition = self.tp.1, "partition resumed");
         if let Err(error) = self.consumer.resume(&self.list()) {
             tracing::warn!(%error, topic = %self.tp.0, partition = self.tp.1, "cannot resume partition");
         }
