@@ -19,6 +19,8 @@ const RESERVED_KAFKA_PROPERTIES: &[&str] = &[
     "enable.auto.commit",
     "auto.commit.interval.ms",
     "enable.idempotence",
+    "transactional.id",
+    "isolation.level",
 ];
 
 /// A configuration problem, naming the key at fault.
@@ -287,9 +289,14 @@ pub struct Route {
     /// Which messages wait for each other.
     #[serde(default)]
     pub ordering: Ordering,
-    /// Messages in flight per partition; at the cap the partition is paused.
+    /// Messages in flight (received and not yet committed) per partition:
+    /// bounds memory and what a crash can make sluice redo. At the cap the
+    /// partition waits, and is paused if that lasts.
     #[serde(default = "default_partition_max_in_flight")]
     pub max_in_flight: usize,
+    /// Messages of a partition whose effects run at once (default: as many
+    /// as are in flight); bounds the pressure on effect targets.
+    pub concurrency: Option<usize>,
     /// What a dead letter does to its key's later messages.
     #[serde(default)]
     pub on_dead_letter: OnDeadLetter,
@@ -456,6 +463,15 @@ impl Config {
         self.base_dir.join(path)
     }
 
+    /// Topics of exactly-once routes: their offsets commit in transactions.
+    pub fn transactional_topics(&self) -> HashSet<String> {
+        self.routes
+            .iter()
+            .filter(|r| r.delivery == DeliveryMode::ExactlyOnce)
+            .map(|r| r.topic.clone())
+            .collect()
+    }
+
     /// The route for a topic.
     pub fn route(&self, topic: &str) -> Option<&Route> {
         self.routes.iter().find(|r| r.topic == topic)
@@ -555,6 +571,14 @@ impl Config {
                 1,
                 1_000_000,
             )?;
+            if let Some(concurrency) = route.concurrency {
+                check_range(
+                    &key("concurrency"),
+                    concurrency as u64,
+                    1,
+                    route.max_in_flight as u64,
+                )?;
+            }
             let retry = &route.retry;
             check_range(&key("retry.initial-ms"), retry.initial_ms, 1, 3_600_000)?;
             check_range(
@@ -589,6 +613,26 @@ impl Config {
                 1,
                 3_600_000,
             )?;
+            if route.delivery == DeliveryMode::ExactlyOnce {
+                if !route.http.allow.is_empty() {
+                    return invalid(
+                        &key("http.allow"),
+                        "an exactly-once route can only publish: a transaction cannot undo an HTTP request".into(),
+                    );
+                }
+                if self.is_embedded() {
+                    return invalid(
+                        &key("delivery"),
+                        "exactly-once needs a broker with transactions; the embedded broker does not commit offsets in them".into(),
+                    );
+                }
+                if self.source.file.is_some() {
+                    return invalid(
+                        &key("delivery"),
+                        "exactly-once needs a Kafka source: the offsets it commits are a consumer group's".into(),
+                    );
+                }
+            }
             if let Some(bad) = route
                 .http
                 .allow
@@ -737,6 +781,22 @@ handler = "echo"
         assert!(
             err.contains("kafka.consumer.\"enable.auto.offset.store\""),
             "{err}"
+        );
+    }
+
+    #[test]
+    fn exactly_once_routes_only_publish_on_a_broker_with_transactions() {
+        let route = "[[routes]]\ntopic = \"a\"\nhandler = \"x\"\ndelivery = \"exactly-once\"\n";
+        let err = error_of(&format!("brokers = \"embedded\"\n{route}"));
+        assert!(err.contains("routes[0].delivery"), "{err}");
+        let err = error_of(&format!(
+            "brokers = \"k:9092\"\n{route}[routes.http]\nallow = [\"api\"]\n"
+        ));
+        assert!(err.contains("routes[0].http.allow"), "{err}");
+        let config = parse(&format!("brokers = \"k:9092\"\n{route}")).unwrap();
+        assert_eq!(
+            config.transactional_topics(),
+            HashSet::from(["a".to_owned()])
         );
     }
 

@@ -99,42 +99,62 @@ impl EmbeddedBroker {
     /// Produces messages to their topic and partition, in order, and waits
     /// until the broker has them all.
     pub fn produce<'m>(&self, messages: impl IntoIterator<Item = &'m Message>) -> KafkaResult<u64> {
-        let failed_before = self.client.context().0.load(Ordering::Relaxed);
-        let mut count = 0;
-        for message in messages {
-            let mut headers = OwnedHeaders::new_with_capacity(message.headers.len());
-            for h in &message.headers {
-                headers = headers.insert(KafkaHeader {
-                    key: &h.name,
-                    value: Some(&h.value),
-                });
-            }
-            let mut record = BaseRecord::<[u8], [u8]>::to(&message.topic)
-                .partition(message.partition)
-                .payload(&message.payload)
-                .headers(headers);
-            if let Some(key) = &message.key {
-                record = record.key(key);
-            }
-            if message.timestamp > 0 {
-                record = record.timestamp(message.timestamp as i64);
-            }
-            loop {
-                match self.client.send(record) {
-                    Ok(()) => break,
-                    Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), back)) => {
-                        self.client.poll(Duration::from_millis(10));
-                        record = back;
-                    }
-                    Err((error, _)) => return Err(error),
-                }
-            }
-            count += 1;
-        }
-        self.client.flush(FLUSH_TIMEOUT)?;
-        if self.client.context().0.load(Ordering::Relaxed) != failed_before {
-            return Err(KafkaError::MessageProduction(RDKafkaErrorCode::Fail));
-        }
-        Ok(count)
+        produce_with(&self.client, messages)
     }
+}
+
+/// Produces messages to their topic and partition on any broker, in order,
+/// and waits until it has them all (seeding, tests, benchmarks).
+pub fn produce<'m>(
+    brokers: &str,
+    messages: impl IntoIterator<Item = &'m Message>,
+) -> KafkaResult<u64> {
+    let client: BaseProducer<FailureCount> = ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .set("enable.idempotence", "true")
+        .create_with_context(FailureCount::default())?;
+    produce_with(&client, messages)
+}
+
+fn produce_with<'m>(
+    client: &BaseProducer<FailureCount>,
+    messages: impl IntoIterator<Item = &'m Message>,
+) -> KafkaResult<u64> {
+    let failed_before = client.context().0.load(Ordering::Relaxed);
+    let mut count = 0;
+    for message in messages {
+        let mut headers = OwnedHeaders::new_with_capacity(message.headers.len());
+        for h in &message.headers {
+            headers = headers.insert(KafkaHeader {
+                key: &h.name,
+                value: Some(&h.value),
+            });
+        }
+        let mut record = BaseRecord::<[u8], [u8]>::to(&message.topic)
+            .partition(message.partition)
+            .payload(&message.payload)
+            .headers(headers);
+        if let Some(key) = &message.key {
+            record = record.key(key);
+        }
+        if message.timestamp > 0 {
+            record = record.timestamp(message.timestamp as i64);
+        }
+        loop {
+            match client.send(record) {
+                Ok(()) => break,
+                Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), back)) => {
+                    client.poll(Duration::from_millis(10));
+                    record = back;
+                }
+                Err((error, _)) => return Err(error),
+            }
+        }
+        count += 1;
+    }
+    client.flush(FLUSH_TIMEOUT)?;
+    if client.context().0.load(Ordering::Relaxed) != failed_before {
+        return Err(KafkaError::MessageProduction(RDKafkaErrorCode::Fail));
+    }
+    Ok(count)
 }

@@ -10,13 +10,17 @@
 //!    behind it;
 //! 4. release: the next message on the chain may go;
 //! 5. settle: its publishes are confirmed by the broker;
-//! 6. ack: its offset may be committed, its in-flight slot is free.
+//! 6. ack: its offset may be committed; its in-flight slot is free once it is.
+//!
+//! Exactly-once routes go through the same steps in offset order, into the
+//! open transaction (`effects::transaction`), which settles them all at once.
 
 use std::collections::HashMap;
 use std::sync::Arc;
 
 use crate::config::{OnDeadLetter, Route};
 use crate::contract::{Message, Output};
+use crate::effects::transaction::Transaction;
 use crate::effects::{Effects, Failure, Pending, RouteEffects};
 use crate::policy::{self, DeadLetter, Disposition, Stage};
 use crate::runtime::{CallError, Handler, WorkerPool};
@@ -89,10 +93,13 @@ impl Pipeline {
     /// a task per message. The others (waiting on their chain, or calling
     /// HTTP) get a task each, so slow keys do not hold up the lane. Either
     /// way the acks follow the broker's confirmations.
+    /// `epoch` is the lane's fetch epoch of the batch (see
+    /// `PartitionState::rewind`).
     pub(crate) async fn process(
         self: &Arc<Self>,
         partition: &Arc<PartitionState>,
         work: Vec<(Delivery, Slot)>,
+        epoch: u64,
     ) {
         let Some((first, _)) = work.first() else {
             return;
@@ -104,6 +111,12 @@ impl Pipeline {
         };
         let messages = work.iter().map(|(d, _)| d.message.clone()).collect();
         let outcomes = self.pool.call(route.handler.clone(), messages).await;
+        if let Some(transaction) = &route.effects.transaction {
+            let work = work.into_iter().zip(outcomes);
+            return self
+                .transact(transaction, &route, partition, work, epoch)
+                .await;
+        }
         let mut handed = Vec::new();
         for ((delivery, slot), outcome) in work.into_iter().zip(outcomes) {
             self.telemetry.consumed();
@@ -146,8 +159,43 @@ impl Pipeline {
         }
     }
 
-    /// A message with a task of its own: waits for its chain, hands its
-    /// effects over, lets the chain go on, and concludes.
+    /// An exactly-once route's batch: each message in offset order into the
+    /// open transaction, where it is finished (its slot held until the
+    /// transaction commits). Messages fetched before a rewind, or of a
+    /// partition since revoked, are dropped unacknowledged: they will be
+    /// fetched again, here or by the partition's next owner.
+    async fn transact(
+        &self,
+        transaction: &Transaction,
+        route: &RouteHandler,
+        partition: &Arc<PartitionState>,
+        work: impl Iterator<Item = ((Delivery, Slot), Result<Vec<Output>, CallError>)>,
+        epoch: u64,
+    ) {
+        let inside = transaction.enter().await;
+        for ((delivery, slot), outcome) in work {
+            self.telemetry.consumed();
+            if !partition.is_current(epoch) || !delivery.ack.is_current() {
+                break;
+            }
+            let message = &delivery.message;
+            let pending = match transaction.refused(&partition.tp, message.offset) {
+                Some(failed) => {
+                    let dead = interpreted(&route.route, failed);
+                    vec![self.dead_letter(route, partition, message, dead).await]
+                }
+                None => self.interpret(route, partition, message, outcome).await,
+            };
+            for pending in pending {
+                transaction.enlist(&inside, partition, message.offset, pending);
+            }
+            delivery.ack.finish_holding(Box::new(slot));
+        }
+    }
+
+    /// A message with a task of its own: waits for its chain and for a turn
+    /// (the route's concurrency), hands its effects over, lets the chain go
+    /// on, and concludes.
     async fn finish(self: Arc<Self>, in_flight: InFlight) {
         let InFlight {
             route,
@@ -158,9 +206,10 @@ impl Pipeline {
             slot,
         } = in_flight;
         link.wait().await;
+        let turn = partition.turn().await;
         let pending =
             Box::pin(self.interpret(&route, &partition, &delivery.message, outcome)).await;
-        drop(link);
+        drop((link, turn));
         let handed = Handed {
             delivery,
             pending,
@@ -188,7 +237,13 @@ impl Pipeline {
                     self.telemetry.succeeded();
                     let (started, result) = self
                         .effects
-                        .run(&route.effects, message, handler, outputs)
+                        .run(
+                            &route.effects,
+                            &partition.waiting,
+                            message,
+                            handler,
+                            outputs,
+                        )
                         .await;
                     pending.push(started);
                     result.err().map(|failed| interpreted(&route.route, failed))
@@ -218,17 +273,18 @@ impl Pipeline {
         } = handed;
         let mut undelivered = None;
         for p in pending {
-            if let Err(failed) = p.settle(&route.effects.retry).await {
+            if let Err(failed) = p.settle(&route.effects.retry, &partition.waiting).await {
                 undelivered.get_or_insert(failed);
             }
         }
         if let Some(failed) = undelivered {
             let dead = interpreted(&route.route, failed);
             let late = self.dead_letter(route, partition, &message, dead).await;
-            let _ = late.settle(&route.effects.retry).await;
+            let _ = late.settle(&route.effects.retry, &partition.waiting).await;
         }
-        ack.finish();
-        drop(slot);
+        // The slot stays taken until the offset may be committed: the work
+        // a crash could make sluice redo stays within the in-flight caps.
+        ack.finish_holding(Box::new(slot));
     }
 
     /// Dead-letters a message, parking its key first if the route says so.
@@ -240,7 +296,9 @@ impl Pipeline {
         dead: DeadLetter,
     ) -> Pending {
         if route.route.on_dead_letter == OnDeadLetter::ParkKey
-            && partition.parked.park(message.key.as_deref())
+            && partition
+                .parked
+                .park(message.key.as_deref(), message.offset)
         {
             tracing::warn!(
                 input = %message.id(),
@@ -249,7 +307,7 @@ impl Pipeline {
             );
         }
         self.effects
-            .dead_letter(message, route.handler.as_ref(), dead)
+            .dead_letter(&route.effects, message, route.handler.as_ref(), dead)
             .await
     }
 }

@@ -8,25 +8,26 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use tokio::sync::watch;
+
 use rdkafka::error::KafkaError;
 
-use crate::config::{Config, Embedded};
+use crate::config::{Config, DeliveryMode, Embedded};
 use crate::effects::publish::Publisher;
+use crate::effects::transaction::{Transaction, TransactionFailed};
 use crate::effects::{Effects, RouteEffects};
 use crate::embedded::EmbeddedBroker;
 use crate::pipeline::{Pipeline, RouteHandler};
 use crate::policy::breaker::Breakers;
 use crate::registry::{self, RegistryError};
 use crate::runtime::{Handler, LoadError, Runtime, RuntimeError, WorkerPool};
-use crate::schedule::offsets::Offsets;
+use crate::schedule::offsets::{Hold, Offsets};
 use crate::schedule::{Feed, Lanes, Queued};
 use crate::source::Delivery;
 use crate::source::jsonl::{JsonlError, JsonlReader};
-use crate::source::kafka::{Committer, KafkaSource, PartitionEvent, UnsplitMessage};
+use crate::source::kafka::{Committer, KafkaSource, SourceEvent, UnsplitMessage};
 use crate::telemetry::{RunReport, Stop, Telemetry};
 
-/// How often finished offsets are handed to the consumer for committing.
-const STORE_INTERVAL: Duration = Duration::from_millis(100);
 /// How often a run that stops when drained checks whether it is.
 const DRAIN_CHECK_INTERVAL: Duration = Duration::from_millis(100);
 
@@ -74,6 +75,9 @@ pub enum RunError {
     /// A message escaped its partition's queue; the run stops unacknowledged.
     #[error("kafka: {0}")]
     Unsplit(#[from] UnsplitMessage),
+    /// The exactly-once producer cannot go on.
+    #[error(transparent)]
+    Transaction(#[from] TransactionFailed),
 }
 
 /// Runs the routes of `config` until `shutdown` resolves or, when asked (or
@@ -92,21 +96,32 @@ pub async fn run(
         .map_or(config.brokers.clone(), |b| b.bootstrap_servers().to_owned());
     let until_drained = options.until_drained || embedded.is_some();
 
-    let runtime = Runtime::new(&config.limits)?;
-    let routes = load_routes(config, &runtime, &options.handlers)?;
-    let telemetry = Arc::new(Telemetry::new(options.keep_records));
+    // A file source has nothing to commit: slots go back at the watermark.
+    let offsets = Arc::new(Offsets::new(match config.source.file {
+        Some(_) => Hold::UntilWatermark,
+        None => Hold::UntilCommitted,
+    }));
     let publisher = Publisher::connect(config, &brokers)?;
+    let transaction = match config.transactional_topics().is_empty() {
+        true => None,
+        false => {
+            let transactional = Publisher::transactional(config, &brokers)?;
+            Some(Arc::new(Transaction::new(transactional, offsets.clone())))
+        }
+    };
+    let runtime = Runtime::new(&config.limits)?;
+    let producers = Producers {
+        publisher: &publisher,
+        transaction: transaction.as_ref(),
+    };
+    let routes = load_routes(config, &runtime, &options.handlers, producers)?;
+    let telemetry = Arc::new(Telemetry::new(options.keep_records));
     let pipeline = Arc::new(Pipeline::new(
         routes,
         WorkerPool::start(config.limits.worker_count(), config.limits.recycle_after),
-        Effects::new(
-            publisher.clone(),
-            Arc::new(Breakers::default()),
-            telemetry.clone(),
-        ),
+        Effects::new(Arc::new(Breakers::default()), telemetry.clone()),
         telemetry.clone(),
     ));
-    let offsets = Arc::new(Offsets::default());
     let lanes = Lanes::new(pipeline, config.max_in_flight);
     let deadline = Duration::from_millis(config.shutdown_timeout_ms);
 
@@ -117,7 +132,12 @@ pub async fn run(
         }
         None => {
             let source = KafkaSource::connect(config, &brokers, offsets.clone())?;
-            consume_kafka(source, lanes, &offsets, until_drained, shutdown, deadline).await
+            let pace = Pace {
+                commit_every: Duration::from_millis(config.commit_interval_ms),
+                until_drained,
+                deadline,
+            };
+            consume_kafka(source, lanes, &offsets, transaction, pace, shutdown).await
         }
     };
     publisher.flush(deadline);
@@ -155,11 +175,19 @@ fn seed(config: &Config, settings: &Embedded, broker: &EmbeddedBroker) -> Result
     Ok(())
 }
 
+/// What routes publish with.
+struct Producers<'a> {
+    publisher: &'a Arc<Publisher>,
+    /// For exactly-once routes.
+    transaction: Option<&'a Arc<Transaction>>,
+}
+
 /// Finds and loads each route's handler (or takes the one given in options).
 fn load_routes(
     config: &Config,
     runtime: &Runtime,
     given: &HashMap<String, Arc<dyn Handler>>,
+    producers: Producers<'_>,
 ) -> Result<Vec<RouteHandler>, RunError> {
     let dir = config.resolve(&config.handlers_dir);
     let mut loaded: HashMap<String, Arc<dyn Handler>> = given.clone();
@@ -186,7 +214,14 @@ fn load_routes(
         routes.push(RouteHandler {
             route: route.clone(),
             handler,
-            effects: RouteEffects::new(route).map_err(RunError::Http)?,
+            effects: RouteEffects::new(
+                route,
+                producers.publisher,
+                producers
+                    .transaction
+                    .filter(|_| route.delivery == DeliveryMode::ExactlyOnce),
+            )
+            .map_err(RunError::Http)?,
         });
     }
     Ok(routes)
@@ -195,21 +230,40 @@ fn load_routes(
 /// What woke the source loop.
 enum Event {
     Stop(Stop),
-    Store,
+    Commit,
+    Committed,
     CheckDrained,
-    Partition(Result<PartitionEvent, UnsplitMessage>),
+    Source(Result<SourceEvent, UnsplitMessage>),
+    TransactionFailed(RunError),
+}
+
+/// The Kafka source loop's timing.
+struct Pace {
+    /// How often finished offsets are committed (at the latest).
+    commit_every: Duration,
+    /// Stop once everything is consumed and committed.
+    until_drained: bool,
+    /// How long a stop waits for messages in flight.
+    deadline: Duration,
 }
 
 async fn consume_kafka(
     mut source: KafkaSource,
     mut lanes: Lanes,
     offsets: &Arc<Offsets>,
-    until_drained: bool,
+    transaction: Option<Arc<Transaction>>,
+    pace: Pace,
     shutdown: impl Future<Output = ()>,
-    deadline: Duration,
 ) -> Result<Stop, RunError> {
+    let Pace {
+        commit_every,
+        until_drained,
+        deadline,
+    } = pace;
     let committer = source.committer();
-    let mut store_tick = tokio::time::interval(STORE_INTERVAL);
+    let mut commits = Commits::default();
+    let mut transactions = transaction.map(|t| Transactions::start(t, &source, commit_every));
+    let mut commit_tick = tokio::time::interval(commit_every);
     let mut drain_tick = tokio::time::interval(DRAIN_CHECK_INTERVAL);
     tokio::pin!(shutdown);
     let mut failure = None;
@@ -217,25 +271,42 @@ async fn consume_kafka(
         let event = tokio::select! {
             biased;
             _ = &mut shutdown => Event::Stop(Stop::Requested),
-            _ = store_tick.tick() => Event::Store,
+            _ = commit_tick.tick() => Event::Commit,
+            _ = offsets.commit_wanted() => Event::Commit,
+            _ = commits.finished(), if commits.running() => Event::Committed,
+            failed = Transactions::failed(&mut transactions) => Event::TransactionFailed(failed),
             _ = drain_tick.tick(), if until_drained => Event::CheckDrained,
-            event = source.next_event() => Event::Partition(event),
+            event = source.next_event() => Event::Source(event),
         };
         match event {
             Event::Stop(stop) => break stop,
-            Event::Store => committer.store_advanced(),
+            Event::Commit => {
+                commits.start(&committer);
+                if let Some(transactions) = &transactions {
+                    transactions.transaction.want_commit();
+                }
+            }
+            Event::Committed => commits.finish(&committer),
             Event::CheckDrained => {
                 if offsets.in_flight() == 0 && is_drained(&committer).await {
                     break Stop::Drained;
                 }
             }
-            Event::Partition(Ok(PartitionEvent::Assigned(tp, feed))) => {
+            Event::Source(Ok(SourceEvent::Assigned(tp, feed))) => {
                 lanes.open(tp, Feed::Partition(feed));
             }
-            Event::Partition(Ok(PartitionEvent::Revoked(tp))) => lanes.stop(&tp),
-            Event::Partition(Err(unsplit)) => {
+            Event::Source(Ok(SourceEvent::Revoked(tp))) => lanes.stop(&tp),
+            Event::Source(Err(unsplit)) => {
                 tracing::error!(%unsplit, "stopping: cannot keep partition order");
                 failure = Some(RunError::Unsplit(unsplit));
+                break Stop::Requested;
+            }
+            Event::TransactionFailed(error) => {
+                tracing::error!(%error, "stopping: exactly-once routes cannot go on");
+                failure = Some(error);
+                if let Some(failed) = transactions.take() {
+                    failed.transaction.disconnect();
+                }
                 break Stop::Requested;
             }
         }
@@ -248,10 +319,111 @@ async fn consume_kafka(
     // Partition queues never run dry: what a lane has not started stays for
     // the next owner of its partition.
     finish(lanes, Queued::Leave, offsets, deadline).await;
+    if let Some(transactions) = transactions
+        && let Err(error) = transactions.close().await
+    {
+        failure.get_or_insert(error);
+    }
     let _ = tokio::task::spawn_blocking(move || committer.commit_now()).await;
     // Closing the consumer leaves the group, which may wait on the broker.
     let _ = tokio::task::spawn_blocking(move || drop(source)).await;
     failure.map_or(Ok(stop), Err)
+}
+
+/// The exactly-once transaction's committing task.
+struct Transactions {
+    transaction: Arc<Transaction>,
+    task: tokio::task::JoinHandle<Result<(), TransactionFailed>>,
+    stop: watch::Sender<bool>,
+}
+
+impl Transactions {
+    /// Connects the transaction to the consumer, commits it before revoked
+    /// partitions are let go, and starts committing it on the interval.
+    fn start(transaction: Arc<Transaction>, source: &KafkaSource, every: Duration) -> Self {
+        transaction.consume_with(source.committer());
+        let runtime = tokio::runtime::Handle::current();
+        let before_release = transaction.clone();
+        // No timeout: revoked partitions are let go only once the
+        // transaction holding their offsets is decided.
+        source.before_release(Box::new(move || {
+            if let Err(error) = runtime.block_on(before_release.commit()) {
+                tracing::error!(%error, "transaction failed before revoke");
+            }
+        }));
+        let (stop, stopped) = watch::channel(false);
+        let task = tokio::spawn(transaction.clone().run(every, stopped));
+        Transactions {
+            transaction,
+            task,
+            stop,
+        }
+    }
+
+    /// Resolves if the committing task ends with a failure (never without one).
+    async fn failed(transactions: &mut Option<Transactions>) -> RunError {
+        let Some(transactions) = transactions else {
+            return std::future::pending().await;
+        };
+        match (&mut transactions.task).await {
+            Ok(Err(failed)) => RunError::Transaction(failed),
+            Ok(Ok(())) | Err(_) => std::future::pending().await,
+        }
+    }
+
+    /// Stops the committing task, commits what is left, and lets go of
+    /// the consumer.
+    async fn close(self) -> Result<(), RunError> {
+        self.stop.send_replace(true);
+        let stopped = self.task.await;
+        let closed = self.transaction.commit().await;
+        self.transaction.disconnect();
+        if let Ok(Err(failed)) = stopped {
+            return Err(failed.into());
+        }
+        Ok(closed?)
+    }
+}
+
+/// Commits on a blocking thread, one at a time: a commit asked for while
+/// one runs follows when it is done.
+#[derive(Default)]
+struct Commits {
+    running: Option<tokio::task::JoinHandle<()>>,
+    again: bool,
+}
+
+impl Commits {
+    fn start(&mut self, committer: &Committer) {
+        if self.running.is_some() {
+            self.again = true;
+            return;
+        }
+        self.again = false;
+        let committer = committer.clone();
+        self.running = Some(tokio::task::spawn_blocking(move || committer.commit_now()));
+    }
+
+    fn running(&self) -> bool {
+        self.running.is_some()
+    }
+
+    /// Resolves when the running commit is done (never without one).
+    async fn finished(&mut self) {
+        match &mut self.running {
+            Some(commit) => {
+                let _ = commit.await;
+            }
+            None => std::future::pending().await,
+        }
+    }
+
+    fn finish(&mut self, committer: &Committer) {
+        self.running = None;
+        if self.again {
+            self.start(committer);
+        }
+    }
 }
 
 async fn is_drained(committer: &Committer) -> bool {
@@ -292,7 +464,10 @@ async fn consume_file(
             });
             break Stop::Drained;
         }
-        let ack = offsets.begin((message.topic.clone(), message.partition), message.offset);
+        let tp = (message.topic.clone(), message.partition);
+        let ack = offsets
+            .begin(tp, message.offset)
+            .expect("a file source never lets partitions go");
         let delivery = Delivery {
             message: Arc::new(message),
             ack,

@@ -1,6 +1,7 @@
 //! At-least-once delivery across process deaths and graceful stops.
 
 use std::collections::HashMap;
+use std::time::Duration;
 
 use sluice::embedded::EmbeddedBroker;
 
@@ -57,8 +58,8 @@ fn outputs_per_input(brokers: &str) -> HashMap<(i32, i64), usize> {
     outputs
 }
 
-fn committed_map(brokers: &str) -> HashMap<i32, i64> {
-    committed(brokers, "delivery", "in")
+fn committed_map(brokers: &str, group: &str) -> HashMap<i32, i64> {
+    committed(brokers, group, "in")
         .into_iter()
         .map(|(p, offset)| (p, offset.unwrap_or(0)))
         .collect()
@@ -81,7 +82,7 @@ fn a_killed_host_loses_nothing_and_repeats_only_what_was_not_committed() {
         (published_before_crash as usize) < MESSAGES,
         "the first host finished before it was killed; nothing was tested"
     );
-    let committed = committed_map(brokers);
+    let committed = committed_map(brokers, "delivery");
 
     Host::start(&scratch, "second", &config, &["--until-drained"]).wait_ok();
 
@@ -133,7 +134,7 @@ fn sigterm_finishes_in_flight_messages_and_commits_exactly_what_was_done() {
     );
 
     // Exactly the inputs below the committed offsets have outputs, once each.
-    let committed = committed_map(brokers);
+    let committed = committed_map(brokers, "delivery");
     let outputs = outputs_per_input(brokers);
     let done: usize = committed.values().map(|&c| c as usize).sum();
     assert!(done < MESSAGES, "stopped too late to test anything");
@@ -192,11 +193,222 @@ fn a_broker_outage_mid_stream_loses_nothing_and_publishes_are_retried() {
         0,
         "nothing may be dead-lettered by an outage"
     );
-    let committed = committed_map(brokers);
+    let committed = committed_map(brokers, "delivery");
     for (partition, end) in end_offsets(brokers, "in") {
         assert_eq!(
             committed[&partition], end,
             "partition {partition} not committed to its end"
         );
     }
+}
+
+#[test]
+fn memory_stays_flat_under_a_backlog_of_a_million_messages() {
+    const BACKLOG: usize = 1_000_000;
+    const BACKLOG_PARTITIONS: i32 = 25; // ~3 MB each: under the mock's 5 MB per partition
+    let broker = EmbeddedBroker::start().unwrap();
+    let brokers = broker.bootstrap_servers();
+    broker.create_topic("in", BACKLOG_PARTITIONS).unwrap();
+    for chunk in (0..BACKLOG).collect::<Vec<_>>().chunks(100_000) {
+        let messages: Vec<_> = chunk
+            .iter()
+            .map(|i| {
+                message(
+                    "in",
+                    *i as i32 % BACKLOG_PARTITIONS,
+                    &format!("k{}", i % 1000),
+                    "ignore",
+                )
+            })
+            .collect();
+        broker.produce(&messages).unwrap();
+    }
+    let scratch = Scratch::new();
+    let handlers = scratch.handlers(&[("test-faults", "0.1.0", &component("test-faults"))]);
+    let config = scratch.write(
+        "backlog.toml",
+        config(brokers, "backlog", &handlers, ROUTES),
+    );
+
+    let mut host = Host::start(&scratch, "backlog", &config, &["--until-drained"]);
+    let mut samples = Vec::new();
+    while host.running() {
+        samples.push(host.rss());
+        std::thread::sleep(Duration::from_millis(100)); // a sampling period, not a wait on a condition
+    }
+    let exit = host.wait();
+    assert!(exit.status.success(), "{}", exit.stderr);
+    assert!(
+        exit.stdout
+            .starts_with(&format!("{BACKLOG} messages consumed")),
+        "{}",
+        exit.stdout
+    );
+
+    let samples: Vec<u64> = samples.into_iter().filter(|&rss| rss > 0).collect();
+    assert!(
+        samples.len() >= 10,
+        "the run was too short to sample: {samples:?}"
+    );
+    let mib = |b: u64| b / (1 << 20);
+    let third = samples.len() / 3;
+    let early = samples[..third].iter().max().copied().unwrap();
+    let late = samples[2 * third..].iter().max().copied().unwrap();
+    let peak = samples.iter().max().copied().unwrap();
+    eprintln!(
+        "RSS MiB: early {} late {} peak {} ({} samples)",
+        mib(early),
+        mib(late),
+        mib(peak),
+        samples.len()
+    );
+    // librdkafka's stock prefetch (64 MB or 100k messages per partition) peaks near
+    // 300 MiB here: the whole backlog in memory. sluice's defaults keep it near 85.
+    assert!(mib(peak) < 150, "peak RSS {} MiB", mib(peak));
+    assert!(
+        late <= early + early / 4,
+        "RSS grew from {} to {} MiB",
+        mib(early),
+        mib(late)
+    );
+}
+
+#[test]
+fn two_hosts_share_partitions_and_one_takes_over_when_the_other_dies() {
+    // Enough work (about 6 s of handler time) to outlast the rebalance.
+    const SHARED: usize = 4_000;
+    const HOST_CAP: usize = 200;
+    let broker = EmbeddedBroker::start().unwrap();
+    let brokers = broker.bootstrap_servers();
+    broker.create_topic("in", 8).unwrap();
+    let messages: Vec<_> = (0..SHARED)
+        .map(|i| message("in", i as i32 % 8, &format!("k{}", i % 40), "spin:3"))
+        .collect();
+    broker.produce(&messages).unwrap();
+    let scratch = Scratch::new();
+    let handlers = scratch.handlers(&[("test-faults", "0.1.0", &component("test-faults"))]);
+    let text = config(brokers, "shared", &handlers, ROUTES).replace(
+        "[kafka.consumer]",
+        &format!("max-in-flight = {HOST_CAP}\n\n[kafka.consumer]"),
+    );
+    let config = scratch.write("shared.toml", text);
+
+    let first = Host::start(&scratch, "first", &config, &[]);
+    wait_until("the first host to work", || count(brokers, "echo") >= 100);
+    let second = Host::start(&scratch, "second", &config, &[]);
+    wait_until("the group to share the partitions", || {
+        log_of(&scratch, "second").contains("partitions assigned")
+            && log_of(&scratch, "first").contains("partitions revoked")
+    });
+    wait_until("the second host to work", || {
+        log_of(&scratch, "second").contains("echo ")
+    });
+    // The hand-over drains and commits first; a broker that refuses that
+    // commit mid-rebalance (the mock cluster may) costs at most what was
+    // uncommitted, which finished messages' slots keep within the cap.
+    let repeated = outputs_per_input(brokers)
+        .values()
+        .filter(|&&n| n > 1)
+        .count();
+    assert!(
+        repeated <= HOST_CAP,
+        "the rebalance repeated {repeated} messages; cap {HOST_CAP}"
+    );
+
+    first.signal(libc::SIGKILL);
+    assert!(!first.wait().status.success());
+    wait_until("the survivor to finish everything", || {
+        outputs_per_input(brokers).len() == SHARED
+    });
+    second.signal(libc::SIGTERM);
+    assert!(second.wait().status.success());
+
+    let outputs = outputs_per_input(brokers);
+    assert_eq!(outputs.len(), SHARED, "inputs lost");
+    let committed = committed(brokers, "shared", "in");
+    for (partition, end) in end_offsets(brokers, "in") {
+        let done = committed.iter().find(|(p, _)| *p == partition).unwrap().1;
+        assert_eq!(
+            done,
+            Some(end),
+            "partition {partition} not committed to its end"
+        );
+    }
+}
+
+#[test]
+fn ten_kills_at_random_points_lose_nothing_and_repeat_only_uncommitted_work() {
+    const TOTAL: usize = 20_000;
+    const KILLS: usize = 10;
+    const HOST_CAP: usize = 200;
+    let broker = EmbeddedBroker::start().unwrap();
+    let brokers = broker.bootstrap_servers();
+    broker.create_topic("in", PARTITIONS).unwrap();
+    let messages: Vec<_> = (0..TOTAL)
+        .map(|i| {
+            message(
+                "in",
+                i as i32 % PARTITIONS,
+                &format!("k{}", i % 100),
+                "spin:1",
+            )
+        })
+        .collect();
+    broker.produce(&messages).unwrap();
+    let scratch = Scratch::new();
+    let handlers = scratch.handlers(&[("test-faults", "0.1.0", &component("test-faults"))]);
+    let text = config(brokers, "chaos", &handlers, ROUTES)
+        .replace("commit-interval-ms = 200", "commit-interval-ms = 50")
+        .replace(
+            "[kafka.consumer]",
+            &format!("max-in-flight = {HOST_CAP}\n\n[kafka.consumer]"),
+        );
+    let config = scratch.write("chaos.toml", text);
+
+    // For each kill: what was committed, and which inputs had outputs.
+    let mut exposures = Vec::new();
+    let mut published = 0;
+    for kill in 0..KILLS {
+        let host = Host::start(&scratch, &format!("run{kill}"), &config, &[]);
+        let goal = published + rand::random_range(300..1500);
+        wait_until("progress before the kill", || {
+            count(brokers, "echo") >= goal
+        });
+        host.signal(libc::SIGKILL);
+        assert!(!host.wait().status.success());
+        published = count(brokers, "echo");
+        let committed = committed_map(brokers, "chaos");
+        let done: Vec<(i32, i64)> = outputs_per_input(brokers).into_keys().collect();
+        let exposed: Vec<(i32, i64)> = done
+            .into_iter()
+            .filter(|(p, o)| *o >= committed.get(p).copied().unwrap_or(0))
+            .collect();
+        // Every input with outputs and no commit held one of the host's
+        // in-flight slots: finished messages keep theirs until committed.
+        assert!(
+            exposed.len() <= HOST_CAP,
+            "kill {kill}: {} inputs processed but uncommitted (cap {HOST_CAP})",
+            exposed.len()
+        );
+        exposures.push(exposed);
+    }
+    Host::start(&scratch, "last", &config, &["--until-drained"]).wait_ok();
+
+    let outputs = outputs_per_input(brokers);
+    assert_eq!(outputs.len(), TOTAL, "inputs lost");
+    let exposed: std::collections::HashSet<(i32, i64)> =
+        exposures.iter().flatten().copied().collect();
+    let mut duplicates = 0;
+    for (input, n) in &outputs {
+        if *n > 1 {
+            assert!(
+                exposed.contains(input),
+                "{input:?} handled {n} times though it was committed"
+            );
+            duplicates += n - 1;
+        }
+    }
+    let exposure: usize = exposures.iter().map(Vec::len).sum();
+    eprintln!("{KILLS} kills: {duplicates} duplicates, {exposure} inputs exposed");
+    assert!(duplicates <= exposure);
 }

@@ -6,6 +6,8 @@ mod cli;
 mod dead_letters;
 mod delivery;
 mod effects;
+mod exactly_once;
 mod http_target;
 mod shop;
 mod support;
+mod transactional_broker;

@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer};
-use rdkafka::message::{Headers, Message as _};
+use rdkafka::message::{BorrowedMessage, Headers, Message as _};
 use rdkafka::{Offset, TopicPartitionList};
 use sluice::contract::{Header, Message};
 
@@ -144,6 +144,22 @@ impl Host {
             stdout,
             stderr,
         }
+    }
+
+    /// The process's resident memory, in bytes.
+    pub fn rss(&self) -> u64 {
+        let pid = self.child.as_ref().unwrap().id();
+        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+            .map_or(0, |kb| kb * 1024)
+    }
+
+    /// Whether the process is still running.
+    pub fn running(&mut self) -> bool {
+        self.child.as_mut().unwrap().try_wait().unwrap().is_none()
     }
 
     /// Sends a signal (SIGTERM for a graceful stop, SIGKILL for a crash).
@@ -315,25 +331,29 @@ pub fn read_topic(brokers: &str, topic: &str) -> Vec<Record> {
         let Some(result) = consumer.poll(Duration::from_millis(100)) else {
             continue;
         };
-        let msg = result.expect("consume");
-        let text = |bytes: &[u8]| String::from_utf8_lossy(bytes).into_owned();
-        records.push(Record {
-            partition: msg.partition(),
-            offset: msg.offset(),
-            key: msg.key().map(text),
-            payload: text(msg.payload().unwrap_or_default()),
-            headers: msg
-                .headers()
-                .map(|hs| {
-                    hs.iter()
-                        .map(|h| (h.key.to_owned(), text(h.value.unwrap_or_default())))
-                        .collect()
-                })
-                .unwrap_or_default(),
-        });
+        records.push(record(&result.expect("consume")));
     }
     records.sort_by_key(|r| (r.partition, r.offset));
     records
+}
+
+/// A consumed record, its bytes read as text.
+pub fn record(msg: &BorrowedMessage<'_>) -> Record {
+    let text = |bytes: &[u8]| String::from_utf8_lossy(bytes).into_owned();
+    Record {
+        partition: msg.partition(),
+        offset: msg.offset(),
+        key: msg.key().map(text),
+        payload: text(msg.payload().unwrap_or_default()),
+        headers: msg
+            .headers()
+            .map(|hs| {
+                hs.iter()
+                    .map(|h| (h.key.to_owned(), text(h.value.unwrap_or_default())))
+                    .collect()
+            })
+            .unwrap_or_default(),
+    }
 }
 
 /// The group's committed offset for each partition of a topic (None: no commit).

@@ -3,9 +3,10 @@
 //! `panic` traps, `loop` never returns, `oom` allocates without bound,
 //! `invalid`/`reject`/`fail` return that error, `spin:<ms>` busy-waits that
 //! long and then echoes, `http:<url>` POSTs the payload to the URL (and
-//! publishes nothing), `ignore` returns no outputs; anything else is echoed to topic `echo` with the
-//! same key and headers, plus an `instance-calls` header counting the calls
-//! this instance has served (1 on a fresh instance).
+//! publishes nothing), `big:<bytes>` publishes a payload of that size to
+//! `echo`, `ignore` returns no outputs; anything else is echoed to topic
+//! `echo` with the same key and headers, plus an `instance-calls` header
+//! counting the calls this instance has served (1 on a fresh instance).
 
 wit_bindgen::generate!({ world: "handler", path: "../../wit" });
 
@@ -43,6 +44,18 @@ impl Guest for TestFaults {
                 url,
                 headers: msg.headers,
                 body: msg.payload,
+            })]);
+        }
+        if let Some(size) = msg.payload.strip_prefix(b"big:") {
+            let size: usize = std::str::from_utf8(size)
+                .ok()
+                .and_then(|n| n.parse().ok())
+                .ok_or_else(|| HandleError::InvalidInput("big:<bytes> wants a number".into()))?;
+            return Ok(vec![Output::Publish(Publish {
+                topic: "echo".into(),
+                key: msg.key,
+                payload: vec![b'x'; size],
+                headers: msg.headers,
             })]);
         }
         match msg.payload.as_slice() {

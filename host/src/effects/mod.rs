@@ -4,10 +4,12 @@
 //! so the next message of its ordering chain can go; `Pending::settle` then
 //! waits for the publishes to be confirmed. Transient failures are retried
 //! behind the target's circuit breaker; what cannot succeed becomes a
-//! `Failure`, which the pipeline dead-letters.
+//! `Failure`, which the pipeline dead-letters. Exactly-once routes publish
+//! into a `transaction` instead, which confirms, or undoes, all at once.
 
 pub(crate) mod http;
 pub(crate) mod publish;
+pub(crate) mod transaction;
 
 use std::future::Future;
 use std::sync::Arc;
@@ -16,13 +18,14 @@ use rdkafka::producer::DeliveryFuture;
 
 use crate::config::{BreakerPolicy, RetryPolicy, Route};
 use crate::contract::{Header, LogEntry, LogLevel, Message, Output, Publish};
-use crate::policy::breaker::{Admission, Breaker, Breakers, Outcome};
+use crate::policy::breaker::{Admission, Breaker, Breakers, Outcome, Waiting};
 use crate::policy::retry::Retries;
 use crate::policy::{self, DeadLetter};
 use crate::runtime::Handler;
 use crate::telemetry::{Origin, Record, Telemetry};
 use http::HttpClient;
 use publish::{Landed, Publisher};
+use transaction::Transaction;
 
 /// How an effect attempt failed.
 #[derive(Debug, Clone, thiserror::Error)]
@@ -51,21 +54,32 @@ pub(crate) struct RouteEffects {
     pub(crate) retry: RetryPolicy,
     pub(crate) breaker: BreakerPolicy,
     pub(crate) http: HttpClient,
+    /// Where its publishes and dead letters go.
+    publisher: Arc<Publisher>,
+    /// The transaction they go into, for an exactly-once route.
+    pub(crate) transaction: Option<Arc<Transaction>>,
 }
 
 impl RouteEffects {
-    pub(crate) fn new(route: &Route) -> Result<RouteEffects, reqwest::Error> {
+    /// An at-least-once route's effects publish with `publisher`; an
+    /// exactly-once route's, inside `transaction`.
+    pub(crate) fn new(
+        route: &Route,
+        publisher: &Arc<Publisher>,
+        transaction: Option<&Arc<Transaction>>,
+    ) -> Result<RouteEffects, reqwest::Error> {
         Ok(RouteEffects {
             retry: route.retry.clone(),
             breaker: route.breaker.clone(),
             http: HttpClient::new(&route.http)?,
+            publisher: transaction.map_or(publisher, |t| t.publisher()).clone(),
+            transaction: transaction.cloned(),
         })
     }
 }
 
 /// Runs outputs and dead letters, and records what they did.
 pub(crate) struct Effects {
-    publisher: Arc<Publisher>,
     breakers: Arc<Breakers>,
     telemetry: Arc<Telemetry>,
 }
@@ -95,13 +109,8 @@ pub(crate) struct Pending {
 }
 
 impl Effects {
-    pub(crate) fn new(
-        publisher: Arc<Publisher>,
-        breakers: Arc<Breakers>,
-        telemetry: Arc<Telemetry>,
-    ) -> Self {
+    pub(crate) fn new(breakers: Arc<Breakers>, telemetry: Arc<Telemetry>) -> Self {
         Effects {
-            publisher,
             breakers,
             telemetry,
         }
@@ -110,14 +119,35 @@ impl Effects {
     /// Runs a message's outputs in order until each is handed over; the
     /// publishes' confirmations are left in the returned `Pending`. Stops at
     /// the first output that fails for good (those before it have run).
+    /// `waiting` counts the message while it waits for an open breaker.
     pub(crate) async fn run(
         &self,
         route: &RouteEffects,
+        waiting: &Waiting,
         message: &Message,
         handler: &dyn Handler,
         outputs: Vec<Output>,
     ) -> (Pending, Result<(), Failure>) {
         let mut sent = Vec::new();
+        if route.transaction.is_some()
+            && let Some(http) = outputs.iter().find_map(|o| match o {
+                Output::Http(request) => Some(request),
+                _ => None,
+            })
+        {
+            // Checked before anything runs: the message's outputs are all
+            // in the transaction, or none is.
+            let failure = Failure {
+                reason: "not-transactional",
+                detail: format!(
+                    "an exactly-once route can only publish; {} {} cannot be undone by a transaction",
+                    http.method.as_str(),
+                    http.url
+                ),
+                attempts: 0,
+            };
+            return (self.pending(route, message, handler, sent), Err(failure));
+        }
         let mut outcome = Ok(());
         for (index, output) in outputs.into_iter().enumerate() {
             let id = sluice_id(message, &index.to_string());
@@ -125,14 +155,32 @@ impl Effects {
                 Output::Log(entry) => log(message, handler, &entry),
                 Output::Publish(mut record) => {
                     record.headers.push(Header::new("sluice-id", id));
-                    let breaker = self.breakers.topic(&record.topic, &route.breaker);
-                    let admission = breaker.admit().await;
-                    let delivery = self.publisher.send(&record).await;
+                    // A transaction retries as a whole; no breaker in between.
+                    let breaker = route
+                        .transaction
+                        .is_none()
+                        .then(|| self.breakers.topic(&record.topic, &route.breaker));
+                    let admission = match &breaker {
+                        Some(breaker) => Some(breaker.admit(waiting).await),
+                        None => None,
+                    };
+                    let delivery = route.publisher.send(&record).await;
+                    if let (Err(EffectError::Permanent { reason, detail }), None) =
+                        (&delivery, &breaker)
+                    {
+                        // Refused before it reached the transaction.
+                        outcome = Err(Failure {
+                            reason,
+                            detail: detail.clone(),
+                            attempts: 1,
+                        });
+                        break;
+                    }
                     sent.push(Sent {
                         record,
                         purpose: Purpose::Output(index),
-                        breaker: Some(breaker),
-                        admission: Some(admission),
+                        breaker,
+                        admission,
                         delivery,
                     });
                 }
@@ -140,9 +188,10 @@ impl Effects {
                     let result = async {
                         let (url, host) = route.http.check(&request).map_err(|e| failure(e, 0))?;
                         let breaker = self.breakers.host(&host, &route.breaker);
-                        let admission = breaker.admit().await;
+                        let admission = breaker.admit(waiting).await;
                         let attempt = || route.http.send(&url, &request, &id);
-                        drive(&breaker, &route.retry, admission, attempt(), attempt).await
+                        let retry = (&route.retry, waiting);
+                        drive(&breaker, retry, admission, attempt(), attempt).await
                     };
                     if let Err(failed) = result.await {
                         outcome = Err(failed);
@@ -151,13 +200,14 @@ impl Effects {
                 }
             }
         }
-        (self.pending(message, handler, sent), outcome)
+        (self.pending(route, message, handler, sent), outcome)
     }
 
     /// Sends a message to its dead-letter topic (enqueued now, in order;
     /// confirmed, however long it takes, when the `Pending` is settled).
     pub(crate) async fn dead_letter(
         &self,
+        route: &RouteEffects,
         message: &Message,
         handler: &dyn Handler,
         dead: DeadLetter,
@@ -178,7 +228,7 @@ impl Effects {
         record
             .headers
             .push(Header::new("sluice-id", sluice_id(message, "dead-letter")));
-        let delivery = self.publisher.send(&record).await;
+        let delivery = route.publisher.send(&record).await;
         let sent = Sent {
             record,
             purpose: Purpose::DeadLetter(dead),
@@ -186,7 +236,7 @@ impl Effects {
             admission: None,
             delivery,
         };
-        self.pending(message, handler, vec![sent])
+        self.pending(route, message, handler, vec![sent])
     }
 
     /// Accounts for a message skipped by configuration.
@@ -199,14 +249,20 @@ impl Effects {
         });
     }
 
-    fn pending(&self, message: &Message, handler: &dyn Handler, sent: Vec<Sent>) -> Pending {
+    fn pending(
+        &self,
+        route: &RouteEffects,
+        message: &Message,
+        handler: &dyn Handler,
+        sent: Vec<Sent>,
+    ) -> Pending {
         Pending {
             origin: self
                 .telemetry
                 .keeps_records()
                 .then(|| Origin::new(message, handler.name(), handler.version())),
             sent,
-            publisher: self.publisher.clone(),
+            publisher: route.publisher.clone(),
             telemetry: self.telemetry.clone(),
         }
     }
@@ -216,7 +272,11 @@ impl Pending {
     /// Waits until the broker confirmed every record, retrying failed ones
     /// within the route's budget (dead letters without limit). Returns the
     /// first publish that could not be delivered.
-    pub(crate) async fn settle(self, retry: &RetryPolicy) -> Result<(), Failure> {
+    pub(crate) async fn settle(
+        self,
+        retry: &RetryPolicy,
+        waiting: &Waiting,
+    ) -> Result<(), Failure> {
         let Pending {
             origin,
             sent,
@@ -232,16 +292,11 @@ impl Pending {
                 admission,
                 delivery,
             } = sent;
-            let first = async {
-                match delivery {
-                    Ok(delivery) => publish::delivered(delivery).await,
-                    Err(error) => Err(error),
-                }
-            };
+            let first = delivered(delivery);
             let again = || publisher.publish(&record);
             let landed = match (breaker, admission) {
                 (Some(breaker), Some(admission)) => {
-                    drive(&breaker, retry, admission, first, again).await
+                    drive(&breaker, (retry, waiting), admission, first, again).await
                 }
                 // Dead letters have nowhere else to go: never give up.
                 _ => match first.await {
@@ -260,6 +315,47 @@ impl Pending {
         }
         outcome
     }
+}
+
+impl Pending {
+    /// After the transaction holding these records committed: accounts for
+    /// them (their deliveries are confirmed by then).
+    pub(crate) async fn committed(self) {
+        for sent in self.sent {
+            match delivered(sent.delivery).await {
+                Ok(landed) => account(
+                    &self.telemetry,
+                    self.origin.as_ref(),
+                    &sent.record,
+                    sent.purpose,
+                    landed,
+                ),
+                Err(error) => {
+                    tracing::error!(%error, topic = %sent.record.topic, "no delivery report for a committed record")
+                }
+            }
+        }
+    }
+
+    /// After the transaction holding these records was aborted: the first
+    /// record the broker refused for good, if any.
+    pub(crate) async fn refused(self) -> Option<Failure> {
+        for sent in self.sent {
+            if let Err(EffectError::Permanent { reason, detail }) = delivered(sent.delivery).await {
+                return Some(Failure {
+                    reason,
+                    detail,
+                    attempts: 1,
+                });
+            }
+        }
+        None
+    }
+}
+
+/// Waits for a record's delivery report, if it was enqueued at all.
+async fn delivered(delivery: Result<DeliveryFuture, EffectError>) -> Result<Landed, EffectError> {
+    publish::delivered(delivery?).await
 }
 
 /// Counts a confirmed record, and keeps it if the run keeps records.
@@ -305,7 +401,7 @@ fn account(
 /// up on, it only waits.
 async fn drive<T, First, Again, Next>(
     breaker: &Breaker,
-    policy: &RetryPolicy,
+    (policy, waiting): (&RetryPolicy, &Waiting),
     admission: Admission,
     first: First,
     mut again: Again,
@@ -351,7 +447,7 @@ where
                     "effect failed; retrying"
                 );
                 tokio::time::sleep(delay).await;
-                admission = breaker.admit().await;
+                admission = breaker.admit(waiting).await;
                 result = again().await;
             }
         }

@@ -1,25 +1,36 @@
-//! The `publish` effect: an idempotent rdkafka producer. Records are enqueued
-//! in output order (so per-partition order holds) and confirmed later; what
-//! goes wrong is classified for the retry policy.
+//! The `publish` effect: an idempotent rdkafka producer, or a transactional
+//! one for exactly-once routes. Records are enqueued in output order (so
+//! per-partition order holds) and confirmed later; what goes wrong is
+//! classified for the retry policy.
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use rdkafka::config::ClientConfig;
+use rdkafka::consumer::ConsumerGroupMetadata;
 use rdkafka::error::{KafkaError, KafkaResult, RDKafkaErrorCode};
 use rdkafka::message::{Header as KafkaHeader, OwnedHeaders};
 use rdkafka::producer::{DeliveryFuture, FutureProducer, FutureRecord, Producer};
+use rdkafka::{Offset, TopicPartitionList};
 
 use super::EffectError;
 use crate::config::Config;
 use crate::contract::Publish;
 use crate::policy::retry::Backoff;
+use crate::schedule::offsets::TopicPartition;
 
 /// How long to wait for room when the producer's queue is full.
 const QUEUE_FULL_WAIT: Duration = Duration::from_millis(2);
 /// Backoff of records that must never be given up on (dead letters).
 const STUBBORN_INITIAL: Duration = Duration::from_millis(100);
 const STUBBORN_MAX: Duration = Duration::from_secs(10);
+/// How long one call to the transaction coordinator may block; a call that
+/// times out is made again (the operation goes on in the background).
+const TRANSACTION_CALL_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long an open transaction may live before the broker aborts it (so a
+/// crashed host's transaction does not hold read-committed consumers back
+/// for long); overridable in `[kafka.producer]`.
+const TRANSACTION_LIFETIME_MS: &str = "10000";
 
 /// The producer every publish and dead letter goes through.
 pub(crate) struct Publisher {
@@ -36,16 +47,69 @@ pub(crate) struct Landed {
 impl Publisher {
     /// An idempotent producer for `brokers`.
     pub(crate) fn connect(config: &Config, brokers: &str) -> KafkaResult<Arc<Publisher>> {
-        let mut client = ClientConfig::new();
-        for (key, value) in &config.kafka.producer {
-            client.set(key, value);
-        }
-        client
-            .set("bootstrap.servers", brokers)
-            .set("enable.idempotence", "true");
         Ok(Arc::new(Publisher {
-            producer: client.create()?,
+            producer: client(config, brokers).create()?,
         }))
+    }
+
+    /// A transactional producer for `brokers`, with its first transaction
+    /// begun (blocks on the coordinator). Consumer group membership, sent
+    /// with each transaction's offsets, is what fences a process that lost
+    /// its partitions (KIP-447). The `transactional.id` is stable for a
+    /// static group member (`group.instance.id`), so a restarted host aborts
+    /// its crashed predecessor's open transaction at once; otherwise it is
+    /// new for every process, as in Kafka Streams' exactly-once v2, and the
+    /// broker aborts a crashed host's transaction after
+    /// `transaction.timeout.ms`.
+    pub(crate) fn transactional(config: &Config, brokers: &str) -> KafkaResult<Arc<Publisher>> {
+        let id = match config.kafka.consumer.get("group.instance.id") {
+            Some(instance) => format!("{}-{instance}", config.group_id),
+            None => format!("{}-{:016x}", config.group_id, rand::random::<u64>()),
+        };
+        let mut client = client(config, brokers);
+        if !config.kafka.producer.contains_key("transaction.timeout.ms") {
+            client.set("transaction.timeout.ms", TRANSACTION_LIFETIME_MS);
+        }
+        let producer: FutureProducer = client.set("transactional.id", &id).create()?;
+        until_answered("init", || {
+            producer.init_transactions(TRANSACTION_CALL_TIMEOUT)
+        })?;
+        producer.begin_transaction()?;
+        tracing::info!(transactional_id = %id, "transactional producer ready");
+        Ok(Arc::new(Publisher { producer }))
+    }
+
+    /// Commits the open transaction with the consumed offsets (`positions`,
+    /// the next offset to consume per partition) under the group's
+    /// membership. Blocks on the coordinator.
+    pub(crate) fn commit_transaction(
+        &self,
+        positions: &[(TopicPartition, i64)],
+        group: &ConsumerGroupMetadata,
+    ) -> KafkaResult<()> {
+        let mut offsets = TopicPartitionList::new();
+        for ((topic, partition), next) in positions {
+            offsets.add_partition_offset(topic, *partition, Offset::Offset(*next))?;
+        }
+        until_answered("send offsets", || {
+            self.producer
+                .send_offsets_to_transaction(&offsets, group, TRANSACTION_CALL_TIMEOUT)
+        })?;
+        until_answered("commit", || {
+            self.producer.commit_transaction(TRANSACTION_CALL_TIMEOUT)
+        })
+    }
+
+    /// Aborts the open transaction. Blocks.
+    pub(crate) fn abort_transaction(&self) -> KafkaResult<()> {
+        until_answered("abort", || {
+            self.producer.abort_transaction(TRANSACTION_CALL_TIMEOUT)
+        })
+    }
+
+    /// Begins the next transaction (local; no broker round trip).
+    pub(crate) fn begin_transaction(&self) -> KafkaResult<()> {
+        self.producer.begin_transaction()
     }
 
     /// Hands a record to the producer, waiting only while its queue is full.
@@ -102,6 +166,32 @@ impl Publisher {
     }
 }
 
+/// Makes a transaction call until it is answered: librdkafka marks errors
+/// that only mean "not yet" (a timeout, the coordinator away) retriable,
+/// and the operation goes on in the background meanwhile.
+fn until_answered(what: &str, mut call: impl FnMut() -> KafkaResult<()>) -> KafkaResult<()> {
+    loop {
+        match call() {
+            Err(KafkaError::Transaction(error)) if error.is_retriable() => {
+                tracing::warn!(%error, "transaction {what} not answered yet; calling again");
+            }
+            result => return result,
+        }
+    }
+}
+
+/// The producer settings every publisher shares: the user's, then sluice's.
+fn client(config: &Config, brokers: &str) -> ClientConfig {
+    let mut client = ClientConfig::new();
+    for (key, value) in &config.kafka.producer {
+        client.set(key, value);
+    }
+    client
+        .set("bootstrap.servers", brokers)
+        .set("enable.idempotence", "true");
+    client
+}
+
 /// Waits for the broker's answer to an enqueued record.
 pub(crate) async fn delivered(delivery: DeliveryFuture) -> Result<Landed, EffectError> {
     match delivery.await {
@@ -118,7 +208,7 @@ pub(crate) async fn delivered(delivery: DeliveryFuture) -> Result<Landed, Effect
 
 /// Kafka errors a retry cannot fix are permanent; the rest (timeouts, a
 /// broker away, leadership moving, ...) are transient.
-fn classify(error: &KafkaError) -> EffectError {
+pub(crate) fn classify(error: &KafkaError) -> EffectError {
     use RDKafkaErrorCode as Code;
     let permanent = match error.rdkafka_error_code() {
         Some(Code::MessageSizeTooLarge | Code::InvalidMessageSize) => Some("record-too-large"),

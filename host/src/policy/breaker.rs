@@ -1,16 +1,16 @@
 //! Circuit breakers, one per effect target (an output topic, an HTTP host).
 //! After `failures` consecutive transient failures a breaker opens: effects
-//! on its target wait instead of failing, which fills the in-flight caps and
-//! pauses the partitions that need the target, while nothing is
-//! dead-lettered. After `open-ms` one probe goes through (half-open): success
-//! closes the breaker, failure opens it again.
+//! on its target wait instead of failing, and the partitions whose messages
+//! wait are paused (`Waiting`), while nothing is dead-lettered. After
+//! `open-ms` one probe goes through (half-open): success closes the breaker,
+//! failure opens it again.
 
 use std::collections::HashMap;
 use std::fmt;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use tokio::sync::Notify;
+use tokio::sync::{Notify, watch};
 
 use crate::config::BreakerPolicy;
 
@@ -74,6 +74,54 @@ impl Admission {
     }
 }
 
+/// How many of a partition's messages wait for an open breaker. While any
+/// does, the partition stops fetching: its target is down, and the messages
+/// after would only wait too. (The consumer keeps polling, so the host stays
+/// in its group.)
+#[derive(Debug)]
+pub(crate) struct Waiting {
+    count: watch::Sender<usize>,
+}
+
+/// One message waiting for an open breaker, for as long as it lives.
+struct Waits<'a>(&'a Waiting);
+
+impl Drop for Waits<'_> {
+    fn drop(&mut self) {
+        self.0.count.send_modify(|count| *count -= 1);
+    }
+}
+
+impl Default for Waiting {
+    fn default() -> Self {
+        Waiting {
+            count: watch::Sender::new(0),
+        }
+    }
+}
+
+impl Waiting {
+    /// Whether any message waits.
+    pub(crate) fn any(&self) -> bool {
+        *self.count.borrow() > 0
+    }
+
+    /// Resolves once no message waits.
+    pub(crate) async fn until_none(&self) {
+        let _ = self.count.subscribe().wait_for(|count| *count == 0).await;
+    }
+
+    /// Resolves once a message waits.
+    pub(crate) async fn until_some(&self) {
+        let _ = self.count.subscribe().wait_for(|count| *count > 0).await;
+    }
+
+    fn starts(&self) -> Waits<'_> {
+        self.count.send_modify(|count| *count += 1);
+        Waits(self)
+    }
+}
+
 /// How an attempt on a target went, as far as its breaker is concerned.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Outcome {
@@ -99,9 +147,11 @@ impl Breaker {
     }
 
     /// Waits until the target may be tried: at once when closed; after the
-    /// open period, as the single probe, when open.
-    pub(crate) async fn admit(&self) -> Admission {
+    /// open period, as the single probe, when open. Counted in `waiting`
+    /// while it waits.
+    pub(crate) async fn admit(&self, waiting: &Waiting) -> Admission {
         let started = Instant::now();
+        let mut waits = None;
         loop {
             let changed = self.changed.notified();
             let wait = {
@@ -121,6 +171,9 @@ impl Breaker {
                     BreakerState::HalfOpen => Some(Duration::MAX),
                 }
             };
+            if wait.is_some() && waits.is_none() {
+                waits = Some(waiting.starts());
+            }
             match wait {
                 None => {
                     return Admission {
@@ -235,14 +288,14 @@ mod tests {
     async fn opens_after_consecutive_failures_and_a_success_resets() {
         let b = breaker(3, 60_000);
         for _ in 0..2 {
-            let a = b.admit().await;
+            let a = b.admit(&Waiting::default()).await;
             b.record(a, Outcome::Failed);
         }
-        let a = b.admit().await;
+        let a = b.admit(&Waiting::default()).await;
         b.record(a, Outcome::Healthy);
         assert_eq!(b.state(), BreakerState::Closed { failures: 0 });
         for _ in 0..3 {
-            let a = b.admit().await;
+            let a = b.admit(&Waiting::default()).await;
             b.record(a, Outcome::Failed);
         }
         assert!(matches!(b.state(), BreakerState::Open { .. }));
@@ -251,33 +304,37 @@ mod tests {
     #[tokio::test]
     async fn an_open_breaker_holds_callers_until_a_probe_closes_it() {
         let b = Arc::new(breaker(1, 30));
-        let a = b.admit().await;
+        let a = b.admit(&Waiting::default()).await;
         b.record(a, Outcome::Failed);
         assert!(matches!(b.state(), BreakerState::Open { .. }));
 
         // The first caller after the open period is the probe.
-        let probe = b.admit().await;
+        let probe = b.admit(&Waiting::default()).await;
         assert!(probe.probe && probe.waited >= Duration::from_millis(20));
         assert_eq!(b.state(), BreakerState::HalfOpen);
-        // Another caller waits for the probe's verdict.
+        // Another caller waits for the probe's verdict, and is counted as
+        // waiting (its partition pauses meanwhile).
+        let waiting = Arc::new(Waiting::default());
         let waiter = {
-            let b = b.clone();
-            tokio::spawn(async move { b.admit().await })
+            let (b, waiting) = (b.clone(), waiting.clone());
+            tokio::spawn(async move { b.admit(&waiting).await })
         };
         tokio::task::yield_now().await;
         assert!(!waiter.is_finished());
+        assert!(waiting.any());
         b.record(probe, Outcome::Healthy);
         let admitted = waiter.await.unwrap();
         assert!(!admitted.probe);
+        assert!(!waiting.any(), "no longer waiting once admitted");
         assert_eq!(b.state(), BreakerState::Closed { failures: 0 });
     }
 
     #[tokio::test]
     async fn a_failed_probe_opens_it_again() {
         let b = breaker(1, 10);
-        let a = b.admit().await;
+        let a = b.admit(&Waiting::default()).await;
         b.record(a, Outcome::Failed);
-        let probe = b.admit().await;
+        let probe = b.admit(&Waiting::default()).await;
         b.record(probe, Outcome::Failed);
         assert!(matches!(b.state(), BreakerState::Open { .. }));
     }

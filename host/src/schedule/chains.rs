@@ -3,7 +3,8 @@
 //! its own over. The chain is the message key (`ordering = "key"`), the
 //! whole partition (`"partition"`), or nothing (`"unordered"`).
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
+use std::collections::hash_map::Entry;
 use std::sync::atomic::{AtomicU64, Ordering as AtomicOrdering};
 use std::sync::{Arc, Mutex};
 
@@ -101,22 +102,37 @@ impl Drop for Link {
     }
 }
 
-/// Keys parked in a partition (`on-dead-letter = "park-key"`): their later
-/// messages are dead-lettered behind the one that failed.
+/// Keys parked in a partition (`on-dead-letter = "park-key"`), each with
+/// the offset of the message that parked it: their later messages are
+/// dead-lettered behind that one.
 #[derive(Default)]
 pub(crate) struct Parked {
-    keys: Mutex<HashSet<ChainKey>>,
+    keys: Mutex<HashMap<ChainKey, i64>>,
 }
 
 impl Parked {
-    pub(crate) fn park(&self, key: Option<&[u8]>) -> bool {
+    /// Parks a key at a message's offset; false if it was parked already.
+    pub(crate) fn park(&self, key: Option<&[u8]>, offset: i64) -> bool {
         let mut keys = self.keys.lock().expect("parked lock");
-        keys.insert(key.map(<[u8]>::to_vec))
+        match keys.entry(key.map(<[u8]>::to_vec)) {
+            Entry::Occupied(_) => false,
+            Entry::Vacant(entry) => {
+                entry.insert(offset);
+                true
+            }
+        }
     }
 
     pub(crate) fn is_parked(&self, key: Option<&[u8]>) -> bool {
         let keys = self.keys.lock().expect("parked lock");
-        !keys.is_empty() && keys.contains(&key.map(<[u8]>::to_vec))
+        !keys.is_empty() && keys.contains_key(&key.map(<[u8]>::to_vec))
+    }
+
+    /// Un-parks the keys parked at `offset` or later (their messages will be
+    /// handled again).
+    pub(crate) fn unpark_from(&self, offset: i64) {
+        let mut keys = self.keys.lock().expect("parked lock");
+        keys.retain(|_, parked_at| *parked_at < offset);
     }
 }
 
@@ -165,10 +181,17 @@ mod tests {
     fn parked_keys() {
         let parked = Parked::default();
         assert!(!parked.is_parked(Some(b"k")));
-        assert!(parked.park(Some(b"k")));
-        assert!(!parked.park(Some(b"k")), "already parked");
+        assert!(parked.park(Some(b"k"), 5));
+        assert!(!parked.park(Some(b"k"), 6), "already parked");
         assert!(parked.is_parked(Some(b"k")));
         assert!(!parked.is_parked(Some(b"j")));
         assert!(!parked.is_parked(None));
+        assert!(parked.park(Some(b"j"), 9));
+        parked.unpark_from(7);
+        assert!(parked.is_parked(Some(b"k")), "parked before the rewind");
+        assert!(
+            !parked.is_parked(Some(b"j")),
+            "parked by what is handled again"
+        );
     }
 }

@@ -10,21 +10,47 @@ pub(crate) mod chains;
 pub(crate) mod offsets;
 
 use std::collections::HashMap;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
-use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, watch};
+use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore, mpsc, watch};
 use tokio::task::JoinSet;
 
 use crate::pipeline::Pipeline;
+use crate::policy::breaker::Waiting;
 use crate::source::Delivery;
 use crate::source::kafka::PartitionFeed;
 use chains::{Chains, Parked};
-use offsets::TopicPartition;
+use offsets::{Starving, TopicPartition};
+
+/// Why a lane pauses its partition.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Pause {
+    /// Its messages in flight are at the cap, and have been for a while.
+    InFlightCap,
+    /// A message waits for an open circuit breaker.
+    TargetDown,
+}
+
+impl Pause {
+    pub(crate) fn as_str(self) -> &'static str {
+        match self {
+            Pause::InFlightCap => "in-flight cap reached",
+            Pause::TargetDown => "effect target down (circuit breaker open)",
+        }
+    }
+}
 
 /// Messages a channel-fed lane holds before its source has to wait.
 const CHANNEL_CAPACITY: usize = 256;
 /// The most messages a lane hands to a worker at once.
 const MAX_BATCH: usize = 128;
+/// How long a lane may wait for slots before its partition is paused. A
+/// pause drops librdkafka's prefetched messages and costs a refetch: worth
+/// it for a lasting shortage (a slow or failing target, a backlog), not for
+/// a commit's round trip. Meanwhile prefetch is bounded by librdkafka
+/// (`queued.max.messages.kbytes`).
+const PAUSE_AFTER: Duration = Duration::from_millis(100);
 
 /// Where a lane's messages come from.
 pub(crate) enum Feed {
@@ -52,9 +78,9 @@ impl Feed {
         }
     }
 
-    fn pause(&self) {
+    fn pause(&self, why: Pause) {
         if let Feed::Partition(partition) = self {
-            partition.pause();
+            partition.pause(why);
         }
     }
 
@@ -63,10 +89,32 @@ impl Feed {
             partition.resume();
         }
     }
+
+    fn want_commit(&self) {
+        if let Feed::Partition(partition) = self {
+            partition.want_commit();
+        }
+    }
+
+    /// While the guard lives, finished messages of any partition ask for
+    /// commits: they are what gives slots back.
+    fn starving(&self) -> Option<Starving<'_>> {
+        match self {
+            Feed::Channel(_) => None,
+            Feed::Partition(partition) => Some(partition.starving()),
+        }
+    }
+
+    fn rewind(&self, offset: i64) {
+        if let Feed::Partition(partition) = self {
+            partition.rewind(offset);
+        }
+    }
 }
 
 /// One message's share of the host's and its partition's in-flight caps,
-/// given back when the message is acknowledged.
+/// given back once the message's offset is committed (or, with nothing to
+/// commit, once every message before it is finished too).
 pub(crate) struct Slot {
     _host: OwnedSemaphorePermit,
     _partition: OwnedSemaphorePermit,
@@ -74,10 +122,78 @@ pub(crate) struct Slot {
 
 /// What a partition's messages share while in flight.
 pub(crate) struct PartitionState {
+    pub(crate) tp: TopicPartition,
     pub(crate) chains: Arc<Chains>,
     pub(crate) parked: Parked,
+    /// Messages waiting for an open circuit breaker: while any does, the
+    /// partition is paused.
+    pub(crate) waiting: Waiting,
     slots: Arc<Semaphore>,
     cap: usize,
+    /// Turns to run effects, if the route caps its concurrency.
+    turns: Option<Arc<Semaphore>>,
+    rewind: Mutex<Rewind>,
+    /// Wakes a lane waiting for messages when a rewind is asked for.
+    rewound: Notify,
+}
+
+/// Where a partition's lane must fetch from again, and which fetches still
+/// count: messages fetched before a rewind belong to an older epoch.
+#[derive(Debug, Default)]
+struct Rewind {
+    epoch: u64,
+    to: Option<i64>,
+}
+
+/// A message's turn to run its effects (see `PartitionState::turn`).
+pub(crate) struct Turn {
+    _permit: Option<OwnedSemaphorePermit>,
+}
+
+impl PartitionState {
+    /// Waits for a turn to run effects, when the route caps how many of a
+    /// partition's messages run theirs at once.
+    pub(crate) async fn turn(&self) -> Turn {
+        let permit = match &self.turns {
+            Some(turns) => Some(
+                turns
+                    .clone()
+                    .acquire_owned()
+                    .await
+                    .expect("turn semaphores are never closed"),
+            ),
+            None => None,
+        };
+        Turn { _permit: permit }
+    }
+
+    /// Has the lane fetch again from `offset` (the transaction that held
+    /// the messages from there on was aborted). Messages fetched before no
+    /// longer count, and keys they parked are un-parked.
+    pub(crate) fn rewind(&self, offset: i64) {
+        let mut rewind = self.rewind.lock().expect("rewind lock");
+        rewind.to = Some(rewind.to.map_or(offset, |to| to.min(offset)));
+        rewind.epoch += 1;
+        self.parked.unpark_from(offset);
+        self.rewound.notify_one();
+    }
+
+    /// Whether messages fetched in `epoch` still count.
+    pub(crate) fn is_current(&self, epoch: u64) -> bool {
+        self.rewind.lock().expect("rewind lock").epoch == epoch
+    }
+
+    /// Before a fetch: carries out a rewind asked for, and returns the epoch
+    /// the fetched messages will belong to. Both under one lock, so a fetch
+    /// never counts for an epoch whose rewind it did not see.
+    fn before_fetch(&self, feed: &Feed) -> u64 {
+        let mut rewind = self.rewind.lock().expect("rewind lock");
+        if let Some(offset) = rewind.to.take() {
+            tracing::info!(topic = %self.tp.0, partition = self.tp.1, offset, "partition rewound");
+            feed.rewind(offset);
+        }
+        rewind.epoch
+    }
 }
 
 /// A lane's handle: how to stop it, and how to feed it if it is channel-fed.
@@ -90,6 +206,7 @@ struct Lane {
 pub(crate) struct Lanes {
     pipeline: Arc<Pipeline>,
     host_slots: Arc<Semaphore>,
+    host_cap: usize,
     lanes: HashMap<TopicPartition, Lane>,
     tasks: JoinSet<()>,
 }
@@ -109,6 +226,7 @@ impl Lanes {
         Lanes {
             pipeline,
             host_slots: Arc::new(Semaphore::new(max_in_flight)),
+            host_cap: max_in_flight,
             lanes: HashMap::new(),
             tasks: JoinSet::new(),
         }
@@ -125,15 +243,19 @@ impl Lanes {
     }
 
     fn start(&mut self, tp: TopicPartition, feed: Feed, sender: Option<mpsc::Sender<Delivery>>) {
-        let cap = self
-            .pipeline
-            .route(&tp.0)
-            .map_or(1, |route| route.route.max_in_flight);
+        let route = self.pipeline.route(&tp.0).map(|route| &route.route);
+        let cap = route.map_or(1, |route| route.max_in_flight);
+        let concurrency = route.and_then(|route| route.concurrency);
         let state = Arc::new(PartitionState {
+            tp: tp.clone(),
             chains: Arc::default(),
             parked: Parked::default(),
+            waiting: Waiting::default(),
             slots: Arc::new(Semaphore::new(cap)),
             cap,
+            turns: concurrency.map(|n| Arc::new(Semaphore::new(n))),
+            rewind: Mutex::default(),
+            rewound: Notify::new(),
         });
         let (stop, stopped) = watch::channel(false);
         if let Some(previous) = self.lanes.insert(tp, Lane { stop, sender }) {
@@ -143,6 +265,7 @@ impl Lanes {
             pipeline: self.pipeline.clone(),
             state,
             host_slots: self.host_slots.clone(),
+            host_cap: self.host_cap,
         };
         self.tasks.spawn(lane.run(feed, stopped));
     }
@@ -202,6 +325,7 @@ struct LaneTask {
     pipeline: Arc<Pipeline>,
     state: Arc<PartitionState>,
     host_slots: Arc<Semaphore>,
+    host_cap: usize,
 }
 
 impl LaneTask {
@@ -209,16 +333,33 @@ impl LaneTask {
         let mut revocation = feed.revocation();
         let mut batch = Vec::with_capacity(MAX_BATCH);
         loop {
+            if self.state.waiting.any() {
+                // An effect target is down: fetching more would only add
+                // messages waiting for it.
+                feed.pause(Pause::TargetDown);
+                tokio::select! {
+                    biased;
+                    _ = stop.wait_for(|stop| *stop) => break,
+                    _ = revoked(&mut revocation) => break,
+                    _ = self.state.waiting.until_none() => {}
+                }
+                feed.resume();
+            }
             let mut slots = tokio::select! {
                 biased;
                 _ = stop.wait_for(|stop| *stop) => break,
                 _ = revoked(&mut revocation) => break,
+                _ = self.state.waiting.until_some() => continue,
                 slots = self.reserve(&feed) => slots,
             };
+            let epoch = self.state.before_fetch(&feed);
             let received = tokio::select! {
                 biased;
                 _ = stop.wait_for(|stop| *stop) => break,
                 _ = revoked(&mut revocation) => break,
+                // Nothing was received yet: the batch starts over, rewound.
+                _ = self.state.rewound.notified() => continue,
+                _ = self.state.waiting.until_some() => continue,
                 received = feed.next_batch(&mut batch, slots.len()) => received,
             };
             if received == 0 {
@@ -226,16 +367,24 @@ impl LaneTask {
             }
             slots.truncate(received);
             let work = std::mem::take(&mut batch).into_iter().zip(slots).collect();
-            self.pipeline.process(&self.state, work).await;
+            self.pipeline.process(&self.state, work, epoch).await;
         }
         // Deliveries still queued drop here with their acks unfinished.
     }
 
-    /// Slots for the next batch, at least one. With none free, the
-    /// partition is paused until a quarter of its cap is free again, so a
-    /// lane at its cap neither buffers nor pauses and resumes per message.
+    /// Slots for the next batch, at least one. With none free, waits until a
+    /// quarter of its cap is free again (and a slot of the host's), so a lane
+    /// at its cap does not go one message at a time; if that takes longer
+    /// than `PAUSE_AFTER`, the partition is paused meanwhile.
     async fn reserve(&self, feed: &Feed) -> Vec<Slot> {
         let partition = &self.state.slots;
+        // Finished messages give their slots back when a commit covers
+        // them: ask for one before the slots run out.
+        if partition.available_permits() < self.state.cap / 2
+            || self.host_slots.available_permits() < self.host_cap / 2
+        {
+            feed.want_commit();
+        }
         let wanted = MAX_BATCH
             .min(partition.available_permits())
             .min(self.host_slots.available_permits());
@@ -244,20 +393,25 @@ impl LaneTask {
         {
             return slots;
         }
-        feed.pause();
+        let _starving = feed.starving();
         let refill = (self.state.cap / 4).clamp(1, MAX_BATCH) as u32;
-        let partition_permits = partition
-            .clone()
-            .acquire_many_owned(refill)
-            .await
-            .expect("slot semaphores are never closed");
-        let first_host = self
-            .host_slots
-            .clone()
-            .acquire_owned()
-            .await
-            .expect("slot semaphores are never closed");
-        feed.resume();
+        let freed = async {
+            let partition = partition.clone().acquire_many_owned(refill).await;
+            let host = self.host_slots.clone().acquire_owned().await;
+            let expect = "slot semaphores are never closed";
+            (partition.expect(expect), host.expect(expect))
+        };
+        tokio::pin!(freed);
+        let (partition_permits, first_host) =
+            match tokio::time::timeout(PAUSE_AFTER, &mut freed).await {
+                Ok(permits) => permits,
+                Err(_) => {
+                    feed.pause(Pause::InFlightCap);
+                    let permits = freed.await;
+                    feed.resume();
+                    permits
+                }
+            };
         let more_host = (1..refill as usize).rev().find_map(|n| {
             self.host_slots
                 .clone()

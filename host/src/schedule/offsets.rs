@@ -2,11 +2,16 @@
 //! finished (outputs executed or dead-lettered). Only that offset may be
 //! committed, whatever order messages finish in.
 //!
-//! Finished messages above a gap are not listed anywhere: the watermark is
-//! the lowest offset still in flight, or one past the highest received when
-//! nothing is, so the memory used is bounded by the messages in flight.
+//! The watermark is the lowest offset still in flight, or one past the
+//! highest received when nothing is. Messages finished above a gap are
+//! remembered here, in the host, never in commit metadata.
+//!
+//! A finished message keeps what it was given to hold (its in-flight slot)
+//! until its offset is committed (`Hold::UntilCommitted`, Kafka sources), so
+//! the work a crash could make sluice redo never exceeds the in-flight caps;
+//! a source with nothing to commit releases at the watermark instead.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
@@ -15,29 +20,69 @@ use tokio::sync::Notify;
 /// A topic and partition.
 pub(crate) type TopicPartition = (String, i32);
 
-#[derive(Debug)]
+/// Something a finished message holds until it is released.
+pub(crate) type Held = Box<dyn Send>;
+
+/// When what a finished message holds is released.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Hold {
+    /// When the watermark passes it (nothing is ever committed).
+    UntilWatermark,
+    /// When a commit covering its offset is confirmed.
+    UntilCommitted,
+}
+
+/// Every partition's offsets, and those being let go.
+#[derive(Default)]
+struct Partitions {
+    offsets: HashMap<TopicPartition, PartitionOffsets>,
+    /// Partitions being let go: no new message of them may begin.
+    closing: HashSet<TopicPartition>,
+}
+
 struct PartitionOffsets {
     generation: u64,
     in_flight: BTreeSet<i64>,
+    /// Finished and not yet released, with what each holds.
+    held: BTreeMap<i64, Held>,
     /// One past the highest offset received.
     next: i64,
-    /// The watermark last handed out by `advanced`.
-    reported: Option<i64>,
+    /// The offset of the latest commit confirmed for the partition.
+    committed: Option<i64>,
 }
 
 impl PartitionOffsets {
     fn watermark(&self) -> i64 {
         self.in_flight.first().copied().unwrap_or(self.next)
     }
+
+    /// Takes out what is held below `offset`.
+    fn release_below(&mut self, offset: i64) -> BTreeMap<i64, Held> {
+        let kept = self.held.split_off(&offset);
+        std::mem::replace(&mut self.held, kept)
+    }
 }
 
 /// Watermarks of every partition this host is working on.
-#[derive(Debug, Default)]
 pub(crate) struct Offsets {
-    partitions: Mutex<HashMap<TopicPartition, PartitionOffsets>>,
+    hold: Hold,
+    partitions: Mutex<Partitions>,
     generations: AtomicU64,
     in_flight: AtomicUsize,
     idle: Notify,
+    commit_wanted: Notify,
+    /// Lanes waiting for slots: while any is, every watermark advance asks
+    /// for a commit (the commit is what gives their slots back).
+    starving: AtomicUsize,
+}
+
+/// A lane waiting for slots, for as long as it is held.
+pub(crate) struct Starving<'a>(&'a Offsets);
+
+impl Drop for Starving<'_> {
+    fn drop(&mut self) {
+        self.0.starving.fetch_sub(1, Ordering::AcqRel);
+    }
 }
 
 /// Proof that a message was received; `finish` it once its outputs are done.
@@ -53,59 +98,95 @@ pub(crate) struct Ack {
 }
 
 impl Offsets {
-    /// Records that a message was received and is now in flight.
-    pub(crate) fn begin(self: &Arc<Self>, tp: TopicPartition, offset: i64) -> Ack {
+    pub(crate) fn new(hold: Hold) -> Self {
+        Offsets {
+            hold,
+            partitions: Mutex::default(),
+            generations: AtomicU64::default(),
+            in_flight: AtomicUsize::default(),
+            idle: Notify::new(),
+            commit_wanted: Notify::new(),
+            starving: AtomicUsize::new(0),
+        }
+    }
+
+    /// Records that a message was received and is now in flight; `None` if
+    /// its partition is being let go (the message is left for its next owner).
+    pub(crate) fn begin(self: &Arc<Self>, tp: TopicPartition, offset: i64) -> Option<Ack> {
         let mut partitions = self.partitions.lock().expect("offsets lock");
+        if partitions.closing.contains(&tp) {
+            return None;
+        }
         let state = partitions
+            .offsets
             .entry(tp.clone())
             .or_insert_with(|| PartitionOffsets {
                 generation: self.generations.fetch_add(1, Ordering::Relaxed),
                 in_flight: BTreeSet::new(),
+                held: BTreeMap::new(),
                 next: offset,
-                reported: None,
+                committed: None,
             });
         state.in_flight.insert(offset);
         state.next = state.next.max(offset + 1);
         self.in_flight.fetch_add(1, Ordering::AcqRel);
-        Ack {
+        Some(Ack {
             offsets: self.clone(),
             tp,
             generation: state.generation,
             offset,
             settled: false,
-        }
+        })
     }
 
-    fn settle(&self, ack: &mut Ack, finished: bool) {
+    fn settle(&self, ack: &mut Ack, finished: Option<Held>) {
         if ack.settled {
             return;
         }
         ack.settled = true;
-        if finished {
+        if let Some(held) = finished {
+            // What is released is dropped outside the lock.
+            let mut released = None;
             let mut partitions = self.partitions.lock().expect("offsets lock");
-            if let Some(state) = partitions.get_mut(&ack.tp)
-                && state.generation == ack.generation
-            {
-                state.in_flight.remove(&ack.offset);
+            match partitions.offsets.get_mut(&ack.tp) {
+                Some(state) if state.generation == ack.generation => {
+                    let advances = state.in_flight.first() == Some(&ack.offset);
+                    state.in_flight.remove(&ack.offset);
+                    state.held.insert(ack.offset, held);
+                    match self.hold {
+                        Hold::UntilWatermark => {
+                            let watermark = state.watermark();
+                            released = Some(state.release_below(watermark));
+                        }
+                        Hold::UntilCommitted => {
+                            if advances && self.starving.load(Ordering::Acquire) > 0 {
+                                self.commit_wanted.notify_one();
+                            }
+                        }
+                    }
+                }
+                _ => drop(held),
             }
+            drop(partitions);
+            drop(released);
         }
         if self.in_flight.fetch_sub(1, Ordering::AcqRel) == 1 {
             self.idle.notify_waiters();
         }
     }
 
-    /// Partitions whose watermark moved since the last call, with the offset
-    /// to commit (the next one to consume).
-    pub(crate) fn advanced(&self) -> Vec<(TopicPartition, i64)> {
-        let mut partitions = self.partitions.lock().expect("offsets lock");
+    /// Partitions whose watermark is ahead of their last confirmed commit,
+    /// with the offset to commit (the next one to consume), leaving out
+    /// those `skip` names.
+    pub(crate) fn uncommitted(&self, skip: impl Fn(&str) -> bool) -> Vec<(TopicPartition, i64)> {
+        let partitions = self.partitions.lock().expect("offsets lock");
         partitions
-            .iter_mut()
+            .offsets
+            .iter()
+            .filter(|(tp, _)| !skip(&tp.0))
             .filter_map(|(tp, state)| {
                 let watermark = state.watermark();
-                (state.reported != Some(watermark)).then(|| {
-                    state.reported = Some(watermark);
-                    (tp.clone(), watermark)
-                })
+                (state.committed < Some(watermark)).then(|| (tp.clone(), watermark))
             })
             .collect()
     }
@@ -113,20 +194,58 @@ impl Offsets {
     /// The offset to commit for a partition, if any message of it was seen.
     pub(crate) fn watermark(&self, tp: &TopicPartition) -> Option<i64> {
         let partitions = self.partitions.lock().expect("offsets lock");
-        partitions.get(tp).map(PartitionOffsets::watermark)
+        partitions.offsets.get(tp).map(PartitionOffsets::watermark)
     }
 
-    /// Forgets a partition (revoked or newly assigned); acks of messages
-    /// received before no longer move its watermark.
+    /// A commit up to `offset` (exclusive) was confirmed: releases what the
+    /// partition's finished messages below it hold.
+    pub(crate) fn committed(&self, tp: &TopicPartition, offset: i64) {
+        let released = self
+            .partitions
+            .lock()
+            .expect("offsets lock")
+            .offsets
+            .get_mut(tp)
+            .map(|state| {
+                state.committed = state.committed.max(Some(offset));
+                state.release_below(offset)
+            });
+        drop(released);
+    }
+
+    /// Forgets a partition (revoked or rewound): acks of messages received
+    /// before no longer count, and what their finished messages hold is
+    /// released.
     pub(crate) fn forget(&self, tp: &TopicPartition) {
-        self.partitions.lock().expect("offsets lock").remove(tp);
+        let forgotten = self
+            .partitions
+            .lock()
+            .expect("offsets lock")
+            .offsets
+            .remove(tp);
+        drop(forgotten);
+    }
+
+    /// Starts letting a partition go: from now on no message of it begins.
+    pub(crate) fn close(&self, tp: &TopicPartition) {
+        let mut partitions = self.partitions.lock().expect("offsets lock");
+        partitions.closing.insert(tp.clone());
+    }
+
+    /// A partition is (again) this host's: it starts from a clean slate.
+    pub(crate) fn open(&self, tp: &TopicPartition) {
+        let mut partitions = self.partitions.lock().expect("offsets lock");
+        partitions.closing.remove(tp);
+        let forgotten = partitions.offsets.remove(tp);
+        drop(partitions);
+        drop(forgotten);
     }
 
     /// Messages of these partitions received and not yet finished.
     pub(crate) fn in_flight_of(&self, tps: &[TopicPartition]) -> usize {
         let partitions = self.partitions.lock().expect("offsets lock");
         tps.iter()
-            .filter_map(|tp| partitions.get(tp))
+            .filter_map(|tp| partitions.offsets.get(tp))
             .map(|state| state.in_flight.len())
             .sum()
     }
@@ -146,35 +265,88 @@ impl Offsets {
             idle.await;
         }
     }
+
+    /// Asks for a commit soon: a lane is running short of slots, and only a
+    /// commit gives back those of finished messages.
+    pub(crate) fn want_commit(&self) {
+        if self.hold == Hold::UntilCommitted {
+            self.commit_wanted.notify_one();
+        }
+    }
+
+    /// Marks a lane as waiting for slots until the returned guard drops.
+    pub(crate) fn starving(&self) -> Starving<'_> {
+        self.starving.fetch_add(1, Ordering::AcqRel);
+        if self.hold == Hold::UntilCommitted {
+            self.commit_wanted.notify_one();
+        }
+        Starving(self)
+    }
+
+    /// Resolves when a commit was asked for since the last time.
+    pub(crate) async fn commit_wanted(&self) {
+        self.commit_wanted.notified().await;
+    }
 }
 
 impl Ack {
+    /// Whether the message still counts: its partition was not forgotten
+    /// (revoked or rewound) since it was received.
+    pub(crate) fn is_current(&self) -> bool {
+        let partitions = self.offsets.partitions.lock().expect("offsets lock");
+        partitions
+            .offsets
+            .get(&self.tp)
+            .is_some_and(|state| state.generation == self.generation)
+    }
+
     /// The message is done: its outputs ran or it was dead-lettered.
-    pub(crate) fn finish(mut self) {
+    #[cfg(test)]
+    pub(crate) fn finish(self) {
+        self.finish_holding(Box::new(()));
+    }
+
+    /// The message is done; `held` is kept until it is released (see `Hold`).
+    pub(crate) fn finish_holding(mut self, held: Held) {
         let offsets = self.offsets.clone();
-        offsets.settle(&mut self, true);
+        offsets.settle(&mut self, Some(held));
     }
 }
 
 impl Drop for Ack {
     fn drop(&mut self) {
         let offsets = self.offsets.clone();
-        offsets.settle(self, false);
+        offsets.settle(self, None);
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::sync::atomic::AtomicBool;
 
     fn tp() -> TopicPartition {
         ("t".into(), 0)
     }
 
+    /// Something to hold that says when it is released.
+    struct Flag(Arc<AtomicBool>);
+
+    impl Drop for Flag {
+        fn drop(&mut self) {
+            self.0.store(true, Ordering::SeqCst);
+        }
+    }
+
+    fn flag() -> (Held, Arc<AtomicBool>) {
+        let released = Arc::new(AtomicBool::new(false));
+        (Box::new(Flag(released.clone())), released)
+    }
+
     #[test]
     fn watermark_waits_for_the_lowest_unfinished_offset() {
-        let offsets = Arc::new(Offsets::default());
-        let acks: Vec<Ack> = (10..15).map(|o| offsets.begin(tp(), o)).collect();
+        let offsets = Arc::new(Offsets::new(Hold::UntilCommitted));
+        let acks: Vec<Ack> = (10..15).map(|o| offsets.begin(tp(), o).unwrap()).collect();
         assert_eq!(offsets.watermark(&tp()), Some(10));
         let mut acks = acks.into_iter();
         let first = acks.next().unwrap();
@@ -186,26 +358,98 @@ mod tests {
         assert_eq!(offsets.in_flight(), 1);
         first.finish();
         assert_eq!(offsets.watermark(&tp()), Some(15));
-        assert_eq!(offsets.advanced(), vec![(tp(), 15)]);
-        assert!(offsets.advanced().is_empty(), "reported once");
+        assert_eq!(offsets.uncommitted(|_| false), vec![(tp(), 15)]);
+        assert!(
+            offsets.uncommitted(|topic| topic == "t").is_empty(),
+            "skipped"
+        );
+        offsets.committed(&tp(), 15);
+        assert!(offsets.uncommitted(|_| false).is_empty(), "committed");
     }
 
     #[test]
     fn an_ack_dropped_unfinished_holds_the_watermark() {
-        let offsets = Arc::new(Offsets::default());
-        let lost = offsets.begin(tp(), 3);
-        offsets.begin(tp(), 4).finish();
+        let offsets = Arc::new(Offsets::new(Hold::UntilCommitted));
+        let lost = offsets.begin(tp(), 3).unwrap();
+        offsets.begin(tp(), 4).unwrap().finish();
         drop(lost);
         assert_eq!(offsets.watermark(&tp()), Some(3));
         assert_eq!(offsets.in_flight(), 0);
     }
 
     #[test]
-    fn acks_from_before_a_forget_are_ignored() {
-        let offsets = Arc::new(Offsets::default());
-        let old = offsets.begin(tp(), 100);
+    fn until_watermark_releases_once_everything_before_is_finished() {
+        let offsets = Arc::new(Offsets::new(Hold::UntilWatermark));
+        let first = offsets.begin(tp(), 0).unwrap();
+        let second = offsets.begin(tp(), 1).unwrap();
+        let (held, released) = flag();
+        second.finish_holding(held);
+        assert!(
+            !released.load(Ordering::SeqCst),
+            "held while offset 0 is unfinished"
+        );
+        first.finish();
+        assert!(
+            released.load(Ordering::SeqCst),
+            "released once the watermark passed it"
+        );
+        assert_eq!(offsets.watermark(&tp()), Some(2));
+    }
+
+    #[test]
+    fn until_committed_releases_only_what_a_commit_covers() {
+        let offsets = Arc::new(Offsets::new(Hold::UntilCommitted));
+        let acks: Vec<Ack> = (0..3).map(|o| offsets.begin(tp(), o).unwrap()).collect();
+        let flags: Vec<Arc<AtomicBool>> = acks
+            .into_iter()
+            .map(|ack| {
+                let (held, released) = flag();
+                ack.finish_holding(held);
+                released
+            })
+            .collect();
+        let released = || {
+            flags
+                .iter()
+                .map(|f| f.load(Ordering::SeqCst))
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(offsets.watermark(&tp()), Some(3));
+        assert_eq!(released(), [false; 3], "finished but not committed");
+        offsets.committed(&tp(), 2);
+        assert_eq!(released(), [true, true, false]);
+        offsets.committed(&tp(), 3);
+        assert_eq!(released(), [true; 3]);
+    }
+
+    #[test]
+    fn nothing_begins_in_a_closing_partition_until_it_is_opened_again() {
+        let offsets = Arc::new(Offsets::new(Hold::UntilCommitted));
+        let before = offsets.begin(tp(), 7).unwrap();
+        offsets.close(&tp());
+        assert!(offsets.begin(tp(), 8).is_none(), "left for the next owner");
+        assert_eq!(
+            offsets.in_flight_of(&[tp()]),
+            1,
+            "what began before still counts"
+        );
+        before.finish();
         offsets.forget(&tp());
-        let new = offsets.begin(tp(), 50);
+        assert!(
+            offsets.begin(tp(), 8).is_none(),
+            "still closing after a forget"
+        );
+        offsets.open(&tp());
+        assert!(offsets.begin(tp(), 8).is_some());
+    }
+
+    #[test]
+    fn acks_from_before_a_forget_are_ignored() {
+        let offsets = Arc::new(Offsets::new(Hold::UntilCommitted));
+        let old = offsets.begin(tp(), 100).unwrap();
+        offsets.forget(&tp());
+        let new = offsets.begin(tp(), 50).unwrap();
+        assert!(!old.is_current() && new.is_current());
         old.finish();
         assert_eq!(offsets.watermark(&tp()), Some(50));
         new.finish();

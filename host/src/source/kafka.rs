@@ -1,12 +1,17 @@
 //! The Kafka source: one consumer-group member subscribed to every routed
 //! topic. Each assigned partition is split onto its own queue, which feeds
-//! that partition's lane, so partitions never wait on each other. Offsets are
-//! stored only when the watermark says every message below them is finished
-//! (`enable.auto.offset.store=false`); librdkafka commits the stored offsets
-//! periodically, and sluice commits them itself before partitions are
-//! revoked and at shutdown.
+//! that partition's lane, so partitions never wait on each other.
+//!
+//! Offsets are committed by sluice itself, never automatically: the
+//! watermark of each partition (every message below it finished), on the
+//! commit interval, sooner when lanes run short of in-flight slots, before
+//! partitions are revoked and at shutdown. Commits are synchronous (on a
+//! blocking thread): librdkafka answers sluice's own asynchronous commits to
+//! no one, and the answer is what gives back the slots of the messages a
+//! commit covers. Partitions of exactly-once routes are
+//! left out: their offsets commit inside the producer's transactions.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex, OnceLock, Weak};
 use std::time::{Duration, Instant};
 
@@ -14,9 +19,10 @@ use futures::{FutureExt, StreamExt};
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::stream_consumer::StreamPartitionQueue;
 use rdkafka::consumer::{
-    BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance, StreamConsumer,
+    BaseConsumer, CommitMode, Consumer, ConsumerContext, ConsumerGroupMetadata, Rebalance,
+    StreamConsumer,
 };
-use rdkafka::error::{KafkaError, KafkaResult, RDKafkaErrorCode};
+use rdkafka::error::KafkaResult;
 use rdkafka::message::{BorrowedMessage, Headers, Message as _};
 use rdkafka::{ClientContext, Offset, TopicPartitionList};
 use tokio::sync::{mpsc, watch};
@@ -24,7 +30,8 @@ use tokio::sync::{mpsc, watch};
 use super::Delivery;
 use crate::config::Config;
 use crate::contract::{Header, Message};
-use crate::schedule::offsets::{Offsets, TopicPartition};
+use crate::schedule::Pause;
+use crate::schedule::offsets::{Offsets, Starving, TopicPartition};
 
 /// How long a committed-offsets query may take before it counts as failed.
 const QUERY_TIMEOUT: Duration = Duration::from_secs(5);
@@ -33,23 +40,30 @@ const REVOKE_POLL: Duration = Duration::from_millis(5);
 
 type SourceConsumer = StreamConsumer<SourceContext>;
 
-/// A change in what this member owns, for the run loop to open or stop lanes.
-pub(crate) enum PartitionEvent {
+/// What the consumer tells the run loop.
+pub(crate) enum SourceEvent {
     /// A partition was assigned; its messages arrive on this feed.
     Assigned(TopicPartition, PartitionFeed),
     /// A partition was revoked.
     Revoked(TopicPartition),
 }
 
+/// Work to finish before revoked partitions are let go: deciding the
+/// exactly-once transaction that holds their offsets. It blocks.
+pub(crate) type BeforeRelease = Box<dyn Fn() + Send + Sync>;
+
 /// Consumer callbacks: split assigned partitions onto their own queues, and
 /// keep the watermarks and the group's offsets in step with assignment.
 pub(crate) struct SourceContext {
     offsets: Arc<Offsets>,
     consumer: OnceLock<Weak<SourceConsumer>>,
-    events: mpsc::UnboundedSender<PartitionEvent>,
+    events: mpsc::UnboundedSender<SourceEvent>,
     /// How each assigned partition's lane is told it was revoked.
     revocations: Mutex<HashMap<TopicPartition, watch::Sender<bool>>>,
     revoke_timeout: Duration,
+    /// Topics whose offsets the consumer never commits (exactly-once routes).
+    transactional: Arc<HashSet<String>>,
+    before_release: OnceLock<BeforeRelease>,
 }
 
 impl ClientContext for SourceContext {}
@@ -67,7 +81,7 @@ impl ConsumerContext for SourceContext {
                 let partitions = partitions_of(assigned);
                 tracing::info!(partitions = %list(&partitions), "partitions assigned");
                 for tp in partitions {
-                    self.offsets.forget(&tp);
+                    self.offsets.open(&tp);
                     match stream.split_partition_queue(&tp.0, tp.1) {
                         Some(queue) => {
                             let (revoke, revoked) = watch::channel(false);
@@ -82,7 +96,7 @@ impl ConsumerContext for SourceContext {
                                 tp: tp.clone(),
                                 revoked,
                             };
-                            let _ = self.events.send(PartitionEvent::Assigned(tp, feed));
+                            let _ = self.events.send(SourceEvent::Assigned(tp, feed));
                         }
                         None => {
                             tracing::error!(topic = %tp.0, partition = tp.1, "cannot split assigned partition")
@@ -93,13 +107,12 @@ impl ConsumerContext for SourceContext {
             Rebalance::Revoke(revoked) if revoked.count() > 0 => {
                 let partitions = partitions_of(revoked);
                 tracing::info!(partitions = %list(&partitions), "partitions revoked");
-                self.drain(&partitions);
-                // Commit what is finished before another member takes over.
-                store(consumer, &self.offsets, &partitions);
-                commit(consumer, CommitMode::Sync);
+                // Waiting for the partitions' messages blocks this thread (the
+                // one serving the consumer): the runtime's other tasks are
+                // moved off it meanwhile.
+                tokio::task::block_in_place(|| self.release(consumer, &partitions));
                 for tp in partitions {
-                    self.offsets.forget(&tp);
-                    let _ = self.events.send(PartitionEvent::Revoked(tp));
+                    let _ = self.events.send(SourceEvent::Revoked(tp));
                 }
             }
             Rebalance::Error(error) => tracing::warn!(%error, "rebalance failed"),
@@ -109,12 +122,36 @@ impl ConsumerContext for SourceContext {
 }
 
 impl SourceContext {
+    /// Lets revoked partitions go: stops their lanes, waits (up to the
+    /// revoke timeout) for their messages in flight, and commits what is
+    /// finished. Blocking here is what holds the rebalance until the
+    /// partitions are done with.
+    fn release(&self, consumer: &BaseConsumer<Self>, partitions: &[TopicPartition]) {
+        self.drain(partitions);
+        let watermarks: Vec<_> = partitions
+            .iter()
+            .filter(|tp| !self.transactional.contains(&tp.0))
+            .filter_map(|tp| self.offsets.watermark(tp).map(|w| (tp.clone(), w)))
+            .collect();
+        // From here on, messages of these partitions still in flight no
+        // longer count, and cannot enter a transaction.
+        for tp in partitions {
+            self.offsets.forget(tp);
+        }
+        if let Some(before_release) = self.before_release.get() {
+            before_release();
+        }
+        commit(consumer, &self.offsets, &watermarks);
+    }
+
     /// Stops the lanes of revoked partitions and waits, up to the revoke
-    /// timeout, for their messages in flight to finish. This blocks the
-    /// thread serving the consumer's events (the run loop), which is what
-    /// holds the rebalance until the partitions are done with; lanes and
-    /// effects run on the runtime's workers meanwhile.
+    /// timeout, for their messages in flight to finish. Closing them first
+    /// makes "nothing new begins" and "nothing is in flight" one fact: a
+    /// message a lane takes from the queue after this is left unhandled.
     fn drain(&self, partitions: &[TopicPartition]) {
+        for tp in partitions {
+            self.offsets.close(tp);
+        }
         {
             let mut revocations = self.revocations.lock().expect("revocations lock");
             for tp in partitions {
@@ -153,9 +190,13 @@ impl PartitionFeed {
         self.revoked.clone()
     }
 
-    /// Stops fetching the partition (its lane is at its in-flight cap).
-    pub(crate) fn pause(&self) {
-        tracing::debug!(topic = %self.tp.0, partition = self.tp.1, "partition paused: in-flight cap reached");
+    /// Stops fetching the partition.
+    pub(crate) fn pause(&self, why: Pause) {
+        let (topic, partition, reason) = (&self.tp.0, self.tp.1, why.as_str());
+        match why {
+            Pause::TargetDown => tracing::info!(topic, partition, "partition paused: {reason}"),
+            Pause::InFlightCap => tracing::debug!(topic, partition, "partition paused: {reason}"),
+        }
         if let Err(error) = self.consumer.pause(&self.list()) {
             tracing::warn!(%error, topic = %self.tp.0, partition = self.tp.1, "cannot pause partition");
         }
@@ -175,6 +216,33 @@ impl PartitionFeed {
         tpl
     }
 
+    /// Asks for a commit soon (the lane is short of slots).
+    pub(crate) fn want_commit(&self) {
+        self.offsets.want_commit();
+    }
+
+    /// Marks the lane as waiting for slots while the guard lives.
+    pub(crate) fn starving(&self) -> Starving<'_> {
+        self.offsets.starving()
+    }
+
+    /// Fetches the partition again from `offset`: messages fetched before
+    /// are discarded by librdkafka, and what this host knew of the
+    /// partition's offsets is forgotten.
+    pub(crate) fn rewind(&self, offset: i64) {
+        self.offsets.forget(&self.tp);
+        // No waiting: librdkafka drops outdated messages from the queue as
+        // of this call, and fetches from `offset` next.
+        if let Err(error) = self.consumer.seek(
+            &self.tp.0,
+            self.tp.1,
+            Offset::Offset(offset),
+            Duration::ZERO,
+        ) {
+            tracing::error!(%error, topic = %self.tp.0, partition = self.tp.1, offset, "cannot rewind partition");
+        }
+    }
+
     /// Waits for a message, then takes what else is ready, up to `max`; each
     /// is registered as in flight.
     pub(crate) async fn next_batch(&mut self, batch: &mut Vec<Delivery>, max: usize) -> usize {
@@ -191,8 +259,11 @@ impl PartitionFeed {
             };
             match next {
                 Some(Ok(message)) => {
-                    batch.push(delivery(&message, &self.offsets));
-                    received += 1;
+                    // None: the partition is being let go.
+                    if let Some(delivery) = delivery(&message, &self.offsets) {
+                        batch.push(delivery);
+                        received += 1;
+                    }
                 }
                 // librdkafka recovers from fetch errors by itself.
                 Some(Err(error)) => tracing::warn!(%error, "partition consumer error"),
@@ -203,13 +274,13 @@ impl PartitionFeed {
     }
 }
 
-fn delivery(borrowed: &BorrowedMessage<'_>, offsets: &Arc<Offsets>) -> Delivery {
-    let message = owned(borrowed);
-    let ack = offsets.begin((message.topic.clone(), message.partition), message.offset);
-    Delivery {
-        message: Arc::new(message),
+fn delivery(borrowed: &BorrowedMessage<'_>, offsets: &Arc<Offsets>) -> Option<Delivery> {
+    let tp = (borrowed.topic().to_owned(), borrowed.partition());
+    let ack = offsets.begin(tp, borrowed.offset())?;
+    Some(Delivery {
+        message: Arc::new(owned(borrowed)),
         ack,
-    }
+    })
 }
 
 /// A message that arrived on the main queue instead of its partition's:
@@ -227,7 +298,7 @@ pub struct UnsplitMessage {
 pub(crate) struct KafkaSource {
     consumer: Arc<SourceConsumer>,
     offsets: Arc<Offsets>,
-    events: mpsc::UnboundedReceiver<PartitionEvent>,
+    events: mpsc::UnboundedReceiver<SourceEvent>,
 }
 
 impl KafkaSource {
@@ -238,21 +309,23 @@ impl KafkaSource {
         offsets: Arc<Offsets>,
     ) -> KafkaResult<KafkaSource> {
         let mut client = ClientConfig::new();
-        // Defaults a user may override through [kafka.consumer].
+        // Defaults a user may override through [kafka.consumer]. Prefetch is
+        // kept small per partition: a backlog should wait in the broker, and
+        // a partition at its in-flight cap is paused anyway.
         client
             .set("auto.offset.reset", "earliest")
-            .set("partition.assignment.strategy", "cooperative-sticky");
+            .set("partition.assignment.strategy", "cooperative-sticky")
+            .set("queued.max.messages.kbytes", "4096")
+            .set("queued.min.messages", "5000");
         for (key, value) in &config.kafka.consumer {
             client.set(key, value);
         }
         client
             .set("bootstrap.servers", brokers)
             .set("group.id", &config.group_id)
-            .set("enable.auto.commit", "true")
-            .set(
-                "auto.commit.interval.ms",
-                config.commit_interval_ms.to_string(),
-            )
+            // Aborted transactions (an exactly-once host's, upstream) never count.
+            .set("isolation.level", "read_committed")
+            .set("enable.auto.commit", "false")
             .set("enable.auto.offset.store", "false");
         let (events, events_received) = mpsc::unbounded_channel();
         let consumer: Arc<SourceConsumer> =
@@ -262,6 +335,8 @@ impl KafkaSource {
                 events,
                 revocations: Mutex::default(),
                 revoke_timeout: Duration::from_millis(config.revoke_timeout_ms),
+                transactional: Arc::new(config.transactional_topics()),
+                before_release: OnceLock::new(),
             })?);
         let _ = consumer.context().consumer.set(Arc::downgrade(&consumer));
         let topics: Vec<&str> = config.routes.iter().map(|r| r.topic.as_str()).collect();
@@ -275,9 +350,9 @@ impl KafkaSource {
     }
 
     /// Serves the consumer's events (rebalances run in here) and returns the
-    /// next assignment change. Messages all go to partition queues; one here
-    /// is an error.
-    pub(crate) async fn next_event(&mut self) -> Result<PartitionEvent, UnsplitMessage> {
+    /// next one. Messages all go to partition queues;
+    /// one here is an error.
+    pub(crate) async fn next_event(&mut self) -> Result<SourceEvent, UnsplitMessage> {
         loop {
             tokio::select! {
                 biased;
@@ -303,30 +378,38 @@ impl KafkaSource {
         Committer {
             consumer: self.consumer.clone(),
             offsets: self.offsets.clone(),
+            transactional: self.consumer.context().transactional.clone(),
         }
+    }
+
+    /// Sets what must happen before revoked partitions are let go.
+    pub(crate) fn before_release(&self, work: BeforeRelease) {
+        let _ = self.consumer.context().before_release.set(work);
     }
 }
 
-/// Stores and commits finished offsets, and tells whether everything is.
+/// Commits finished offsets, and tells whether everything is.
 #[derive(Clone)]
 pub(crate) struct Committer {
     consumer: Arc<SourceConsumer>,
     offsets: Arc<Offsets>,
+    transactional: Arc<HashSet<String>>,
 }
 
 impl Committer {
-    /// Stores the offsets whose watermark advanced, for the next commit.
-    pub(crate) fn store_advanced(&self) {
-        let advanced = self.offsets.advanced();
-        if !advanced.is_empty() {
-            store_offsets(&*self.consumer, &advanced);
-        }
+    /// Commits every watermark ahead of its last commit now (blocks).
+    pub(crate) fn commit_now(&self) {
+        commit(&*self.consumer, &self.offsets, &self.uncommitted());
     }
 
-    /// Stores everything finished and commits it now (blocks).
-    pub(crate) fn commit_now(&self) {
-        self.store_advanced();
-        commit(&*self.consumer, CommitMode::Sync);
+    fn uncommitted(&self) -> Vec<(TopicPartition, i64)> {
+        self.offsets
+            .uncommitted(|topic| self.transactional.contains(topic))
+    }
+
+    /// The group membership the exactly-once transactions commit offsets under.
+    pub(crate) fn group_metadata(&self) -> Option<ConsumerGroupMetadata> {
+        self.consumer.group_metadata()
     }
 
     /// Whether every assigned partition is consumed and committed up to its
@@ -414,40 +497,34 @@ fn list(partitions: &[TopicPartition]) -> String {
         .join(",")
 }
 
-/// Stores the watermarks of `partitions` (those that have one).
-fn store<C: ConsumerContext>(
+/// Commits these offsets and, once confirmed, releases what they cover.
+fn commit<C: ConsumerContext>(
     consumer: &impl Consumer<C>,
     offsets: &Offsets,
-    partitions: &[TopicPartition],
-) {
-    let watermarks: Vec<_> = partitions
-        .iter()
-        .filter_map(|tp| offsets.watermark(tp).map(|w| (tp.clone(), w)))
-        .collect();
-    store_offsets(consumer, &watermarks);
-}
-
-fn store_offsets<C: ConsumerContext>(
-    consumer: &impl Consumer<C>,
     watermarks: &[(TopicPartition, i64)],
 ) {
+    if watermarks.is_empty() {
+        return;
+    }
     let mut tpl = TopicPartitionList::new();
     for ((topic, partition), next) in watermarks {
         if let Err(error) = tpl.add_partition_offset(topic, *partition, Offset::Offset(*next)) {
-            tracing::warn!(%error, topic, partition, "cannot list offset to store");
+            tracing::warn!(%error, topic, partition, "cannot list offset to commit");
         }
     }
-    if let Err(error) = consumer.store_offsets(&tpl) {
-        // A partition revoked in the meantime refuses the store; its new owner
-        // starts from the last commit, so nothing is lost.
-        tracing::debug!(%error, "offsets not stored");
+    match consumer.commit(&tpl, CommitMode::Sync) {
+        Ok(()) => release_committed(offsets, &tpl),
+        // A partition revoked in the meantime refuses the commit; its new
+        // owner starts from the last commit, so nothing is lost.
+        Err(error) => tracing::warn!(%error, "commit failed; offsets will be committed later"),
     }
 }
 
-fn commit<C: ConsumerContext>(consumer: &impl Consumer<C>, mode: CommitMode) {
-    match consumer.commit_consumer_state(mode) {
-        // Nothing new was stored since the last commit: that is success.
-        Ok(()) | Err(KafkaError::ConsumerCommit(RDKafkaErrorCode::NoOffset)) => {}
-        Err(error) => tracing::warn!(%error, "commit failed; offsets will be committed later"),
+/// Releases what the messages covered by a confirmed commit hold.
+fn release_committed(offsets: &Offsets, committed: &TopicPartitionList) {
+    for element in committed.elements() {
+        if let (Offset::Offset(offset), Ok(())) = (element.offset(), element.error()) {
+            offsets.committed(&(element.topic().to_owned(), element.partition()), offset);
+        }
     }
 }

@@ -1,0 +1,226 @@
+//! P3: the Parallel Consumer's published workload. 10,000 messages on one
+//! partition, each one's effect an HTTP call to a local server that waits a
+//! uniform 0–5 ms, at most 100 in flight. The ideal time is the sum of the
+//! waits / 100; Parallel Consumer reports 8.4× that. Goal: ≤ 2×.
+//!
+//! Measured with 10,000 distinct keys (the headline, `RESULT P3`), 10 keys,
+//! 1 key, and `ordering = "partition"`; fewer keys than 100 cannot go faster
+//! than their waits / keys, which is printed as their own floor. Time is the
+//! server's: from the first request's arrival to the last one's answer
+//! (start-up and the final commit are left out; they are printed too, as the
+//! whole run's wall time). The server checks that no more than 100 requests
+//! were ever in progress at once.
+
+mod support;
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use axum::Router;
+use axum::extract::{Path as UrlPath, State};
+use sluice::contract::{Header, Message};
+use sluice::embedded::EmbeddedBroker;
+use sluice::{Config, RunOptions};
+
+const MESSAGES: usize = 10_000;
+const CONCURRENCY: usize = 100;
+const MAX_WAIT_MICROS: u64 = 5_000;
+
+fn main() {
+    let guests = support::handlers_dir();
+    let scratch = tempfile::tempdir().unwrap();
+    let handlers = scratch.path().join("handlers");
+    std::fs::create_dir_all(handlers.join("test-faults")).unwrap();
+    std::fs::copy(
+        guests.join("../target/wasm32-wasip2/release/test_faults.wasm"),
+        handlers.join("test-faults/0.1.0.wasm"),
+    )
+    .unwrap();
+    let server = WaitServer::start();
+
+    let broker = EmbeddedBroker::start().unwrap();
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+
+    // (name, keys, ordering, how many can go at once)
+    let cases = [
+        ("10000 keys", 10_000, "key", CONCURRENCY),
+        ("10 keys", 10, "key", 10),
+        ("1 key", 1, "key", 1),
+        ("partition mode", 10_000, "partition", 1),
+    ];
+    let mut headline = None;
+    for (n, (name, keys, ordering, parallel)) in cases.into_iter().enumerate() {
+        let topic = format!("p3-{n}");
+        broker.create_topic(&topic, 1).unwrap();
+        broker
+            .produce(&requests(&topic, keys, server.addr))
+            .unwrap();
+        server.reset();
+        let wall = runtime.block_on(sluice_run(
+            broker.bootstrap_servers(),
+            &handlers,
+            &topic,
+            ordering,
+        ));
+        let served = server.served();
+        assert_eq!(served.count, MESSAGES, "{name}: requests served");
+        assert!(
+            served.most_at_once <= parallel,
+            "{name}: {} requests at once",
+            served.most_at_once
+        );
+        let ideal = served.total_wait / CONCURRENCY as u32;
+        let ratio = served.span.as_secs_f64() / ideal.as_secs_f64();
+        let floor = served.total_wait / parallel as u32;
+        println!(
+            "{name:>15}: {:.3} s from first request to last answer ({:.3} s whole run); ideal {:.3} s (waits {:.2} s / {CONCURRENCY}): {ratio:.2}x; own floor {:.3} s (waits / {parallel}): {:.2}x; at most {} at once",
+            served.span.as_secs_f64(),
+            wall.as_secs_f64(),
+            ideal.as_secs_f64(),
+            served.total_wait.as_secs_f64(),
+            floor.as_secs_f64(),
+            served.span.as_secs_f64() / floor.as_secs_f64(),
+            served.most_at_once,
+        );
+        headline.get_or_insert(ratio);
+    }
+    println!("RESULT P3 {:.2} ratio", headline.unwrap());
+}
+
+/// The messages: each asks for a POST to the server, which waits the time
+/// named in the URL (uniform in 0–5 ms).
+fn requests(topic: &str, keys: usize, server: SocketAddr) -> Vec<Message> {
+    (0..MESSAGES)
+        .map(|i| {
+            let wait = rand::random_range(0..=MAX_WAIT_MICROS);
+            Message {
+                topic: topic.to_owned(),
+                partition: 0,
+                offset: 0,
+                key: Some(format!("k{}", i % keys).into_bytes()),
+                payload: format!("http:http://{server}/wait/{wait}").into_bytes(),
+                headers: vec![Header::new("source", "bench")],
+                timestamp: 0,
+            }
+        })
+        .collect()
+}
+
+async fn sluice_run(brokers: &str, handlers: &Path, topic: &str, ordering: &str) -> Duration {
+    let text = format!(
+        r#"brokers = "{brokers}"
+group-id = "{topic}"
+handlers-dir = "{}"
+
+[[routes]]
+topic = "{topic}"
+handler = "test-faults"
+ordering = "{ordering}"
+concurrency = {CONCURRENCY}
+
+[routes.http]
+allow = ["127.0.0.1"]
+"#,
+        handlers.display()
+    );
+    let config = Config::parse(&text, "p3.toml".as_ref(), ".".as_ref()).unwrap();
+    let options = RunOptions {
+        until_drained: true,
+        ..RunOptions::default()
+    };
+    let started = Instant::now();
+    let report = sluice::run(&config, options, std::future::pending())
+        .await
+        .unwrap();
+    assert_eq!(report.dead_lettered, 0);
+    started.elapsed()
+}
+
+/// What the server saw of one run.
+#[derive(Default, Clone, Copy)]
+struct Served {
+    count: usize,
+    total_wait: Duration,
+    span: Duration,
+    most_at_once: usize,
+}
+
+#[derive(Default)]
+struct Log {
+    at_once: usize,
+    most_at_once: usize,
+    first: Option<Instant>,
+    last: Option<Instant>,
+    count: usize,
+    total_wait: Duration,
+}
+
+/// An HTTP server, on its own runtime, that answers `POST /wait/<µs>` after
+/// sleeping that long (on a blocking thread: tokio's timer rounds to 1 ms).
+struct WaitServer {
+    addr: SocketAddr,
+    log: Arc<Mutex<Log>>,
+    _runtime: tokio::runtime::Runtime,
+}
+
+impl WaitServer {
+    fn start() -> WaitServer {
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .max_blocking_threads(2 * CONCURRENCY)
+            .enable_all()
+            .build()
+            .unwrap();
+        let log = Arc::new(Mutex::new(Log::default()));
+        let listener = runtime
+            .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
+            .unwrap();
+        let addr = listener.local_addr().unwrap();
+        let app = Router::new()
+            .route("/wait/{micros}", axum::routing::post(wait))
+            .with_state(log.clone());
+        runtime.spawn(async move { axum::serve(listener, app).await.unwrap() });
+        WaitServer {
+            addr,
+            log,
+            _runtime: runtime,
+        }
+    }
+
+    fn reset(&self) {
+        *self.log.lock().unwrap() = Log::default();
+    }
+
+    fn served(&self) -> Served {
+        let log = self.log.lock().unwrap();
+        Served {
+            count: log.count,
+            total_wait: log.total_wait,
+            span: log.last.unwrap() - log.first.unwrap(),
+            most_at_once: log.most_at_once,
+        }
+    }
+}
+
+async fn wait(State(log): State<Arc<Mutex<Log>>>, UrlPath(micros): UrlPath<u64>) {
+    {
+        let mut log = log.lock().unwrap();
+        log.first.get_or_insert_with(Instant::now);
+        log.at_once += 1;
+        log.most_at_once = log.most_at_once.max(log.at_once);
+    }
+    let waited = tokio::task::spawn_blocking(move || {
+        let started = Instant::now();
+        std::thread::sleep(Duration::from_micros(micros));
+        started.elapsed()
+    })
+    .await
+    .unwrap();
+    let mut log = log.lock().unwrap();
+    log.at_once -= 1;
+    log.count += 1;
+    log.total_wait += waited;
+    log.last = Some(Instant::now());
+}
