@@ -662,6 +662,17 @@ impl Config {
                 );
             }
         }
+        // Exactly-once commits are timed against it (see effects::publish).
+        if let Some(ms) = self.kafka.producer.get("transaction.timeout.ms") {
+            let key = "kafka.producer.\"transaction.timeout.ms\"";
+            let ms = ms.parse().map_err(|_| {
+                (
+                    key.to_owned(),
+                    format!("{ms:?} is not a number of milliseconds"),
+                )
+            })?;
+            check_range(key, ms, 1_000, 900_000)?;
+        }
         Ok(())
     }
 }
@@ -782,6 +793,21 @@ handler = "echo"
             err.contains("kafka.consumer.\"enable.auto.offset.store\""),
             "{err}"
         );
+    }
+
+    #[test]
+    fn transaction_timeout_must_be_milliseconds_in_range() {
+        let with = |ms: &str| {
+            parse(&format!(
+                "{MINIMAL}\n[kafka.producer]\n\"transaction.timeout.ms\" = \"{ms}\"\n"
+            ))
+        };
+        let err = with("ten seconds").unwrap_err().to_string();
+        assert!(err.contains("transaction.timeout.ms"), "{err}");
+        assert!(err.contains("not a number"), "{err}");
+        let err = with("500").unwrap_err().to_string();
+        assert!(err.contains("1000 to 900000"), "{err}");
+        assert!(with("30000").is_ok());
     }
 
     #[test]

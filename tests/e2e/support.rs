@@ -50,8 +50,16 @@ pub fn component(crate_name: &str) -> PathBuf {
 pub struct Scratch(tempfile::TempDir);
 
 impl Scratch {
+    /// A fresh directory, removed afterwards unless `SLUICE_KEEP_SCRATCH`
+    /// is set (to look into a failed test).
     pub fn new() -> Scratch {
-        Scratch(tempfile::tempdir().expect("create scratch dir"))
+        let keep = std::env::var_os("SLUICE_KEEP_SCRATCH").is_some();
+        let dir = tempfile::Builder::new()
+            .prefix("sluice-test-")
+            .disable_cleanup(keep)
+            .tempdir()
+            .expect("create scratch dir");
+        Scratch(dir)
     }
 
     pub fn path(&self) -> &Path {

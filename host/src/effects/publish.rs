@@ -4,7 +4,7 @@
 //! classified for the retry policy.
 
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::ConsumerGroupMetadata;
@@ -30,11 +30,29 @@ const TRANSACTION_CALL_TIMEOUT: Duration = Duration::from_secs(5);
 /// How long an open transaction may live before the broker aborts it (so a
 /// crashed host's transaction does not hold read-committed consumers back
 /// for long); overridable in `[kafka.producer]`.
-const TRANSACTION_LIFETIME_MS: &str = "10000";
+const TRANSACTION_LIFETIME_MS: u64 = 10_000;
 
 /// The producer every publish and dead letter goes through.
 pub(crate) struct Publisher {
     producer: FutureProducer,
+    /// `transaction.timeout.ms` of a transactional producer.
+    lifetime: Duration,
+}
+
+/// Why a transaction did not commit.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum CommitError {
+    /// The host is not (or no longer) in the consumer group.
+    #[error("not a member of the consumer group")]
+    NotInGroup,
+    /// The commit could not begin early enough in the transaction's
+    /// lifetime: the broker may abort it meanwhile (it aborts transactions
+    /// older than `transaction.timeout.ms`), so it is aborted here instead.
+    #[error("transaction open for {0:?}: too close to transaction.timeout.ms to commit")]
+    Expired(Duration),
+    /// The coordinator refused or failed the commit.
+    #[error(transparent)]
+    Kafka(#[from] KafkaError),
 }
 
 /// Where a record landed.
@@ -49,6 +67,7 @@ impl Publisher {
     pub(crate) fn connect(config: &Config, brokers: &str) -> KafkaResult<Arc<Publisher>> {
         Ok(Arc::new(Publisher {
             producer: client(config, brokers).create()?,
+            lifetime: Duration::ZERO,
         }))
     }
 
@@ -67,16 +86,22 @@ impl Publisher {
             None => format!("{}-{:016x}", config.group_id, rand::random::<u64>()),
         };
         let mut client = client(config, brokers);
-        if !config.kafka.producer.contains_key("transaction.timeout.ms") {
-            client.set("transaction.timeout.ms", TRANSACTION_LIFETIME_MS);
-        }
+        let lifetime_ms = match config.kafka.producer.get("transaction.timeout.ms") {
+            // The config check made sure it is a number.
+            Some(ms) => ms.parse().unwrap_or(TRANSACTION_LIFETIME_MS),
+            None => TRANSACTION_LIFETIME_MS,
+        };
+        client.set("transaction.timeout.ms", lifetime_ms.to_string());
         let producer: FutureProducer = client.set("transactional.id", &id).create()?;
         until_answered("init", || {
             producer.init_transactions(TRANSACTION_CALL_TIMEOUT)
         })?;
         producer.begin_transaction()?;
         tracing::info!(transactional_id = %id, "transactional producer ready");
-        Ok(Arc::new(Publisher { producer }))
+        Ok(Arc::new(Publisher {
+            producer,
+            lifetime: Duration::from_millis(lifetime_ms),
+        }))
     }
 
     /// Commits the open transaction with the consumed offsets (`positions`,
@@ -86,18 +111,38 @@ impl Publisher {
         &self,
         positions: &[(TopicPartition, i64)],
         group: &ConsumerGroupMetadata,
-    ) -> KafkaResult<()> {
+        began: Instant,
+    ) -> Result<(), CommitError> {
         let mut offsets = TopicPartitionList::new();
         for ((topic, partition), next) in positions {
             offsets.add_partition_offset(topic, *partition, Offset::Offset(*next))?;
         }
-        until_answered("send offsets", || {
-            self.producer
-                .send_offsets_to_transaction(&offsets, group, TRANSACTION_CALL_TIMEOUT)
-        })?;
-        until_answered("commit", || {
+        // The last moment the commit may begin and still be answered
+        // before the broker's own deadline for the transaction.
+        let deadline = began + self.lifetime.saturating_sub(TRANSACTION_CALL_TIMEOUT);
+        let left = || {
+            deadline
+                .checked_duration_since(Instant::now())
+                .filter(|left| !left.is_zero())
+                .ok_or_else(|| CommitError::Expired(began.elapsed()))
+        };
+        loop {
+            let timeout = left()?.min(TRANSACTION_CALL_TIMEOUT);
+            match self
+                .producer
+                .send_offsets_to_transaction(&offsets, group, timeout)
+            {
+                Err(KafkaError::Transaction(error)) if error.is_retriable() => {
+                    tracing::warn!(%error, "transaction send offsets not answered yet; calling again");
+                }
+                result => break result?,
+            }
+        }
+        left()?;
+        // Once the commit is asked for, only its answer tells how it ended.
+        Ok(until_answered("commit", || {
             self.producer.commit_transaction(TRANSACTION_CALL_TIMEOUT)
-        })
+        })?)
     }
 
     /// Aborts the open transaction. Blocks.

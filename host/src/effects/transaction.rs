@@ -18,16 +18,18 @@
 //! partitions is rewound to where the transaction began for it: its messages
 //! are handled again from the last committed offset. A record the broker
 //! refused for good is remembered, and its message is dead-lettered on the
-//! re-run instead.
+//! re-run instead. A transaction whose commit could not begin well inside
+//! `transaction.timeout.ms` (a broker away for that long) is aborted rather
+//! than committed: the broker may have aborted it on its own already.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
-use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+use rdkafka::error::KafkaError;
 use tokio::sync::{Notify, RwLock, RwLockReadGuard, watch};
 
-use super::publish::Publisher;
+use super::publish::{CommitError, Publisher};
 use super::{Failure, Pending};
 use crate::policy::retry::Backoff;
 use crate::schedule::PartitionState;
@@ -66,6 +68,8 @@ pub(crate) struct Transaction {
 struct Open {
     partitions: HashMap<TopicPartition, Span>,
     messages: Vec<Enlisted>,
+    /// When the first message entered.
+    began: Option<Instant>,
 }
 
 /// A partition's messages in the open transaction.
@@ -148,6 +152,7 @@ impl Transaction {
         pending: Pending,
     ) {
         let mut open = self.open.lock().expect("transaction lock");
+        open.began.get_or_insert_with(Instant::now);
         open.partitions
             .entry(partition.tp.clone())
             .and_modify(|span| span.next = offset + 1)
@@ -213,12 +218,10 @@ impl Transaction {
             .and_then(Committer::group_metadata);
         let publisher = self.publisher.clone();
         let committing = positions.clone();
+        let began = open.began.unwrap_or_else(Instant::now);
         let committed = tokio::task::spawn_blocking(move || match group {
-            Some(group) => publisher.commit_transaction(&committing, &group),
-            // Not (or no longer) in the group: nothing can be committed.
-            None => Err(KafkaError::ConsumerCommit(
-                RDKafkaErrorCode::UnknownMemberId,
-            )),
+            Some(group) => publisher.commit_transaction(&committing, &group, began),
+            None => Err(CommitError::NotInGroup),
         })
         .await
         .expect("transaction commit does not panic");
@@ -242,14 +245,14 @@ impl Transaction {
                     Backoff::new(RETRY_INITIAL, RETRY_MAX);
                 self.begin()
             }
-            Err(error) if is_fatal(&error) => Err(TransactionFailed(error)),
+            Err(CommitError::Kafka(error)) if is_fatal(&error) => Err(TransactionFailed(error)),
             Err(error) => self.abort(open, error).await,
         }
     }
 
     /// Aborts the open transaction: its partitions go back to where it
     /// began for them, and records refused for good are remembered.
-    async fn abort(&self, open: Open, cause: KafkaError) -> Result<(), TransactionFailed> {
+    async fn abort(&self, open: Open, cause: CommitError) -> Result<(), TransactionFailed> {
         let publisher = self.publisher.clone();
         let aborted = tokio::task::spawn_blocking(move || publisher.abort_transaction())
             .await
