@@ -180,7 +180,8 @@ pub enum OnDeadLetter {
     #[default]
     Continue,
     /// Park the key: its later messages in the partition are dead-lettered
-    /// behind it (`key-parked`) until an operator re-drives it.
+    /// behind it (`key-parked`) until an operator re-drives it; the parking
+    /// outlives the process (it is read back from the dead-letter topic).
     ParkKey,
 }
 

@@ -229,7 +229,10 @@ impl Pipeline {
     ) -> Vec<Pending> {
         let handler = route.handler.as_ref();
         let mut pending = Vec::new();
-        let dead = if partition.parked.is_parked(message.key.as_deref()) {
+        let dead = if partition
+            .parked
+            .is_parked(message.key.as_deref(), message.offset)
+        {
             Some(parked(&route.route, message))
         } else {
             match outcome {
@@ -293,9 +296,12 @@ impl Pipeline {
         route: &RouteHandler,
         partition: &PartitionState,
         message: &Message,
-        dead: DeadLetter,
+        mut dead: DeadLetter,
     ) -> Pending {
-        if route.route.on_dead_letter == OnDeadLetter::ParkKey
+        let parks = route.route.on_dead_letter == OnDeadLetter::ParkKey;
+        // Marked, so that the parking outlives this process (source::parked).
+        dead.parks_key = parks;
+        if parks
             && partition
                 .parked
                 .park(message.key.as_deref(), message.offset)
@@ -320,6 +326,7 @@ fn interpreted(route: &Route, failed: Failure) -> DeadLetter {
         reason: failed.reason,
         detail: failed.detail,
         attempts: failed.attempts,
+        parks_key: false,
     }
 }
 
@@ -334,5 +341,6 @@ fn parked(route: &Route, message: &Message) -> DeadLetter {
             message.partition
         ),
         attempts: 0,
+        parks_key: false,
     }
 }

@@ -285,7 +285,7 @@ fn unordered_runs_even_one_keys_effects_concurrently() {
 }
 
 #[test]
-fn park_key_dead_letters_the_rest_of_a_failed_key_in_order() {
+fn park_key_dead_letters_the_rest_of_a_failed_key_in_order_across_restarts() {
     let payloads = keyed(
         [
             ("K", "ok-1"),
@@ -306,30 +306,45 @@ fn park_key_dead_letters_the_rest_of_a_failed_key_in_order() {
     let config = scratch.write("park.toml", config(brokers, "park", &handlers, routes));
     Host::start(&scratch, "park", &config, &["--until-drained"]).wait_ok();
 
+    // A new process (a restart, or the partition's next owner) still holds
+    // K parked: it reads the parking back from the dead-letter topic.
+    broker
+        .produce(&[message("in", 0, "K", "ok-6"), message("in", 0, "J", "ok-7")])
+        .unwrap();
+    Host::start(&scratch, "restarted", &config, &["--until-drained"]).wait_ok();
+    assert!(
+        log_of(&scratch, "restarted").contains("parked keys restored"),
+        "{}",
+        log_of(&scratch, "restarted")
+    );
+
     let echoed: Vec<String> = read_topic(brokers, "echo")
         .into_iter()
         .map(|r| r.payload)
         .collect();
     assert_eq!(
         echoed,
-        ["ok-1", "ok-2", "ok-4"],
+        ["ok-1", "ok-2", "ok-4", "ok-7"],
         "other keys flow, K stops at its failure"
     );
-    let dead: Vec<(String, String, String)> = read_topic(brokers, "in.dlq")
+    let dead: Vec<(String, String, String, Option<String>)> = read_topic(brokers, "in.dlq")
         .into_iter()
         .map(|r| {
             (
                 r.payload.clone(),
                 r.header("sluice-stage").unwrap().to_owned(),
                 r.header("sluice-reason").unwrap().to_owned(),
+                r.header("sluice-parks-key").map(str::to_owned),
             )
         })
         .collect();
+    let parks = Some("true".to_owned());
     let expected = [
         ("fail", "handle", "failed"),
         ("ok-3", "schedule", "key-parked"),
         ("ok-5", "schedule", "key-parked"),
+        ("ok-6", "schedule", "key-parked"),
     ]
-    .map(|(a, b, c)| (a.to_owned(), b.to_owned(), c.to_owned()));
+    .map(|(a, b, c)| (a.to_owned(), b.to_owned(), c.to_owned(), parks.clone()));
     assert_eq!(dead, expected);
 }

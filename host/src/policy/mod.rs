@@ -10,6 +10,7 @@ pub(crate) mod retry;
 use crate::config::{OnInvalidInput, Route};
 use crate::contract::{HandleError, Header, Message, Publish};
 use crate::runtime::CallError;
+use crate::source::parked::PARKS_KEY_HEADER;
 
 /// Where in the pipeline a message failed (the `sluice-stage` header).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -44,6 +45,8 @@ pub(crate) struct DeadLetter {
     pub(crate) detail: String,
     /// Attempts made at the failed effect (1 for handler failures).
     pub(crate) attempts: u32,
+    /// Whether it parks its key, or is held behind it (`park-key`).
+    pub(crate) parks_key: bool,
 }
 
 /// What to do with a message whose handler call failed.
@@ -75,6 +78,7 @@ pub(crate) fn on_failure(route: &Route, error: &CallError) -> Disposition {
         reason: error.kind(),
         detail,
         attempts: 1,
+        parks_key: false,
     })
 }
 
@@ -98,6 +102,9 @@ pub(crate) fn dead_letter_record(
         Header::new("sluice-handler", handler),
         Header::new("sluice-handler-version", version),
     ]);
+    if dead.parks_key {
+        headers.push(Header::new(PARKS_KEY_HEADER, "true"));
+    }
     Publish {
         topic: dead.topic.clone(),
         key: message.key.clone(),

@@ -11,6 +11,7 @@ use std::sync::{Arc, Mutex};
 use tokio::sync::oneshot;
 
 use crate::config::Ordering;
+use crate::source::parked::ParkedKeys;
 
 /// What a chain is keyed by: a message key, or `None` for the partition's
 /// single chain (and for keyless messages when ordering by key).
@@ -123,9 +124,24 @@ impl Parked {
         }
     }
 
-    pub(crate) fn is_parked(&self, key: Option<&[u8]>) -> bool {
+    /// Whether the message at `offset` is held behind its parked key: only
+    /// messages after the one that parked it are (that one, handled again
+    /// after a crash, is tried again).
+    pub(crate) fn is_parked(&self, key: Option<&[u8]>, offset: i64) -> bool {
         let keys = self.keys.lock().expect("parked lock");
-        !keys.is_empty() && keys.contains_key(&key.map(<[u8]>::to_vec))
+        !keys.is_empty()
+            && keys
+                .get(&key.map(<[u8]>::to_vec))
+                .is_some_and(|parked_at| offset > *parked_at)
+    }
+
+    /// Adds keys parked by earlier runs (read back from the dead letters).
+    pub(crate) fn restore(&self, parked: ParkedKeys) {
+        let mut keys = self.keys.lock().expect("parked lock");
+        for (key, offset) in parked {
+            let at = keys.entry(key).or_insert(offset);
+            *at = (*at).min(offset);
+        }
     }
 
     /// Un-parks the keys parked at `offset` or later (their messages will be
@@ -180,18 +196,35 @@ mod tests {
     #[test]
     fn parked_keys() {
         let parked = Parked::default();
-        assert!(!parked.is_parked(Some(b"k")));
+        assert!(!parked.is_parked(Some(b"k"), 6));
         assert!(parked.park(Some(b"k"), 5));
         assert!(!parked.park(Some(b"k"), 6), "already parked");
-        assert!(parked.is_parked(Some(b"k")));
-        assert!(!parked.is_parked(Some(b"j")));
-        assert!(!parked.is_parked(None));
+        assert!(parked.is_parked(Some(b"k"), 6));
+        assert!(
+            !parked.is_parked(Some(b"k"), 5),
+            "the parking message is tried again"
+        );
+        assert!(!parked.is_parked(Some(b"j"), 6));
+        assert!(!parked.is_parked(None, 6));
         assert!(parked.park(Some(b"j"), 9));
         parked.unpark_from(7);
-        assert!(parked.is_parked(Some(b"k")), "parked before the rewind");
+        assert!(parked.is_parked(Some(b"k"), 10), "parked before the rewind");
         assert!(
-            !parked.is_parked(Some(b"j")),
+            !parked.is_parked(Some(b"j"), 10),
             "parked by what is handled again"
         );
+    }
+
+    #[test]
+    fn restored_keys_keep_the_earliest_offset() {
+        let parked = Parked::default();
+        assert!(parked.park(Some(b"k"), 8));
+        parked.restore(ParkedKeys::from([
+            (Some(b"k".to_vec()), 3),
+            (Some(b"j".to_vec()), 4),
+        ]));
+        assert!(parked.is_parked(Some(b"k"), 4));
+        assert!(!parked.is_parked(Some(b"j"), 4));
+        assert!(parked.is_parked(Some(b"j"), 5));
     }
 }

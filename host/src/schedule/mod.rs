@@ -13,13 +13,17 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use rdkafka::error::KafkaResult;
 use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore, mpsc, watch};
 use tokio::task::JoinSet;
 
+use crate::config::OnDeadLetter;
 use crate::pipeline::Pipeline;
 use crate::policy::breaker::Waiting;
+use crate::policy::retry::Backoff;
 use crate::source::Delivery;
 use crate::source::kafka::PartitionFeed;
+use crate::source::parked::ParkedKeys;
 use chains::{Chains, Parked};
 use offsets::{Starving, TopicPartition};
 
@@ -51,6 +55,9 @@ const MAX_BATCH: usize = 128;
 /// a commit's round trip. Meanwhile prefetch is bounded by librdkafka
 /// (`queued.max.messages.kbytes`).
 const PAUSE_AFTER: Duration = Duration::from_millis(100);
+/// Backoff while the dead-letter topic cannot be read back.
+const RESTORE_RETRY_INITIAL: Duration = Duration::from_millis(200);
+const RESTORE_RETRY_MAX: Duration = Duration::from_secs(10);
 
 /// Where a lane's messages come from.
 pub(crate) enum Feed {
@@ -102,6 +109,18 @@ impl Feed {
         match self {
             Feed::Channel(_) => None,
             Feed::Partition(partition) => Some(partition.starving()),
+        }
+    }
+
+    /// The keys parked by earlier runs (none for a channel feed).
+    async fn parked_keys(&self, dead_letters: &str) -> KafkaResult<ParkedKeys> {
+        match self {
+            Feed::Channel(_) => Ok(ParkedKeys::new()),
+            Feed::Partition(partition) => {
+                tokio::task::spawn_blocking(partition.parked_keys(dead_letters))
+                    .await
+                    .expect("reading parked keys does not panic")
+            }
         }
     }
 
@@ -331,6 +350,12 @@ struct LaneTask {
 impl LaneTask {
     async fn run(self, mut feed: Feed, mut stop: watch::Receiver<bool>) {
         let mut revocation = feed.revocation();
+        tokio::select! {
+            biased;
+            _ = stop.wait_for(|stop| *stop) => return,
+            _ = revoked(&mut revocation) => return,
+            _ = self.restore_parked(&feed) => {}
+        }
         let mut batch = Vec::with_capacity(MAX_BATCH);
         loop {
             if self.state.waiting.any() {
@@ -370,6 +395,40 @@ impl LaneTask {
             self.pipeline.process(&self.state, work, epoch).await;
         }
         // Deliveries still queued drop here with their acks unfinished.
+    }
+
+    /// Before the first message of a `park-key` route's partition: its keys
+    /// parked by earlier runs, read back until that works.
+    async fn restore_parked(&self, feed: &Feed) {
+        let Some(route) = self.pipeline.route(&self.state.tp.0) else {
+            return;
+        };
+        if route.route.on_dead_letter != OnDeadLetter::ParkKey {
+            return;
+        }
+        let dead_letters = route.route.dead_letter_topic();
+        let mut backoff = Backoff::new(RESTORE_RETRY_INITIAL, RESTORE_RETRY_MAX);
+        loop {
+            match feed.parked_keys(&dead_letters).await {
+                Ok(keys) => {
+                    if !keys.is_empty() {
+                        tracing::info!(
+                            topic = %self.state.tp.0,
+                            partition = self.state.tp.1,
+                            keys = keys.len(),
+                            "parked keys restored from the dead-letter topic"
+                        );
+                    }
+                    self.state.parked.restore(keys);
+                    return;
+                }
+                Err(error) => {
+                    let delay = backoff.next_delay();
+                    tracing::warn!(%error, topic = %dead_letters, retry_in_ms = delay.as_millis() as u64, "cannot read parked keys back; the partition waits");
+                    tokio::time::sleep(delay).await;
+                }
+            }
+        }
     }
 
     /// Slots for the next batch, at least one. With none free, waits until a

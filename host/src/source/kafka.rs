@@ -28,6 +28,7 @@ use rdkafka::{ClientContext, Offset, TopicPartitionList};
 use tokio::sync::{mpsc, watch};
 
 use super::Delivery;
+use super::parked::{self, ParkedKeys};
 use crate::config::Config;
 use crate::contract::{Header, Message};
 use crate::schedule::Pause;
@@ -64,6 +65,8 @@ pub(crate) struct SourceContext {
     /// Topics whose offsets the consumer never commits (exactly-once routes).
     transactional: Arc<HashSet<String>>,
     before_release: OnceLock<BeforeRelease>,
+    /// Settings for reading dead-letter topics back (`parked`).
+    reader: Arc<ClientConfig>,
 }
 
 impl ClientContext for SourceContext {}
@@ -95,6 +98,7 @@ impl ConsumerContext for SourceContext {
                                 consumer: stream.clone(),
                                 tp: tp.clone(),
                                 revoked,
+                                reader: self.reader.clone(),
                             };
                             let _ = self.events.send(SourceEvent::Assigned(tp, feed));
                         }
@@ -182,9 +186,24 @@ pub(crate) struct PartitionFeed {
     consumer: Arc<SourceConsumer>,
     tp: TopicPartition,
     revoked: watch::Receiver<bool>,
+    reader: Arc<ClientConfig>,
 }
 
 impl PartitionFeed {
+    /// Reads the keys of this partition parked by earlier runs, as the
+    /// dead letters in `dead_letters` say; to run on a blocking thread.
+    pub(crate) fn parked_keys(
+        &self,
+        dead_letters: &str,
+    ) -> impl FnOnce() -> KafkaResult<ParkedKeys> + Send + 'static {
+        let (reader, dead_letters, tp) = (
+            self.reader.clone(),
+            dead_letters.to_owned(),
+            self.tp.clone(),
+        );
+        move || parked::read(&reader, &dead_letters, &tp)
+    }
+
     /// A signal that fires when the partition is revoked.
     pub(crate) fn revocation(&self) -> watch::Receiver<bool> {
         self.revoked.clone()
@@ -320,8 +339,9 @@ impl KafkaSource {
         for (key, value) in &config.kafka.consumer {
             client.set(key, value);
         }
+        client.set("bootstrap.servers", brokers);
+        let reader = Arc::new(parked::reader(&client, &config.group_id));
         client
-            .set("bootstrap.servers", brokers)
             .set("group.id", &config.group_id)
             // Aborted transactions (an exactly-once host's, upstream) never count.
             .set("isolation.level", "read_committed")
@@ -337,6 +357,7 @@ impl KafkaSource {
                 revoke_timeout: Duration::from_millis(config.revoke_timeout_ms),
                 transactional: Arc::new(config.transactional_topics()),
                 before_release: OnceLock::new(),
+                reader,
             })?);
         let _ = consumer.context().consumer.set(Arc::downgrade(&consumer));
         let topics: Vec<&str> = config.routes.iter().map(|r| r.topic.as_str()).collect();

@@ -4,6 +4,7 @@
 
 pub mod jsonl;
 pub mod kafka;
+pub(crate) mod parked;
 
 use std::sync::Arc;
 

@@ -1,0 +1,108 @@
+//! Keys parked by earlier runs (`on-dead-letter = "park-key"`), read back
+//! from the dead-letter topic when a partition is assigned: parking must
+//! outlive the process that parked a key, or a restart or rebalance would let
+//! the key's later messages overtake its dead letters. A key counts as parked
+//! from the first of its partition's dead letters marked `sluice-parks-key`
+//! (aborted transactions' dead letters do not count: read committed).
+
+use std::collections::{HashMap, HashSet};
+use std::time::{Duration, Instant};
+
+use rdkafka::config::ClientConfig;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::error::{KafkaError, KafkaResult, RDKafkaErrorCode};
+use rdkafka::message::{Headers, Message};
+use rdkafka::{Offset, TopicPartitionList};
+
+use crate::schedule::offsets::TopicPartition;
+
+/// Header of the dead letters that park their key or are held behind it.
+pub(crate) const PARKS_KEY_HEADER: &str = "sluice-parks-key";
+/// How long reading the dead-letter topic back may take.
+const READ_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// A partition's parked keys, each with the source offset it was parked at.
+pub(crate) type ParkedKeys = HashMap<Option<Vec<u8>>, i64>;
+
+/// The settings of a reader of dead-letter topics, from the consumer's: it
+/// joins no group and commits nothing.
+pub(crate) fn reader(consumer: &ClientConfig, group: &str) -> ClientConfig {
+    let mut reader = consumer.clone();
+    reader.remove("group.instance.id");
+    reader
+        .set("group.id", format!("{group}-parked-keys"))
+        .set("enable.auto.commit", "false")
+        .set("isolation.level", "read_committed")
+        .set("enable.partition.eof", "true");
+    reader
+}
+
+/// Reads `dead_letters` from start to end (blocks) and returns the keys its
+/// records park in `source`. A topic that does not exist parks nothing.
+pub(crate) fn read(
+    reader: &ClientConfig,
+    dead_letters: &str,
+    source: &TopicPartition,
+) -> KafkaResult<ParkedKeys> {
+    let consumer: BaseConsumer = reader.create()?;
+    let metadata = consumer.fetch_metadata(Some(dead_letters), READ_TIMEOUT)?;
+    let Some(topic) = metadata.topics().first() else {
+        return Ok(ParkedKeys::new());
+    };
+    match topic.error().map(RDKafkaErrorCode::from) {
+        None => {}
+        Some(RDKafkaErrorCode::UnknownTopicOrPartition) => return Ok(ParkedKeys::new()),
+        Some(code) => return Err(KafkaError::MetadataFetch(code)),
+    }
+    let mut assignment = TopicPartitionList::new();
+    for partition in topic.partitions() {
+        assignment.add_partition_offset(dead_letters, partition.id(), Offset::Beginning)?;
+    }
+    let partitions = topic.partitions().len();
+    consumer.assign(&assignment)?;
+    let started = Instant::now();
+    let mut parked = ParkedKeys::new();
+    let mut at_end = HashSet::new();
+    while at_end.len() < partitions {
+        if started.elapsed() > READ_TIMEOUT {
+            return Err(KafkaError::MessageConsumption(
+                RDKafkaErrorCode::OperationTimedOut,
+            ));
+        }
+        match consumer.poll(Duration::from_millis(100)) {
+            None => {}
+            Some(Err(KafkaError::PartitionEOF(partition))) => {
+                at_end.insert(partition);
+            }
+            Some(Err(error)) => return Err(error),
+            Some(Ok(record)) => {
+                at_end.remove(&record.partition());
+                if let Some(offset) = parked_at(&record, source) {
+                    let at = parked
+                        .entry(record.key().map(<[u8]>::to_vec))
+                        .or_insert(offset);
+                    *at = (*at).min(offset);
+                }
+            }
+        }
+    }
+    Ok(parked)
+}
+
+/// The source offset of a dead letter that parks its key in `source`.
+fn parked_at(record: &impl Message, source: &TopicPartition) -> Option<i64> {
+    let headers = record.headers()?;
+    let header = |name: &str| {
+        headers
+            .iter()
+            .find(|h| h.key == name)
+            .and_then(|h| h.value)
+            .and_then(|v| std::str::from_utf8(v).ok())
+    };
+    header(PARKS_KEY_HEADER)?;
+    let same_source = header("sluice-source-topic")? == source.0
+        && header("sluice-source-partition")?.parse::<i32>().ok()? == source.1;
+    same_source
+        .then(|| header("sluice-source-offset")?.parse().ok())
+        .flatten()
+}
