@@ -16,7 +16,6 @@ use rdkafka::message::{Header as KafkaHeader, Message as _, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::{Offset, TopicPartitionList};
 use sluice::embedded::EmbeddedBroker;
-use sluice::{Config, RunOptions};
 use support::logic;
 
 const MESSAGES: usize = 200_000;
@@ -132,15 +131,7 @@ handler = "order-shipped-email"
 "#,
         handlers.display()
     );
-    let config = Config::parse(&text, "p1.toml".as_ref(), ".".as_ref()).unwrap();
-    let options = RunOptions {
-        until_drained: true,
-        ..RunOptions::default()
-    };
-    let started = Instant::now();
-    let report = sluice::run(&config, options, std::future::pending())
-        .await
-        .unwrap();
+    let (took, report) = support::timed_run(&text).await;
     assert_eq!(report.published as usize, MESSAGES);
-    started.elapsed()
+    took
 }

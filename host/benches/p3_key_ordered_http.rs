@@ -22,7 +22,6 @@ use axum::Router;
 use axum::extract::{Path as UrlPath, State};
 use sluice::contract::{Header, Message};
 use sluice::embedded::EmbeddedBroker;
-use sluice::{Config, RunOptions};
 
 const MESSAGES: usize = 10_000;
 const CONCURRENCY: usize = 100;
@@ -125,17 +124,9 @@ allow = ["127.0.0.1"]
 "#,
         handlers.display()
     );
-    let config = Config::parse(&text, "p3.toml".as_ref(), ".".as_ref()).unwrap();
-    let options = RunOptions {
-        until_drained: true,
-        ..RunOptions::default()
-    };
-    let started = Instant::now();
-    let report = sluice::run(&config, options, std::future::pending())
-        .await
-        .unwrap();
+    let (took, report) = support::timed_run(&text).await;
     assert_eq!(report.dead_lettered, 0);
-    started.elapsed()
+    took
 }
 
 /// What the server saw of one run.

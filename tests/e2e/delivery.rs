@@ -193,13 +193,7 @@ fn a_broker_outage_mid_stream_loses_nothing_and_publishes_are_retried() {
         0,
         "nothing may be dead-lettered by an outage"
     );
-    let committed = committed_map(brokers, "delivery");
-    for (partition, end) in end_offsets(brokers, "in") {
-        assert_eq!(
-            committed[&partition], end,
-            "partition {partition} not committed to its end"
-        );
-    }
+    assert_committed_to_the_end(brokers, "delivery");
 }
 
 #[test]
@@ -325,15 +319,7 @@ fn two_hosts_share_partitions_and_one_takes_over_when_the_other_dies() {
 
     let outputs = outputs_per_input(brokers);
     assert_eq!(outputs.len(), SHARED, "inputs lost");
-    let committed = committed(brokers, "shared", "in");
-    for (partition, end) in end_offsets(brokers, "in") {
-        let done = committed.iter().find(|(p, _)| *p == partition).unwrap().1;
-        assert_eq!(
-            done,
-            Some(end),
-            "partition {partition} not committed to its end"
-        );
-    }
+    assert_committed_to_the_end(brokers, "shared");
 }
 
 #[test]

@@ -110,18 +110,6 @@ fn assert_each_input_once(brokers: &str, total: usize, log: &str) {
     assert_eq!(outputs.len(), total, "outputs of inputs never sent");
 }
 
-fn assert_committed_to_the_end(brokers: &str, group: &str) {
-    let committed = committed(brokers, group, "in");
-    for (partition, end) in end_offsets(brokers, "in") {
-        let done = committed.iter().find(|(p, _)| *p == partition).unwrap().1;
-        assert_eq!(
-            done,
-            Some(end),
-            "partition {partition} not committed to its end"
-        );
-    }
-}
-
 #[test]
 fn outputs_and_offsets_commit_together_and_a_refused_record_aborts_and_is_dead_lettered() {
     const TOTAL: usize = 2_000;

@@ -389,3 +389,16 @@ pub fn committed(brokers: &str, group: &str, topic: &str) -> Vec<(i32, Option<i6
     drop(committed);
     offsets
 }
+
+/// Every partition of `in` has `group`'s offset committed at its end.
+pub fn assert_committed_to_the_end(brokers: &str, group: &str) {
+    let committed = committed(brokers, group, "in");
+    for (partition, end) in end_offsets(brokers, "in") {
+        let done = committed.iter().find(|(p, _)| *p == partition).unwrap().1;
+        assert_eq!(
+            done,
+            Some(end),
+            "partition {partition} not committed to its end"
+        );
+    }
+}

@@ -7,12 +7,31 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::Arc;
 
+use std::time::{Duration, Instant};
+
 use sluice::contract::{Header, LogEntry, LogLevel, Message, Output, Publish};
 use sluice::runtime::{CallError, Handler, HandlerInstance, Trap};
+use sluice::telemetry::RunReport;
+use sluice::{Config, RunOptions};
 
 /// The guest's own logic, compiled natively: the baseline runs the same code.
 #[path = "../../../guests/order-shipped-email/src/logic.rs"]
 pub mod logic;
+
+/// Runs sluice on config `text` until every message is handled and
+/// committed; how long that took, and what it did.
+pub async fn timed_run(text: &str) -> (Duration, RunReport) {
+    let config = Config::parse(text, "bench.toml".as_ref(), ".".as_ref()).unwrap();
+    let options = RunOptions {
+        until_drained: true,
+        ..RunOptions::default()
+    };
+    let started = Instant::now();
+    let report = sluice::run(&config, options, std::future::pending())
+        .await
+        .unwrap();
+    (started.elapsed(), report)
+}
 
 pub fn repo() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
