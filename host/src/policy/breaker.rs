@@ -33,9 +33,17 @@ impl fmt::Display for Target {
 /// A breaker's state.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum BreakerState {
-    Closed { failures: u32 },
-    Open { until: Instant },
-    HalfOpen,
+    Closed {
+        failures: u32,
+    },
+    Open {
+        until: Instant,
+    },
+    /// A probe is out; if its verdict has not come by `until` (its
+    /// message was dropped: the partition revoked), another probe goes.
+    HalfOpen {
+        until: Instant,
+    },
 }
 
 /// One target's breaker.
@@ -158,17 +166,23 @@ impl Breaker {
                 let mut state = self.state.lock().expect("breaker lock");
                 match *state {
                     BreakerState::Closed { .. } => None,
-                    BreakerState::Open { until } if Instant::now() >= until => {
-                        *state = BreakerState::HalfOpen;
+                    BreakerState::Open { until } | BreakerState::HalfOpen { until }
+                        if Instant::now() >= until =>
+                    {
+                        *state = BreakerState::HalfOpen {
+                            until: Instant::now() + Duration::from_millis(self.policy.open_ms),
+                        };
                         tracing::info!(target_ = %self.target, "circuit breaker half-open: probing");
                         return Admission {
                             waited: started.elapsed(),
                             probe: true,
                         };
                     }
-                    BreakerState::Open { until } => Some(until - Instant::now()),
-                    // A probe is out: wait for its verdict.
-                    BreakerState::HalfOpen => Some(Duration::MAX),
+                    // Open: until a probe may go. Half-open: for the
+                    // probe's verdict, or until another probe may go.
+                    BreakerState::Open { until } | BreakerState::HalfOpen { until } => {
+                        Some(until - Instant::now())
+                    }
                 }
             };
             if wait.is_some() && waits.is_none() {
@@ -181,7 +195,6 @@ impl Breaker {
                         probe: false,
                     };
                 }
-                Some(Duration::MAX) => changed.await,
                 Some(wait) => {
                     let _ = tokio::time::timeout(wait, changed).await;
                 }
@@ -193,11 +206,11 @@ impl Breaker {
     pub(crate) fn record(&self, admission: Admission, outcome: Outcome) {
         let mut state = self.state.lock().expect("breaker lock");
         let next = match (*state, outcome) {
-            (BreakerState::HalfOpen, Outcome::Healthy) if admission.probe => {
+            (BreakerState::HalfOpen { .. }, Outcome::Healthy) if admission.probe => {
                 tracing::info!(target_ = %self.target, "circuit breaker closed: probe succeeded");
                 BreakerState::Closed { failures: 0 }
             }
-            (BreakerState::HalfOpen, Outcome::Failed) if admission.probe => {
+            (BreakerState::HalfOpen { .. }, Outcome::Failed) if admission.probe => {
                 tracing::warn!(target_ = %self.target, "circuit breaker open again: probe failed");
                 self.opened()
             }
@@ -302,6 +315,23 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_probe_that_never_reports_back_is_replaced_after_the_open_period() {
+        let b = breaker(1, 20);
+        let a = b.admit(&Waiting::default()).await;
+        b.record(a, Outcome::Failed);
+        let lost = b.admit(&Waiting::default()).await;
+        assert!(lost.probe);
+        // Its message went away (the partition was revoked) unreported.
+        drop(lost);
+        let next = tokio::time::timeout(Duration::from_secs(5), b.admit(&Waiting::default()))
+            .await
+            .expect("another probe goes after the open period");
+        assert!(next.probe && next.waited >= Duration::from_millis(15));
+        b.record(next, Outcome::Healthy);
+        assert_eq!(b.state(), BreakerState::Closed { failures: 0 });
+    }
+
+    #[tokio::test]
     async fn an_open_breaker_holds_callers_until_a_probe_closes_it() {
         let b = Arc::new(breaker(1, 30));
         let a = b.admit(&Waiting::default()).await;
@@ -311,7 +341,7 @@ mod tests {
         // The first caller after the open period is the probe.
         let probe = b.admit(&Waiting::default()).await;
         assert!(probe.probe && probe.waited >= Duration::from_millis(20));
-        assert_eq!(b.state(), BreakerState::HalfOpen);
+        assert!(matches!(b.state(), BreakerState::HalfOpen { .. }));
         // Another caller waits for the probe's verdict, and is counted as
         // waiting (its partition pauses meanwhile).
         let waiting = Arc::new(Waiting::default());

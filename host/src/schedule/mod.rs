@@ -350,6 +350,10 @@ struct LaneTask {
 impl LaneTask {
     async fn run(self, mut feed: Feed, mut stop: watch::Receiver<bool>) {
         let mut revocation = feed.revocation();
+        // librdkafka keeps a partition's pause across a rebalance: one
+        // paused by a lane that was revoked meanwhile (a breaker open, slots
+        // short) would never fetch again when assigned back.
+        feed.resume();
         tokio::select! {
             biased;
             _ = stop.wait_for(|stop| *stop) => return,
