@@ -19,7 +19,8 @@ topic = "in"
 handler = "test-faults"
 "#;
 
-/// A broker with `MESSAGES` slow messages (1 ms of handler time each) on
+/// A broker with `MESSAGES` slow messages (4 ms of handler time each: the
+/// stream lasts seconds, so a test can act on it mid-stream) on
 /// `in`, and a host config for them (with `extra` config appended).
 fn slow_stream(extra: &str) -> (EmbeddedBroker, Scratch, std::path::PathBuf) {
     let broker = EmbeddedBroker::start().unwrap();
@@ -30,7 +31,7 @@ fn slow_stream(extra: &str) -> (EmbeddedBroker, Scratch, std::path::PathBuf) {
                 "in",
                 i as i32 % PARTITIONS,
                 &format!("k{}", i % 40),
-                "spin:1",
+                "spin:4",
             )
         })
         .collect();
@@ -336,7 +337,7 @@ fn ten_kills_at_random_points_lose_nothing_and_repeat_only_uncommitted_work() {
                 "in",
                 i as i32 % PARTITIONS,
                 &format!("k{}", i % 100),
-                "spin:1",
+                "spin:4",
             )
         })
         .collect();
