@@ -41,6 +41,17 @@ pub enum Command {
         #[arg(long, default_value_t = 64)]
         memory_mib: u64,
     },
+    /// List every routed handler's versions and their states (active,
+    /// canary, shadow, standby, rejected with the reason): a running host's,
+    /// asked over its admin server, or else what a host started now would do.
+    Handlers {
+        /// The TOML config file.
+        #[arg(long, short)]
+        config: PathBuf,
+        /// The running host's admin address (default: the config's `admin.listen`).
+        #[arg(long)]
+        admin: Option<String>,
+    },
     /// Show a component's contract, exports and imports, and whether it
     /// instantiates under the host's sandbox.
     Inspect {

@@ -93,6 +93,22 @@ pub struct Config {
     /// Extra librdkafka properties.
     #[serde(default)]
     pub kafka: KafkaProperties,
+    /// Per-handler settings (pin, shadow, canary), by handler name.
+    #[serde(default)]
+    pub handlers: BTreeMap<String, HandlerSettings>,
+    /// Watch the handlers directory and swap versions in while running.
+    #[serde(default = "default_watch_handlers")]
+    pub watch_handlers: bool,
+    /// How long a handler file must stay unchanged before it is loaded, so a
+    /// copy in progress is not.
+    #[serde(default = "default_handler_settle_ms")]
+    pub handler_settle_ms: u64,
+    /// Where compiled handlers are cached, by content hash and engine settings.
+    #[serde(default = "default_artifact_cache")]
+    pub artifact_cache: PathBuf,
+    /// The admin HTTP server (`/handlers`, `/metrics`).
+    #[serde(default)]
+    pub admin: Admin,
     /// Directory relative paths are resolved against (the config file's).
     #[serde(skip)]
     pub base_dir: PathBuf,
@@ -324,6 +340,62 @@ impl Route {
     }
 }
 
+/// What runs for one handler name besides its highest version.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(rename_all = "kebab-case", deny_unknown_fields)]
+pub struct HandlerSettings {
+    /// Pin this version as the active one.
+    pub version: Option<String>,
+    /// Run this version in shadow: it sees every message, its outputs are
+    /// compared with the active version's, and none of them is executed.
+    pub shadow: Option<String>,
+    /// Send a share of keys to a canary version.
+    pub canary: Option<CanarySettings>,
+    /// Where shadow differences are published (default `<handler>.shadow-diffs`).
+    pub shadow_diff_topic: Option<String>,
+}
+
+/// A canary: a share of keys for a candidate version, rolled back on its own
+/// when it dead-letters too much.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(rename_all = "kebab-case", deny_unknown_fields)]
+pub struct CanarySettings {
+    /// The canary version (or mark a file `<version>.canary.wasm`).
+    pub version: Option<String>,
+    /// Share of keys it gets, in percent (by key hash, sticky).
+    #[serde(default = "default_canary_percent")]
+    pub percent: f64,
+    /// Roll it back when this share of its messages is dead-lettered...
+    #[serde(default = "default_canary_max_dead_letter_rate")]
+    pub max_dead_letter_rate: f64,
+    /// ...over this window...
+    #[serde(default = "default_canary_window_ms")]
+    pub window_ms: u64,
+    /// ...once it has handled at least this many messages in it.
+    #[serde(default = "default_canary_min_messages")]
+    pub min_messages: u64,
+}
+
+impl Default for CanarySettings {
+    fn default() -> Self {
+        CanarySettings {
+            version: None,
+            percent: default_canary_percent(),
+            max_dead_letter_rate: default_canary_max_dead_letter_rate(),
+            window_ms: default_canary_window_ms(),
+            min_messages: default_canary_min_messages(),
+        }
+    }
+}
+
+/// The admin HTTP server.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(rename_all = "kebab-case", deny_unknown_fields)]
+pub struct Admin {
+    /// `host:port` to serve on (port 0 picks one and logs it); none: no server.
+    pub listen: Option<String>,
+}
+
 /// Where messages come from.
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(rename_all = "kebab-case", deny_unknown_fields)]
@@ -418,6 +490,27 @@ fn default_memory_mib() -> u64 {
 }
 fn default_recycle_after() -> u64 {
     10_000
+}
+fn default_watch_handlers() -> bool {
+    true
+}
+fn default_handler_settle_ms() -> u64 {
+    500
+}
+fn default_artifact_cache() -> PathBuf {
+    ".sluice-cache".into()
+}
+fn default_canary_percent() -> f64 {
+    10.0
+}
+fn default_canary_max_dead_letter_rate() -> f64 {
+    0.1
+}
+fn default_canary_window_ms() -> u64 {
+    60_000
+}
+fn default_canary_min_messages() -> u64 {
+    20
 }
 fn default_partitions() -> i32 {
     4
@@ -646,6 +739,16 @@ impl Config {
                 );
             }
         }
+        self.validate_handlers()?;
+        check_range("handler-settle-ms", self.handler_settle_ms, 0, 600_000)?;
+        if let Some(listen) = &self.admin.listen
+            && listen.parse::<std::net::SocketAddr>().is_err()
+        {
+            return invalid(
+                "admin.listen",
+                format!("{listen:?} is not an address like \"127.0.0.1:9464\""),
+            );
+        }
         if let Some(embedded) = &self.embedded {
             check_range("embedded.partitions", embedded.partitions as u64, 1, 1000)?;
         }
@@ -673,6 +776,110 @@ impl Config {
                 )
             })?;
             check_range(key, ms, 1_000, 900_000)?;
+        }
+        Ok(())
+    }
+}
+
+impl Config {
+    /// The settings of a handler (defaults if it has no section); a route's
+    /// `version` pins the handler like `[handlers.NAME] version` does.
+    pub fn handler_settings(&self, name: &str) -> HandlerSettings {
+        let mut settings = self.handlers.get(name).cloned().unwrap_or_default();
+        if settings.version.is_none() {
+            settings.version = self
+                .routes
+                .iter()
+                .find(|r| r.handler == name)
+                .and_then(|r| r.version.clone());
+        }
+        settings
+    }
+
+    fn validate_handlers(&self) -> Result<(), (String, String)> {
+        let semver = |key: String, version: &Option<String>| match version {
+            Some(v) if semver::Version::parse(v).is_err() => Err((
+                key,
+                format!("{v:?} is not a semantic version like \"1.2.0\""),
+            )),
+            _ => Ok(()),
+        };
+        for (i, route) in self.routes.iter().enumerate() {
+            let pinned = self
+                .handlers
+                .get(&route.handler)
+                .and_then(|h| h.version.as_ref());
+            let other_route = self.routes[..i]
+                .iter()
+                .find(|r| r.handler == route.handler && r.version != route.version);
+            if route.version.is_some()
+                && (other_route.is_some()
+                    || pinned.is_some_and(|p| Some(p) != route.version.as_ref()))
+            {
+                return Err((
+                    format!("routes[{i}].version"),
+                    format!(
+                        "handler {:?} is pinned to another version elsewhere; pin it once, in [handlers.{}]",
+                        route.handler, route.handler
+                    ),
+                ));
+            }
+        }
+        for (name, settings) in &self.handlers {
+            let key = |field: &str| format!("handlers.{name}.{field}");
+            if !is_handler_name(name) {
+                return Err((
+                    format!("handlers.{name}"),
+                    format!(
+                        "{name:?} is not a handler name: use lowercase letters, digits, '-' and '_'"
+                    ),
+                ));
+            }
+            semver(key("version"), &settings.version)?;
+            semver(key("shadow"), &settings.shadow)?;
+            if let Some(canary) = &settings.canary {
+                semver(key("canary.version"), &canary.version)?;
+                if !(canary.percent > 0.0 && canary.percent <= 100.0) {
+                    return Err((
+                        key("canary.percent"),
+                        format!(
+                            "{} is out of range; allowed: above 0 up to 100",
+                            canary.percent
+                        ),
+                    ));
+                }
+                if !(0.0..=1.0).contains(&canary.max_dead_letter_rate) {
+                    return Err((
+                        key("canary.max-dead-letter-rate"),
+                        format!(
+                            "{} is out of range; allowed: 0 to 1 (a share of messages)",
+                            canary.max_dead_letter_rate
+                        ),
+                    ));
+                }
+                check_range(&key("canary.window-ms"), canary.window_ms, 100, 86_400_000)?;
+                check_range(
+                    &key("canary.min-messages"),
+                    canary.min_messages,
+                    1,
+                    u64::MAX,
+                )?;
+            }
+            let marked = [
+                ("shadow", settings.shadow.as_ref()),
+                (
+                    "canary.version",
+                    settings.canary.as_ref().and_then(|c| c.version.as_ref()),
+                ),
+            ];
+            for (field, version) in marked {
+                if version.is_some() && version == settings.version.as_ref() {
+                    return Err((
+                        key(field),
+                        "is the pinned active version; a version is active, shadow or canary, not two of them".into(),
+                    ));
+                }
+            }
         }
         Ok(())
     }

@@ -9,6 +9,7 @@
 //! → `effects` (publish, log) → back to `schedule`'s offsets for the ack.
 //! [`run`] wires them together; [`config`] is the TOML schema.
 
+mod admin;
 pub mod config;
 pub mod contract;
 mod effects;
@@ -20,6 +21,7 @@ pub mod replay;
 mod run;
 pub mod runtime;
 mod schedule;
+mod shadow;
 pub mod source;
 pub mod telemetry;
 

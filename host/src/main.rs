@@ -8,6 +8,7 @@ use std::process::ExitCode;
 use anyhow::Context;
 use clap::Parser;
 use sluice::config::{Config, Limits};
+use sluice::registry::{self, VersionState, VersionStatus};
 use sluice::runtime::{Inspection, Runtime};
 use sluice::telemetry::Stop;
 use sluice::{RunOptions, replay};
@@ -80,6 +81,24 @@ fn execute(command: Command) -> anyhow::Result<ExitCode> {
             replay::replay(&handler, &input, &limits, &mut out)?;
             Ok(ExitCode::SUCCESS)
         }
+        Command::Handlers { config, admin } => {
+            let config = Config::load(&config)?;
+            let statuses = match admin.as_ref().or(config.admin.listen.as_ref()) {
+                Some(address) => match live_handlers(address) {
+                    Ok(statuses) => statuses,
+                    Err(error) if admin.is_some() => return Err(error),
+                    Err(error) => {
+                        eprintln!(
+                            "no running host answers ({error:#}); evaluating the handlers directory"
+                        );
+                        registry::evaluate(&config, Runtime::new(&config.limits)?)?
+                    }
+                },
+                None => registry::evaluate(&config, Runtime::new(&config.limits)?)?,
+            };
+            print_handlers(&statuses)?;
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Inspect { file } => {
             let runtime = Runtime::new(&Limits::default())?;
             let inspection = runtime.inspect(&file)?;
@@ -120,4 +139,52 @@ fn print_inspection(i: &Inspection) -> std::io::Result<()> {
         i.compile_time.as_millis(),
         i.instantiate_time.as_secs_f64() * 1000.0
     )
+}
+
+/// A running host's handler versions, from its admin server.
+fn live_handlers(address: &str) -> anyhow::Result<Vec<VersionStatus>> {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("cannot start async runtime")?;
+    let url = format!("http://{address}/handlers");
+    runtime.block_on(async {
+        let response = reqwest::Client::new()
+            .get(&url)
+            .timeout(std::time::Duration::from_secs(5))
+            .send()
+            .await
+            .with_context(|| format!("GET {url}"))?
+            .error_for_status()?;
+        let body = response.bytes().await?;
+        serde_json::from_slice(&body)
+            .with_context(|| format!("{url} answered something else than handler states"))
+    })
+}
+
+fn print_handlers(statuses: &[VersionStatus]) -> std::io::Result<()> {
+    let mut out = std::io::stdout().lock();
+    writeln!(
+        out,
+        "{:<24} {:<14} {:<12} DETAIL",
+        "HANDLER", "VERSION", "STATE"
+    )?;
+    for s in statuses {
+        let (state, detail) = match &s.state {
+            VersionState::Active => ("active".to_owned(), s.file.display().to_string()),
+            VersionState::Canary { percent } => {
+                (format!("canary {percent}%"), s.file.display().to_string())
+            }
+            VersionState::Shadow => ("shadow".to_owned(), s.file.display().to_string()),
+            VersionState::Standby => ("standby".to_owned(), s.file.display().to_string()),
+            VersionState::Rejected { reason } => ("rejected".to_owned(), reason.clone()),
+            VersionState::RolledBack { reason } => ("rolled-back".to_owned(), reason.clone()),
+        };
+        writeln!(
+            out,
+            "{:<24} {:<14} {:<12} {detail}",
+            s.handler, s.version, state
+        )?;
+    }
+    Ok(())
 }

@@ -23,30 +23,34 @@ use crate::contract::{Message, Output};
 use crate::effects::transaction::Transaction;
 use crate::effects::{Effects, Failure, Pending, RouteEffects};
 use crate::policy::{self, DeadLetter, Disposition, Stage};
+use crate::registry::Selection;
 use crate::runtime::{CallError, Handler, WorkerPool};
 use crate::schedule::chains::Link;
 use crate::schedule::{PartitionState, Slot};
+use crate::shadow::Shadows;
 use crate::source::Delivery;
-use crate::telemetry::Telemetry;
+use crate::telemetry::{Outcome, Telemetry};
 
-/// A route with the handler that serves it and its effects' settings.
+/// A route with the versions of its handler and its effects' settings.
 pub(crate) struct RouteHandler {
     pub(crate) route: Route,
-    pub(crate) handler: Arc<dyn Handler>,
+    pub(crate) selection: Arc<Selection>,
     pub(crate) effects: RouteEffects,
 }
 
 /// Everything needed to take a message from its handler to its ack.
 pub(crate) struct Pipeline {
     routes: HashMap<String, Arc<RouteHandler>>,
-    pool: WorkerPool,
+    pool: Arc<WorkerPool>,
     effects: Effects,
+    shadows: Arc<Shadows>,
     telemetry: Arc<Telemetry>,
 }
 
 /// A handled message on its way through its effects.
 struct InFlight {
     route: Arc<RouteHandler>,
+    handler: Arc<dyn Handler>,
     partition: Arc<PartitionState>,
     delivery: Delivery,
     outcome: Result<Vec<Output>, CallError>,
@@ -56,6 +60,7 @@ struct InFlight {
 
 /// A message whose effects are handed over, waiting for confirmations.
 struct Handed {
+    handler: Arc<dyn Handler>,
     delivery: Delivery,
     pending: Vec<Pending>,
     slot: Slot,
@@ -66,6 +71,7 @@ impl Pipeline {
         routes: Vec<RouteHandler>,
         pool: WorkerPool,
         effects: Effects,
+        shadows: Arc<Shadows>,
         telemetry: Arc<Telemetry>,
     ) -> Self {
         let routes = routes
@@ -74,8 +80,9 @@ impl Pipeline {
             .collect();
         Pipeline {
             routes,
-            pool,
+            pool: Arc::new(pool),
             effects,
+            shadows,
             telemetry,
         }
     }
@@ -109,16 +116,32 @@ impl Pipeline {
             tracing::error!(input = %first.message.id(), "no route for message; left unacknowledged");
             return;
         };
-        let messages = work.iter().map(|(d, _)| d.message.clone()).collect();
-        let outcomes = self.pool.call(route.handler.clone(), messages).await;
+        // The versions are taken once per batch: a swap applies from the next.
+        let serving = route.selection.serving();
+        let calls: Vec<_> = work
+            .iter()
+            .map(|(d, _)| (serving.pick(&d.message).clone(), d.message.clone()))
+            .collect();
+        let handlers: Vec<_> = calls.iter().map(|(h, _)| h.clone()).collect();
+        let messages: Vec<_> = calls.iter().map(|(_, m)| m.clone()).collect();
+        let outcomes = self.pool.call(calls).await;
+        if let Some(shadow) = &serving.shadow {
+            let active = handlers
+                .iter()
+                .cloned()
+                .zip(outcomes.iter().cloned())
+                .collect();
+            self.shadows
+                .compare(&self.pool, shadow.handler.clone(), messages, active);
+        }
+        let work = work.into_iter().zip(handlers).zip(outcomes);
         if let Some(transaction) = &route.effects.transaction {
-            let work = work.into_iter().zip(outcomes);
             return self
                 .transact(transaction, &route, partition, work, epoch)
                 .await;
         }
         let mut handed = Vec::new();
-        for ((delivery, slot), outcome) in work.into_iter().zip(outcomes) {
+        for (((delivery, slot), handler), outcome) in work {
             self.telemetry.consumed();
             let link = partition
                 .chains
@@ -128,10 +151,11 @@ impl Pipeline {
                 .is_ok_and(|outputs| outputs.iter().any(|o| matches!(o, Output::Http(_))));
             if link.is_free() && !calls_out {
                 let pending = self
-                    .interpret(&route, partition, &delivery.message, outcome)
+                    .interpret(&route, &handler, partition, &delivery.message, outcome)
                     .await;
                 drop(link);
                 handed.push(Handed {
+                    handler,
                     delivery,
                     pending,
                     slot,
@@ -139,6 +163,7 @@ impl Pipeline {
             } else {
                 let in_flight = InFlight {
                     route: route.clone(),
+                    handler,
                     partition: partition.clone(),
                     delivery,
                     outcome,
@@ -169,11 +194,16 @@ impl Pipeline {
         transaction: &Transaction,
         route: &RouteHandler,
         partition: &Arc<PartitionState>,
-        work: impl Iterator<Item = ((Delivery, Slot), Result<Vec<Output>, CallError>)>,
+        work: impl Iterator<
+            Item = (
+                ((Delivery, Slot), Arc<dyn Handler>),
+                Result<Vec<Output>, CallError>,
+            ),
+        >,
         epoch: u64,
     ) {
         let inside = transaction.enter().await;
-        for ((delivery, slot), outcome) in work {
+        for (((delivery, slot), handler), outcome) in work {
             self.telemetry.consumed();
             if !partition.is_current(epoch) || !delivery.ack.is_current() {
                 break;
@@ -182,9 +212,15 @@ impl Pipeline {
             let pending = match transaction.refused(&partition.tp, message.offset) {
                 Some(failed) => {
                     let dead = interpreted(&route.route, failed);
-                    vec![self.dead_letter(route, partition, message, dead).await]
+                    vec![
+                        self.dead_letter(route, &handler, partition, message, dead)
+                            .await,
+                    ]
                 }
-                None => self.interpret(route, partition, message, outcome).await,
+                None => {
+                    self.interpret(route, &handler, partition, message, outcome)
+                        .await
+                }
             };
             for pending in pending {
                 transaction.enlist(&inside, partition, message.offset, pending);
@@ -199,6 +235,7 @@ impl Pipeline {
     async fn finish(self: Arc<Self>, in_flight: InFlight) {
         let InFlight {
             route,
+            handler,
             partition,
             delivery,
             outcome,
@@ -208,9 +245,11 @@ impl Pipeline {
         link.wait().await;
         let turn = partition.turn().await;
         let pending =
-            Box::pin(self.interpret(&route, &partition, &delivery.message, outcome)).await;
+            Box::pin(self.interpret(&route, &handler, &partition, &delivery.message, outcome))
+                .await;
         drop((link, turn));
         let handed = Handed {
+            handler,
             delivery,
             pending,
             slot,
@@ -223,12 +262,14 @@ impl Pipeline {
     async fn interpret(
         &self,
         route: &RouteHandler,
+        version: &Arc<dyn Handler>,
         partition: &PartitionState,
         message: &Message,
         outcome: Result<Vec<Output>, CallError>,
     ) -> Vec<Pending> {
-        let handler = route.handler.as_ref();
+        let handler = version.as_ref();
         let mut pending = Vec::new();
+        let mut skipped = false;
         let dead = if partition
             .parked
             .is_parked(message.key.as_deref(), message.offset)
@@ -255,13 +296,29 @@ impl Pipeline {
                     Disposition::DeadLetter(dead) => Some(dead),
                     Disposition::Skip(detail) => {
                         self.effects.skip(message, handler, detail);
+                        skipped = true;
                         None
                     }
                 },
             }
         };
+        // A canary is judged by what it dead-letters (a parked key is not its doing).
+        let judged = dead.as_ref().is_none_or(|d| d.stage != Stage::Schedule);
+        if judged {
+            route.selection.observe(version, dead.is_some());
+        }
+        let ended = match (&dead, skipped) {
+            (Some(_), _) => Outcome::DeadLettered,
+            (None, true) => Outcome::Skipped,
+            (None, false) => Outcome::Handled,
+        };
+        self.telemetry
+            .ended(handler.name(), handler.version(), ended);
         if let Some(dead) = dead {
-            pending.push(self.dead_letter(route, partition, message, dead).await);
+            pending.push(
+                self.dead_letter(route, version, partition, message, dead)
+                    .await,
+            );
         }
         pending
     }
@@ -270,6 +327,7 @@ impl Pipeline {
     /// publish cannot be delivered), then acknowledges it and frees its slot.
     async fn conclude(&self, route: &RouteHandler, partition: &PartitionState, handed: Handed) {
         let Handed {
+            handler,
             delivery: Delivery { message, ack },
             pending,
             slot,
@@ -282,7 +340,9 @@ impl Pipeline {
         }
         if let Some(failed) = undelivered {
             let dead = interpreted(&route.route, failed);
-            let late = self.dead_letter(route, partition, &message, dead).await;
+            let late = self
+                .dead_letter(route, &handler, partition, &message, dead)
+                .await;
             let _ = late.settle(&route.effects.retry, &partition.waiting).await;
         }
         // The slot stays taken until the offset may be committed: the work
@@ -294,6 +354,7 @@ impl Pipeline {
     async fn dead_letter(
         &self,
         route: &RouteHandler,
+        handler: &Arc<dyn Handler>,
         partition: &PartitionState,
         message: &Message,
         mut dead: DeadLetter,
@@ -313,7 +374,7 @@ impl Pipeline {
             );
         }
         self.effects
-            .dead_letter(&route.effects, message, route.handler.as_ref(), dead)
+            .dead_letter(&route.effects, message, handler.as_ref(), dead)
             .await
     }
 }

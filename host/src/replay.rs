@@ -93,22 +93,26 @@ fn line(message: &Message, outcome: Result<Vec<Output>, CallError>) -> Value {
     line.insert("topic".into(), json!(message.topic));
     line.insert("partition".into(), json!(message.partition));
     line.insert("offset".into(), json!(message.offset));
+    if let Value::Object(outcome) = canonical(&outcome) {
+        line.extend(outcome);
+    }
+    Value::Object(line)
+}
+
+/// A call's outcome in canonical form: `{"outputs": [...]}` or
+/// `{"error": {"kind", "detail"}}`, bytes as text when they are UTF-8. Two
+/// versions agree on a message exactly when these are equal.
+pub(crate) fn canonical(outcome: &Result<Vec<Output>, CallError>) -> Value {
     match outcome {
-        Ok(outputs) => {
-            line.insert("outputs".into(), outputs.iter().map(output).collect());
-        }
+        Ok(outputs) => json!({ "outputs": outputs.iter().map(output).collect::<Value>() }),
         Err(error) => {
-            let detail = match &error {
+            let detail = match error {
                 CallError::Handler(e) => e.detail().to_owned(),
                 CallError::Trap(trap) => trap.to_string(),
             };
-            line.insert(
-                "error".into(),
-                json!({ "kind": error.kind(), "detail": detail }),
-            );
+            json!({ "error": { "kind": error.kind(), "detail": detail } })
         }
     }
-    Value::Object(line)
 }
 
 fn output(output: &Output) -> Value {

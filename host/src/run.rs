@@ -6,12 +6,13 @@ use std::collections::HashMap;
 use std::future::Future;
 use std::path::Path;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use tokio::sync::watch;
 
 use rdkafka::error::KafkaError;
 
+use crate::admin;
 use crate::config::{Config, DeliveryMode, Embedded};
 use crate::effects::publish::Publisher;
 use crate::effects::transaction::{Transaction, TransactionFailed};
@@ -19,10 +20,11 @@ use crate::effects::{Effects, RouteEffects};
 use crate::embedded::EmbeddedBroker;
 use crate::pipeline::{Pipeline, RouteHandler};
 use crate::policy::breaker::Breakers;
-use crate::registry::{self, RegistryError};
-use crate::runtime::{Handler, LoadError, Runtime, RuntimeError, WorkerPool};
+use crate::registry::{self, Registry, RegistryError};
+use crate::runtime::{Handler, Runtime, RuntimeError, WorkerPool};
 use crate::schedule::offsets::{Hold, Offsets};
 use crate::schedule::{Feed, Lanes, Queued};
+use crate::shadow::Shadows;
 use crate::source::Delivery;
 use crate::source::jsonl::{JsonlError, JsonlReader};
 use crate::source::kafka::{Committer, KafkaSource, SourceEvent, UnsplitMessage};
@@ -49,12 +51,17 @@ pub enum RunError {
     /// The Wasm engine.
     #[error(transparent)]
     Runtime(#[from] RuntimeError),
-    /// A route's handler is not in the handlers directory.
+    /// A route's handler has no version that can serve.
     #[error(transparent)]
     Registry(#[from] RegistryError),
-    /// A route's handler was refused.
-    #[error(transparent)]
-    Load(#[from] LoadError),
+    /// The admin server cannot listen.
+    #[error("admin server cannot listen on {listen}: {source}")]
+    Admin {
+        /// The configured address.
+        listen: String,
+        /// The I/O error.
+        source: std::io::Error,
+    },
     /// A line of an input or seed file is not a message.
     #[error(transparent)]
     Input(#[from] JsonlError),
@@ -109,17 +116,39 @@ pub async fn run(
             Some(Arc::new(Transaction::new(transactional, offsets.clone())))
         }
     };
-    let runtime = Runtime::new(&config.limits)?;
+    let runtime =
+        Runtime::new(&config.limits)?.with_artifact_cache(&config.resolve(&config.artifact_cache));
+    let registry = Arc::new(Registry::open(
+        config,
+        Arc::new(runtime),
+        &options.handlers,
+    )?);
     let producers = Producers {
         publisher: &publisher,
         transaction: transaction.as_ref(),
     };
-    let routes = load_routes(config, &runtime, &options.handlers, producers)?;
+    let routes = route_handlers(config, &registry, producers)?;
     let telemetry = Arc::new(Telemetry::new(options.keep_records));
+    let (stop_watching, stopped) = watch::channel(false);
+    if config.watch_handlers {
+        tokio::spawn(registry::watch(registry.clone(), stopped.clone()));
+    }
+    if let Some(listen) = &config.admin.listen {
+        let state = admin::State::new(registry.clone(), telemetry.clone());
+        let listener = admin::bind(listen)
+            .await
+            .map_err(|source| RunError::Admin {
+                listen: listen.clone(),
+                source,
+            })?;
+        tokio::spawn(admin::serve(listener, state, stopped));
+    }
+    let shadows = Arc::new(Shadows::new(config, publisher.clone(), telemetry.clone()));
     let pipeline = Arc::new(Pipeline::new(
         routes,
         WorkerPool::start(config.limits.worker_count(), config.limits.recycle_after),
         Effects::new(Arc::new(Breakers::default()), telemetry.clone()),
+        shadows.clone(),
         telemetry.clone(),
     ));
     let lanes = Lanes::new(pipeline, config.max_in_flight);
@@ -140,6 +169,8 @@ pub async fn run(
             consume_kafka(source, lanes, &offsets, transaction, pace, shutdown).await
         }
     };
+    stop_watching.send_replace(true);
+    shadows.finish(deadline).await;
     publisher.flush(deadline);
     let unfinished = offsets.in_flight() as u64;
     if unfinished > 0 {
@@ -148,7 +179,7 @@ pub async fn run(
             "stopped with messages unfinished; they will be redelivered"
         );
     }
-    outcome.map(|stop| telemetry.report(stop, unfinished))
+    outcome.map(|stop| telemetry.report(stop, unfinished, registry.swaps()))
 }
 
 /// Starts the embedded broker, creates the routes' topics and loads the seeds.
@@ -182,49 +213,31 @@ struct Producers<'a> {
     transaction: Option<&'a Arc<Transaction>>,
 }
 
-/// Finds and loads each route's handler (or takes the one given in options).
-fn load_routes(
+/// Each route with its handler's versions and its effects.
+fn route_handlers(
     config: &Config,
-    runtime: &Runtime,
-    given: &HashMap<String, Arc<dyn Handler>>,
+    registry: &Registry,
     producers: Producers<'_>,
 ) -> Result<Vec<RouteHandler>, RunError> {
-    let dir = config.resolve(&config.handlers_dir);
-    let mut loaded: HashMap<String, Arc<dyn Handler>> = given.clone();
-    let mut routes = Vec::new();
-    for route in &config.routes {
-        let handler = match loaded.get(&route.handler) {
-            Some(handler) => handler.clone(),
-            None => {
-                let file = registry::find(&dir, &route.handler, route.version.as_deref())?;
-                let started = Instant::now();
-                let handler: Arc<dyn Handler> =
-                    runtime.load(&file.path, &file.name, &file.version.to_string())?;
-                tracing::info!(
-                    handler = %file.name,
-                    version = %file.version,
-                    file = %file.path.display(),
-                    ms = started.elapsed().as_millis() as u64,
-                    "handler loaded"
-                );
-                loaded.insert(route.handler.clone(), handler.clone());
-                handler
-            }
-        };
-        routes.push(RouteHandler {
-            route: route.clone(),
-            handler,
-            effects: RouteEffects::new(
+    config
+        .routes
+        .iter()
+        .map(|route| {
+            let effects = RouteEffects::new(
                 route,
                 producers.publisher,
                 producers
                     .transaction
                     .filter(|_| route.delivery == DeliveryMode::ExactlyOnce),
             )
-            .map_err(RunError::Http)?,
-        });
-    }
-    Ok(routes)
+            .map_err(RunError::Http)?;
+            Ok(RouteHandler {
+                route: route.clone(),
+                selection: registry.selection(&route.handler),
+                effects,
+            })
+        })
+        .collect()
 }
 
 /// What woke the source loop.

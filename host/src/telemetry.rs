@@ -1,6 +1,7 @@
 //! What a run did: counters for every run, and (for the demo and tests) a
 //! record of each confirmed publish and dead letter, with a readable summary.
 
+use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -120,6 +121,12 @@ pub struct RunReport {
     pub skipped: u64,
     /// Messages still unfinished when the run stopped (they will be redelivered).
     pub unfinished: u64,
+    /// Messages a shadow version handled and compared.
+    pub shadow_compared: u64,
+    /// Messages where the shadow's outcome differed.
+    pub shadow_differences: u64,
+    /// Handler versions swapped while running.
+    pub swaps: u64,
     /// Individual records, when the run was asked to keep them.
     pub records: Vec<Record>,
     /// Why the run ended.
@@ -134,7 +141,32 @@ pub(crate) struct Telemetry {
     published: AtomicU64,
     dead_lettered: AtomicU64,
     skipped: AtomicU64,
+    shadow_compared: AtomicU64,
+    shadow_differences: AtomicU64,
+    /// Messages by (handler, version, outcome).
+    by_version: Mutex<BTreeMap<(String, String, Outcome), u64>>,
     records: Option<Mutex<Vec<Record>>>,
+}
+
+/// How a message ended, as counted per handler version.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub(crate) enum Outcome {
+    /// Its outputs ran.
+    Handled,
+    /// It was dead-lettered.
+    DeadLettered,
+    /// It was skipped by configuration.
+    Skipped,
+}
+
+impl Outcome {
+    fn as_str(self) -> &'static str {
+        match self {
+            Outcome::Handled => "handled",
+            Outcome::DeadLettered => "dead-lettered",
+            Outcome::Skipped => "skipped",
+        }
+    }
 }
 
 impl Telemetry {
@@ -166,6 +198,76 @@ impl Telemetry {
         self.skipped.fetch_add(1, Ordering::Relaxed);
     }
 
+    pub(crate) fn shadow_compared(&self) {
+        self.shadow_compared.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub(crate) fn shadow_differed(&self) {
+        self.shadow_differences.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Counts a message's outcome under the version that handled it.
+    pub(crate) fn ended(&self, handler: &str, version: &str, outcome: Outcome) {
+        let mut counts = self.by_version.lock().expect("counts lock");
+        match counts.get_mut(&(handler.to_owned(), version.to_owned(), outcome)) {
+            Some(count) => *count += 1,
+            None => {
+                counts.insert((handler.to_owned(), version.to_owned(), outcome), 1);
+            }
+        }
+    }
+
+    /// The counters in Prometheus text format.
+    pub(crate) fn write_metrics(&self, out: &mut String) {
+        use crate::admin::label;
+        out.push_str("# HELP sluice_messages_total Messages by handler version and outcome.\n");
+        out.push_str("# TYPE sluice_messages_total counter\n");
+        for ((handler, version, outcome), count) in
+            self.by_version.lock().expect("counts lock").iter()
+        {
+            let _ = writeln!(
+                out,
+                "sluice_messages_total{{handler=\"{}\",version=\"{}\",outcome=\"{}\"}} {count}",
+                label(handler),
+                label(version),
+                outcome.as_str()
+            );
+        }
+        for (name, help, value) in [
+            (
+                "sluice_consumed_total",
+                "Messages received from the source.",
+                &self.consumed,
+            ),
+            (
+                "sluice_published_total",
+                "Outputs published and confirmed.",
+                &self.published,
+            ),
+            (
+                "sluice_dead_letters_total",
+                "Messages dead-lettered and confirmed.",
+                &self.dead_lettered,
+            ),
+            (
+                "sluice_shadow_compared_total",
+                "Messages a shadow version handled and compared.",
+                &self.shadow_compared,
+            ),
+            (
+                "sluice_shadow_differences_total",
+                "Messages where the shadow's outcome differed.",
+                &self.shadow_differences,
+            ),
+        ] {
+            let _ = writeln!(
+                out,
+                "# HELP {name} {help}\n# TYPE {name} counter\n{name} {}",
+                value.load(Ordering::Relaxed)
+            );
+        }
+    }
+
     /// Whether records are kept (so callers can skip building them).
     pub(crate) fn keeps_records(&self) -> bool {
         self.records.is_some()
@@ -178,7 +280,7 @@ impl Telemetry {
         }
     }
 
-    pub(crate) fn report(&self, stop: Stop, unfinished: u64) -> RunReport {
+    pub(crate) fn report(&self, stop: Stop, unfinished: u64, swaps: u64) -> RunReport {
         let mut records = self
             .records
             .as_ref()
@@ -192,6 +294,9 @@ impl Telemetry {
             dead_lettered: self.dead_lettered.load(Ordering::Relaxed),
             skipped: self.skipped.load(Ordering::Relaxed),
             unfinished,
+            shadow_compared: self.shadow_compared.load(Ordering::Relaxed),
+            shadow_differences: self.shadow_differences.load(Ordering::Relaxed),
+            swaps,
             records,
             stop,
         }
@@ -236,6 +341,13 @@ impl RunReport {
                 String::new()
             }
         );
+        if self.shadow_compared > 0 {
+            let _ = writeln!(
+                out,
+                "shadow: {} messages compared, {} differed",
+                self.shadow_compared, self.shadow_differences
+            );
+        }
         let mut last_input = None;
         for record in &self.records {
             let o = record.origin();

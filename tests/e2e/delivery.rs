@@ -283,8 +283,8 @@ fn two_hosts_share_partitions_and_one_takes_over_when_the_other_dies() {
     let scratch = Scratch::new();
     let handlers = scratch.handlers(&[("test-faults", "0.1.0", &component("test-faults"))]);
     let text = config(brokers, "shared", &handlers, ROUTES).replace(
-        "[kafka.consumer]",
-        &format!("max-in-flight = {HOST_CAP}\n\n[kafka.consumer]"),
+        "shutdown-timeout-ms = 20000",
+        &format!("shutdown-timeout-ms = 20000\nmax-in-flight = {HOST_CAP}"),
     );
     let config = scratch.write("shared.toml", text);
 
@@ -347,8 +347,8 @@ fn ten_kills_at_random_points_lose_nothing_and_repeat_only_uncommitted_work() {
     let text = config(brokers, "chaos", &handlers, ROUTES)
         .replace("commit-interval-ms = 200", "commit-interval-ms = 50")
         .replace(
-            "[kafka.consumer]",
-            &format!("max-in-flight = {HOST_CAP}\n\n[kafka.consumer]"),
+            "shutdown-timeout-ms = 20000",
+            &format!("shutdown-timeout-ms = 20000\nmax-in-flight = {HOST_CAP}"),
         );
     let config = scratch.write("chaos.toml", text);
 

@@ -7,6 +7,7 @@ mod dead_letters;
 mod delivery;
 mod effects;
 mod exactly_once;
+mod handlers;
 mod http_target;
 mod shop;
 mod support;

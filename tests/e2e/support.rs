@@ -93,11 +93,11 @@ handlers-dir = "{handlers}"
 commit-interval-ms = 200
 shutdown-timeout-ms = 20000
 
+{routes}
+
 [kafka.consumer]
 "session.timeout.ms" = "3000"
 "heartbeat.interval.ms" = "300"
-
-{routes}
 "#,
         handlers = handlers.display()
     )

@@ -136,3 +136,63 @@ pub fn median(mut values: Vec<f64>) -> f64 {
     values.sort_by(|a, b| a.total_cmp(b));
     values[values.len() / 2]
 }
+
+/// A test guest's component (built by `handlers_dir`).
+pub fn test_component(crate_name: &str) -> PathBuf {
+    repo().join(format!(
+        "guests/target/wasm32-wasip2/release/{}.wasm",
+        crate_name.replace('-', "_")
+    ))
+}
+
+/// The component with a custom section appended: the same code, another
+/// content hash (so another artifact to compile and cache).
+pub fn with_custom_section(component: &[u8], tag: &str) -> Vec<u8> {
+    fn leb128(mut n: usize, out: &mut Vec<u8>) {
+        loop {
+            let byte = (n & 0x7f) as u8;
+            n >>= 7;
+            if n == 0 {
+                out.push(byte);
+                return;
+            }
+            out.push(byte | 0x80);
+        }
+    }
+    let name = b"sluice-bench";
+    let mut body = Vec::new();
+    leb128(name.len(), &mut body);
+    body.extend_from_slice(name);
+    body.extend_from_slice(tag.as_bytes());
+    let mut bytes = component.to_vec();
+    bytes.push(0); // custom section
+    leb128(body.len(), &mut bytes);
+    bytes.extend_from_slice(&body);
+    bytes
+}
+
+/// Writes `bytes` under a temporary name and renames it into place, as a
+/// deployment would.
+pub fn deploy(bytes: &[u8], target: &Path) {
+    let partial = target.with_extension("part");
+    std::fs::write(&partial, bytes).unwrap();
+    std::fs::rename(&partial, target).unwrap();
+}
+
+/// This process's resident memory, in bytes.
+pub fn rss() -> u64 {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+        .map_or(0, |kb| kb * 1024)
+}
+
+/// The `p`-th percentile (0–100) of `values`.
+pub fn percentile(values: &[f64], p: f64) -> f64 {
+    let mut sorted = values.to_vec();
+    sorted.sort_by(|a, b| a.total_cmp(b));
+    let rank = ((p / 100.0) * (sorted.len() - 1) as f64).round() as usize;
+    sorted[rank]
+}

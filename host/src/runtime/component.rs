@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 use wasmtime::component::Component;
 
 use super::bindings::{ContractVersion, HANDLE_INTERFACE, HandlerPre};
+use super::cache::content_hash;
 use super::sandbox::GuestTag;
 use super::{CallLimits, Handler, HandlerInstance, Runtime, Trap, WasmInstance, one_line};
 
@@ -85,8 +86,10 @@ pub struct Inspection {
     pub exports: Vec<String>,
     /// Import names.
     pub imports: Vec<String>,
-    /// Time to compile.
+    /// Time to compile (or to load from the artifact cache).
     pub compile_time: Duration,
+    /// Whether the compiled artifact came from the cache.
+    pub cached: bool,
     /// Time of the trial instantiation.
     pub instantiate_time: Duration,
 }
@@ -133,19 +136,33 @@ impl Runtime {
         name: &str,
         version: &str,
     ) -> Result<Arc<WasmHandler>, LoadError> {
-        self.prepare(path, name, version)
+        let bytes = read(path)?;
+        self.prepare(path, &bytes, name, version)
             .map(|(handler, _)| handler)
+    }
+
+    /// Loads and checks a component already read from `path`.
+    pub(crate) fn load_bytes(
+        &self,
+        path: &Path,
+        bytes: &[u8],
+        name: &str,
+        version: &str,
+    ) -> Result<(Arc<WasmHandler>, Inspection), LoadError> {
+        self.prepare(path, bytes, name, version)
     }
 
     /// Loads and checks a component, and reports what it is.
     pub fn inspect(&self, path: &Path) -> Result<Inspection, LoadError> {
-        self.prepare(path, "inspect", "-")
+        let bytes = read(path)?;
+        self.prepare(path, &bytes, "inspect", "-")
             .map(|(_, inspection)| inspection)
     }
 
     fn prepare(
         &self,
         path: &Path,
+        bytes: &[u8],
         name: &str,
         version: &str,
     ) -> Result<(Arc<WasmHandler>, Inspection), LoadError> {
@@ -153,7 +170,6 @@ impl Runtime {
             path: path.to_owned(),
             problem,
         };
-        let bytes = std::fs::read(path).map_err(|e| refuse(LoadProblem::Read(e.to_string())))?;
         match bytes.get(..8) {
             Some(header) if header == COMPONENT_HEADER => {}
             Some(header) if header == CORE_MODULE_HEADER => {
@@ -163,8 +179,12 @@ impl Runtime {
         }
 
         let started = Instant::now();
-        let component = Component::new(&self.engine, &bytes)
-            .map_err(|e| refuse(LoadProblem::Compile(one_line(&e))))?;
+        let compiled = match &self.cache {
+            Some(cache) => cache.component(&self.engine, &content_hash(bytes), bytes),
+            None => Component::new(&self.engine, bytes).map(|c| (c, false)),
+        };
+        let (component, cached) =
+            compiled.map_err(|e| refuse(LoadProblem::Compile(one_line(&e))))?;
         let compile_time = started.elapsed();
 
         let ty = component.component_type();
@@ -177,6 +197,9 @@ impl Runtime {
             .map(|(n, _)| n.to_owned())
             .collect();
         let (contract, contract_version) = find_contract(&exports).map_err(refuse)?;
+        if let Some(refused) = refused_imports(&imports) {
+            return Err(refuse(LoadProblem::Imports(refused)));
+        }
 
         let instance_pre = self
             .linker
@@ -208,10 +231,38 @@ impl Runtime {
             exports,
             imports,
             compile_time,
+            cached,
             instantiate_time,
         };
         Ok((Arc::new(handler), inspection))
     }
+}
+
+/// Interfaces the linker could give but the sandbox refuses outright, so
+/// that a component needing them is turned away when it is loaded rather
+/// than failing on every call.
+const REFUSED_INTERFACES: &[(&str, &str)] = &[(
+    "wasi:sockets/",
+    "handlers have no network; ask the host for HTTP with the `http` output",
+)];
+
+/// The imports the sandbox refuses, and why, if there are any.
+fn refused_imports(imports: &[String]) -> Option<String> {
+    REFUSED_INTERFACES.iter().find_map(|(prefix, why)| {
+        let names: Vec<&str> = imports
+            .iter()
+            .filter(|i| i.starts_with(prefix))
+            .map(String::as_str)
+            .collect();
+        (!names.is_empty()).then(|| format!("{} ({why})", names.join(", ")))
+    })
+}
+
+fn read(path: &Path) -> Result<Vec<u8>, LoadError> {
+    std::fs::read(path).map_err(|e| LoadError {
+        path: path.to_owned(),
+        problem: LoadProblem::Read(e.to_string()),
+    })
 }
 
 /// Finds the handler export and the contract version it was built against.

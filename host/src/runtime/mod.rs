@@ -3,6 +3,7 @@
 //! the worker threads that call them.
 
 mod bindings;
+mod cache;
 mod component;
 mod pool;
 mod sandbox;
@@ -16,6 +17,7 @@ use wasmtime::component::Linker;
 use wasmtime::{Engine, Store};
 
 pub use bindings::ContractVersion;
+pub(crate) use cache::content_hash;
 pub use component::{Inspection, LoadError, LoadProblem, WasmHandler};
 pub(crate) use pool::WorkerPool;
 
@@ -109,6 +111,7 @@ pub struct Runtime {
     engine: Engine,
     linker: Linker<GuestState>,
     limits: Limits,
+    cache: Option<cache::ArtifactCache>,
     _ticker: EpochTicker,
 }
 
@@ -126,8 +129,16 @@ impl Runtime {
             engine,
             linker,
             limits: limits.clone(),
+            cache: None,
             _ticker: ticker,
         })
+    }
+
+    /// Keeps compiled handlers in `dir`, so later loads of the same
+    /// component skip compiling.
+    pub fn with_artifact_cache(mut self, dir: &std::path::Path) -> Self {
+        self.cache = Some(cache::ArtifactCache::new(dir, &self.engine));
+        self
     }
 
     /// The limits every call and instance of this runtime runs under.

@@ -13,10 +13,10 @@ use crate::contract::{Message, Output};
 
 type CallResult = Result<Vec<Output>, CallError>;
 
-/// Messages of one lane, to be handled in order on one worker.
+/// Messages of one lane, each with the version to handle it, to be handled
+/// in order on one worker.
 struct Job {
-    handler: Arc<dyn Handler>,
-    messages: Vec<Arc<Message>>,
+    calls: Vec<(Arc<dyn Handler>, Arc<Message>)>,
     reply: oneshot::Sender<Vec<CallResult>>,
 }
 
@@ -46,23 +46,18 @@ impl WorkerPool {
         }
     }
 
-    /// Runs `handler` on each message, in order, on one worker, and returns
-    /// their outcomes. One round trip per batch keeps thread hand-offs off the
-    /// per-message cost.
+    /// Runs each message's handler on it, in order, on one worker, and
+    /// returns their outcomes. One round trip per batch keeps thread
+    /// hand-offs off the per-message cost.
     pub(crate) async fn call(
         &self,
-        handler: Arc<dyn Handler>,
-        messages: Vec<Arc<Message>>,
+        calls: Vec<(Arc<dyn Handler>, Arc<Message>)>,
     ) -> Vec<CallResult> {
         let (reply, outcomes) = oneshot::channel();
         self.jobs
             .as_ref()
             .expect("worker pool is running")
-            .send(Job {
-                handler,
-                messages,
-                reply,
-            })
+            .send(Job { calls, reply })
             .expect("worker threads outlive the pool handle");
         outcomes.await.expect("a worker always replies")
     }
@@ -107,9 +102,9 @@ impl Worker {
             self.slots
                 .retain(|slot| Arc::strong_count(&slot.handler) > 1);
             let outcomes = job
-                .messages
+                .calls
                 .iter()
-                .map(|message| self.call(&job.handler, message))
+                .map(|(handler, message)| self.call(handler, message))
                 .collect();
             // The caller may have gone away (shutdown); nothing to do then.
             let _ = job.reply.send(outcomes);
@@ -117,9 +112,6 @@ impl Worker {
     }
 
     fn call(&mut self, handler: &Arc<dyn Handler>, message: &Message) -> CallResult {
-        // Instances of handlers nobody else holds any more (replaced versions) go.
-        self.slots
-            .retain(|slot| Arc::strong_count(&slot.handler) > 1);
         let index = match self
             .slots
             .iter()

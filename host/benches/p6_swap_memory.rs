@@ -1,0 +1,149 @@
+//! P6: memory across swaps. A host serving `test-echo` gets 100 new
+//! versions one after another (each with its own content hash, so each is
+//! compiled, cached and instantiated; the previous file is removed), and
+//! after each swap handles messages until the new version has answered.
+//! Resident memory after the 100th swap against after the 1st; goal ≤ 1.1×.
+
+mod support;
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::message::{Headers, Message as _};
+use rdkafka::{ClientConfig, Offset, TopicPartitionList};
+use sluice::contract::{Header, Message};
+use sluice::embedded::EmbeddedBroker;
+use sluice::{Config, RunOptions};
+
+const PARTITIONS: i32 = 4;
+const SWAPS: usize = 100;
+
+fn main() {
+    support::handlers_dir();
+    let scratch = tempfile::tempdir().unwrap();
+    let handlers = scratch.path().join("handlers");
+    std::fs::create_dir_all(handlers.join("test-echo")).unwrap();
+    let builds = [
+        std::fs::read(support::test_component("test-echo")).unwrap(),
+        std::fs::read(support::test_component("test-echo-next")).unwrap(),
+    ];
+    let file = |n: usize| handlers.join(format!("test-echo/{n}.0.0.wasm"));
+    std::fs::write(file(1), &builds[0]).unwrap();
+
+    let broker = EmbeddedBroker::start().unwrap();
+    let brokers = broker.bootstrap_servers().to_owned();
+    broker.create_topic("in", PARTITIONS).unwrap();
+    broker.create_topic("echo", PARTITIONS).unwrap();
+    let config = config(&brokers, &handlers, scratch.path());
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let host = runtime.spawn(async move {
+        sluice::run(&config, RunOptions::default(), async {
+            let _ = stopped.await;
+        })
+        .await
+        .unwrap()
+    });
+
+    let echoes = reader(&brokers);
+    let mut sent = 0;
+    let mut after_first = 0;
+    let started = Instant::now();
+    for swap in 1..=SWAPS {
+        let version = swap + 1;
+        let bytes = support::with_custom_section(&builds[swap % 2], &version.to_string());
+        support::deploy(&bytes, &file(version));
+        std::fs::remove_file(file(version - 1)).unwrap();
+        served_by(&broker, &echoes, &mut sent, &format!("{version}.0.0"));
+        if swap == 1 {
+            after_first = support::rss();
+        }
+    }
+    let after_last = support::rss();
+    let _ = stop.send(());
+    let report = runtime.block_on(host).unwrap();
+    println!(
+        "{SWAPS} swaps in {:.1} s ({} counted by the host), {sent} messages; RSS after the first {:.1} MiB, after the last {:.1} MiB",
+        started.elapsed().as_secs_f64(),
+        report.swaps,
+        after_first as f64 / (1 << 20) as f64,
+        after_last as f64 / (1 << 20) as f64,
+    );
+    assert_eq!(report.swaps, SWAPS as u64);
+    println!(
+        "RESULT P6 {:.2} ratio",
+        after_last as f64 / after_first as f64
+    );
+}
+
+fn config(brokers: &str, handlers: &Path, scratch: &Path) -> Config {
+    let text = format!(
+        r#"brokers = "{brokers}"
+group-id = "p6"
+handlers-dir = "{}"
+artifact-cache = "{}"
+handler-settle-ms = 50
+
+[[routes]]
+topic = "in"
+handler = "test-echo"
+"#,
+        handlers.display(),
+        scratch.join("cache").display()
+    );
+    Config::parse(&text, "bench.toml".as_ref(), ".".as_ref()).unwrap()
+}
+
+fn reader(brokers: &str) -> BaseConsumer {
+    let consumer: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .set("group.id", "p6-reader")
+        .set("fetch.wait.max.ms", "5")
+        .set("enable.auto.commit", "false")
+        .create()
+        .unwrap();
+    let mut tpl = TopicPartitionList::new();
+    for p in 0..PARTITIONS {
+        tpl.add_partition_offset("echo", p, Offset::Beginning)
+            .unwrap();
+    }
+    consumer.assign(&tpl).unwrap();
+    consumer
+}
+
+/// Sends a message per partition until `version` has echoed one in each.
+fn served_by(broker: &EmbeddedBroker, echoes: &BaseConsumer, sent: &mut usize, version: &str) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let mut answered = 0;
+    while answered < PARTITIONS {
+        assert!(Instant::now() < deadline, "{version} never served");
+        let batch: Vec<Message> = (0..PARTITIONS)
+            .map(|p| Message {
+                topic: "in".into(),
+                partition: p,
+                offset: 0,
+                key: Some(format!("k{p}").into_bytes()),
+                payload: b"m".to_vec(),
+                headers: vec![Header::new("source", "bench")],
+                timestamp: 0,
+            })
+            .collect();
+        broker.produce(&batch).unwrap();
+        *sent += batch.len();
+        let until = Instant::now() + Duration::from_millis(200);
+        while Instant::now() < until {
+            let Some(record) = echoes.poll(Duration::from_millis(20)) else {
+                continue;
+            };
+            let record = record.unwrap();
+            let by = record
+                .headers()
+                .and_then(|hs| hs.iter().find(|h| h.key == "sluice-handler-version"))
+                .and_then(|h| h.value);
+            if by == Some(version.as_bytes()) {
+                answered += 1;
+            }
+        }
+    }
+}

@@ -1,0 +1,799 @@
+//! The handlers directory, live. Routes name a handler; for each name the
+//! registry knows every version file and its verdict (accepted, or rejected
+//! with a one-line reason), and publishes a `Serving` set: the active
+//! version, and optionally a canary (a share of keys) and a shadow (sees
+//! every message, runs nothing). A new file is loaded off the hot path
+//! (`watch`), checked and trial-instantiated by the runtime, and swapped in by
+//! replacing the `Serving` set: a batch takes the set once, so messages in
+//! flight finish on the version they started with.
+
+mod canary;
+mod files;
+mod watch;
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::{Duration, Instant, SystemTime};
+
+use semver::Version;
+use serde::{Deserialize, Serialize};
+
+pub use files::{HandlerFile, Marker, ReadDirError};
+pub(crate) use watch::{stopped, watch};
+
+use crate::config::{CanarySettings, Config, HandlerSettings};
+use crate::contract::Message;
+use crate::runtime::{Handler, LoadError, Runtime, content_hash};
+use files::Seen;
+
+/// A routed handler with no version that can serve.
+#[derive(Debug, thiserror::Error)]
+pub enum RegistryError {
+    /// The directory cannot be read.
+    #[error(transparent)]
+    ReadDir(#[from] ReadDirError),
+    /// No file of that name.
+    #[error(
+        "no handler named {name:?} in {dir} (expected {dir}/{name}/<version>.wasm or {dir}/{name}@<version>.wasm)",
+        dir = dir.display()
+    )]
+    NotFound {
+        /// The handler name.
+        name: String,
+        /// The directory.
+        dir: PathBuf,
+    },
+    /// The pinned version is not there.
+    #[error("handler {name:?} is pinned to {pinned}, but {} has only {available}", dir.display())]
+    PinnedMissing {
+        /// The handler name.
+        name: String,
+        /// The pinned version.
+        pinned: String,
+        /// The directory.
+        dir: PathBuf,
+        /// Versions present.
+        available: String,
+    },
+    /// Every version was refused; the newest one's reason.
+    #[error(transparent)]
+    Load(#[from] LoadError),
+}
+
+/// What a version is doing.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case", tag = "state")]
+pub enum VersionState {
+    /// Serves every message (but the canary's share).
+    Active,
+    /// Serves a share of keys.
+    Canary {
+        /// The share, in percent.
+        percent: f64,
+    },
+    /// Sees every message; its outputs are compared, never executed.
+    Shadow,
+    /// Loadable, not serving (an older version, kept for rollback).
+    Standby,
+    /// Refused when loaded.
+    Rejected {
+        /// Why, in one line.
+        reason: String,
+    },
+    /// A canary taken out of service for dead-lettering too much.
+    RolledBack {
+        /// Why, in one line.
+        reason: String,
+    },
+}
+
+/// One version of a handler and its state (`sluice handlers`, `/handlers`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct VersionStatus {
+    /// Handler name.
+    pub handler: String,
+    /// Version.
+    pub version: String,
+    /// The file it came from.
+    pub file: PathBuf,
+    /// What it is doing.
+    #[serde(flatten)]
+    pub state: VersionState,
+}
+
+/// A version in service, with where it came from.
+#[derive(Clone)]
+pub(crate) struct Served {
+    pub(crate) handler: Arc<dyn Handler>,
+    /// The file and its content hash; none for a handler given in code.
+    origin: Option<(PathBuf, String)>,
+}
+
+impl Served {
+    fn is(&self, other: &Served) -> bool {
+        match (&self.origin, &other.origin) {
+            (Some(a), Some(b)) => a == b,
+            _ => std::ptr::addr_eq(Arc::as_ptr(&self.handler), Arc::as_ptr(&other.handler)),
+        }
+    }
+}
+
+/// The versions serving one handler name right now.
+#[derive(Clone)]
+pub(crate) struct Serving {
+    pub(crate) active: Served,
+    /// The canary and its share of keys in basis points.
+    canary: Option<(Served, u32)>,
+    pub(crate) shadow: Option<Served>,
+}
+
+impl Serving {
+    /// The version that handles `message`: the canary for its share of keys.
+    pub(crate) fn pick(&self, message: &Message) -> &Arc<dyn Handler> {
+        match &self.canary {
+            Some((canary, share))
+                if canary::takes(*share, message.key.as_deref(), message.offset) =>
+            {
+                &canary.handler
+            }
+            _ => &self.active.handler,
+        }
+    }
+
+    fn same_as(&self, other: &Serving) -> bool {
+        fn same(a: Option<&Served>, b: Option<&Served>) -> bool {
+            match (a, b) {
+                (Some(a), Some(b)) => a.is(b),
+                (None, None) => true,
+                _ => false,
+            }
+        }
+        self.active.is(&other.active)
+            && same(
+                self.canary.as_ref().map(|c| &c.0),
+                other.canary.as_ref().map(|c| &c.0),
+            )
+            && same(self.shadow.as_ref(), other.shadow.as_ref())
+    }
+}
+
+/// A file the registry has looked at, and its verdict.
+struct Entry {
+    seen: Seen,
+    hash: String,
+    rejected: Option<String>,
+}
+
+/// What the registry knows of one handler name's files.
+#[derive(Default)]
+struct Known {
+    entries: BTreeMap<PathBuf, Entry>,
+    /// A canary build taken out of service (its content hash) and why.
+    rolled_back: Option<(String, String)>,
+}
+
+/// Paths chosen for each role.
+#[derive(Debug, Default, PartialEq, Eq)]
+struct Choice {
+    active: Option<PathBuf>,
+    canary: Option<PathBuf>,
+    shadow: Option<PathBuf>,
+}
+
+/// One handler name: its files, its verdicts and what serves it.
+pub(crate) struct Selection {
+    name: String,
+    settings: HandlerSettings,
+    serving: RwLock<Arc<Serving>>,
+    known: Mutex<Known>,
+    window: Mutex<canary::Window>,
+    swaps: AtomicU64,
+}
+
+impl Selection {
+    /// A handler given in code: one version, never swapped.
+    pub(crate) fn fixed(handler: Arc<dyn Handler>) -> Selection {
+        let active = Served {
+            handler,
+            origin: None,
+        };
+        Selection::new(
+            active.handler.name().to_owned(),
+            HandlerSettings::default(),
+            Serving {
+                active,
+                canary: None,
+                shadow: None,
+            },
+            Known::default(),
+        )
+    }
+
+    fn new(name: String, settings: HandlerSettings, serving: Serving, known: Known) -> Selection {
+        let window = canary::Window::new(Duration::from_millis(
+            settings.canary.as_ref().map_or(60_000, |c| c.window_ms),
+        ));
+        Selection {
+            name,
+            settings,
+            serving: RwLock::new(Arc::new(serving)),
+            known: Mutex::new(known),
+            window: Mutex::new(window),
+            swaps: AtomicU64::new(0),
+        }
+    }
+
+    /// The versions serving now. A batch takes this once.
+    pub(crate) fn serving(&self) -> Arc<Serving> {
+        self.serving.read().expect("serving lock").clone()
+    }
+
+    /// Swaps that happened since start.
+    pub(crate) fn swaps(&self) -> u64 {
+        self.swaps.load(Ordering::Relaxed)
+    }
+
+    /// Counts a message `handler` handled toward its canary's dead-letter
+    /// rate, and rolls the canary back when the rate passes the threshold.
+    pub(crate) fn observe(&self, handler: &Arc<dyn Handler>, dead_lettered: bool) {
+        let serving = self.serving();
+        let Some((canary, _)) = &serving.canary else {
+            return;
+        };
+        let settings = self.settings.canary.clone().unwrap_or_default();
+        if !std::ptr::addr_eq(Arc::as_ptr(&canary.handler), Arc::as_ptr(handler)) {
+            return;
+        }
+        let (handled, dead) = self
+            .window
+            .lock()
+            .expect("canary window lock")
+            .record(Instant::now(), dead_lettered);
+        let rate = dead as f64 / handled as f64;
+        if handled < settings.min_messages || rate <= settings.max_dead_letter_rate {
+            return;
+        }
+        let reason = format!(
+            "dead-lettered {dead} of {handled} messages ({:.0}%) within {} ms, over the {:.0}% allowed",
+            rate * 100.0,
+            settings.window_ms,
+            settings.max_dead_letter_rate * 100.0
+        );
+        let mut known = self.known.lock().expect("registry lock");
+        let mut serving = self.serving.write().expect("serving lock");
+        let Some((current, _)) = &serving.canary else {
+            return; // Rolled back by another worker meanwhile.
+        };
+        if !current.is(canary) {
+            return;
+        }
+        tracing::error!(
+            handler = %self.name,
+            version = canary.handler.version(),
+            %reason,
+            "canary rolled back: its keys go to the active version again"
+        );
+        known.rolled_back = canary
+            .origin
+            .as_ref()
+            .map(|(_, hash)| (hash.clone(), reason));
+        let mut next = (**serving).clone();
+        next.canary = None;
+        *serving = Arc::new(next);
+        self.swaps.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Every version file and its state.
+    pub(crate) fn status(&self) -> Vec<VersionStatus> {
+        // Swaps happen under the registry lock: taken first, the two agree.
+        let known = self.known.lock().expect("registry lock");
+        let serving = self.serving();
+        let in_role = |entry: &Entry, served: Option<&Served>| {
+            served.is_some_and(|s| {
+                s.origin.as_ref().is_some_and(|(path, hash)| {
+                    *path == entry.seen.file.path && *hash == entry.hash
+                })
+            })
+        };
+        let mut listed: Vec<VersionStatus> = known
+            .entries
+            .values()
+            .map(|entry| {
+                let state = if let Some(reason) = &entry.rejected {
+                    VersionState::Rejected {
+                        reason: reason.clone(),
+                    }
+                } else if in_role(entry, Some(&serving.active)) {
+                    VersionState::Active
+                } else if let Some((_, share)) = serving
+                    .canary
+                    .as_ref()
+                    .filter(|(c, _)| in_role(entry, Some(c)))
+                {
+                    VersionState::Canary {
+                        percent: f64::from(*share) / 100.0,
+                    }
+                } else if in_role(entry, serving.shadow.as_ref()) {
+                    VersionState::Shadow
+                } else if let Some((_, reason)) = known
+                    .rolled_back
+                    .as_ref()
+                    .filter(|(hash, _)| *hash == entry.hash)
+                {
+                    VersionState::RolledBack {
+                        reason: reason.clone(),
+                    }
+                } else {
+                    VersionState::Standby
+                };
+                VersionStatus {
+                    handler: self.name.clone(),
+                    version: entry.seen.file.version.to_string(),
+                    file: entry.seen.file.path.clone(),
+                    state,
+                }
+            })
+            .collect();
+        if serving.active.origin.is_none() {
+            listed.push(VersionStatus {
+                handler: self.name.clone(),
+                version: serving.active.handler.version().to_owned(),
+                file: PathBuf::new(),
+                state: VersionState::Active,
+            });
+        }
+        listed.sort_by(|a, b| {
+            let v = |s: &VersionStatus| Version::parse(&s.version).ok();
+            v(a).cmp(&v(b)).then_with(|| a.file.cmp(&b.file))
+        });
+        listed
+    }
+}
+
+/// What a host started now with `config` would serve: every routed
+/// handler's versions and their states, evaluated from the directory.
+pub fn evaluate(config: &Config, runtime: Runtime) -> Result<Vec<VersionStatus>, RegistryError> {
+    let runtime = runtime.with_artifact_cache(&config.resolve(&config.artifact_cache));
+    Ok(Registry::open(config, Arc::new(runtime), &HashMap::new())?.status())
+}
+
+/// Every routed handler's selection, and how to refresh them from the directory.
+pub(crate) struct Registry {
+    dir: PathBuf,
+    runtime: Arc<Runtime>,
+    settle: Duration,
+    selections: BTreeMap<String, Arc<Selection>>,
+}
+
+impl Registry {
+    /// Loads every routed handler's versions (or takes the one given in code),
+    /// waiting for files still being written; fails if a routed handler has
+    /// no version that can serve.
+    pub(crate) fn open(
+        config: &Config,
+        runtime: Arc<Runtime>,
+        given: &HashMap<String, Arc<dyn Handler>>,
+    ) -> Result<Registry, RegistryError> {
+        let mut registry = Registry {
+            dir: config.resolve(&config.handlers_dir),
+            runtime,
+            settle: Duration::from_millis(config.handler_settle_ms),
+            selections: BTreeMap::new(),
+        };
+        let mut names: Vec<&str> = config.routes.iter().map(|r| r.handler.as_str()).collect();
+        names.dedup();
+        for name in names {
+            if registry.selections.contains_key(name) {
+                continue;
+            }
+            let selection = match given.get(name) {
+                Some(handler) => Selection::fixed(handler.clone()),
+                None => registry.first_load(name, config.handler_settings(name))?,
+            };
+            registry
+                .selections
+                .insert(name.to_owned(), Arc::new(selection));
+        }
+        Ok(registry)
+    }
+
+    /// The selection of a handler name.
+    pub(crate) fn selection(&self, name: &str) -> Arc<Selection> {
+        self.selections[name].clone()
+    }
+
+    /// Every routed handler's versions and their states.
+    pub(crate) fn status(&self) -> Vec<VersionStatus> {
+        self.selections.values().flat_map(|s| s.status()).collect()
+    }
+
+    /// Swaps since start, all handlers together.
+    pub(crate) fn swaps(&self) -> u64 {
+        self.selections.values().map(|s| s.swaps()).sum()
+    }
+
+    fn first_load(
+        &self,
+        name: &str,
+        settings: HandlerSettings,
+    ) -> Result<Selection, RegistryError> {
+        let mut known = Known::default();
+        loop {
+            let seen = self.seen(name)?;
+            match self.refresh(name, &mut known, seen, SystemTime::now()) {
+                Some(wait) => std::thread::sleep(wait),
+                None => break,
+            }
+        }
+        let choice = choose(&known, &settings);
+        let Some(active) = &choice.active else {
+            return Err(self.nothing_to_serve(name, &known, &settings));
+        };
+        let active = self
+            .serve(&mut known, active)
+            .map_err(RegistryError::Load)?;
+        let mut serving = Serving {
+            active,
+            canary: None,
+            shadow: None,
+        };
+        self.fill_roles(&mut known, &settings, &mut serving);
+        log_serving(name, None, &serving);
+        Ok(Selection::new(name.to_owned(), settings, serving, known))
+    }
+
+    /// Why nothing can serve `name`.
+    fn nothing_to_serve(
+        &self,
+        name: &str,
+        known: &Known,
+        settings: &HandlerSettings,
+    ) -> RegistryError {
+        let versions: Vec<&Entry> = known.entries.values().collect();
+        if let Some(pinned) = &settings.version
+            && !versions.is_empty()
+            && !versions
+                .iter()
+                .any(|e| e.seen.file.version.to_string() == *pinned)
+        {
+            let mut available: Vec<&Version> =
+                versions.iter().map(|e| &e.seen.file.version).collect();
+            available.sort();
+            available.dedup();
+            return RegistryError::PinnedMissing {
+                name: name.to_owned(),
+                pinned: pinned.clone(),
+                dir: self.dir.clone(),
+                available: available
+                    .iter()
+                    .map(|v| v.to_string())
+                    .collect::<Vec<_>>()
+                    .join(", "),
+            };
+        }
+        match versions
+            .iter()
+            .filter(|e| e.seen.file.marker == Marker::None)
+            .max_by(|a, b| a.seen.file.version.cmp(&b.seen.file.version))
+        {
+            // Load it again for the typed error.
+            Some(newest) => match self.runtime.load(&newest.seen.file.path, name, "-") {
+                Err(error) => RegistryError::Load(error),
+                Ok(_) => RegistryError::NotFound {
+                    name: name.to_owned(),
+                    dir: self.dir.clone(),
+                },
+            },
+            None => RegistryError::NotFound {
+                name: name.to_owned(),
+                dir: self.dir.clone(),
+            },
+        }
+    }
+
+    /// The settled handler files of `name` right now.
+    fn seen(&self, name: &str) -> Result<Vec<Seen>, ReadDirError> {
+        Ok(files::scan(&self.dir)?
+            .into_iter()
+            .filter(|s| s.file.name == name)
+            .collect())
+    }
+
+    /// Brings `known` up to date with the files seen: new or changed files
+    /// are checked (compiled, trial-instantiated) and get a verdict, removed
+    /// ones are forgotten. Returns how long to wait before files still being
+    /// written are settled, if any are.
+    fn refresh(
+        &self,
+        name: &str,
+        known: &mut Known,
+        seen: Vec<Seen>,
+        now: SystemTime,
+    ) -> Option<Duration> {
+        let mut unsettled: Option<Duration> = None;
+        let present: Vec<PathBuf> = seen.iter().map(|s| s.file.path.clone()).collect();
+        for seen in seen {
+            let path = seen.file.path.clone();
+            if let Some(entry) = known.entries.get(&path)
+                && entry.seen.len == seen.len
+                && entry.seen.modified == seen.modified
+            {
+                continue;
+            }
+            // A file changed within the settle time may still be being written.
+            let age = now.duration_since(seen.modified).unwrap_or_default();
+            if age < self.settle {
+                let wait = self.settle - age;
+                unsettled = Some(unsettled.map_or(wait, |w| w.min(wait)));
+                continue;
+            }
+            let Ok(bytes) = std::fs::read(&path) else {
+                continue; // Gone since the scan; the next scan forgets it.
+            };
+            let hash = content_hash(&bytes);
+            if let Some(entry) = known.entries.get_mut(&path)
+                && entry.hash == hash
+            {
+                entry.seen = seen;
+                continue;
+            }
+            let version = seen.file.version.to_string();
+            let rejected = match self.runtime.load_bytes(&path, &bytes, name, &version) {
+                Ok((_, inspection)) => {
+                    tracing::info!(
+                        handler = name,
+                        %version,
+                        file = %path.display(),
+                        contract = %inspection.contract,
+                        cached = inspection.cached,
+                        ms = inspection.compile_time.as_millis() as u64,
+                        "handler version accepted"
+                    );
+                    None
+                }
+                Err(error) => {
+                    tracing::error!(handler = name, %version, "handler version rejected: {error}");
+                    Some(error.problem.to_string())
+                }
+            };
+            known.entries.insert(
+                path,
+                Entry {
+                    seen,
+                    hash,
+                    rejected,
+                },
+            );
+        }
+        known.entries.retain(|path, entry| {
+            let kept = present.contains(path);
+            if !kept {
+                tracing::info!(
+                    handler = name,
+                    version = %entry.seen.file.version,
+                    file = %path.display(),
+                    "handler file removed"
+                );
+            }
+            kept
+        });
+        unsettled
+    }
+
+    /// A chosen file put in service: loaded from the artifact cache.
+    fn serve(&self, known: &mut Known, path: &Path) -> Result<Served, LoadError> {
+        let entry = known
+            .entries
+            .get_mut(path)
+            .expect("chosen from the known entries");
+        let version = entry.seen.file.version.to_string();
+        let name = entry.seen.file.name.clone();
+        let loaded = std::fs::read(path)
+            .map_err(|e| LoadError {
+                path: path.to_owned(),
+                problem: crate::runtime::LoadProblem::Read(e.to_string()),
+            })
+            .and_then(|bytes| {
+                let hash = content_hash(&bytes);
+                self.runtime
+                    .load_bytes(path, &bytes, &name, &version)
+                    .map(|(handler, _)| (handler, hash))
+            });
+        match loaded {
+            Ok((handler, hash)) => {
+                entry.hash = hash.clone();
+                Ok(Served {
+                    handler,
+                    origin: Some((path.to_owned(), hash)),
+                })
+            }
+            Err(error) => {
+                tracing::error!(handler = %name, %version, "handler version rejected: {error}");
+                entry.rejected = Some(error.problem.to_string());
+                Err(error)
+            }
+        }
+    }
+
+    /// Puts the chosen canary and shadow (if any) in `serving`, reusing what
+    /// already serves.
+    fn fill_roles(&self, known: &mut Known, settings: &HandlerSettings, serving: &mut Serving) {
+        let choice = choose(known, settings);
+        let current = serving.clone();
+        let mut reuse_or_serve = |path: &Option<PathBuf>, now: Option<&Served>| -> Option<Served> {
+            let path = path.as_ref()?;
+            let hash = &known.entries.get(path)?.hash;
+            match now.filter(|s| {
+                s.origin
+                    .as_ref()
+                    .is_some_and(|(p, h)| p == path && h == hash)
+            }) {
+                Some(same) => Some(same.clone()),
+                None => self.serve(known, path).ok(),
+            }
+        };
+        // A file marked `.canary.wasm` is a canary with default settings.
+        let share = settings.canary.clone().unwrap_or_default().share();
+        serving.canary = reuse_or_serve(&choice.canary, current.canary.as_ref().map(|c| &c.0))
+            .map(|c| (c, share));
+        serving.shadow = reuse_or_serve(&choice.shadow, current.shadow.as_ref());
+    }
+
+    /// Rescans the directory and swaps in what changed. Returns how long to
+    /// wait for files still being written.
+    pub(crate) fn rescan(&self) -> Result<Option<Duration>, ReadDirError> {
+        let mut wait: Option<Duration> = None;
+        let scanned = files::scan(&self.dir)?;
+        for (name, selection) in &self.selections {
+            let mut known = selection.known.lock().expect("registry lock");
+            if known.entries.is_empty() && selection.serving().active.origin.is_none() {
+                continue; // Given in code.
+            }
+            let seen = scanned
+                .iter()
+                .filter(|s| s.file.name == *name)
+                .cloned()
+                .collect();
+            if let Some(w) = self.refresh(name, &mut known, seen, SystemTime::now()) {
+                wait = Some(wait.map_or(w, |v| v.min(w)));
+            }
+            self.reselect(selection, &mut known);
+        }
+        Ok(wait)
+    }
+
+    /// Recomputes what serves `selection` and swaps it in if it changed.
+    fn reselect(&self, selection: &Selection, known: &mut Known) {
+        let current = selection.serving();
+        let active = loop {
+            let choice = choose(known, &selection.settings);
+            let Some(path) = choice.active else {
+                if let Some((_, hash)) = &current.active.origin
+                    && !known.entries.values().any(|e| e.hash == *hash)
+                {
+                    tracing::warn!(
+                        handler = %selection.name,
+                        version = current.active.handler.version(),
+                        "no file of this handler can serve; the loaded version keeps serving"
+                    );
+                }
+                break current.active.clone();
+            };
+            let hash = &known.entries[&path].hash;
+            if current
+                .active
+                .origin
+                .as_ref()
+                .is_some_and(|(p, h)| *p == path && h == hash)
+            {
+                break current.active.clone();
+            }
+            // A file that cannot be put in service is rejected; choose again.
+            if let Ok(served) = self.serve(known, &path) {
+                break served;
+            }
+        };
+        let mut next = Serving {
+            active,
+            canary: current.canary.clone(),
+            shadow: current.shadow.clone(),
+        };
+        self.fill_roles(known, &selection.settings, &mut next);
+        if next.same_as(&current) {
+            return;
+        }
+        log_serving(&selection.name, Some(&current), &next);
+        let canary_changed = match (&next.canary, &current.canary) {
+            (Some((a, _)), Some((b, _))) => !a.is(b),
+            (None, None) => false,
+            _ => true,
+        };
+        if canary_changed {
+            selection.window.lock().expect("canary window lock").clear();
+        }
+        *selection.serving.write().expect("serving lock") = Arc::new(next);
+        selection.swaps.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+impl CanarySettings {
+    /// The share of keys in basis points.
+    fn share(&self) -> u32 {
+        (self.percent * 100.0).round() as u32
+    }
+}
+
+/// Which accepted file takes each role: shadow and canary by config or
+/// marker, active the pinned version or else the highest plain one.
+fn choose(known: &Known, settings: &HandlerSettings) -> Choice {
+    let accepted = || known.entries.values().filter(|e| e.rejected.is_none());
+    let is = |entry: &Entry, version: Option<&String>| {
+        version.is_some_and(|v| entry.seen.file.version.to_string() == *v)
+    };
+    let highest = |entries: Vec<&Entry>| {
+        entries
+            .into_iter()
+            .max_by(|a, b| a.seen.file.version.cmp(&b.seen.file.version))
+            .map(|e| e.seen.file.path.clone())
+    };
+    let canary_version = settings.canary.as_ref().and_then(|c| c.version.as_ref());
+    let shadow = highest(
+        accepted()
+            .filter(|e| {
+                e.seen.file.marker == Marker::Shadow
+                    || (e.seen.file.marker == Marker::None && is(e, settings.shadow.as_ref()))
+            })
+            .collect(),
+    );
+    let canary = highest(
+        accepted()
+            .filter(|e| {
+                e.seen.file.marker == Marker::Canary
+                    || (e.seen.file.marker == Marker::None && is(e, canary_version))
+            })
+            .filter(|e| {
+                known
+                    .rolled_back
+                    .as_ref()
+                    .is_none_or(|(hash, _)| *hash != e.hash)
+            })
+            .collect(),
+    );
+    let plain = accepted().filter(|e| {
+        e.seen.file.marker == Marker::None
+            && !is(e, settings.shadow.as_ref())
+            && !is(e, canary_version)
+    });
+    let active = match &settings.version {
+        Some(pinned) => highest(plain.filter(|e| is(e, Some(pinned))).collect()),
+        None => highest(plain.collect()),
+    };
+    Choice {
+        active,
+        canary,
+        shadow,
+    }
+}
+
+/// Logs what serves a handler, and what changed.
+fn log_serving(name: &str, before: Option<&Serving>, now: &Serving) {
+    let version = |s: Option<&Served>| s.map_or("-".to_owned(), |s| s.handler.version().to_owned());
+    let active = now.active.handler.version();
+    let canary = version(now.canary.as_ref().map(|c| &c.0));
+    let shadow = version(now.shadow.as_ref());
+    match before {
+        None => tracing::info!(handler = name, active, %canary, %shadow, "handler serving"),
+        Some(before) => tracing::info!(
+            handler = name,
+            active,
+            %canary,
+            %shadow,
+            was_active = before.active.handler.version(),
+            was_canary = %version(before.canary.as_ref().map(|c| &c.0)),
+            was_shadow = %version(before.shadow.as_ref()),
+            "handler swapped"
+        ),
+    }
+}
