@@ -16,8 +16,8 @@ use std::time::{Duration, Instant};
 
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::{Headers, Message as _};
+use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
 use rdkafka::{ClientConfig, Offset, TopicPartitionList};
-use sluice::contract::{Header, Message};
 use sluice::embedded::EmbeddedBroker;
 use sluice::{Config, RunOptions};
 
@@ -59,6 +59,12 @@ fn main() {
         .unwrap()
     });
 
+    // Sent one by one, never waiting for acks: the stream stays steady.
+    let producer: BaseProducer = ClientConfig::new()
+        .set("bootstrap.servers", &brokers)
+        .set("linger.ms", "0")
+        .create()
+        .unwrap();
     let epoch = Instant::now();
     let arrivals = Mutex::new(Vec::new());
     let all_arrived = AtomicBool::new(false);
@@ -68,10 +74,10 @@ fn main() {
         let mut sent = 0;
         while epoch.elapsed() < RUN {
             let tick_start = epoch.elapsed();
-            let batch: Vec<Message> = (0..RATE_PER_TICK)
-                .map(|i| message(sent + i, epoch.elapsed()))
-                .collect();
-            broker.produce(&batch).unwrap();
+            for i in 0..RATE_PER_TICK {
+                send(&producer, sent + i, epoch.elapsed());
+            }
+            producer.poll(Duration::ZERO);
             sent += RATE_PER_TICK;
             if dropped_at == Duration::ZERO && tick_start >= DROP_AT {
                 let next = support::with_custom_section(&echo, "2.0.0");
@@ -82,6 +88,7 @@ fn main() {
                 std::thread::sleep(rest);
             }
         }
+        producer.flush(Duration::from_secs(10)).unwrap();
         let deadline = Instant::now() + Duration::from_secs(60);
         while arrivals.lock().unwrap().len() < sent {
             assert!(Instant::now() < deadline, "echoes missing");
@@ -146,6 +153,12 @@ handlers-dir = "{}"
 artifact-cache = "{}"
 handler-settle-ms = 100
 
+[kafka.consumer]
+"fetch.wait.max.ms" = "5"
+
+[kafka.producer]
+"linger.ms" = "1"
+
 [[routes]]
 topic = "in"
 handler = "test-echo"
@@ -156,18 +169,15 @@ handler = "test-echo"
     Config::parse(&text, "bench.toml".as_ref(), ".".as_ref()).unwrap()
 }
 
-/// Message `n`, its send time in its payload.
-fn message(n: usize, sent: Duration) -> Message {
-    let key = n % 64;
-    Message {
-        topic: "in".into(),
-        partition: (key % PARTITIONS as usize) as i32,
-        offset: 0,
-        key: Some(format!("k{key}").into_bytes()),
-        payload: format!("{}", sent.as_micros()).into_bytes(),
-        headers: vec![Header::new("source", "bench")],
-        timestamp: 0,
-    }
+/// Sends message `n`, its send time in its payload.
+fn send(producer: &BaseProducer, n: usize, sent: Duration) {
+    let key = format!("k{}", n % 64);
+    let payload = sent.as_micros().to_string();
+    let record = BaseRecord::to("in")
+        .partition((n % 64 % PARTITIONS as usize) as i32)
+        .key(&key)
+        .payload(&payload);
+    producer.send(record).map_err(|(e, _)| e).unwrap();
 }
 
 fn read_echoes(

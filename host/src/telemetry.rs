@@ -341,6 +341,9 @@ impl RunReport {
                 String::new()
             }
         );
+        if self.swaps > 0 {
+            let _ = writeln!(out, "{} handler version swaps", self.swaps);
+        }
         if self.shadow_compared > 0 {
             let _ = writeln!(
                 out,

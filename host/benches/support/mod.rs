@@ -179,9 +179,9 @@ pub fn deploy(bytes: &[u8], target: &Path) {
     std::fs::rename(&partial, target).unwrap();
 }
 
-/// This process's resident memory, in bytes.
-pub fn rss() -> u64 {
-    let status = std::fs::read_to_string("/proc/self/status").unwrap();
+/// A process's resident memory, in bytes.
+pub fn rss_of(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
     status
         .lines()
         .find_map(|l| l.strip_prefix("VmRSS:"))

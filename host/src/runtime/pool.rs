@@ -3,7 +3,7 @@
 //! the async runtime; each worker keeps one instance per handler.
 
 use std::sync::mpsc;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, Weak};
 use std::thread::JoinHandle;
 
 use tokio::sync::oneshot;
@@ -72,9 +72,10 @@ impl Drop for WorkerPool {
     }
 }
 
-/// One live instance on a worker, with the handler that made it.
+/// One live instance on a worker, with the handler that made it. Weak: the
+/// workers' slots must not keep a replaced version alive for each other.
 struct Slot {
-    handler: Arc<dyn Handler>,
+    handler: Weak<dyn Handler>,
     instance: Box<dyn HandlerInstance>,
     calls: u64,
 }
@@ -98,9 +99,8 @@ impl Worker {
                 Ok(job) => job,
                 Err(_) => return,
             };
-            // Instances of handlers nobody else holds any more (replaced versions) go.
-            self.slots
-                .retain(|slot| Arc::strong_count(&slot.handler) > 1);
+            // Instances of handlers nobody holds any more (replaced versions) go.
+            self.slots.retain(|slot| slot.handler.strong_count() > 0);
             let outcomes = job
                 .calls
                 .iter()
@@ -121,7 +121,7 @@ impl Worker {
             None => {
                 let instance = handler.instantiate()?;
                 self.slots.push(Slot {
-                    handler: handler.clone(),
+                    handler: Arc::downgrade(handler),
                     instance,
                     calls: 0,
                 });
@@ -139,6 +139,6 @@ impl Worker {
     }
 }
 
-fn same_handler(a: &Arc<dyn Handler>, b: &Arc<dyn Handler>) -> bool {
-    std::ptr::addr_eq(Arc::as_ptr(a), Arc::as_ptr(b))
+fn same_handler(a: &Weak<dyn Handler>, b: &Arc<dyn Handler>) -> bool {
+    std::ptr::addr_eq(a.as_ptr(), Arc::as_ptr(b))
 }
