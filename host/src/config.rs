@@ -1035,6 +1035,40 @@ handler = "echo"
     }
 
     #[test]
+    fn handler_sections_are_checked_and_route_pins_count_as_pins() {
+        let config = parse(&format!(
+            "{MINIMAL}version = \"1.2.0\"\n[handlers.echo]\nshadow = \"2.0.0\"\n[handlers.echo.canary]\nversion = \"3.0.0\"\npercent = 25\n"
+        ))
+        .unwrap();
+        let settings = config.handler_settings("echo");
+        assert_eq!(settings.version.as_deref(), Some("1.2.0"));
+        assert_eq!(settings.shadow.as_deref(), Some("2.0.0"));
+        assert_eq!(settings.canary.unwrap().percent, 25.0);
+
+        let err = error_of(&format!("{MINIMAL}[handlers.echo.canary]\npercent = 0\n"));
+        assert!(err.contains("handlers.echo.canary.percent"), "{err}");
+        let err = error_of(&format!(
+            "{MINIMAL}[handlers.echo.canary]\nmax-dead-letter-rate = 2\n"
+        ));
+        assert!(
+            err.contains("handlers.echo.canary.max-dead-letter-rate"),
+            "{err}"
+        );
+        let err = error_of(&format!("{MINIMAL}[handlers.echo]\nshadow = \"next\"\n"));
+        assert!(err.contains("handlers.echo.shadow"), "{err}");
+        let err = error_of(&format!(
+            "{MINIMAL}[handlers.echo]\nversion = \"1.0.0\"\nshadow = \"1.0.0\"\n"
+        ));
+        assert!(err.contains("active, shadow or canary"), "{err}");
+        let err = error_of(&format!(
+            "{MINIMAL}version = \"1.0.0\"\n[handlers.echo]\nversion = \"2.0.0\"\n"
+        ));
+        assert!(err.contains("routes[0].version"), "{err}");
+        let err = error_of(&format!("{MINIMAL}[admin]\nlisten = \"localhost\"\n"));
+        assert!(err.contains("admin.listen"), "{err}");
+    }
+
+    #[test]
     fn missing_routes_are_explained() {
         let err = error_of("brokers = \"embedded\"\nroutes = []\n");
         assert!(err.contains("routes"), "{err}");

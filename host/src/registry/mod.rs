@@ -797,3 +797,96 @@ fn log_serving(name: &str, before: Option<&Serving>, now: &Serving) {
         ),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Known files: (file name under `echo/`, rejected?).
+    fn known(files: &[(&str, bool)]) -> Known {
+        let entries = files
+            .iter()
+            .map(|(name, rejected)| {
+                let path = PathBuf::from(format!("h/echo/{name}"));
+                let entry = Entry {
+                    seen: Seen {
+                        file: HandlerFile::from_path(&path).unwrap(),
+                        len: 1,
+                        modified: SystemTime::UNIX_EPOCH,
+                    },
+                    hash: format!("hash-{name}"),
+                    rejected: rejected.then(|| "does not compile".to_owned()),
+                };
+                (path, entry)
+            })
+            .collect();
+        Known {
+            entries,
+            rolled_back: None,
+        }
+    }
+
+    fn names(choice: &Choice) -> [Option<String>; 3] {
+        let name = |p: &Option<PathBuf>| {
+            p.as_ref()
+                .map(|p| p.file_name().unwrap().to_string_lossy().into_owned())
+        };
+        [
+            name(&choice.active),
+            name(&choice.canary),
+            name(&choice.shadow),
+        ]
+    }
+
+    fn some(name: &str) -> Option<String> {
+        Some(name.to_owned())
+    }
+
+    #[test]
+    fn the_highest_accepted_plain_version_is_active_unless_pinned() {
+        let files = known(&[
+            ("1.0.0.wasm", false),
+            ("1.10.0.wasm", false),
+            ("2.0.0.wasm", true),
+        ]);
+        let mut settings = HandlerSettings::default();
+        assert_eq!(
+            names(&choose(&files, &settings)),
+            [some("1.10.0.wasm"), None, None]
+        );
+        settings.version = Some("1.0.0".into());
+        assert_eq!(
+            names(&choose(&files, &settings)),
+            [some("1.0.0.wasm"), None, None]
+        );
+        settings.version = Some("2.0.0".into());
+        assert_eq!(names(&choose(&files, &settings)), [None, None, None]);
+    }
+
+    #[test]
+    fn shadow_and_canary_come_from_markers_or_config_and_are_never_active() {
+        let files = known(&[
+            ("1.0.0.wasm", false),
+            ("2.0.0.wasm", false),
+            ("3.0.0.shadow.wasm", false),
+            ("4.0.0.canary.wasm", false),
+        ]);
+        let mut settings = HandlerSettings::default();
+        assert_eq!(
+            names(&choose(&files, &settings)),
+            [
+                some("2.0.0.wasm"),
+                some("4.0.0.canary.wasm"),
+                some("3.0.0.shadow.wasm")
+            ]
+        );
+        settings.shadow = Some("2.0.0".into());
+        let choice = choose(&files, &settings);
+        assert_eq!(names(&choice)[0], some("1.0.0.wasm"));
+
+        // A rolled-back canary build is not chosen again.
+        let mut files = files;
+        files.rolled_back = Some(("hash-4.0.0.canary.wasm".into(), "too many".into()));
+        assert_eq!(names(&choose(&files, &settings))[1], None);
+    }
+}
