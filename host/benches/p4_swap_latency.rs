@@ -14,10 +14,9 @@ use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use rdkafka::consumer::{BaseConsumer, Consumer};
-use rdkafka::message::{Headers, Message as _};
+use rdkafka::ClientConfig;
+use rdkafka::message::Message as _;
 use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
-use rdkafka::{ClientConfig, Offset, TopicPartitionList};
 use sluice::embedded::EmbeddedBroker;
 use sluice::{Config, RunOptions};
 
@@ -186,20 +185,7 @@ fn read_echoes(
     arrivals: &Mutex<Vec<Arrival>>,
     all_arrived: &AtomicBool,
 ) {
-    let consumer: BaseConsumer = ClientConfig::new()
-        .set("bootstrap.servers", brokers)
-        .set("group.id", "p4-reader")
-        .set("fetch.wait.max.ms", "5")
-        .set("enable.auto.commit", "false")
-        .create()
-        .unwrap();
-    let mut tpl = TopicPartitionList::new();
-    for p in 0..PARTITIONS {
-        tpl.add_partition_offset("echo", p, Offset::Beginning)
-            .unwrap();
-    }
-    consumer.assign(&tpl).unwrap();
-    drop(tpl);
+    let consumer = support::reader(brokers, "echo", PARTITIONS);
     let deadline = Instant::now() + RUN + Duration::from_secs(60);
     while Instant::now() < deadline {
         let Some(record) = consumer.poll(Duration::from_millis(50)) else {
@@ -214,12 +200,7 @@ fn read_echoes(
             .unwrap()
             .parse()
             .unwrap();
-        let version = record
-            .headers()
-            .and_then(|hs| hs.iter().find(|h| h.key == "sluice-handler-version"))
-            .and_then(|h| h.value)
-            .map(|v| String::from_utf8_lossy(v).into_owned())
-            .unwrap();
+        let version = support::version_of(&record).unwrap();
         arrivals.lock().unwrap().push(Arrival {
             at,
             latency: at - Duration::from_micros(sent),

@@ -12,9 +12,7 @@ use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use rdkafka::consumer::{BaseConsumer, Consumer};
-use rdkafka::message::{Headers, Message as _};
-use rdkafka::{ClientConfig, Offset, TopicPartitionList};
+use rdkafka::consumer::BaseConsumer;
 use sluice::contract::{Header, Message};
 use sluice::embedded::EmbeddedBroker;
 
@@ -50,7 +48,7 @@ fn main() {
         .unwrap();
     let rss = || support::rss_of(host.id());
 
-    let echoes = reader(&brokers);
+    let echoes = support::reader(&brokers, "echo", PARTITIONS);
     let mut sent = 0;
     let mut after_first = 0;
     served_by(&broker, &echoes, &mut sent, "1.0.0");
@@ -122,23 +120,6 @@ handler = "test-echo"
     )
 }
 
-fn reader(brokers: &str) -> BaseConsumer {
-    let consumer: BaseConsumer = ClientConfig::new()
-        .set("bootstrap.servers", brokers)
-        .set("group.id", "p6-reader")
-        .set("fetch.wait.max.ms", "5")
-        .set("enable.auto.commit", "false")
-        .create()
-        .unwrap();
-    let mut tpl = TopicPartitionList::new();
-    for p in 0..PARTITIONS {
-        tpl.add_partition_offset("echo", p, Offset::Beginning)
-            .unwrap();
-    }
-    consumer.assign(&tpl).unwrap();
-    consumer
-}
-
 /// Sends a message per partition until `version` has echoed one in each.
 fn served_by(broker: &EmbeddedBroker, echoes: &BaseConsumer, sent: &mut usize, version: &str) {
     let deadline = Instant::now() + Duration::from_secs(60);
@@ -164,11 +145,7 @@ fn served_by(broker: &EmbeddedBroker, echoes: &BaseConsumer, sent: &mut usize, v
                 continue;
             };
             let record = record.unwrap();
-            let by = record
-                .headers()
-                .and_then(|hs| hs.iter().find(|h| h.key == "sluice-handler-version"))
-                .and_then(|h| h.value);
-            if by == Some(version.as_bytes()) {
+            if support::version_of(&record).as_deref() == Some(version) {
                 answered += 1;
             }
         }

@@ -196,3 +196,33 @@ pub fn percentile(values: &[f64], p: f64) -> f64 {
     let rank = ((p / 100.0) * (sorted.len() - 1) as f64).round() as usize;
     sorted[rank]
 }
+
+/// A consumer reading every partition of `topic` from the start, quickly
+/// (the latency and swap benchmarks read their outputs with it).
+pub fn reader(brokers: &str, topic: &str, partitions: i32) -> rdkafka::consumer::BaseConsumer {
+    use rdkafka::consumer::Consumer;
+    let consumer: rdkafka::consumer::BaseConsumer = rdkafka::ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .set("group.id", format!("{topic}-bench-reader"))
+        .set("fetch.wait.max.ms", "5")
+        .set("enable.auto.commit", "false")
+        .create()
+        .unwrap();
+    let mut tpl = rdkafka::TopicPartitionList::new();
+    for p in 0..partitions {
+        tpl.add_partition_offset(topic, p, rdkafka::Offset::Beginning)
+            .unwrap();
+    }
+    consumer.assign(&tpl).unwrap();
+    consumer
+}
+
+/// The handler version an output's `sluice-handler-version` header names.
+pub fn version_of(record: &rdkafka::message::BorrowedMessage<'_>) -> Option<String> {
+    use rdkafka::message::{Headers, Message as _};
+    record
+        .headers()
+        .and_then(|hs| hs.iter().find(|h| h.key == "sluice-handler-version"))
+        .and_then(|h| h.value)
+        .map(|v| String::from_utf8_lossy(v).into_owned())
+}
