@@ -1,7 +1,6 @@
 //! What a run did: counters for every run, and (for the demo and tests) a
 //! record of each confirmed publish and dead letter, with a readable summary.
 
-use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -143,13 +142,14 @@ pub(crate) struct Telemetry {
     skipped: AtomicU64,
     shadow_compared: AtomicU64,
     shadow_differences: AtomicU64,
-    /// Messages by (handler, version, outcome).
-    by_version: Mutex<BTreeMap<(String, String, Outcome), u64>>,
+    /// Messages by handler and version, counted per outcome. A short list:
+    /// a run sees a few versions, and a lookup allocates nothing.
+    by_version: Mutex<Vec<(String, String, [u64; Outcome::ALL.len()])>>,
     records: Option<Mutex<Vec<Record>>>,
 }
 
 /// How a message ended, as counted per handler version.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Outcome {
     /// Its outputs ran.
     Handled,
@@ -160,6 +160,8 @@ pub(crate) enum Outcome {
 }
 
 impl Outcome {
+    const ALL: [Outcome; 3] = [Outcome::Handled, Outcome::DeadLettered, Outcome::Skipped];
+
     fn as_str(self) -> &'static str {
         match self {
             Outcome::Handled => "handled",
@@ -209,12 +211,21 @@ impl Telemetry {
     /// Counts a message's outcome under the version that handled it.
     pub(crate) fn ended(&self, handler: &str, version: &str, outcome: Outcome) {
         let mut counts = self.by_version.lock().expect("counts lock");
-        match counts.get_mut(&(handler.to_owned(), version.to_owned(), outcome)) {
-            Some(count) => *count += 1,
+        let index = match counts
+            .iter()
+            .position(|(h, v, _)| h == handler && v == version)
+        {
+            Some(index) => index,
             None => {
-                counts.insert((handler.to_owned(), version.to_owned(), outcome), 1);
+                counts.push((
+                    handler.to_owned(),
+                    version.to_owned(),
+                    [0; Outcome::ALL.len()],
+                ));
+                counts.len() - 1
             }
-        }
+        };
+        counts[index].2[outcome as usize] += 1;
     }
 
     /// The counters in Prometheus text format.
@@ -222,16 +233,16 @@ impl Telemetry {
         use crate::admin::label;
         out.push_str("# HELP sluice_messages_total Messages by handler version and outcome.\n");
         out.push_str("# TYPE sluice_messages_total counter\n");
-        for ((handler, version, outcome), count) in
-            self.by_version.lock().expect("counts lock").iter()
-        {
-            let _ = writeln!(
-                out,
-                "sluice_messages_total{{handler=\"{}\",version=\"{}\",outcome=\"{}\"}} {count}",
-                label(handler),
-                label(version),
-                outcome.as_str()
-            );
+        for (handler, version, counts) in self.by_version.lock().expect("counts lock").iter() {
+            for (outcome, count) in Outcome::ALL.iter().zip(counts) {
+                let _ = writeln!(
+                    out,
+                    "sluice_messages_total{{handler=\"{}\",version=\"{}\",outcome=\"{}\"}} {count}",
+                    label(handler),
+                    label(version),
+                    outcome.as_str()
+                );
+            }
         }
         for (name, help, value) in [
             (

@@ -303,6 +303,14 @@ fn broken_files_are_rejected_with_their_reason_while_the_old_version_serves() {
     wait_until("the messages to be echoed", || {
         count(&brokers, "echo") >= 200
     });
+    // Metrics count each message under the version that handled it.
+    let metrics = http_get(&admin, "/metrics");
+    for version in ["1.5.0", "1.0.0"] {
+        let line = format!(
+            "sluice_messages_total{{handler=\"test-echo\",version=\"{version}\",outcome=\"handled\"}} 100"
+        );
+        assert!(metrics.contains(&line), "{line} not in:\n{metrics}");
+    }
     host.signal(libc::SIGTERM);
     host.wait_ok();
 

@@ -420,10 +420,17 @@ impl Registry {
         settings: HandlerSettings,
     ) -> Result<Selection, RegistryError> {
         let mut known = Known::default();
+        // Files being written are waited for, but a file that never stops
+        // changing must not hold the start up: it is left to the watcher.
+        let give_up = Instant::now() + (self.settle * 10).max(Duration::from_secs(5));
         loop {
             let seen = self.seen(name)?;
             match self.refresh(name, &mut known, seen, SystemTime::now()) {
-                Some(wait) => std::thread::sleep(wait),
+                Some(wait) if Instant::now() + wait < give_up => std::thread::sleep(wait),
+                Some(_) => {
+                    tracing::warn!(handler = name, "starting without files that keep changing");
+                    break;
+                }
                 None => break,
             }
         }
