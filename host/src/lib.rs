@@ -5,7 +5,8 @@
 //!
 //! Modules in the order a message meets them: [`source`] (Kafka or a JSONL
 //! file) → `schedule` (one ordered lane per partition, offset watermarks) →
-//! `runtime` (the handler call, sandboxed) → `policy` (dead-letter a failure)
+//! [`registry`] (which handler version serves it) → `runtime` (the handler
+//! call, sandboxed) → `policy` (dead-letter a failure)
 //! → `effects` (publish, log) → back to `schedule`'s offsets for the ack.
 //! [`run`] wires them together; [`config`] is the TOML schema.
 

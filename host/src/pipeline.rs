@@ -1,7 +1,10 @@
 //! One message's way from handler call to acknowledgement:
 //!
 //! 1. handle: the lane's batch goes to a worker in one call, in offset order
-//!    (handlers are pure, so calling them early is safe);
+//!    (handlers are pure, so calling them early is safe), each message to
+//!    the version serving it (`registry`: the active one, or the canary for
+//!    its key); a shadow version, if any, gets the same batch on the side
+//!    (`shadow`);
 //! 2. wait: each message waits for the previous message on its ordering
 //!    chain (`schedule::chains`);
 //! 3. interpret: its outputs run in order (`effects`), or it is
