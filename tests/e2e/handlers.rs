@@ -541,3 +541,31 @@ fn a_failing_canary_is_rolled_back_and_its_keys_return_to_the_active_version() {
         assert_eq!(dead.header("sluice-handler-version"), Some("2.0.0"));
     }
 }
+
+#[test]
+fn a_copy_that_stalled_and_was_rejected_is_taken_once_it_is_complete() {
+    let (broker, scratch, handlers) = setup();
+    let config = host_config(&broker, &scratch, &handlers, "");
+    let brokers = broker.bootstrap_servers().to_owned();
+    let host = Host::start(&scratch, "host", &config, &[]);
+    let admin = admin_address(&scratch, "host");
+    let next = std::fs::read(component("test-echo-next")).unwrap();
+    let file = handlers.join("test-echo/2.0.0.wasm");
+
+    std::fs::write(&file, &next[..next.len() / 3]).unwrap();
+    wait_until("the partial file to be rejected", || {
+        line_of(&handlers_of(&config, &admin), "2.0.0").is_some_and(|l| l.contains("rejected"))
+    });
+    std::fs::write(&file, &next).unwrap();
+    wait_until("the completed file to serve", || {
+        line_of(&handlers_of(&config, &admin), "2.0.0").is_some_and(|l| l.contains("active"))
+    });
+    produce(&broker, 0, 20, 4, &|i| format!("m{i}"));
+    wait_until("the messages to be echoed", || {
+        count(&brokers, "echo") >= 20
+    });
+    host.signal(libc::SIGTERM);
+    host.wait_ok();
+    let versions = versions_of(&read_topic(&brokers, "echo"));
+    assert_eq!(versions, HashMap::from([("2.0.0".to_owned(), 20)]));
+}
