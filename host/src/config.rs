@@ -355,6 +355,14 @@ pub struct HandlerSettings {
     pub shadow_diff_topic: Option<String>,
 }
 
+impl HandlerSettings {
+    /// The canary's settings: a version marked only by its file name
+    /// (`.canary.wasm`) is a canary with the defaults.
+    pub fn canary_settings(&self) -> CanarySettings {
+        self.canary.clone().unwrap_or_default()
+    }
+}
+
 /// A canary: a share of keys for a candidate version, rolled back on its own
 /// when it dead-letters too much.
 #[derive(Debug, Clone, Deserialize)]

@@ -121,21 +121,25 @@ impl Pipeline {
         };
         // The versions are taken once per batch: a swap applies from the next.
         let serving = route.selection.serving();
-        let calls: Vec<_> = work
+        let handlers: Vec<_> = work
             .iter()
-            .map(|(d, _)| (serving.pick(&d.message).clone(), d.message.clone()))
+            .map(|(d, _)| serving.pick(&d.message).clone())
             .collect();
-        let handlers: Vec<_> = calls.iter().map(|(h, _)| h.clone()).collect();
-        let messages: Vec<_> = calls.iter().map(|(_, m)| m.clone()).collect();
+        let messages = || work.iter().map(|(d, _)| d.message.clone());
+        let calls = handlers.iter().cloned().zip(messages()).collect();
         let outcomes = self.pool.call(calls).await;
         if let Some(shadow) = &serving.shadow {
-            let active = handlers
+            let served = handlers
                 .iter()
                 .cloned()
                 .zip(outcomes.iter().cloned())
                 .collect();
-            self.shadows
-                .compare(&self.pool, shadow.handler.clone(), messages, active);
+            self.shadows.compare(
+                &self.pool,
+                shadow.handler.clone(),
+                messages().collect(),
+                served,
+            );
         }
         let work = work.into_iter().zip(handlers).zip(outcomes);
         if let Some(transaction) = &route.effects.transaction {
@@ -265,12 +269,12 @@ impl Pipeline {
     async fn interpret(
         &self,
         route: &RouteHandler,
-        version: &Arc<dyn Handler>,
+        served: &Arc<dyn Handler>,
         partition: &PartitionState,
         message: &Message,
         outcome: Result<Vec<Output>, CallError>,
     ) -> Vec<Pending> {
-        let handler = version.as_ref();
+        let handler = served.as_ref();
         let mut pending = Vec::new();
         let mut skipped = false;
         let dead = if partition
@@ -308,7 +312,7 @@ impl Pipeline {
         // A canary is judged by what it dead-letters (a parked key is not its doing).
         let judged = dead.as_ref().is_none_or(|d| d.stage != Stage::Schedule);
         if judged {
-            route.selection.observe(version, dead.is_some());
+            route.selection.observe(served, dead.is_some());
         }
         let ended = match (&dead, skipped) {
             (Some(_), _) => Outcome::DeadLettered,
@@ -319,7 +323,7 @@ impl Pipeline {
             .ended(handler.name(), handler.version(), ended);
         if let Some(dead) = dead {
             pending.push(
-                self.dead_letter(route, version, partition, message, dead)
+                self.dead_letter(route, served, partition, message, dead)
                     .await,
             );
         }

@@ -16,6 +16,7 @@ use serde_json::json;
 use crate::config::Config;
 use crate::contract::{Header, Message, Output, Publish};
 use crate::effects::publish::Publisher;
+use crate::policy::source_headers;
 use crate::replay::canonical;
 use crate::runtime::{CallError, Handler, WorkerPool};
 use crate::telemetry::{Telemetry, readable};
@@ -112,16 +113,13 @@ impl Shadows {
                     "serving": { "version": version.version(), "outcome": expected },
                     "shadow": { "version": shadow.version(), "outcome": got },
                 });
+                let mut headers = vec![Header::new("content-type", "application/json")];
+                headers.extend(source_headers(message));
                 let record = Publish {
                     topic: topic.clone(),
                     key: message.key.clone(),
                     payload: diff.to_string().into_bytes(),
-                    headers: vec![
-                        Header::new("content-type", "application/json"),
-                        Header::new("sluice-source-topic", message.topic.as_str()),
-                        Header::new("sluice-source-partition", message.partition.to_string()),
-                        Header::new("sluice-source-offset", message.offset.to_string()),
-                    ],
+                    headers,
                 };
                 if let Err(error) = publisher.publish(&record).await {
                     tracing::error!(%error, %topic, input = %message.id(), "cannot publish shadow difference");

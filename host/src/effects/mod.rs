@@ -154,11 +154,10 @@ impl Effects {
             match output {
                 Output::Log(entry) => log(message, handler, &entry),
                 Output::Publish(mut record) => {
-                    record.headers.extend([
-                        Header::new("sluice-id", id),
-                        Header::new("sluice-handler", handler.name()),
-                        Header::new("sluice-handler-version", handler.version()),
-                    ]);
+                    record.headers.push(Header::new("sluice-id", id));
+                    record
+                        .headers
+                        .extend(policy::handler_headers(handler.name(), handler.version()));
                     // A transaction retries as a whole; no breaker in between.
                     let breaker = route
                         .transaction

@@ -82,6 +82,25 @@ pub(crate) fn on_failure(route: &Route, error: &CallError) -> Disposition {
     })
 }
 
+/// Where a record sluice writes came from: `sluice-source-topic`,
+/// `-partition` and `-offset`.
+pub(crate) fn source_headers(message: &Message) -> [Header; 3] {
+    [
+        Header::new("sluice-source-topic", message.topic.as_str()),
+        Header::new("sluice-source-partition", message.partition.to_string()),
+        Header::new("sluice-source-offset", message.offset.to_string()),
+    ]
+}
+
+/// Which handler version made a record: `sluice-handler` and
+/// `sluice-handler-version`.
+pub(crate) fn handler_headers(handler: &str, version: &str) -> [Header; 2] {
+    [
+        Header::new("sluice-handler", handler),
+        Header::new("sluice-handler-version", version),
+    ]
+}
+
 /// The dead-letter record: the original key, payload and headers, plus
 /// headers saying where it came from and why it failed.
 pub(crate) fn dead_letter_record(
@@ -96,12 +115,9 @@ pub(crate) fn dead_letter_record(
         Header::new("sluice-reason", dead.reason),
         Header::new("sluice-detail", dead.detail.as_str()),
         Header::new("sluice-attempts", dead.attempts.to_string()),
-        Header::new("sluice-source-topic", message.topic.as_str()),
-        Header::new("sluice-source-partition", message.partition.to_string()),
-        Header::new("sluice-source-offset", message.offset.to_string()),
-        Header::new("sluice-handler", handler),
-        Header::new("sluice-handler-version", version),
     ]);
+    headers.extend(source_headers(message));
+    headers.extend(handler_headers(handler, version));
     if dead.parks_key {
         headers.push(Header::new(PARKS_KEY_HEADER, "true"));
     }

@@ -113,10 +113,26 @@ pub(crate) struct Served {
 
 impl Served {
     fn is(&self, other: &Served) -> bool {
-        match (&self.origin, &other.origin) {
-            (Some(a), Some(b)) => a == b,
-            _ => std::ptr::addr_eq(Arc::as_ptr(&self.handler), Arc::as_ptr(&other.handler)),
+        match &other.origin {
+            Some((path, hash)) => self.is_file(path, hash),
+            None => Arc::ptr_eq(&self.handler, &other.handler),
         }
+    }
+
+    /// Whether this is the build of `path` whose content hash is `hash`.
+    fn is_file(&self, path: &Path, hash: &str) -> bool {
+        self.origin
+            .as_ref()
+            .is_some_and(|(p, h)| p == path && h == hash)
+    }
+}
+
+/// Whether two optional roles hold the same build.
+fn same_role(a: Option<&Served>, b: Option<&Served>) -> bool {
+    match (a, b) {
+        (Some(a), Some(b)) => a.is(b),
+        (None, None) => true,
+        _ => false,
     }
 }
 
@@ -142,20 +158,18 @@ impl Serving {
         }
     }
 
+    fn canary(&self) -> Option<&Served> {
+        self.canary.as_ref().map(|(canary, _)| canary)
+    }
+
+    fn same_canary(&self, other: &Serving) -> bool {
+        same_role(self.canary(), other.canary())
+    }
+
     fn same_as(&self, other: &Serving) -> bool {
-        fn same(a: Option<&Served>, b: Option<&Served>) -> bool {
-            match (a, b) {
-                (Some(a), Some(b)) => a.is(b),
-                (None, None) => true,
-                _ => false,
-            }
-        }
         self.active.is(&other.active)
-            && same(
-                self.canary.as_ref().map(|c| &c.0),
-                other.canary.as_ref().map(|c| &c.0),
-            )
-            && same(self.shadow.as_ref(), other.shadow.as_ref())
+            && self.same_canary(other)
+            && same_role(self.shadow.as_ref(), other.shadow.as_ref())
     }
 }
 
@@ -164,6 +178,10 @@ struct Entry {
     seen: Seen,
     hash: String,
     rejected: Option<String>,
+    /// The handler its check just made, so putting it in service does not
+    /// load it again; dropped once roles are chosen (standby versions are
+    /// not kept in memory).
+    checked: Option<Arc<dyn Handler>>,
 }
 
 /// What the registry knows of one handler name's files.
@@ -212,9 +230,8 @@ impl Selection {
     }
 
     fn new(name: String, settings: HandlerSettings, serving: Serving, known: Known) -> Selection {
-        let window = canary::Window::new(Duration::from_millis(
-            settings.canary.as_ref().map_or(60_000, |c| c.window_ms),
-        ));
+        let window =
+            canary::Window::new(Duration::from_millis(settings.canary_settings().window_ms));
         Selection {
             name,
             settings,
@@ -239,13 +256,13 @@ impl Selection {
     /// rate, and rolls the canary back when the rate passes the threshold.
     pub(crate) fn observe(&self, handler: &Arc<dyn Handler>, dead_lettered: bool) {
         let serving = self.serving();
-        let Some((canary, _)) = &serving.canary else {
+        let Some(canary) = serving.canary() else {
             return;
         };
-        let settings = self.settings.canary.clone().unwrap_or_default();
-        if !std::ptr::addr_eq(Arc::as_ptr(&canary.handler), Arc::as_ptr(handler)) {
+        if !Arc::ptr_eq(&canary.handler, handler) {
             return;
         }
+        let settings = self.settings.canary_settings();
         let (handled, dead) = self
             .window
             .lock()
@@ -263,11 +280,8 @@ impl Selection {
         );
         let mut known = self.known.lock().expect("registry lock");
         let mut serving = self.serving.write().expect("serving lock");
-        let Some((current, _)) = &serving.canary else {
+        if !serving.canary().is_some_and(|current| current.is(canary)) {
             return; // Rolled back by another worker meanwhile.
-        };
-        if !current.is(canary) {
-            return;
         }
         tracing::error!(
             handler = %self.name,
@@ -291,11 +305,7 @@ impl Selection {
         let known = self.known.lock().expect("registry lock");
         let serving = self.serving();
         let in_role = |entry: &Entry, served: Option<&Served>| {
-            served.is_some_and(|s| {
-                s.origin.as_ref().is_some_and(|(path, hash)| {
-                    *path == entry.seen.file.path && *hash == entry.hash
-                })
-            })
+            served.is_some_and(|s| s.is_file(&entry.seen.file.path, &entry.hash))
         };
         let mut listed: Vec<VersionStatus> = known
             .entries
@@ -382,9 +392,7 @@ impl Registry {
             settle: Duration::from_millis(config.handler_settle_ms),
             selections: BTreeMap::new(),
         };
-        let mut names: Vec<&str> = config.routes.iter().map(|r| r.handler.as_str()).collect();
-        names.dedup();
-        for name in names {
+        for name in config.routes.iter().map(|r| r.handler.as_str()) {
             if registry.selections.contains_key(name) {
                 continue;
             }
@@ -447,6 +455,7 @@ impl Registry {
             shadow: None,
         };
         self.fill_roles(&mut known, &settings, &mut serving);
+        release_checked(&mut known);
         log_serving(name, None, &serving);
         Ok(Selection::new(name.to_owned(), settings, serving, known))
     }
@@ -547,8 +556,8 @@ impl Registry {
                 continue;
             }
             let version = seen.file.version.to_string();
-            let rejected = match self.runtime.load_bytes(&path, &bytes, name, &version) {
-                Ok((_, inspection)) => {
+            let (checked, rejected) = match self.runtime.load_bytes(&path, &bytes, name, &version) {
+                Ok((handler, inspection)) => {
                     tracing::info!(
                         handler = name,
                         %version,
@@ -558,12 +567,9 @@ impl Registry {
                         ms = inspection.compile_time.as_millis() as u64,
                         "handler version accepted"
                     );
-                    None
+                    (Some(handler as Arc<dyn Handler>), None)
                 }
-                Err(error) => {
-                    tracing::error!(handler = name, %version, "handler version rejected: {error}");
-                    Some(error.problem.to_string())
-                }
+                Err(error) => (None, Some(rejection(name, &version, &error))),
             };
             known.entries.insert(
                 path,
@@ -571,6 +577,7 @@ impl Registry {
                     seen,
                     hash,
                     rejected,
+                    checked,
                 },
             );
         }
@@ -589,39 +596,31 @@ impl Registry {
         unsettled
     }
 
-    /// A chosen file put in service: loaded from the artifact cache.
+    /// A chosen file put in service: the handler its check made, or (a
+    /// standby version coming back) loaded again from the artifact cache.
+    /// Should the file have changed since, the next rescan sees it.
     fn serve(&self, known: &mut Known, path: &Path) -> Result<Served, LoadError> {
         let entry = known
             .entries
             .get_mut(path)
             .expect("chosen from the known entries");
-        let version = entry.seen.file.version.to_string();
-        let name = entry.seen.file.name.clone();
-        let loaded = std::fs::read(path)
-            .map_err(|e| LoadError {
-                path: path.to_owned(),
-                problem: crate::runtime::LoadProblem::Read(e.to_string()),
-            })
-            .and_then(|bytes| {
-                let hash = content_hash(&bytes);
+        let loaded = match entry.checked.take() {
+            Some(handler) => Ok(handler),
+            None => {
+                let file = &entry.seen.file;
+                let version = file.version.to_string();
                 self.runtime
-                    .load_bytes(path, &bytes, &name, &version)
-                    .map(|(handler, _)| (handler, hash))
-            });
-        match loaded {
-            Ok((handler, hash)) => {
-                entry.hash = hash.clone();
-                Ok(Served {
-                    handler,
-                    origin: Some((path.to_owned(), hash)),
-                })
+                    .load(path, &file.name, &version)
+                    .map(|handler| handler as Arc<dyn Handler>)
+                    .inspect_err(|error| {
+                        entry.rejected = Some(rejection(&file.name, &version, error));
+                    })
             }
-            Err(error) => {
-                tracing::error!(handler = %name, %version, "handler version rejected: {error}");
-                entry.rejected = Some(error.problem.to_string());
-                Err(error)
-            }
-        }
+        };
+        loaded.map(|handler| Served {
+            handler,
+            origin: Some((path.to_owned(), entry.hash.clone())),
+        })
     }
 
     /// Puts the chosen canary and shadow (if any) in `serving`, reusing what
@@ -632,19 +631,13 @@ impl Registry {
         let mut reuse_or_serve = |path: &Option<PathBuf>, now: Option<&Served>| -> Option<Served> {
             let path = path.as_ref()?;
             let hash = &known.entries.get(path)?.hash;
-            match now.filter(|s| {
-                s.origin
-                    .as_ref()
-                    .is_some_and(|(p, h)| p == path && h == hash)
-            }) {
+            match now.filter(|s| s.is_file(path, hash)) {
                 Some(same) => Some(same.clone()),
                 None => self.serve(known, path).ok(),
             }
         };
-        // A file marked `.canary.wasm` is a canary with default settings.
-        let share = settings.canary.clone().unwrap_or_default().share();
-        serving.canary = reuse_or_serve(&choice.canary, current.canary.as_ref().map(|c| &c.0))
-            .map(|c| (c, share));
+        let share = settings.canary_settings().share();
+        serving.canary = reuse_or_serve(&choice.canary, current.canary()).map(|c| (c, share));
         serving.shadow = reuse_or_serve(&choice.shadow, current.shadow.as_ref());
     }
 
@@ -655,7 +648,7 @@ impl Registry {
         let scanned = files::scan(&self.dir)?;
         for (name, selection) in &self.selections {
             let mut known = selection.known.lock().expect("registry lock");
-            if known.entries.is_empty() && selection.serving().active.origin.is_none() {
+            if selection.serving().active.origin.is_none() {
                 continue; // Given in code.
             }
             let seen = scanned
@@ -688,13 +681,7 @@ impl Registry {
                 }
                 break current.active.clone();
             };
-            let hash = &known.entries[&path].hash;
-            if current
-                .active
-                .origin
-                .as_ref()
-                .is_some_and(|(p, h)| *p == path && h == hash)
-            {
+            if current.active.is_file(&path, &known.entries[&path].hash) {
                 break current.active.clone();
             }
             // A file that cannot be put in service is rejected; choose again.
@@ -708,16 +695,12 @@ impl Registry {
             shadow: current.shadow.clone(),
         };
         self.fill_roles(known, &selection.settings, &mut next);
+        release_checked(known);
         if next.same_as(&current) {
             return;
         }
         log_serving(&selection.name, Some(&current), &next);
-        let canary_changed = match (&next.canary, &current.canary) {
-            (Some((a, _)), Some((b, _))) => !a.is(b),
-            (None, None) => false,
-            _ => true,
-        };
-        if canary_changed {
+        if !next.same_canary(&current) {
             selection.window.lock().expect("canary window lock").clear();
         }
         *selection.serving.write().expect("serving lock") = Arc::new(next);
@@ -730,6 +713,19 @@ impl CanarySettings {
     fn share(&self) -> u32 {
         (self.percent * 100.0).round() as u32
     }
+}
+
+/// Drops the handlers checks made that did not go into service.
+fn release_checked(known: &mut Known) {
+    for entry in known.entries.values_mut() {
+        entry.checked = None;
+    }
+}
+
+/// Logs a file refused and returns the reason to keep, in one line.
+fn rejection(name: &str, version: &str, error: &LoadError) -> String {
+    tracing::error!(handler = name, version, "handler version rejected: {error}");
+    error.problem.to_string()
 }
 
 /// Which accepted file takes each role: shadow and canary by config or
@@ -788,7 +784,7 @@ fn choose(known: &Known, settings: &HandlerSettings) -> Choice {
 fn log_serving(name: &str, before: Option<&Serving>, now: &Serving) {
     let version = |s: Option<&Served>| s.map_or("-".to_owned(), |s| s.handler.version().to_owned());
     let active = now.active.handler.version();
-    let canary = version(now.canary.as_ref().map(|c| &c.0));
+    let canary = version(now.canary());
     let shadow = version(now.shadow.as_ref());
     match before {
         None => tracing::info!(handler = name, active, %canary, %shadow, "handler serving"),
@@ -798,7 +794,7 @@ fn log_serving(name: &str, before: Option<&Serving>, now: &Serving) {
             %canary,
             %shadow,
             was_active = before.active.handler.version(),
-            was_canary = %version(before.canary.as_ref().map(|c| &c.0)),
+            was_canary = %version(before.canary()),
             was_shadow = %version(before.shadow.as_ref()),
             "handler swapped"
         ),
@@ -823,6 +819,7 @@ mod tests {
                     },
                     hash: format!("hash-{name}"),
                     rejected: rejected.then(|| "does not compile".to_owned()),
+                    checked: None,
                 };
                 (path, entry)
             })

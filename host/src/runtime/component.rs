@@ -137,29 +137,20 @@ impl Runtime {
         version: &str,
     ) -> Result<Arc<WasmHandler>, LoadError> {
         let bytes = read(path)?;
-        self.prepare(path, &bytes, name, version)
+        self.load_bytes(path, &bytes, name, version)
             .map(|(handler, _)| handler)
-    }
-
-    /// Loads and checks a component already read from `path`.
-    pub(crate) fn load_bytes(
-        &self,
-        path: &Path,
-        bytes: &[u8],
-        name: &str,
-        version: &str,
-    ) -> Result<(Arc<WasmHandler>, Inspection), LoadError> {
-        self.prepare(path, bytes, name, version)
     }
 
     /// Loads and checks a component, and reports what it is.
     pub fn inspect(&self, path: &Path) -> Result<Inspection, LoadError> {
         let bytes = read(path)?;
-        self.prepare(path, &bytes, "inspect", "-")
+        self.load_bytes(path, &bytes, "inspect", "-")
             .map(|(_, inspection)| inspection)
     }
 
-    fn prepare(
+    /// Loads and checks a component already read from `path`, and reports
+    /// what it is.
+    pub(crate) fn load_bytes(
         &self,
         path: &Path,
         bytes: &[u8],
