@@ -5,7 +5,7 @@ use std::collections::{BTreeMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 /// What `brokers = "embedded"` means: an in-process Kafka-protocol broker.
 pub const EMBEDDED: &str = "embedded";
@@ -114,30 +114,79 @@ pub struct Config {
     pub base_dir: PathBuf,
 }
 
-/// Sandbox limits for handler calls.
-#[derive(Debug, Clone, Deserialize)]
+/// Sandbox limits for handler calls: `[limits]` sets them for every handler,
+/// `[handlers.NAME.limits]` overrides any of them (but `workers`) for one.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case", deny_unknown_fields)]
 pub struct Limits {
     /// Wall-clock deadline for one handler call, in milliseconds.
     #[serde(default = "default_deadline_ms")]
     pub deadline_ms: u64,
+    /// Wasm instructions one call may run (roughly); none: no fuel metering.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fuel: Option<u64>,
     /// Linear-memory cap of one instance, in MiB.
     #[serde(default = "default_memory_mib")]
     pub memory_mib: u64,
-    /// Replace an instance after this many calls.
+    /// Core instances (and memories, and tables) one component may create.
+    #[serde(default = "default_max_instances")]
+    pub max_instances: u32,
+    /// Elements one table may grow to.
+    #[serde(default = "default_max_table_elements")]
+    pub max_table_elements: u64,
+    /// Outputs one call may return.
+    #[serde(default = "default_max_outputs")]
+    pub max_outputs: u64,
+    /// Bytes of all outputs of one call together (topics, keys, payloads,
+    /// headers, texts, URLs, bodies).
+    #[serde(default = "default_max_output_bytes")]
+    pub max_output_bytes: u64,
+    /// Guest stdout/stderr lines logged per second per handler version;
+    /// lines over it are dropped and counted.
+    #[serde(default = "default_stdio_lines_per_second")]
+    pub stdio_lines_per_second: u32,
+    /// One instance per worker, reused (`reuse`), or a new one per message (`fresh`).
+    #[serde(default)]
+    pub instances: InstanceStrategy,
+    /// Replace a reused instance after this many calls.
     #[serde(default = "default_recycle_after")]
     pub recycle_after: u64,
-    /// Worker threads running handler calls; 0 means one per CPU.
+    /// The guest's clocks and randomness come from the message (timestamp,
+    /// topic/partition/offset), so a replay gives the same outputs.
+    #[serde(default = "default_deterministic")]
+    pub deterministic: bool,
+    /// Worker threads running handler calls; 0 means one per CPU (host-wide only).
     #[serde(default)]
     pub workers: usize,
+}
+
+/// How instances of a handler are kept.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum InstanceStrategy {
+    /// One instance per worker thread, recycled after `recycle-after` calls
+    /// and after any trap (default; cheapest per call).
+    #[default]
+    Reuse,
+    /// A new instance for every message: nothing survives from one message
+    /// to the next (pooling allocator, pre-linked instantiation).
+    Fresh,
 }
 
 impl Default for Limits {
     fn default() -> Self {
         Limits {
             deadline_ms: default_deadline_ms(),
+            fuel: None,
             memory_mib: default_memory_mib(),
+            max_instances: default_max_instances(),
+            max_table_elements: default_max_table_elements(),
+            max_outputs: default_max_outputs(),
+            max_output_bytes: default_max_output_bytes(),
+            stdio_lines_per_second: default_stdio_lines_per_second(),
+            instances: InstanceStrategy::default(),
             recycle_after: default_recycle_after(),
+            deterministic: default_deterministic(),
             workers: 0,
         }
     }
@@ -161,6 +210,52 @@ impl Limits {
         } else {
             std::thread::available_parallelism().map_or(2, |n| n.get())
         }
+    }
+
+    /// Calls an instance serves before it is replaced.
+    pub fn calls_per_instance(&self) -> u64 {
+        match self.instances {
+            InstanceStrategy::Reuse => self.recycle_after,
+            InstanceStrategy::Fresh => 1,
+        }
+    }
+
+    /// These limits with `overrides` (a `[handlers.NAME.limits]` table) on top.
+    fn merged(&self, overrides: &toml::Table) -> Result<Limits, String> {
+        if overrides.contains_key("workers") {
+            return Err("`workers` is host-wide: set it in [limits]".into());
+        }
+        let mut table = toml::Table::try_from(self).map_err(|e| e.to_string())?;
+        table.extend(overrides.clone());
+        toml::Value::Table(table)
+            .try_into()
+            .map_err(|e: toml::de::Error| e.message().to_owned())
+    }
+
+    fn validate(&self, prefix: &str) -> Result<(), (String, String)> {
+        let key = |field: &str| format!("{prefix}.{field}");
+        check_range(&key("deadline-ms"), self.deadline_ms, 1, 600_000)?;
+        if let Some(fuel) = self.fuel {
+            check_range(&key("fuel"), fuel, 1, u64::MAX)?;
+        }
+        check_range(&key("memory-mib"), self.memory_mib, 1, 4096)?;
+        check_range(&key("max-instances"), self.max_instances.into(), 1, 10_000)?;
+        check_range(
+            &key("max-table-elements"),
+            self.max_table_elements,
+            1,
+            100_000_000,
+        )?;
+        check_range(&key("max-outputs"), self.max_outputs, 1, 10_000_000)?;
+        check_range(&key("max-output-bytes"), self.max_output_bytes, 1, 1 << 32)?;
+        check_range(
+            &key("stdio-lines-per-second"),
+            self.stdio_lines_per_second.into(),
+            0,
+            1_000_000,
+        )?;
+        check_range(&key("recycle-after"), self.recycle_after, 1, u64::MAX)?;
+        check_range(&key("workers"), self.workers as u64, 0, 1024)
     }
 }
 
@@ -353,6 +448,8 @@ pub struct HandlerSettings {
     pub canary: Option<CanarySettings>,
     /// Where shadow differences are published (default `<handler>.shadow-diffs`).
     pub shadow_diff_topic: Option<String>,
+    /// Sandbox limits of this handler, over `[limits]`.
+    pub limits: Option<toml::Table>,
 }
 
 impl HandlerSettings {
@@ -499,6 +596,24 @@ fn default_memory_mib() -> u64 {
 fn default_recycle_after() -> u64 {
     10_000
 }
+fn default_max_instances() -> u32 {
+    100
+}
+fn default_max_table_elements() -> u64 {
+    1_000_000
+}
+fn default_max_outputs() -> u64 {
+    10_000
+}
+fn default_max_output_bytes() -> u64 {
+    16 << 20
+}
+fn default_stdio_lines_per_second() -> u32 {
+    100
+}
+fn default_deterministic() -> bool {
+    true
+}
 fn default_watch_handlers() -> bool {
     true
 }
@@ -614,15 +729,7 @@ impl Config {
             0,
             3_600_000,
         )?;
-        check_range("limits.deadline-ms", self.limits.deadline_ms, 1, 600_000)?;
-        check_range("limits.memory-mib", self.limits.memory_mib, 1, 4096)?;
-        check_range(
-            "limits.recycle-after",
-            self.limits.recycle_after,
-            1,
-            u64::MAX,
-        )?;
-        check_range("limits.workers", self.limits.workers as u64, 0, 1024)?;
+        self.limits.validate("limits")?;
         if self.routes.is_empty() {
             return invalid(
                 "routes",
@@ -804,6 +911,27 @@ impl Config {
         settings
     }
 
+    /// The sandbox limits of a handler: `[limits]` with its
+    /// `[handlers.NAME.limits]` on top.
+    pub fn limits_for(&self, name: &str) -> Limits {
+        match self.handlers.get(name).and_then(|h| h.limits.as_ref()) {
+            Some(overrides) => self
+                .limits
+                .merged(overrides)
+                .expect("handler limits were validated when the config was loaded"),
+            None => self.limits.clone(),
+        }
+    }
+
+    /// Every handler with limits of its own, and those limits.
+    pub fn handler_limits(&self) -> BTreeMap<String, Limits> {
+        self.handlers
+            .iter()
+            .filter(|(_, settings)| settings.limits.is_some())
+            .map(|(name, _)| (name.clone(), self.limits_for(name)))
+            .collect()
+    }
+
     fn validate_handlers(&self) -> Result<(), (String, String)> {
         let semver = |key: String, version: &Option<String>| match version {
             Some(v) if semver::Version::parse(v).is_err() => Err((
@@ -845,6 +973,13 @@ impl Config {
             }
             semver(key("version"), &settings.version)?;
             semver(key("shadow"), &settings.shadow)?;
+            if let Some(overrides) = &settings.limits {
+                let limits = self
+                    .limits
+                    .merged(overrides)
+                    .map_err(|message| (key("limits"), message))?;
+                limits.validate(&key("limits"))?;
+            }
             if let Some(canary) = &settings.canary {
                 semver(key("canary.version"), &canary.version)?;
                 if !(canary.percent > 0.0 && canary.percent <= 100.0) {
@@ -1082,5 +1217,40 @@ handler = "echo"
         assert!(err.contains("routes"), "{err}");
         let err = error_of("brokers = \"embedded\"\n");
         assert!(err.contains("routes"), "{err}");
+    }
+
+    #[test]
+    fn a_handler_overrides_some_limits_and_keeps_the_rest() {
+        let config = parse(&format!(
+            "{MINIMAL}\n[limits]\ndeadline-ms = 200\nworkers = 3\n\n[handlers.echo.limits]\nmemory-mib = 8\ninstances = \"fresh\"\nfuel = 1000\n"
+        ))
+        .unwrap();
+        let echo = config.limits_for("echo");
+        assert_eq!(echo.memory_mib, 8);
+        assert_eq!(echo.instances, InstanceStrategy::Fresh);
+        assert_eq!(echo.calls_per_instance(), 1);
+        assert_eq!(echo.fuel, Some(1000));
+        assert_eq!(echo.deadline_ms, 200, "from [limits]");
+        assert!(echo.deterministic, "on by default");
+        let other = config.limits_for("other");
+        assert_eq!(other, config.limits);
+        assert_eq!(other.calls_per_instance(), 10_000);
+        assert_eq!(config.handler_limits().len(), 1);
+    }
+
+    #[test]
+    fn bad_handler_limits_are_named() {
+        let section = format!("{MINIMAL}\n[handlers.echo.limits]\n");
+        let err = error_of(&format!("{section}memory-mb = 8\n"));
+        assert!(
+            err.contains("handlers.echo.limits") && err.contains("memory-mb"),
+            "{err}"
+        );
+        let err = error_of(&format!("{section}max-outputs = 0\n"));
+        assert!(err.contains("handlers.echo.limits.max-outputs"), "{err}");
+        let err = error_of(&format!("{section}instances = \"pooled\"\n"));
+        assert!(err.contains("pooled") && err.contains("fresh"), "{err}");
+        let err = error_of(&format!("{section}workers = 2\n"));
+        assert!(err.contains("host-wide"), "{err}");
     }
 }

@@ -173,6 +173,28 @@ pub enum Output {
     Http(HttpRequest),
 }
 
+impl Output {
+    /// The bytes of data it carries (names, keys, payloads, headers, texts,
+    /// URLs, bodies), which the sandbox caps per call.
+    pub fn size(&self) -> usize {
+        let headers = |headers: &[Header]| -> usize {
+            headers.iter().map(|h| h.name.len() + h.value.len()).sum()
+        };
+        match self {
+            Output::Publish(p) => {
+                p.topic.len()
+                    + p.key.as_ref().map_or(0, Vec::len)
+                    + p.payload.len()
+                    + headers(&p.headers)
+            }
+            Output::Log(entry) => entry.text.len(),
+            Output::Http(request) => {
+                request.url.len() + headers(&request.headers) + request.body.len()
+            }
+        }
+    }
+}
+
 /// An error a handler returned. Handlers are deterministic, so none is retried.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum HandleError {

@@ -91,10 +91,10 @@ fn execute(command: Command) -> anyhow::Result<ExitCode> {
                         eprintln!(
                             "no running host answers ({error:#}); evaluating the handlers directory"
                         );
-                        registry::evaluate(&config, Runtime::new(&config.limits)?)?
+                        registry::evaluate(&config, Runtime::for_config(&config)?)?
                     }
                 },
-                None => registry::evaluate(&config, Runtime::new(&config.limits)?)?,
+                None => registry::evaluate(&config, Runtime::for_config(&config)?)?,
             };
             print_handlers(&statuses)?;
             Ok(ExitCode::SUCCESS)

@@ -117,7 +117,7 @@ pub async fn run(
         }
     };
     let runtime =
-        Runtime::new(&config.limits)?.with_artifact_cache(&config.resolve(&config.artifact_cache));
+        Runtime::for_config(config)?.with_artifact_cache(&config.resolve(&config.artifact_cache));
     let registry = Arc::new(Registry::open(
         config,
         Arc::new(runtime),
@@ -146,7 +146,7 @@ pub async fn run(
     let shadows = Arc::new(Shadows::new(config, publisher.clone(), telemetry.clone()));
     let pipeline = Arc::new(Pipeline::new(
         routes,
-        WorkerPool::start(config.limits.worker_count(), config.limits.recycle_after),
+        WorkerPool::start(config.limits.worker_count()),
         Effects::new(Arc::new(Breakers::default()), telemetry.clone()),
         shadows.clone(),
         telemetry.clone(),

@@ -13,6 +13,8 @@ const MESSAGES: usize = 1_200;
 const ROUTES: &str = r#"
 [limits]
 workers = 2
+# `spin:<ms>` busy-waits on the guest's clock, which must be real time.
+deterministic = false
 
 [[routes]]
 topic = "in"

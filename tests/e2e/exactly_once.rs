@@ -19,6 +19,10 @@ const ROUTES: &str = r#"
 
 [limits]
 workers = 2
+# `spin:<ms>` busy-waits on the guest's clock, which must be real time.
+deterministic = false
+# Handler calls are counted by the guest's stdout lines: log every one.
+stdio-lines-per-second = 1_000_000
 
 [[routes]]
 topic = "in"

@@ -247,8 +247,8 @@ fn broken_files_are_rejected_with_their_reason_while_the_old_version_serves() {
         ),
         (
             "6.0.0.wasm",
-            std::fs::read(component("test-sockets")).unwrap(),
-            "wasi:sockets",
+            std::fs::read(component("test-unknown-import")).unwrap(),
+            "needs imports the host does not provide: component imports instance `test:unknown-import/query`",
         ),
     ];
     for (file, bytes, _) in &broken {

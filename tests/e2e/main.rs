@@ -9,6 +9,7 @@ mod effects;
 mod exactly_once;
 mod handlers;
 mod http_target;
+mod sandbox;
 mod shop;
 mod support;
 mod transactional_broker;

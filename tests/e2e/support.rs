@@ -39,6 +39,13 @@ pub fn dist() -> PathBuf {
     guests().join("dist")
 }
 
+/// A hostile test guest by attack (a feature of guests/test-hostile).
+pub fn hostile(attack: &str) -> PathBuf {
+    guests()
+        .join("target/hostile")
+        .join(format!("{attack}.wasm"))
+}
+
 /// A built guest component by crate name (test guests live only here).
 pub fn component(crate_name: &str) -> PathBuf {
     guests()
@@ -156,11 +163,20 @@ impl Host {
 
     /// The process's resident memory, in bytes.
     pub fn rss(&self) -> u64 {
+        self.memory("VmRSS:")
+    }
+
+    /// The most resident memory the process has had so far, in bytes.
+    pub fn peak_rss(&self) -> u64 {
+        self.memory("VmHWM:")
+    }
+
+    fn memory(&self, field: &str) -> u64 {
         let pid = self.child.as_ref().unwrap().id();
         let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
         status
             .lines()
-            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .find_map(|l| l.strip_prefix(field))
             .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
             .map_or(0, |kb| kb * 1024)
     }

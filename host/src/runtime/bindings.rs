@@ -8,9 +8,10 @@
 //! bump `wit/`, add a module here (with `shared_conversions!` and its
 //! `output`), a `ContractVersion` case, and arms in the two enums below.
 
-use wasmtime::component::{Component, InstancePre};
+use wasmtime::component::{Component, ComponentExportIndex, Func, InstancePre, TypedFunc};
 use wasmtime::{Engine, Store};
 
+use super::outputs::OutputList;
 use super::sandbox::GuestState;
 use crate::contract::{HandleError, Message, Output};
 
@@ -192,43 +193,85 @@ pub(crate) mod v0_2 {
 
 /// A component pre-linked against the host, ready to instantiate cheaply.
 #[derive(Clone)]
-pub(crate) enum HandlerPre {
-    V0_1(v0_1::HandlerPre<GuestState>),
-    V0_2(v0_2::HandlerPre<GuestState>),
+pub(crate) struct HandlerPre {
+    version: ContractVersion,
+    pre: InstancePre<GuestState>,
+    /// Where `handle` is among the component's exports.
+    handle: ComponentExportIndex,
 }
 
-/// A live instance's exports.
-pub(crate) enum HandlerExports {
-    V0_1(v0_1::Handler),
-    V0_2(v0_2::Handler),
+/// A live instance's `handle` function, and the contract its types follow.
+pub(crate) struct HandleFunc {
+    version: ContractVersion,
+    func: Func,
+}
+
+/// `handle`'s parameters and results in a version's types; the outputs come
+/// as an `OutputList`, counted before they are copied.
+macro_rules! handle_signature {
+    ($version:ident, $lifetime:lifetime) => {
+        TypedFunc<
+            ($version::sluice::handler::types::Message<$lifetime>,),
+            (
+                Result<
+                    OutputList<$version::sluice::handler::types::Output>,
+                    $version::sluice::handler::types::HandleError,
+                >,
+            ),
+        >
+    };
 }
 
 impl HandlerPre {
+    /// Checks the component's exports against the contract `version`.
     pub(crate) fn new(
         version: ContractVersion,
+        export: &str,
         pre: InstancePre<GuestState>,
     ) -> wasmtime::Result<HandlerPre> {
-        Ok(match version {
-            ContractVersion::V0_1 => HandlerPre::V0_1(v0_1::HandlerPre::new(pre)?),
-            ContractVersion::V0_2 => HandlerPre::V0_2(v0_2::HandlerPre::new(pre)?),
+        // The generated bindings check every exported type against the
+        // contract and say precisely what differs.
+        match version {
+            ContractVersion::V0_1 => drop(v0_1::HandlerPre::new(pre.clone())?),
+            ContractVersion::V0_2 => drop(v0_2::HandlerPre::new(pre.clone())?),
+        }
+        let component = pre.component();
+        let handle = component
+            .get_export_index(None, export)
+            .and_then(|interface| component.get_export_index(Some(&interface), "handle"))
+            .ok_or_else(|| wasmtime::format_err!("no function `handle` in `{export}`"))?;
+        Ok(HandlerPre {
+            version,
+            pre,
+            handle,
         })
     }
 
     pub(crate) fn instantiate(
         &self,
         store: &mut Store<GuestState>,
-    ) -> wasmtime::Result<HandlerExports> {
-        Ok(match self {
-            HandlerPre::V0_1(pre) => HandlerExports::V0_1(pre.instantiate(store)?),
-            HandlerPre::V0_2(pre) => HandlerExports::V0_2(pre.instantiate(store)?),
+    ) -> wasmtime::Result<HandleFunc> {
+        let instance = self.pre.instantiate(&mut *store)?;
+        let func = instance
+            .get_func(&mut *store, self.handle)
+            .ok_or_else(|| wasmtime::format_err!("the instance has no `handle` function"))?;
+        // Checked once here, so that each call can skip it (see `call`).
+        match self.version {
+            ContractVersion::V0_1 => {
+                let _: handle_signature!(v0_1, 'static) = func.typed(&*store)?;
+            }
+            ContractVersion::V0_2 => {
+                let _: handle_signature!(v0_2, 'static) = func.typed(&*store)?;
+            }
+        }
+        Ok(HandleFunc {
+            version: self.version,
+            func,
         })
     }
 
     pub(crate) fn component(&self) -> &Component {
-        match self {
-            HandlerPre::V0_1(pre) => pre.instance_pre().component(),
-            HandlerPre::V0_2(pre) => pre.instance_pre().component(),
-        }
+        self.pre.component()
     }
 
     pub(crate) fn engine(&self) -> &Engine {
@@ -238,28 +281,28 @@ impl HandlerPre {
 
 /// Calls a version's `handle` and converts what it returns.
 macro_rules! call_handle {
-    ($version:ident, $handler:expr, $store:expr, $msg:expr) => {{
+    ($version:ident, $func:expr, $store:expr, $msg:expr) => {{
         use $version::convert;
         let headers: Vec<_> = $msg.headers.iter().map(convert::header_param).collect();
-        let result = $handler
-            .sluice_handler_handle()
-            .call_handle($store, convert::message($msg, &headers))?;
+        // SAFETY: `instantiate` type-checked `func` against this signature.
+        let typed: handle_signature!($version, '_) = unsafe { TypedFunc::new_unchecked($func) };
+        let (result,) = typed.call($store, (convert::message($msg, &headers),))?;
         Ok(result
-            .map(|outputs| outputs.into_iter().map(convert::output).collect())
+            .map(|outputs| outputs.0.into_iter().map(convert::output).collect())
             .map_err(convert::error))
     }};
 }
 
-impl HandlerExports {
+impl HandleFunc {
     /// Calls `handle`; the outer error is a trap, the inner one the handler's.
-    pub(crate) fn handle(
+    pub(crate) fn call(
         &self,
         store: &mut Store<GuestState>,
         msg: &Message,
     ) -> wasmtime::Result<Result<Vec<Output>, HandleError>> {
-        match self {
-            HandlerExports::V0_1(handler) => call_handle!(v0_1, handler, store, msg),
-            HandlerExports::V0_2(handler) => call_handle!(v0_2, handler, store, msg),
+        match self.version {
+            ContractVersion::V0_1 => call_handle!(v0_1, self.func, store, msg),
+            ContractVersion::V0_2 => call_handle!(v0_2, self.func, store, msg),
         }
     }
 }

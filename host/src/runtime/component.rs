@@ -10,7 +10,7 @@ use wasmtime::component::Component;
 
 use super::bindings::{ContractVersion, HANDLE_INTERFACE, HandlerPre};
 use super::cache::content_hash;
-use super::sandbox::GuestTag;
+use super::sandbox::{GuestTag, LineBudget};
 use super::{CallLimits, Handler, HandlerInstance, Runtime, Trap, WasmInstance, one_line};
 
 /// The first eight bytes of a component (magic, version 0x0d, layer 1).
@@ -100,6 +100,7 @@ pub struct WasmHandler {
     contract: ContractVersion,
     pre: HandlerPre,
     limits: CallLimits,
+    lines: Arc<LineBudget>,
 }
 
 impl WasmHandler {
@@ -123,7 +124,12 @@ impl Handler for WasmHandler {
             &self.pre,
             &self.tag,
             &self.limits,
+            &self.lines,
         )?))
+    }
+
+    fn calls_per_instance(&self) -> u64 {
+        self.limits.calls_per_instance
     }
 }
 
@@ -187,18 +193,19 @@ impl Runtime {
             .imports(&self.engine)
             .map(|(n, _)| n.to_owned())
             .collect();
-        let (contract, contract_version) = find_contract(&exports).map_err(refuse)?;
-        if let Some(refused) = refused_imports(&imports) {
-            return Err(refuse(LoadProblem::Imports(refused)));
-        }
+        let (export, contract_version) = find_contract(&exports).map_err(refuse)?;
+        let contract = format!("sluice:handler@{}", &export[HANDLE_INTERFACE.len() + 1..]);
 
+        // Every import is resolved here, once: a component needing anything
+        // the host does not provide is refused now, never at call time.
         let instance_pre = self
             .linker
             .instantiate_pre(&component)
             .map_err(|e| refuse(LoadProblem::Imports(one_line(&e))))?;
-        let pre = HandlerPre::new(contract_version, instance_pre)
+        let pre = HandlerPre::new(contract_version, export, instance_pre)
             .map_err(|e| refuse(LoadProblem::Mismatch(one_line(&e))))?;
 
+        let limits = self.limits(name);
         let handler = WasmHandler {
             tag: GuestTag {
                 name: name.into(),
@@ -206,7 +213,8 @@ impl Runtime {
             },
             contract: contract_version,
             pre,
-            limits: CallLimits::new(&self.limits),
+            limits: CallLimits::new(limits, self.fuel),
+            lines: Arc::new(LineBudget::new(limits.stdio_lines_per_second)),
         };
         let started = Instant::now();
         handler
@@ -229,26 +237,6 @@ impl Runtime {
     }
 }
 
-/// Interfaces the linker could give but the sandbox refuses outright, so
-/// that a component needing them is turned away when it is loaded rather
-/// than failing on every call.
-const REFUSED_INTERFACES: &[(&str, &str)] = &[(
-    "wasi:sockets/",
-    "handlers have no network; ask the host for HTTP with the `http` output",
-)];
-
-/// The imports the sandbox refuses, and why, if there are any.
-fn refused_imports(imports: &[String]) -> Option<String> {
-    REFUSED_INTERFACES.iter().find_map(|(prefix, why)| {
-        let names: Vec<&str> = imports
-            .iter()
-            .filter(|i| i.starts_with(prefix))
-            .map(String::as_str)
-            .collect();
-        (!names.is_empty()).then(|| format!("{} ({why})", names.join(", ")))
-    })
-}
-
 fn read(path: &Path) -> Result<Vec<u8>, LoadError> {
     std::fs::read(path).map_err(|e| LoadError {
         path: path.to_owned(),
@@ -257,7 +245,7 @@ fn read(path: &Path) -> Result<Vec<u8>, LoadError> {
 }
 
 /// Finds the handler export and the contract version it was built against.
-fn find_contract(exports: &[String]) -> Result<(String, ContractVersion), LoadProblem> {
+fn find_contract(exports: &[String]) -> Result<(&str, ContractVersion), LoadProblem> {
     let prefix = format!("{HANDLE_INTERFACE}@");
     let Some(export) = exports.iter().find(|e| e.starts_with(&prefix)) else {
         let exports = if exports.is_empty() {
@@ -274,7 +262,7 @@ fn find_contract(exports: &[String]) -> Result<(String, ContractVersion), LoadPr
         .ok_or_else(|| LoadProblem::UnsupportedContract {
             found: found.to_owned(),
         })?;
-    Ok((format!("sluice:handler@{found}"), version))
+    Ok((export, version))
 }
 
 #[cfg(test)]
@@ -284,8 +272,8 @@ mod tests {
     #[test]
     fn contract_is_found_by_export_name() {
         let exports = vec!["sluice:handler/handle@0.1.0".to_owned()];
-        let (name, version) = find_contract(&exports).unwrap();
-        assert_eq!(name, "sluice:handler@0.1.0");
+        let (export, version) = find_contract(&exports).unwrap();
+        assert_eq!(export, "sluice:handler/handle@0.1.0");
         assert_eq!(version, ContractVersion::V0_1);
         // A patch release of the same minor is the same contract.
         assert!(find_contract(&["sluice:handler/handle@0.1.7".to_owned()]).is_ok());

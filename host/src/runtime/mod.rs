@@ -5,26 +5,30 @@
 mod bindings;
 mod cache;
 mod component;
+mod determinism;
+mod outputs;
 mod pool;
 mod sandbox;
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::thread::JoinHandle;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use wasmtime::component::Linker;
-use wasmtime::{Engine, Store};
+use wasmtime::{Engine, InstanceAllocationStrategy, PoolingAllocationConfig, Store};
 
 pub use bindings::ContractVersion;
 pub(crate) use cache::content_hash;
 pub use component::{Inspection, LoadError, LoadProblem, WasmHandler};
 pub(crate) use pool::WorkerPool;
 
-use crate::config::Limits;
+use crate::config::{Config, InstanceStrategy, Limits};
 use crate::contract::{HandleError, Message, Output};
-use bindings::HandlerExports;
-use sandbox::{GuestState, GuestTag, MemoryCapExceeded};
+use bindings::HandleFunc;
+use outputs::OutputCountExceeded;
+use sandbox::{CapExceeded, GuestState, GuestTag, LineBudget};
 
 /// How often the engine's epoch advances; deadlines are rounded up to it.
 const EPOCH_TICK: Duration = Duration::from_millis(10);
@@ -38,6 +42,11 @@ pub trait Handler: Send + Sync + 'static {
     fn version(&self) -> &str;
     /// A new instance, ready for calls.
     fn instantiate(&self) -> Result<Box<dyn HandlerInstance>, Trap>;
+    /// Calls one instance serves before it is replaced (1: a fresh instance
+    /// per message).
+    fn calls_per_instance(&self) -> u64 {
+        u64::MAX
+    }
 }
 
 /// One instance of a handler. Instances are reused for many calls on one
@@ -64,9 +73,23 @@ pub enum Trap {
     /// The call ran past its wall-clock deadline.
     #[error("deadline of {} ms exceeded", .0.as_millis())]
     Deadline(Duration),
-    /// Linear memory would have grown past the cap.
+    /// The call used up its fuel.
+    #[error("fuel of {0} exhausted")]
+    Fuel(u64),
+    /// Linear memory (or a table) would have grown past the cap.
     #[error("memory cap exceeded: {0}")]
     Memory(String),
+    /// The call returned more outputs than allowed.
+    #[error("{count} outputs, over the cap of {cap} per call")]
+    OutputCount {
+        /// Outputs returned.
+        count: usize,
+        /// The cap.
+        cap: u64,
+    },
+    /// The call's outputs hold more bytes than allowed.
+    #[error("{0}")]
+    OutputBytes(String),
     /// The guest's stack overflowed.
     #[error("stack overflow")]
     Stack,
@@ -83,7 +106,10 @@ impl Trap {
     pub fn kind(&self) -> &'static str {
         match self {
             Trap::Deadline(_) => "deadline",
+            Trap::Fuel(_) => "fuel",
             Trap::Memory(_) => "memory",
+            Trap::OutputCount { .. } => "output-count",
+            Trap::OutputBytes(_) => "output-bytes",
             Trap::Stack => "stack",
             Trap::Instantiate(_) => "instantiate",
             Trap::Guest(_) => "trap",
@@ -111,24 +137,60 @@ pub struct Runtime {
     engine: Engine,
     linker: Linker<GuestState>,
     limits: Limits,
+    handler_limits: BTreeMap<String, Limits>,
+    fuel: bool,
     cache: Option<cache::ArtifactCache>,
-    _ticker: EpochTicker,
+    _ticker: Option<EpochTicker>,
 }
 
 impl Runtime {
-    /// An engine with epoch interruption and a WASI linker that grants nothing.
+    /// An engine with epoch interruption and a WASI linker that grants
+    /// nothing; every handler runs under `limits`.
     pub fn new(limits: &Limits) -> Result<Runtime, RuntimeError> {
+        Runtime::build(limits, BTreeMap::new(), true)
+    }
+
+    /// The runtime a config asks for: `[limits]` for every handler, and each
+    /// `[handlers.NAME.limits]` for its own.
+    pub fn for_config(config: &Config) -> Result<Runtime, RuntimeError> {
+        Runtime::build(&config.limits, config.handler_limits(), true)
+    }
+
+    /// A runtime whose calls have no deadline, to measure what deadlines
+    /// cost. Never for serving: a looping guest would hold its worker forever.
+    #[doc(hidden)]
+    pub fn without_deadlines(limits: &Limits) -> Result<Runtime, RuntimeError> {
+        Runtime::build(limits, BTreeMap::new(), false)
+    }
+
+    fn build(
+        limits: &Limits,
+        handler_limits: BTreeMap<String, Limits>,
+        deadlines: bool,
+    ) -> Result<Runtime, RuntimeError> {
+        let error = |e: wasmtime::Error| RuntimeError(format!("{e:#}"));
+        let all: Vec<&Limits> = std::iter::once(limits)
+            .chain(handler_limits.values())
+            .collect();
+        // Fuel changes the compiled code of every handler, so it is on only
+        // when some handler asks for it.
+        let fuel = all.iter().any(|l| l.fuel.is_some());
         let mut config = wasmtime::Config::new();
-        config.epoch_interruption(true);
-        let engine = Engine::new(&config).map_err(|e| RuntimeError(format!("{e:#}")))?;
+        config.epoch_interruption(deadlines).consume_fuel(fuel);
+        if all.iter().any(|l| l.instances == InstanceStrategy::Fresh) {
+            config.allocation_strategy(InstanceAllocationStrategy::Pooling(pooling(&all)));
+        }
+        let engine = Engine::new(&config).map_err(error)?;
         let mut linker = Linker::new(&engine);
-        wasmtime_wasi::p2::add_to_linker_sync(&mut linker)
-            .map_err(|e| RuntimeError(format!("{e:#}")))?;
-        let ticker = EpochTicker::start(engine.clone());
+        wasmtime_wasi::p2::add_to_linker_sync(&mut linker).map_err(error)?;
+        determinism::add_sleeps_to_linker(&mut linker).map_err(error)?;
+        let ticker = deadlines.then(|| EpochTicker::start(engine.clone()));
         Ok(Runtime {
             engine,
             linker,
             limits: limits.clone(),
+            handler_limits,
+            fuel,
             cache: None,
             _ticker: ticker,
         })
@@ -141,10 +203,24 @@ impl Runtime {
         self
     }
 
-    /// The limits every call and instance of this runtime runs under.
-    pub fn limits(&self) -> &Limits {
-        &self.limits
+    /// The limits every call and instance of a handler runs under.
+    pub fn limits(&self, handler: &str) -> &Limits {
+        self.handler_limits.get(handler).unwrap_or(&self.limits)
     }
+}
+
+/// The instance pool `fresh` handlers draw from: slots sized for the largest
+/// caps any handler has, so instantiating is a slot reuse, not an mmap.
+fn pooling(all: &[&Limits]) -> PoolingAllocationConfig {
+    let most = |f: fn(&Limits) -> u64| all.iter().map(|l| f(l)).max().unwrap_or(1);
+    let per_component = most(|l| l.max_instances.into()) as u32;
+    let mut pool = PoolingAllocationConfig::default();
+    pool.max_memory_size(most(|l| l.memory_bytes() as u64) as usize)
+        .table_elements(most(|l| l.max_table_elements) as usize)
+        .max_core_instances_per_component(per_component)
+        .max_memories_per_component(per_component)
+        .max_tables_per_component(per_component);
+    pool
 }
 
 /// Advances the engine's epoch every `EPOCH_TICK` until dropped.
@@ -187,26 +263,56 @@ impl Drop for EpochTicker {
 struct CallLimits {
     deadline: Duration,
     deadline_ticks: u64,
+    /// Fuel per call; `None` with fuel metering on means unmetered.
+    fuel: Option<u64>,
+    /// Whether the engine meters fuel (then every call must be given some).
+    engine_fuel: bool,
     memory_bytes: usize,
+    max_instances: usize,
+    max_table_elements: usize,
+    max_outputs: u64,
+    max_output_bytes: u64,
+    calls_per_instance: u64,
+    deterministic: bool,
 }
 
 impl CallLimits {
-    fn new(limits: &Limits) -> Self {
+    fn new(limits: &Limits, engine_fuel: bool) -> Self {
         let deadline = limits.deadline();
         // One extra tick so a call always gets at least its full deadline.
         let ticks = deadline.as_millis().div_ceil(EPOCH_TICK.as_millis()) as u64 + 1;
         CallLimits {
             deadline,
             deadline_ticks: ticks,
+            fuel: limits.fuel,
+            engine_fuel,
             memory_bytes: limits.memory_bytes(),
+            max_instances: limits.max_instances as usize,
+            max_table_elements: limits.max_table_elements as usize,
+            max_outputs: limits.max_outputs,
+            max_output_bytes: limits.max_output_bytes,
+            calls_per_instance: limits.calls_per_instance(),
+            deterministic: limits.deterministic,
         }
+    }
+
+    /// What the host may allocate copying one call's outputs out of the
+    /// guest: room for the outputs themselves (at most 256 bytes each on the
+    /// host) and twice the byte cap. Past it the copy stops before allocating.
+    fn copy_budget(&self) -> usize {
+        let budget = self
+            .max_outputs
+            .saturating_mul(256)
+            .saturating_add(self.max_output_bytes.saturating_mul(2))
+            .saturating_add(1 << 20);
+        usize::try_from(budget).unwrap_or(usize::MAX)
     }
 }
 
 /// A live component instance with its own store.
 struct WasmInstance {
     store: Store<GuestState>,
-    exports: HandlerExports,
+    handle: HandleFunc,
     limits: CallLimits,
 }
 
@@ -215,11 +321,17 @@ impl WasmInstance {
         pre: &bindings::HandlerPre,
         tag: &GuestTag,
         limits: &CallLimits,
+        lines: &Arc<LineBudget>,
     ) -> Result<WasmInstance, Trap> {
-        let mut store = Store::new(pre.engine(), GuestState::new(tag, limits.memory_bytes));
-        store.limiter(|state| &mut state.memory);
+        let mut store = Store::new(pre.engine(), GuestState::new(tag, limits, lines.clone()));
+        store.limiter(|state| state.caps());
         store.set_epoch_deadline(limits.deadline_ticks);
-        let exports = pre
+        if limits.engine_fuel {
+            store
+                .set_fuel(limits.fuel.unwrap_or(u64::MAX))
+                .map_err(|e| Trap::Instantiate(one_line(&e)))?;
+        }
+        let handle = pre
             .instantiate(&mut store)
             .map_err(|e| match classify(e, limits) {
                 Trap::Guest(reason) => Trap::Instantiate(reason),
@@ -227,18 +339,48 @@ impl WasmInstance {
             })?;
         Ok(WasmInstance {
             store,
-            exports,
+            handle,
             limits: limits.clone(),
         })
+    }
+
+    /// Arms every per-call limit and sets the guest's clocks for `msg`.
+    fn begin(&mut self, msg: &Message) -> Result<(), Trap> {
+        let limits = &self.limits;
+        self.store
+            .data_mut()
+            .begin_call(msg, Instant::now() + limits.deadline);
+        self.store.set_epoch_deadline(limits.deadline_ticks);
+        if limits.engine_fuel {
+            self.store
+                .set_fuel(limits.fuel.unwrap_or(u64::MAX))
+                .map_err(|e| Trap::Guest(one_line(&e)))?;
+        }
+        self.store.set_hostcall_fuel(limits.copy_budget());
+        Ok(())
+    }
+
+    /// The outputs, if they are within the byte cap.
+    fn checked(&self, outputs: Vec<Output>) -> Result<Vec<Output>, Trap> {
+        let cap = self.limits.max_output_bytes;
+        let bytes: u64 = outputs.iter().map(|o| o.size() as u64).sum();
+        if bytes > cap {
+            return Err(Trap::OutputBytes(format!(
+                "outputs of {bytes} bytes, over the cap of {cap} bytes per call"
+            )));
+        }
+        Ok(outputs)
     }
 }
 
 impl HandlerInstance for WasmInstance {
     fn handle(&mut self, msg: &Message) -> Result<Vec<Output>, CallError> {
-        self.store.set_epoch_deadline(self.limits.deadline_ticks);
-        self.store.data_mut().clear_stderr_tail();
-        match self.exports.handle(&mut self.store, msg) {
-            Ok(Ok(outputs)) => Ok(outputs),
+        self.begin(msg)?;
+        let max_outputs = usize::try_from(self.limits.max_outputs).unwrap_or(usize::MAX);
+        let called =
+            outputs::with_max_outputs(max_outputs, || self.handle.call(&mut self.store, msg));
+        match called {
+            Ok(Ok(outputs)) => Ok(self.checked(outputs)?),
             Ok(Err(error)) => Err(CallError::Handler(error)),
             Err(error) => {
                 let trap = match classify(error, &self.limits) {
@@ -255,15 +397,36 @@ impl HandlerInstance for WasmInstance {
     }
 }
 
+/// wasmtime's message when copying data out of a guest passes the store's
+/// hostcall fuel; its error type is private, so it is known by its text.
+const COPY_BUDGET_EXCEEDED: &str = "too much data is being copied between the host and the guest";
+
 /// Turns a wasmtime error from a call or instantiation into a precise trap.
 fn classify(error: wasmtime::Error, limits: &CallLimits) -> Trap {
-    if let Some(cap) = error.downcast_ref::<MemoryCapExceeded>() {
+    if let Some(cap) = error.downcast_ref::<CapExceeded>() {
         return Trap::Memory(cap.to_string());
+    }
+    if let Some(over) = error.downcast_ref::<OutputCountExceeded>() {
+        return Trap::OutputCount {
+            count: over.count,
+            cap: limits.max_outputs,
+        };
     }
     match error.downcast_ref::<wasmtime::Trap>() {
         Some(wasmtime::Trap::Interrupt) => Trap::Deadline(limits.deadline),
+        Some(wasmtime::Trap::OutOfFuel) => Trap::Fuel(limits.fuel.unwrap_or(u64::MAX)),
         Some(wasmtime::Trap::StackOverflow) => Trap::Stack,
         Some(trap) => Trap::Guest(trap.to_string()),
+        None if error
+            .chain()
+            .any(|e| e.to_string().starts_with(COPY_BUDGET_EXCEEDED)) =>
+        {
+            Trap::OutputBytes(format!(
+                "the guest handed over more than the copy budget of {} bytes (max-output-bytes is {})",
+                limits.copy_budget(),
+                limits.max_output_bytes
+            ))
+        }
         None => Trap::Guest(one_line(&error)),
     }
 }

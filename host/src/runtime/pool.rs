@@ -27,8 +27,8 @@ pub(crate) struct WorkerPool {
 }
 
 impl WorkerPool {
-    /// Starts `workers` threads; each instance serves `recycle_after` calls at most.
-    pub(crate) fn start(workers: usize, recycle_after: u64) -> WorkerPool {
+    /// Starts `workers` threads.
+    pub(crate) fn start(workers: usize) -> WorkerPool {
         let (jobs, queue) = mpsc::channel::<Job>();
         let queue = Arc::new(Mutex::new(queue));
         let threads = (0..workers.max(1))
@@ -36,7 +36,7 @@ impl WorkerPool {
                 let queue = queue.clone();
                 std::thread::Builder::new()
                     .name(format!("sluice-worker-{i}"))
-                    .spawn(move || Worker::new(recycle_after).run(&queue))
+                    .spawn(move || Worker::default().run(&queue))
                     .expect("spawn worker thread")
             })
             .collect();
@@ -80,19 +80,12 @@ struct Slot {
     calls: u64,
 }
 
+#[derive(Default)]
 struct Worker {
     slots: Vec<Slot>,
-    recycle_after: u64,
 }
 
 impl Worker {
-    fn new(recycle_after: u64) -> Self {
-        Worker {
-            slots: Vec::new(),
-            recycle_after,
-        }
-    }
-
     fn run(mut self, queue: &Mutex<mpsc::Receiver<Job>>) {
         loop {
             let job = match queue.lock().expect("job queue lock").recv() {
@@ -132,7 +125,8 @@ impl Worker {
         let outcome = slot.instance.handle(message);
         slot.calls += 1;
         // A trapped instance may be in any state: never reuse it.
-        if matches!(outcome, Err(CallError::Trap(_))) || slot.calls >= self.recycle_after {
+        if matches!(outcome, Err(CallError::Trap(_))) || slot.calls >= handler.calls_per_instance()
+        {
             self.slots.swap_remove(index);
         }
         outcome

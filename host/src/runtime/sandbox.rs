@@ -1,11 +1,14 @@
 //! What a guest sees: a WASI surface that grants nothing (no files, no
-//! network, no environment, no arguments), stdout/stderr that end up in
-//! `tracing`, and a cap on linear memory.
+//! network, no environment, no arguments; a guest that asks gets an error),
+//! clocks and randomness fixed per message (see `determinism`), stdout and
+//! stderr that end up in `tracing` at a capped rate, and caps on linear
+//! memory, tables and instances.
 
 use std::collections::VecDeque;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
+use std::time::Instant;
 
 use bytes::Bytes;
 use tokio::io::AsyncWrite;
@@ -14,6 +17,10 @@ use wasmtime::component::ResourceTable;
 use wasmtime_wasi::cli::{IsTerminal, StdoutStream};
 use wasmtime_wasi::p2::{OutputStream, Pollable, StreamResult};
 use wasmtime_wasi::{WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView};
+
+use super::CallLimits;
+use super::determinism::CallContext;
+use crate::contract::Message;
 
 /// A guest line longer than this is logged in pieces, so a guest cannot make
 /// the host buffer without bound.
@@ -30,8 +37,12 @@ type StderrTail = Arc<Mutex<VecDeque<String>>>;
 pub(crate) struct GuestState {
     wasi: WasiCtx,
     table: ResourceTable,
-    pub(crate) memory: MemoryCap,
+    caps: Caps,
     stderr_tail: StderrTail,
+    /// The clocks and randomness of a deterministic guest; `None`: real ones.
+    call: Option<CallContext>,
+    /// When the current call must end.
+    deadline: Option<Instant>,
 }
 
 impl WasiView for GuestState {
@@ -45,7 +56,7 @@ impl WasiView for GuestState {
 
 impl GuestState {
     /// A fresh, deny-by-default guest state for one instance of a handler.
-    pub(crate) fn new(handler: &GuestTag, memory_cap: usize) -> Self {
+    pub(crate) fn new(handler: &GuestTag, limits: &CallLimits, lines: Arc<LineBudget>) -> Self {
         let stderr_tail = StderrTail::default();
         let mut wasi = WasiCtxBuilder::new();
         // No preopens, env or args are ever added; sockets are switched off
@@ -54,29 +65,66 @@ impl GuestState {
         wasi.allow_tcp(false)
             .allow_udp(false)
             .allow_ip_name_lookup(false)
-            .stdout(GuestOutput::new(handler.clone(), Stream::Stdout, None))
+            .stdout(GuestOutput::new(
+                handler.clone(),
+                Stream::Stdout,
+                None,
+                lines.clone(),
+            ))
             .stderr(GuestOutput::new(
                 handler.clone(),
                 Stream::Stderr,
                 Some(stderr_tail.clone()),
+                lines,
             ));
+        let call = limits.deterministic.then(CallContext::new);
+        if let Some(call) = &call {
+            call.install(&mut wasi);
+        }
         GuestState {
             wasi: wasi.build(),
             table: ResourceTable::new(),
-            memory: MemoryCap::new(memory_cap),
+            caps: Caps {
+                memory_bytes: limits.memory_bytes,
+                table_elements: limits.max_table_elements,
+                instances: limits.max_instances,
+            },
             stderr_tail,
+            call,
+            deadline: None,
         }
     }
 
-    /// Forgets the previous call's stderr lines.
-    pub(crate) fn clear_stderr_tail(&self) {
+    /// Readies the state for a call on `msg` that must end by `deadline`.
+    pub(crate) fn begin_call(&mut self, msg: &Message, deadline: Instant) {
         self.stderr_tail.lock().expect("stderr tail lock").clear();
+        if let Some(call) = &self.call {
+            call.begin(msg);
+        }
+        self.deadline = Some(deadline);
     }
 
     /// What the guest wrote to stderr during this call, if anything.
     pub(crate) fn stderr_tail(&self) -> Option<String> {
         let tail = self.stderr_tail.lock().expect("stderr tail lock");
         (!tail.is_empty()).then(|| tail.iter().cloned().collect::<Vec<_>>().join(" | "))
+    }
+
+    pub(crate) fn caps(&mut self) -> &mut Caps {
+        &mut self.caps
+    }
+
+    pub(crate) fn call_context(&self) -> Option<&CallContext> {
+        self.call.as_ref()
+    }
+
+    /// When a real sleep must end at the latest: the call's deadline.
+    pub(crate) fn sleep_deadline(&self) -> Option<Instant> {
+        self.deadline
+    }
+
+    pub(crate) fn table(&mut self) -> &mut ResourceTable {
+        &mut self.table
     }
 }
 
@@ -87,37 +135,38 @@ pub(crate) struct GuestTag {
     pub(crate) version: Arc<str>,
 }
 
-/// Refuses any linear-memory growth beyond the cap with a typed error, so a
-/// memory bomb is reported as such rather than as a generic trap.
-pub(crate) struct MemoryCap {
+/// Refuses growth of memories and tables beyond their caps with a typed
+/// error, so a memory bomb is reported as such rather than as a generic
+/// trap, and caps how many instances, memories and tables a component makes.
+pub(crate) struct Caps {
+    memory_bytes: usize,
+    table_elements: usize,
+    instances: usize,
+}
+
+/// The error a guest's memory or table growth fails with past its cap.
+#[derive(Debug, thiserror::Error)]
+#[error("{what} would grow to {desired} {unit}, over the cap of {cap} {unit}")]
+pub(crate) struct CapExceeded {
+    what: &'static str,
+    unit: &'static str,
+    desired: usize,
     cap: usize,
 }
 
-/// The error a guest's memory growth fails with when it passes the cap.
-#[derive(Debug, thiserror::Error)]
-#[error("linear memory would grow to {desired} bytes, over the cap of {cap} bytes")]
-pub(crate) struct MemoryCapExceeded {
-    pub(crate) desired: usize,
-    pub(crate) cap: usize,
-}
-
-impl MemoryCap {
-    fn new(cap: usize) -> Self {
-        MemoryCap { cap }
-    }
-}
-
-impl ResourceLimiter for MemoryCap {
+impl ResourceLimiter for Caps {
     fn memory_growing(
         &mut self,
         _current: usize,
         desired: usize,
         _maximum: Option<usize>,
     ) -> wasmtime::Result<bool> {
-        if desired > self.cap {
-            return Err(MemoryCapExceeded {
+        if desired > self.memory_bytes {
+            return Err(CapExceeded {
+                what: "linear memory",
+                unit: "bytes",
                 desired,
-                cap: self.cap,
+                cap: self.memory_bytes,
             }
             .into());
         }
@@ -130,7 +179,85 @@ impl ResourceLimiter for MemoryCap {
         desired: usize,
         maximum: Option<usize>,
     ) -> wasmtime::Result<bool> {
+        if desired > self.table_elements {
+            return Err(CapExceeded {
+                what: "a table",
+                unit: "elements",
+                desired,
+                cap: self.table_elements,
+            }
+            .into());
+        }
         Ok(maximum.is_none_or(|max| desired <= max))
+    }
+
+    fn instances(&self) -> usize {
+        self.instances
+    }
+
+    fn memories(&self) -> usize {
+        self.instances
+    }
+
+    fn tables(&self) -> usize {
+        self.instances
+    }
+}
+
+/// How many guest stdout/stderr lines a handler version may log: a token
+/// bucket refilled at the configured rate, shared by all its instances.
+pub(crate) struct LineBudget {
+    per_second: u32,
+    bucket: Mutex<Bucket>,
+}
+
+struct Bucket {
+    tokens: f64,
+    refilled: Instant,
+    dropped: u64,
+}
+
+/// Whether a line may be logged, and how many were dropped before it.
+enum Admit {
+    Log {
+        dropped_before: u64,
+    },
+    /// Dropped; `first` when it is the first of a run of dropped lines.
+    Drop {
+        first: bool,
+    },
+}
+
+impl LineBudget {
+    pub(crate) fn new(per_second: u32) -> Self {
+        LineBudget {
+            per_second,
+            bucket: Mutex::new(Bucket {
+                tokens: per_second as f64,
+                refilled: Instant::now(),
+                dropped: 0,
+            }),
+        }
+    }
+
+    fn admit(&self) -> Admit {
+        let mut bucket = self.bucket.lock().expect("line budget lock");
+        let now = Instant::now();
+        let rate = self.per_second as f64;
+        let elapsed = now.duration_since(bucket.refilled).as_secs_f64();
+        bucket.tokens = (bucket.tokens + elapsed * rate).min(rate);
+        bucket.refilled = now;
+        if bucket.tokens >= 1.0 {
+            bucket.tokens -= 1.0;
+            Admit::Log {
+                dropped_before: std::mem::take(&mut bucket.dropped),
+            }
+        } else {
+            bucket.dropped += 1;
+            Admit::Drop {
+                first: bucket.dropped == 1,
+            }
+        }
     }
 }
 
@@ -148,15 +275,22 @@ struct GuestOutput {
     stream: Stream,
     pending: Arc<Mutex<Vec<u8>>>,
     tail: Option<StderrTail>,
+    lines: Arc<LineBudget>,
 }
 
 impl GuestOutput {
-    fn new(tag: GuestTag, stream: Stream, tail: Option<StderrTail>) -> Self {
+    fn new(
+        tag: GuestTag,
+        stream: Stream,
+        tail: Option<StderrTail>,
+        lines: Arc<LineBudget>,
+    ) -> Self {
         GuestOutput {
             tag,
             stream,
             pending: Arc::default(),
             tail,
+            lines,
         }
     }
 
@@ -174,16 +308,42 @@ impl GuestOutput {
     }
 
     fn emit(&self, line: &[u8]) {
-        let text = String::from_utf8_lossy(line);
-        let text = text.trim_end_matches('\r');
-        if let Some(tail) = self.tail.as_ref().filter(|_| !text.trim().is_empty()) {
-            let mut tail = tail.lock().expect("stderr tail lock");
-            if tail.len() == STDERR_TAIL_LINES {
-                tail.pop_front();
+        if let Some(tail) = &self.tail {
+            let kept = &line[..line.len().min(STDERR_TAIL_LINE_CHARS * 4)];
+            let text = String::from_utf8_lossy(kept);
+            let text = text.trim_end_matches('\r');
+            if !text.trim().is_empty() {
+                let mut tail = tail.lock().expect("stderr tail lock");
+                if tail.len() == STDERR_TAIL_LINES {
+                    tail.pop_front();
+                }
+                tail.push_back(text.chars().take(STDERR_TAIL_LINE_CHARS).collect());
             }
-            tail.push_back(text.chars().take(STDERR_TAIL_LINE_CHARS).collect());
         }
         let (handler, version) = (&*self.tag.name, &*self.tag.version);
+        let limit = self.lines.per_second;
+        match self.lines.admit() {
+            Admit::Drop { first: true } => {
+                tracing::warn!(
+                    target: "sluice::guest",
+                    handler,
+                    version,
+                    "guest stdout/stderr over {limit} lines per second: dropping lines"
+                );
+                return;
+            }
+            Admit::Drop { first: false } => return,
+            Admit::Log { dropped_before: 0 } => {}
+            Admit::Log { dropped_before } => tracing::warn!(
+                target: "sluice::guest",
+                handler,
+                version,
+                dropped = dropped_before,
+                "guest stdout/stderr over {limit} lines per second: {dropped_before} lines dropped"
+            ),
+        }
+        let text = String::from_utf8_lossy(line);
+        let text = text.trim_end_matches('\r');
         match self.stream {
             Stream::Stdout => {
                 tracing::info!(target: "sluice::guest", handler, version, stream = "stdout", "{text}")
