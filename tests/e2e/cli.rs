@@ -105,6 +105,11 @@ fn bad_files(scratch: &Scratch) -> Vec<(PathBuf, &'static str)> {
             component("test-other-world"),
             "not a sluice handler: it exports run",
         ),
+        // Refused on load, never at call time, naming what is missing.
+        (
+            component("test-unknown-import"),
+            "needs imports the host does not provide: component imports instance `test:unknown-import/query`",
+        ),
     ]
 }
 
