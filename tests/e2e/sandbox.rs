@@ -82,6 +82,7 @@ impl Attacked {
         }
         assert_eq!(self.echoed, ["ok-1", "ok-2", "ok-3"], "the partition flows");
         assert!(self.leaked.is_empty(), "leaked: {:#?}", self.leaked);
+        eprintln!("{reason}: host peak RSS {} MiB", self.peak_rss / MIB);
         assert!(
             self.peak_rss > 0 && self.peak_rss < max_rss,
             "peak RSS {} MiB, allowed under {} MiB",
@@ -337,6 +338,25 @@ fn a_deterministic_guest_gives_byte_identical_outputs_on_every_replay() {
         randoms.insert(random);
     }
     assert_eq!(randoms.len(), 20, "each message has a seed of its own");
+}
+
+#[test]
+fn a_real_sleep_past_the_deadline_ends_the_call_at_the_deadline() {
+    // Real clocks: the guest's ten-second sleep is cut at the 300 ms
+    // deadline, and the call counts as past it, whatever it returns then.
+    let attacked = attack(
+        "clock-random",
+        "",
+        "deterministic = false\ndeadline-ms = 300",
+    );
+    assert_eq!(attacked.dead.len(), 5, "{:#?}", attacked.dead);
+    for record in &attacked.dead {
+        assert_eq!(record.header("sluice-reason"), Some("deadline"));
+        assert_eq!(
+            record.header("sluice-detail"),
+            Some("deadline of 300 ms exceeded")
+        );
+    }
 }
 
 #[test]

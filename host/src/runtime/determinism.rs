@@ -7,7 +7,8 @@
 //!
 //! Sleeping never blocks a worker past the call's deadline: a deterministic
 //! guest's sleep passes in virtual time at once; a non-deterministic one
-//! really waits, but only until the deadline, where the call is stopped.
+//! really waits, but only until the deadline, and a call that slept that far
+//! ends as past its deadline whatever it returns.
 
 use std::convert::Infallible;
 use std::sync::{Arc, Mutex};
@@ -201,10 +202,14 @@ fn sleep(
             let until = Instant::now()
                 .checked_add(Duration::from_nanos(duration(now)))
                 .unwrap_or_else(far_future);
-            let until = state
-                .sleep_deadline()
-                .map_or(until, |deadline| until.min(deadline));
-            Wake::At(until)
+            match state.sleep_deadline() {
+                // Woken at the deadline; the call then counts as past it.
+                Some(deadline) if until > deadline => {
+                    state.overslept();
+                    Wake::At(deadline)
+                }
+                _ => Wake::At(until),
+            }
         }
     };
     let table = state.table();

@@ -380,6 +380,10 @@ impl HandlerInstance for WasmInstance {
         let called =
             outputs::with_max_outputs(max_outputs, || self.handle.call(&mut self.store, msg));
         match called {
+            // A sleep cut short at the deadline: the call overran it.
+            Ok(_) if self.store.data().has_overslept() => {
+                Err(CallError::Trap(Trap::Deadline(self.limits.deadline)))
+            }
             Ok(Ok(outputs)) => Ok(self.checked(outputs)?),
             Ok(Err(error)) => Err(CallError::Handler(error)),
             Err(error) => {

@@ -43,6 +43,8 @@ pub(crate) struct GuestState {
     call: Option<CallContext>,
     /// When the current call must end.
     deadline: Option<Instant>,
+    /// The current call asked to sleep past its deadline.
+    overslept: bool,
 }
 
 impl WasiView for GuestState {
@@ -92,6 +94,7 @@ impl GuestState {
             stderr_tail,
             call,
             deadline: None,
+            overslept: false,
         }
     }
 
@@ -102,6 +105,7 @@ impl GuestState {
             call.begin(msg);
         }
         self.deadline = Some(deadline);
+        self.overslept = false;
     }
 
     /// What the guest wrote to stderr during this call, if anything.
@@ -121,6 +125,16 @@ impl GuestState {
     /// When a real sleep must end at the latest: the call's deadline.
     pub(crate) fn sleep_deadline(&self) -> Option<Instant> {
         self.deadline
+    }
+
+    /// Marks the current call as having slept until its deadline.
+    pub(crate) fn overslept(&mut self) {
+        self.overslept = true;
+    }
+
+    /// Whether the current call slept until its deadline.
+    pub(crate) fn has_overslept(&self) -> bool {
+        self.overslept
     }
 
     pub(crate) fn table(&mut self) -> &mut ResourceTable {
