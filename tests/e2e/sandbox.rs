@@ -395,3 +395,43 @@ fn a_fresh_instance_serves_each_message_when_asked() {
     assert_eq!(reused.len(), 6);
     assert_eq!(*reused.iter().max().unwrap(), 6, "{reused:?}");
 }
+
+#[test]
+fn table_and_instance_caps_refuse_a_component_when_it_is_loaded() {
+    // No host runs: `sluice handlers` checks the directory as a starting
+    // host would, and says why nothing can serve.
+    let verdict = |limits: &str| {
+        let scratch = Scratch::new();
+        let handlers = scratch.handlers(&[("capped", "1.0.0", &component("test-echo"))]);
+        let routes = format!(
+            "[[routes]]\ntopic = \"a\"\nhandler = \"capped\"\n\n[handlers.capped.limits]\n{limits}\n"
+        );
+        let config = scratch.write(
+            "host.toml",
+            config("127.0.0.1:9", "caps", &handlers, &routes),
+        );
+        let output = sluice()
+            .args(["handlers", "--config"])
+            .arg(&config)
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&output.stderr).into_owned();
+        (output.status.success(), text)
+    };
+    let (served, few) = verdict("max-instances = 1");
+    assert!(!served, "nothing can serve");
+    assert!(
+        few.contains("fails to instantiate under the sandbox")
+            && few.contains("instance count too high"),
+        "{few}"
+    );
+    let (served, small) = verdict("max-table-elements = 1");
+    assert!(!served, "nothing can serve");
+    assert!(
+        small.contains("fails to instantiate under the sandbox")
+            && small.contains("over the cap of 1 elements"),
+        "{small}"
+    );
+    let (served, uncapped) = verdict("");
+    assert!(served, "the same component loads uncapped: {uncapped}");
+}
