@@ -22,6 +22,8 @@ struct Attacked {
     echoed: Vec<String>,
     /// Records the handler managed to publish with something it obtained.
     leaked: Vec<Record>,
+    /// What the clock-and-random guest observed.
+    observed: Vec<String>,
     /// The host's peak resident memory.
     peak_rss: u64,
     log: String,
@@ -36,10 +38,19 @@ fn attack(attack: &str, argument: &str, limits: &str) -> Attacked {
 
 /// Like `attack`, with any component and attacking payload.
 fn attack_with(component: &std::path::Path, payload: &str, limits: &str) -> Attacked {
+    serve(
+        component,
+        &["ok-1", payload, "ok-2", payload, "ok-3"],
+        limits,
+    )
+}
+
+/// Serves `inputs` on one partition to `component` (as handler `hostile`,
+/// under `limits`) until every offset is committed.
+fn serve(component: &std::path::Path, inputs: &[&str], limits: &str) -> Attacked {
     let broker = EmbeddedBroker::start().unwrap();
     let brokers = broker.bootstrap_servers();
     broker.create_topic("in", 1).unwrap();
-    let inputs = ["ok-1", payload, "ok-2", payload, "ok-3"];
     let messages: Vec<_> = inputs.iter().map(|p| message("in", 0, "k", p)).collect();
     broker.produce(&messages).unwrap();
     let scratch = Scratch::new();
@@ -62,6 +73,10 @@ fn attack_with(component: &std::path::Path, payload: &str, limits: &str) -> Atta
             .map(|r| r.payload)
             .collect(),
         leaked: read_topic(brokers, "leak"),
+        observed: read_topic(brokers, "observed")
+            .into_iter()
+            .map(|r| r.payload)
+            .collect(),
         peak_rss,
         log: log_of(&scratch, "host"),
     }
@@ -329,9 +344,10 @@ fn a_deterministic_guest_gives_byte_identical_outputs_on_every_replay() {
         assert!(line.contains(&wall), "{line} lacks {wall}");
         assert!(line.contains(&format!("std-time={millis}")), "{line}");
         assert!(line.contains("monotonic-start=0 "), "{line}");
-        // A ten-second sleep under a one-second deadline passed in virtual time.
+        // A 1 ms sleep to an instant and a ten-second sleep under a
+        // one-second deadline passed in virtual time.
         assert!(
-            line.contains("monotonic-after-sleep=10000000000 "),
+            line.contains("monotonic-after-sleep=10001000000 "),
             "{line}"
         );
         let random = line.split("random=").nth(1).unwrap()[..32].to_owned();
@@ -355,6 +371,41 @@ fn a_real_sleep_past_the_deadline_ends_the_call_at_the_deadline() {
         assert_eq!(
             record.header("sluice-detail"),
             Some("deadline of 300 ms exceeded")
+        );
+    }
+}
+
+#[test]
+fn a_real_sleep_to_an_instant_reads_the_guests_own_clock() {
+    // Real clocks, one instance for all four calls: each sleeps 1 ms to an
+    // instant on the guest's monotonic clock, then `<ms>`. The instant is
+    // measured from the instance's start; read against any other origin the
+    // later calls would sleep past their deadline.
+    let inputs = ["attack:200", "attack:5", "attack:5", "attack:5"];
+    let attacked = serve(
+        &hostile("clock-random"),
+        &inputs,
+        "deterministic = false\ndeadline-ms = 300",
+    );
+    assert!(attacked.dead.is_empty(), "{:#?}", attacked.dead);
+    assert_eq!(attacked.observed.len(), inputs.len());
+    for (observed, input) in attacked.observed.iter().zip(inputs) {
+        let slept_ms: u64 = input["attack:".len()..].parse().unwrap();
+        let after: u64 = observed
+            .split("monotonic-after-sleep=")
+            .nth(1)
+            .and_then(|rest| rest.split(' ').next())
+            .and_then(|n| n.parse().ok())
+            .unwrap();
+        let started: u64 = observed
+            .split("monotonic-start=")
+            .nth(1)
+            .and_then(|rest| rest.split(' ').next())
+            .and_then(|n| n.parse().ok())
+            .unwrap();
+        assert!(
+            after - started >= (slept_ms + 1) * 1_000_000,
+            "slept for real: {observed}"
         );
     }
 }

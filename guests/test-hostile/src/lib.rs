@@ -141,13 +141,16 @@ fn attack(msg: &Message, _: &str) -> Result<Vec<Output>, HandleError> {
 }
 
 #[cfg(feature = "clock-random")]
-fn attack(msg: &Message, _: &str) -> Result<Vec<Output>, HandleError> {
+fn attack(msg: &Message, millis: &str) -> Result<Vec<Output>, HandleError> {
     use wasip2::clocks::{monotonic_clock, wall_clock};
     use wasip2::random::{insecure, random};
     let wall = wall_clock::now();
     let started = monotonic_clock::now();
-    // Ten seconds, well past any deadline: only virtual time lets it end.
-    monotonic_clock::subscribe_duration(10_000_000_000).block();
+    // A millisecond until an instant, then `attack:<ms>` or ten seconds, well
+    // past any deadline: only virtual time lets that end.
+    monotonic_clock::subscribe_instant(started + 1_000_000).block();
+    let millis: u64 = millis.parse().unwrap_or(10_000);
+    monotonic_clock::subscribe_duration(millis * 1_000_000).block();
     let slept = monotonic_clock::now();
     let hex = |bytes: Vec<u8>| bytes.iter().map(|b| format!("{b:02x}")).collect::<String>();
     let observed = format!(

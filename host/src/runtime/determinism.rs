@@ -28,7 +28,52 @@ use crate::contract::Message;
 /// 48 implements `wasi:*@0.2.12`; guests built for any 0.2.x match it).
 const MONOTONIC_CLOCK: &str = "wasi:clocks/monotonic-clock@0.2.12";
 
-/// The clocks and randomness of one instance, reset for every call.
+/// Where an instance's clocks and randomness come from.
+pub(crate) enum Clocks {
+    /// The message being handled: deterministic.
+    Message(CallContext),
+    /// The host's, with the monotonic clock counted from `origin` (kept here
+    /// so that a sleep until an instant reads the clock the guest reads).
+    Real { origin: Instant },
+}
+
+impl Clocks {
+    pub(crate) fn new(deterministic: bool) -> Self {
+        if deterministic {
+            Clocks::Message(CallContext::new())
+        } else {
+            Clocks::Real {
+                origin: Instant::now(),
+            }
+        }
+    }
+
+    /// Installs these clocks (and, for messages, this randomness) in a WASI
+    /// context; real randomness is the builder's own.
+    pub(crate) fn install(&self, wasi: &mut wasmtime_wasi::WasiCtxBuilder) {
+        match self {
+            Clocks::Message(call) => {
+                wasi.wall_clock(WallClock(call.clone()))
+                    .monotonic_clock(MonotonicClock(call.clone()))
+                    .secure_random(Random(call.clone()))
+                    .insecure_random(Random(call.clone()))
+                    .insecure_random_seed(0x5eed);
+            }
+            Clocks::Real { origin } => {
+                wasi.monotonic_clock(RealMonotonicClock(*origin));
+            }
+        }
+    }
+
+    /// Sets the clocks and the random seed for a call on `msg`.
+    pub(crate) fn begin(&self, msg: &Message) {
+        if let Clocks::Message(call) = self {
+            call.begin(msg);
+        }
+    }
+}
+
+/// The clocks and randomness of one deterministic instance, reset for every call.
 #[derive(Clone)]
 pub(crate) struct CallContext(Arc<Mutex<CallState>>);
 
@@ -41,7 +86,7 @@ struct CallState {
 }
 
 impl CallContext {
-    pub(crate) fn new() -> Self {
+    fn new() -> Self {
         CallContext(Arc::new(Mutex::new(CallState {
             wall_ms: 0,
             monotonic_ns: 0,
@@ -49,8 +94,7 @@ impl CallContext {
         })))
     }
 
-    /// Sets the clocks and the random seed for a call on `msg`.
-    pub(crate) fn begin(&self, msg: &Message) {
+    fn begin(&self, msg: &Message) {
         let mut seed = Sha256::new();
         seed.update(msg.topic.as_bytes());
         seed.update([0]);
@@ -65,14 +109,24 @@ impl CallContext {
     fn lock(&self) -> std::sync::MutexGuard<'_, CallState> {
         self.0.lock().expect("call context lock")
     }
+}
 
-    /// Installs these clocks and this randomness in a WASI context.
-    pub(crate) fn install(&self, wasi: &mut wasmtime_wasi::WasiCtxBuilder) {
-        wasi.wall_clock(WallClock(self.clone()))
-            .monotonic_clock(MonotonicClock(self.clone()))
-            .secure_random(Random(self.clone()))
-            .insecure_random(Random(self.clone()))
-            .insecure_random_seed(0x5eed);
+/// Real time, in nanoseconds since the instance was made.
+struct RealMonotonicClock(Instant);
+
+impl RealMonotonicClock {
+    fn nanos(origin: Instant) -> u64 {
+        u64::try_from(origin.elapsed().as_nanos()).unwrap_or(u64::MAX)
+    }
+}
+
+impl HostMonotonicClock for RealMonotonicClock {
+    fn resolution(&self) -> u64 {
+        1
+    }
+
+    fn now(&self) -> u64 {
+        RealMonotonicClock::nanos(self.0)
     }
 }
 
@@ -189,16 +243,16 @@ fn sleep(
     duration: impl Fn(u64) -> u64,
 ) -> wasmtime::Result<Resource<DynPollable>> {
     let state = store.data_mut();
-    let wake = match state.call_context() {
-        Some(context) => {
-            let mut call = context.lock();
+    let wake = match state.clocks() {
+        Clocks::Message(call) => {
+            let mut call = call.lock();
             call.monotonic_ns = call
                 .monotonic_ns
                 .saturating_add(duration(call.monotonic_ns));
             Wake::Now
         }
-        None => {
-            let now = wasmtime_wasi::clocks::monotonic_clock().now();
+        Clocks::Real { origin } => {
+            let now = RealMonotonicClock::nanos(*origin);
             let until = Instant::now()
                 .checked_add(Duration::from_nanos(duration(now)))
                 .unwrap_or_else(far_future);

@@ -19,7 +19,7 @@ use wasmtime_wasi::p2::{OutputStream, Pollable, StreamResult};
 use wasmtime_wasi::{WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView};
 
 use super::CallLimits;
-use super::determinism::CallContext;
+use super::determinism::Clocks;
 use crate::contract::Message;
 
 /// A guest line longer than this is logged in pieces, so a guest cannot make
@@ -39,8 +39,7 @@ pub(crate) struct GuestState {
     table: ResourceTable,
     caps: Caps,
     stderr_tail: StderrTail,
-    /// The clocks and randomness of a deterministic guest; `None`: real ones.
-    call: Option<CallContext>,
+    clocks: Clocks,
     /// When the current call must end.
     deadline: Option<Instant>,
     /// The current call asked to sleep past its deadline.
@@ -79,10 +78,8 @@ impl GuestState {
                 Some(stderr_tail.clone()),
                 lines,
             ));
-        let call = limits.deterministic.then(CallContext::new);
-        if let Some(call) = &call {
-            call.install(&mut wasi);
-        }
+        let clocks = Clocks::new(limits.deterministic);
+        clocks.install(&mut wasi);
         GuestState {
             wasi: wasi.build(),
             table: ResourceTable::new(),
@@ -92,7 +89,7 @@ impl GuestState {
                 instances: limits.max_instances,
             },
             stderr_tail,
-            call,
+            clocks,
             deadline: None,
             overslept: false,
         }
@@ -101,9 +98,7 @@ impl GuestState {
     /// Readies the state for a call on `msg` that must end by `deadline`.
     pub(crate) fn begin_call(&mut self, msg: &Message, deadline: Instant) {
         self.stderr_tail.lock().expect("stderr tail lock").clear();
-        if let Some(call) = &self.call {
-            call.begin(msg);
-        }
+        self.clocks.begin(msg);
         self.deadline = Some(deadline);
         self.overslept = false;
     }
@@ -118,8 +113,8 @@ impl GuestState {
         &mut self.caps
     }
 
-    pub(crate) fn call_context(&self) -> Option<&CallContext> {
-        self.call.as_ref()
+    pub(crate) fn clocks(&self) -> &Clocks {
+        &self.clocks
     }
 
     /// When a real sleep must end at the latest: the call's deadline.
