@@ -296,6 +296,15 @@ impl CallLimits {
         }
     }
 
+    /// Gives a store a full deadline and, when the engine meters it, fuel.
+    fn arm(&self, store: &mut Store<GuestState>) -> wasmtime::Result<()> {
+        store.set_epoch_deadline(self.deadline_ticks);
+        if self.engine_fuel {
+            store.set_fuel(self.fuel.unwrap_or(u64::MAX))?;
+        }
+        Ok(())
+    }
+
     /// What the host may allocate copying one call's outputs out of the
     /// guest: room for the outputs themselves (at most 256 bytes each on the
     /// host) and twice the byte cap. Past it the copy stops before allocating.
@@ -325,12 +334,10 @@ impl WasmInstance {
     ) -> Result<WasmInstance, Trap> {
         let mut store = Store::new(pre.engine(), GuestState::new(tag, limits, lines.clone()));
         store.limiter(|state| state.caps());
-        store.set_epoch_deadline(limits.deadline_ticks);
-        if limits.engine_fuel {
-            store
-                .set_fuel(limits.fuel.unwrap_or(u64::MAX))
-                .map_err(|e| Trap::Instantiate(one_line(&e)))?;
-        }
+        // Start-up code runs under the same deadline and fuel as a call.
+        limits
+            .arm(&mut store)
+            .map_err(|e| Trap::Instantiate(one_line(&e)))?;
         let handle = pre
             .instantiate(&mut store)
             .map_err(|e| match classify(e, limits) {
@@ -350,12 +357,9 @@ impl WasmInstance {
         self.store
             .data_mut()
             .begin_call(msg, Instant::now() + limits.deadline);
-        self.store.set_epoch_deadline(limits.deadline_ticks);
-        if limits.engine_fuel {
-            self.store
-                .set_fuel(limits.fuel.unwrap_or(u64::MAX))
-                .map_err(|e| Trap::Guest(one_line(&e)))?;
-        }
+        limits
+            .arm(&mut self.store)
+            .map_err(|e| Trap::Guest(one_line(&e)))?;
         self.store.set_hostcall_fuel(limits.copy_budget());
         Ok(())
     }
