@@ -109,6 +109,12 @@ pub struct Config {
     /// The admin HTTP server (`/handlers`, `/metrics`).
     #[serde(default)]
     pub admin: Admin,
+    /// The event store of decider handlers.
+    #[serde(default)]
+    pub store: StoreConfig,
+    /// How decider handlers load, decide and append.
+    #[serde(default)]
+    pub decider: DeciderSettings,
     /// Directory relative paths are resolved against (the config file's).
     #[serde(skip)]
     pub base_dir: PathBuf,
@@ -501,6 +507,73 @@ pub struct Admin {
     pub listen: Option<String>,
 }
 
+/// Which event store backend to use.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum StoreBackend {
+    /// An embedded SQLite file: nothing to run.
+    Sqlite,
+    /// A PostgreSQL server.
+    Postgres,
+}
+
+/// The event store (`[store]`).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(rename_all = "kebab-case", deny_unknown_fields)]
+pub struct StoreConfig {
+    /// `"sqlite"` (default) or `"postgres"`.
+    #[serde(default = "default_store_backend")]
+    pub backend: StoreBackend,
+    /// The SQLite file, relative to the config file.
+    #[serde(default = "default_store_path")]
+    pub path: PathBuf,
+    /// The PostgreSQL connection: a `postgres://` URL or `key=value` pairs.
+    #[serde(default = "default_store_url")]
+    pub url: String,
+    /// The PostgreSQL schema holding the tables (created if missing).
+    #[serde(default = "default_store_schema")]
+    pub schema: String,
+    /// PostgreSQL connections per host.
+    #[serde(default = "default_store_connections")]
+    pub connections: usize,
+    /// How long connecting to PostgreSQL may take.
+    #[serde(default = "default_store_connect_timeout_ms")]
+    pub connect_timeout_ms: u64,
+}
+
+impl Default for StoreConfig {
+    fn default() -> Self {
+        toml::from_str("").expect("defaults parse")
+    }
+}
+
+/// How deciders run (`[decider]`).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(rename_all = "kebab-case", deny_unknown_fields)]
+pub struct DeciderSettings {
+    /// Decisions per message before a version conflict dead-letters it.
+    #[serde(default = "default_conflict_attempts")]
+    pub conflict_attempts: u32,
+    /// The first conflict backoff's ceiling; it doubles per conflict.
+    #[serde(default = "default_conflict_backoff_initial_ms")]
+    pub conflict_backoff_initial_ms: u64,
+    /// The largest conflict backoff.
+    #[serde(default = "default_conflict_backoff_max_ms")]
+    pub conflict_backoff_max_ms: u64,
+    /// Persist a stream's state every this many events (0: never).
+    #[serde(default = "default_snapshot_every")]
+    pub snapshot_every: u64,
+    /// Streams whose state is kept in memory (0: none).
+    #[serde(default = "default_cache_streams")]
+    pub cache_streams: usize,
+}
+
+impl Default for DeciderSettings {
+    fn default() -> Self {
+        toml::from_str("").expect("defaults parse")
+    }
+}
+
 /// Where messages come from.
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(rename_all = "kebab-case", deny_unknown_fields)]
@@ -623,6 +696,39 @@ fn default_handler_settle_ms() -> u64 {
 fn default_artifact_cache() -> PathBuf {
     ".sluice-cache".into()
 }
+fn default_store_backend() -> StoreBackend {
+    StoreBackend::Sqlite
+}
+fn default_store_path() -> PathBuf {
+    "sluice-events.db".into()
+}
+fn default_store_url() -> String {
+    "postgres://postgres@127.0.0.1:5432/postgres".into()
+}
+fn default_store_schema() -> String {
+    "sluice".into()
+}
+fn default_store_connections() -> usize {
+    4
+}
+fn default_store_connect_timeout_ms() -> u64 {
+    5000
+}
+fn default_conflict_attempts() -> u32 {
+    10
+}
+fn default_conflict_backoff_initial_ms() -> u64 {
+    5
+}
+fn default_conflict_backoff_max_ms() -> u64 {
+    200
+}
+fn default_snapshot_every() -> u64 {
+    100
+}
+fn default_cache_streams() -> usize {
+    10_000
+}
 fn default_canary_percent() -> f64 {
     10.0
 }
@@ -637,6 +743,40 @@ fn default_canary_min_messages() -> u64 {
 }
 fn default_partitions() -> i32 {
     4
+}
+
+impl StoreConfig {
+    fn validate(&self) -> Result<(), (String, String)> {
+        let invalid = |key: &str, message: String| Err((format!("store.{key}"), message));
+        let identifier = !self.schema.is_empty()
+            && self.schema.len() <= 63
+            && self
+                .schema
+                .chars()
+                .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_')
+            && !self.schema.starts_with(|c: char| c.is_ascii_digit());
+        if !identifier {
+            return invalid(
+                "schema",
+                format!(
+                    "{:?} is not a schema name: use lowercase letters, digits and '_'",
+                    self.schema
+                ),
+            );
+        }
+        if self.backend == StoreBackend::Postgres
+            && let Err(e) = self.url.parse::<tokio_postgres::Config>()
+        {
+            return invalid("url", format!("{:?} is not a PostgreSQL connection: {e}", self.url));
+        }
+        check_range("store.connections", self.connections as u64, 1, 64)?;
+        check_range(
+            "store.connect-timeout-ms",
+            self.connect_timeout_ms,
+            1,
+            600_000,
+        )
+    }
 }
 
 impl Config {
@@ -730,6 +870,19 @@ impl Config {
             3_600_000,
         )?;
         self.limits.validate("limits")?;
+        self.store.validate()?;
+        check_range(
+            "decider.conflict-attempts",
+            self.decider.conflict_attempts.into(),
+            1,
+            1000,
+        )?;
+        check_range(
+            "decider.conflict-backoff-max-ms",
+            self.decider.conflict_backoff_max_ms,
+            self.decider.conflict_backoff_initial_ms,
+            60_000,
+        )?;
         if self.routes.is_empty() {
             return invalid(
                 "routes",

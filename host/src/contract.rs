@@ -195,6 +195,33 @@ impl Output {
     }
 }
 
+/// An event of a stream: what a decider decided happened.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Event {
+    /// What happened (the WIT field `type`), e.g. `CouponApplied`.
+    pub kind: String,
+    /// The event's data, encoded by the guest.
+    pub data: Vec<u8>,
+    /// The event's metadata, encoded by the guest.
+    pub metadata: Vec<u8>,
+}
+
+impl Event {
+    /// Its bytes (type, data, metadata), which the sandbox caps per call.
+    pub fn size(&self) -> usize {
+        self.kind.len() + self.data.len() + self.metadata.len()
+    }
+}
+
+/// What a decider decided for one message.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Decision {
+    /// Events to append to the message's stream.
+    pub events: Vec<Event>,
+    /// Outputs to run once the events are appended.
+    pub outputs: Vec<Output>,
+}
+
 /// An error a handler returned. Handlers are deterministic, so none is retried.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum HandleError {

@@ -13,6 +13,7 @@
 mod admin;
 pub mod config;
 pub mod contract;
+pub mod decider;
 mod effects;
 pub mod embedded;
 mod pipeline;
@@ -24,6 +25,7 @@ pub mod runtime;
 mod schedule;
 mod shadow;
 pub mod source;
+pub mod store;
 pub mod telemetry;
 
 pub use config::Config;

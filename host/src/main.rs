@@ -128,6 +128,7 @@ fn print_inspection(i: &Inspection) -> std::io::Result<()> {
         i.contract,
         i.contract_version.as_str()
     )?;
+    writeln!(out, "world     {}", i.kind.as_str())?;
     for (label, names) in [("exports", &i.exports), ("imports", &i.imports)] {
         for (n, name) in names.iter().enumerate() {
             writeln!(out, "{:<9} {name}", if n == 0 { label } else { "" })?;

@@ -17,18 +17,23 @@
 //!
 //! Exactly-once routes go through the same steps in offset order, into the
 //! open transaction (`effects::transaction`), which settles them all at once.
+//!
+//! A message served by a decider asks it only for its stream id in step 1;
+//! its chain is its stream (across the route's partitions), and in step 3
+//! `decider` loads, folds, decides and appends before its outputs run.
 
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use crate::config::{OnDeadLetter, Route};
+use crate::config::{OnDeadLetter, Ordering, Route};
 use crate::contract::{Message, Output};
+use crate::decider::{DecideError, Decider};
 use crate::effects::transaction::Transaction;
-use crate::effects::{Effects, Failure, Pending, RouteEffects};
+use crate::effects::{EffectError, Effects, Failure, Pending, RouteEffects, drive};
 use crate::policy::{self, DeadLetter, Disposition, Stage};
 use crate::registry::Selection;
-use crate::runtime::{CallError, Handler, WorkerPool};
-use crate::schedule::chains::Link;
+use crate::runtime::{CallError, Handler, HandlerKind, WorkerPool};
+use crate::schedule::chains::{Chains, Link};
 use crate::schedule::{PartitionState, Slot};
 use crate::shadow::Shadows;
 use crate::source::Delivery;
@@ -39,12 +44,41 @@ pub(crate) struct RouteHandler {
     pub(crate) route: Route,
     pub(crate) selection: Arc<Selection>,
     pub(crate) effects: RouteEffects,
+    /// Decider messages' chains: one per stream, over all partitions.
+    pub(crate) streams: Arc<Chains>,
+}
+
+/// What the handler call of step 1 gave.
+enum Called {
+    /// A handler's outputs, or its failure.
+    Handled(Result<Vec<Output>, CallError>),
+    /// A decider's stream id, or its failure.
+    Stream(Result<Option<String>, CallError>),
+}
+
+/// Why a message has no outputs to run.
+#[derive(Debug)]
+enum Refusal {
+    /// Its handler (at `Stage::Handle`) or decider (at `Stage::Decide`)
+    /// refused, failed or trapped.
+    Call(CallError, Stage),
+    /// Given up on for another reason (conflicts, a store that stayed down).
+    DeadLetter(DeadLetter),
+}
+
+/// What is left to do before a message's outputs can run.
+enum Work {
+    /// Nothing: here is the outcome.
+    Done(Result<Vec<Output>, Refusal>),
+    /// Decide it on this stream (once its turn on the stream comes).
+    Decide(String),
 }
 
 /// Everything needed to take a message from its handler to its ack.
 pub(crate) struct Pipeline {
     routes: HashMap<String, Arc<RouteHandler>>,
     pool: Arc<WorkerPool>,
+    decider: Arc<Decider>,
     effects: Effects,
     shadows: Arc<Shadows>,
     telemetry: Arc<Telemetry>,
@@ -56,7 +90,7 @@ struct InFlight {
     handler: Arc<dyn Handler>,
     partition: Arc<PartitionState>,
     delivery: Delivery,
-    outcome: Result<Vec<Output>, CallError>,
+    work: Work,
     link: Link,
     slot: Slot,
 }
@@ -73,6 +107,7 @@ impl Pipeline {
     pub(crate) fn new(
         routes: Vec<RouteHandler>,
         pool: WorkerPool,
+        decider: Arc<Decider>,
         effects: Effects,
         shadows: Arc<Shadows>,
         telemetry: Arc<Telemetry>,
@@ -84,6 +119,7 @@ impl Pipeline {
         Pipeline {
             routes,
             pool: Arc::new(pool),
+            decider,
             effects,
             shadows,
             telemetry,
@@ -125,38 +161,59 @@ impl Pipeline {
             .iter()
             .map(|(d, _)| serving.pick(&d.message).clone())
             .collect();
-        let messages = || work.iter().map(|(d, _)| d.message.clone());
-        let calls = handlers.iter().cloned().zip(messages()).collect();
-        let outcomes = self.pool.call(calls).await;
-        if let Some(shadow) = &serving.shadow {
-            let served = handlers
+        let messages: Vec<_> = work.iter().map(|(d, _)| d.message.clone()).collect();
+        let called = self.call(&handlers, &messages).await;
+        if let Some(shadow) = &serving.shadow
+            && shadow.handler.kind() == HandlerKind::Handler
+        {
+            // Only handlers are shadowed: a decider's outputs depend on its stream.
+            let (messages, served) = handlers
                 .iter()
-                .cloned()
-                .zip(outcomes.iter().cloned())
-                .collect();
-            self.shadows.compare(
-                &self.pool,
-                shadow.handler.clone(),
-                messages().collect(),
-                served,
-            );
+                .zip(&messages)
+                .zip(&called)
+                .filter_map(|((handler, message), called)| match called {
+                    Called::Handled(outcome) => {
+                        Some((message.clone(), (handler.clone(), outcome.clone())))
+                    }
+                    Called::Stream(_) => None,
+                })
+                .unzip();
+            self.shadows
+                .compare(&self.pool, shadow.handler.clone(), messages, served);
         }
-        let work = work.into_iter().zip(handlers).zip(outcomes);
+        let transactional = route.effects.transaction.is_some();
+        let work = work
+            .into_iter()
+            .zip(handlers)
+            .zip(called.into_iter().map(|c| work_for(&route.route, c, transactional)));
         if let Some(transaction) = &route.effects.transaction {
+            let work = work.map(|(ready, work)| match work {
+                Work::Done(outcome) => (ready, outcome),
+                Work::Decide(_) => unreachable!("work_for decides nothing in a transaction"),
+            });
             return self
                 .transact(transaction, &route, partition, work, epoch)
                 .await;
         }
         let mut handed = Vec::new();
-        for (((delivery, slot), handler), outcome) in work {
+        for (((delivery, slot), handler), work) in work {
             self.telemetry.consumed();
-            let link = partition
-                .chains
-                .join(route.route.ordering, delivery.message.key.as_deref());
-            let calls_out = outcome
-                .as_ref()
-                .is_ok_and(|outputs| outputs.iter().any(|o| matches!(o, Output::Http(_))));
-            if link.is_free() && !calls_out {
+            let link = match &work {
+                Work::Decide(stream) => route.streams.join(Ordering::Key, Some(stream.as_bytes())),
+                Work::Done(_) => partition
+                    .chains
+                    .join(route.route.ordering, delivery.message.key.as_deref()),
+            };
+            let quick = match &work {
+                Work::Done(outcome) => outcome
+                    .as_ref()
+                    .is_ok_and(|outputs| !outputs.iter().any(|o| matches!(o, Output::Http(_)))),
+                Work::Decide(_) => false,
+            };
+            if link.is_free() && quick {
+                let Work::Done(outcome) = work else {
+                    unreachable!("only a finished outcome is quick")
+                };
                 let pending = self
                     .interpret(&route, &handler, partition, &delivery.message, outcome)
                     .await;
@@ -173,7 +230,7 @@ impl Pipeline {
                     handler,
                     partition: partition.clone(),
                     delivery,
-                    outcome,
+                    work,
                     link,
                     slot,
                 };
@@ -191,6 +248,33 @@ impl Pipeline {
         }
     }
 
+    /// Step 1 for a batch, in one trip to a worker per kind: handlers
+    /// handle their messages, deciders name their messages' streams.
+    async fn call(&self, handlers: &[Arc<dyn Handler>], messages: &[Arc<Message>]) -> Vec<Called> {
+        let of_kind = |kind| -> Vec<_> {
+            handlers
+                .iter()
+                .zip(messages)
+                .filter(|(h, _)| h.kind() == kind)
+                .map(|(h, m)| (h.clone(), m.clone()))
+                .collect()
+        };
+        let deciders = of_kind(HandlerKind::Decider);
+        if deciders.is_empty() {
+            let calls = handlers.iter().cloned().zip(messages.iter().cloned()).collect();
+            return self.pool.call(calls).await.into_iter().map(Called::Handled).collect();
+        }
+        let mut handled = self.pool.call(of_kind(HandlerKind::Handler)).await.into_iter();
+        let mut streams = self.pool.stream_ids(deciders).await.into_iter();
+        handlers
+            .iter()
+            .map(|h| match h.kind() {
+                HandlerKind::Handler => Called::Handled(handled.next().expect("one outcome per call")),
+                HandlerKind::Decider => Called::Stream(streams.next().expect("one outcome per call")),
+            })
+            .collect()
+    }
+
     /// An exactly-once route's batch: each message in offset order into the
     /// open transaction, where it is finished (its slot held until the
     /// transaction commits). Messages fetched before a rewind, or of a
@@ -204,7 +288,7 @@ impl Pipeline {
         work: impl Iterator<
             Item = (
                 ((Delivery, Slot), Arc<dyn Handler>),
-                Result<Vec<Output>, CallError>,
+                Result<Vec<Output>, Refusal>,
             ),
         >,
         epoch: u64,
@@ -245,12 +329,19 @@ impl Pipeline {
             handler,
             partition,
             delivery,
-            outcome,
+            work,
             mut link,
             slot,
         } = in_flight;
         link.wait().await;
         let turn = partition.turn().await;
+        let outcome = match work {
+            Work::Done(outcome) => outcome,
+            Work::Decide(stream) => {
+                self.decide(&route, &handler, &partition, &delivery.message, &stream)
+                    .await
+            }
+        };
         let pending =
             Box::pin(self.interpret(&route, &handler, &partition, &delivery.message, outcome))
                 .await;
@@ -264,6 +355,48 @@ impl Pipeline {
         Box::pin(self.conclude(&route, &partition, handed)).await;
     }
 
+    /// A decider message's step 3, its stream's turn come: load, fold,
+    /// decide, append. A store that fails is retried like an effect's
+    /// target, behind its breaker: while it is down, messages wait.
+    async fn decide(
+        &self,
+        route: &RouteHandler,
+        handler: &Arc<dyn Handler>,
+        partition: &PartitionState,
+        message: &Arc<Message>,
+        stream: &str,
+    ) -> Result<Vec<Output>, Refusal> {
+        let breaker = self.effects.store_breaker(&route.effects);
+        let admission = breaker.admit(&partition.waiting).await;
+        let attempt = || async {
+            match self.decider.decide(&self.pool, handler, message, stream).await {
+                Err(DecideError::Store(error)) => Err(EffectError::Transient(error.to_string())),
+                decided => Ok(decided),
+            }
+        };
+        let retry = (&route.effects.retry, &partition.waiting);
+        match drive(&breaker, retry, admission, attempt(), attempt).await {
+            Ok(Ok(decided)) => Ok(decided.outputs),
+            Ok(Err(DecideError::Call(error))) => Err(Refusal::Call(error, Stage::Decide)),
+            Ok(Err(error)) => {
+                let (reason, attempts) = match &error {
+                    DecideError::Conflict { attempts, .. } => ("conflict", *attempts),
+                    // Mapped to a transient failure above; here for completeness.
+                    DecideError::Store(_) | DecideError::Call(_) => ("store-unavailable", 1),
+                };
+                Err(Refusal::DeadLetter(DeadLetter {
+                    topic: route.route.dead_letter_topic(),
+                    stage: Stage::Decide,
+                    reason,
+                    detail: error.to_string(),
+                    attempts,
+                    parks_key: false,
+                }))
+            }
+            Err(failed) => Err(Refusal::DeadLetter(interpreted(&route.route, failed))),
+        }
+    }
+
     /// The ordered part: runs the outputs (or dead-letters the message) up
     /// to where everything is handed over. Returns what awaits confirmation.
     async fn interpret(
@@ -272,7 +405,7 @@ impl Pipeline {
         served: &Arc<dyn Handler>,
         partition: &PartitionState,
         message: &Message,
-        outcome: Result<Vec<Output>, CallError>,
+        outcome: Result<Vec<Output>, Refusal>,
     ) -> Vec<Pending> {
         let handler = served.as_ref();
         let mut pending = Vec::new();
@@ -299,14 +432,17 @@ impl Pipeline {
                     pending.push(started);
                     result.err().map(|failed| interpreted(&route.route, failed))
                 }
-                Err(error) => match policy::on_failure(&route.route, &error) {
-                    Disposition::DeadLetter(dead) => Some(dead),
-                    Disposition::Skip(detail) => {
-                        self.effects.skip(message, handler, detail);
-                        skipped = true;
-                        None
+                Err(Refusal::DeadLetter(dead)) => Some(dead),
+                Err(Refusal::Call(error, stage)) => {
+                    match policy::on_failure(&route.route, &error, stage) {
+                        Disposition::DeadLetter(dead) => Some(dead),
+                        Disposition::Skip(detail) => {
+                            self.effects.skip(message, handler, detail);
+                            skipped = true;
+                            None
+                        }
                     }
-                },
+                }
             }
         };
         // A canary is judged by what it dead-letters (a parked key is not its doing).
@@ -383,6 +519,28 @@ impl Pipeline {
         self.effects
             .dead_letter(&route.effects, message, handler.as_ref(), dead)
             .await
+    }
+}
+
+/// What is left of a message's step 1 before its outputs can run. A
+/// decider cannot take part in a transaction: its append is not in it.
+fn work_for(route: &Route, called: Called, transactional: bool) -> Work {
+    match called {
+        Called::Handled(outcome) => {
+            Work::Done(outcome.map_err(|error| Refusal::Call(error, Stage::Handle)))
+        }
+        Called::Stream(Err(error)) => Work::Done(Err(Refusal::Call(error, Stage::Decide))),
+        Called::Stream(Ok(_)) if transactional => Work::Done(Err(Refusal::DeadLetter(DeadLetter {
+            topic: route.dead_letter_topic(),
+            stage: Stage::Decide,
+            reason: "not-transactional",
+            detail: "an exactly-once route cannot run a decider: its appends are not part of the Kafka transaction".into(),
+            attempts: 0,
+            parks_key: false,
+        }))),
+        // Nothing to decide: handled, with nothing to do.
+        Called::Stream(Ok(None)) => Work::Done(Ok(Vec::new())),
+        Called::Stream(Ok(Some(stream))) => Work::Decide(stream),
     }
 }
 

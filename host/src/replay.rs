@@ -11,7 +11,9 @@ use serde_json::{Map, Value, json};
 use crate::config::Limits;
 use crate::contract::{Header, Message, Output};
 use crate::registry::HandlerFile;
-use crate::runtime::{CallError, Handler, HandlerInstance, LoadError, Runtime, RuntimeError};
+use crate::runtime::{
+    CallError, Handler, HandlerInstance, HandlerKind, LoadError, Runtime, RuntimeError,
+};
 use crate::source::jsonl::{JsonlError, JsonlReader};
 
 /// Why a replay could not run to the end.
@@ -26,6 +28,11 @@ pub enum ReplayError {
     /// A line of the input is not a message.
     #[error(transparent)]
     Input(#[from] JsonlError),
+    /// The component is a decider: its decisions need its stream.
+    #[error(
+        "{0} is a decider: replay runs handlers only; run a decider over a file with `sluice run` and `[source] file = ...`"
+    )]
+    Decider(String),
     /// The output could not be written.
     #[error("cannot write output: {0}")]
     Write(#[from] std::io::Error),
@@ -59,6 +66,9 @@ pub fn replay(
         |file| (file.name, file.version.to_string()),
     );
     let handler = runtime.load(handler, &name, &version)?;
+    if handler.kind() == HandlerKind::Decider {
+        return Err(ReplayError::Decider(name));
+    }
     let mut instance: Option<Box<dyn HandlerInstance>> = None;
     let mut stats = ReplayStats::default();
     for message in JsonlReader::open(input)? {

@@ -21,7 +21,9 @@ use crate::embedded::EmbeddedBroker;
 use crate::pipeline::{Pipeline, RouteHandler};
 use crate::policy::breaker::Breakers;
 use crate::registry::{self, Registry, RegistryError};
-use crate::runtime::{Handler, Runtime, RuntimeError, WorkerPool};
+use crate::decider::Decider;
+use crate::runtime::{Handler, HandlerKind, Runtime, RuntimeError, WorkerPool};
+use crate::store::StoreError;
 use crate::schedule::offsets::{Hold, Offsets};
 use crate::schedule::{Feed, Lanes, Queued};
 use crate::shadow::Shadows;
@@ -85,6 +87,9 @@ pub enum RunError {
     /// The exactly-once producer cannot go on.
     #[error(transparent)]
     Transaction(#[from] TransactionFailed),
+    /// The event store of the deciders cannot be opened.
+    #[error(transparent)]
+    Store(#[from] StoreError),
 }
 
 /// Runs the routes of `config` until `shutdown` resolves or, when asked (or
@@ -144,9 +149,25 @@ pub async fn run(
         tokio::spawn(admin::serve(listener, state, stopped));
     }
     let shadows = Arc::new(Shadows::new(config, publisher.clone(), telemetry.clone()));
+    let decider = Arc::new(Decider::lazy(
+        config.store.clone(),
+        config.base_dir.clone(),
+        config.decider.clone(),
+        telemetry.decider_stats(),
+    ));
+    // A decider serving from the start needs its store: a store that cannot
+    // be opened then is a setup error, said at once. (A decider swapped in
+    // later opens it on first use.)
+    let deciders_serve = routes
+        .iter()
+        .any(|r| r.selection.serving().active.handler.kind() == HandlerKind::Decider);
+    if deciders_serve {
+        decider.store().await?;
+    }
     let pipeline = Arc::new(Pipeline::new(
         routes,
         WorkerPool::start(config.limits.worker_count()),
+        decider,
         Effects::new(Arc::new(Breakers::default()), telemetry.clone()),
         shadows.clone(),
         telemetry.clone(),
@@ -235,6 +256,7 @@ fn route_handlers(
                 route: route.clone(),
                 selection: registry.selection(&route.handler),
                 effects,
+                streams: Arc::default(),
             })
         })
         .collect()

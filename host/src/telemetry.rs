@@ -2,12 +2,13 @@
 //! record of each confirmed publish and dead letter, with a readable summary.
 
 use std::fmt::Write as _;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use base64::Engine as _;
 
 use crate::contract::Message;
+use crate::decider::{DeciderCounts, DeciderStats};
 
 /// Where a record came from: the input message and the handler that ran it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -126,6 +127,8 @@ pub struct RunReport {
     pub shadow_differences: u64,
     /// Handler versions swapped while running.
     pub swaps: u64,
+    /// What deciders did.
+    pub decider: DeciderCounts,
     /// Individual records, when the run was asked to keep them.
     pub records: Vec<Record>,
     /// Why the run ended.
@@ -146,6 +149,7 @@ pub(crate) struct Telemetry {
     /// a run sees a few versions, and a lookup allocates nothing.
     by_version: Mutex<Vec<(String, String, [u64; Outcome::ALL.len()])>>,
     records: Option<Mutex<Vec<Record>>>,
+    decider: Arc<DeciderStats>,
 }
 
 /// How a message ended, as counted per handler version.
@@ -178,6 +182,11 @@ impl Telemetry {
             records: keep_records.then(Mutex::default),
             ..Telemetry::default()
         }
+    }
+
+    /// The deciders' counters, which the decider keeps.
+    pub(crate) fn decider_stats(&self) -> Arc<DeciderStats> {
+        self.decider.clone()
     }
 
     pub(crate) fn consumed(&self) {
@@ -277,6 +286,49 @@ impl Telemetry {
                 value.load(Ordering::Relaxed)
             );
         }
+        let decider = self.decider.counts();
+        for (name, help, value) in [
+            (
+                "sluice_decider_decisions_total",
+                "Decisions deciders made (each conflict's re-run counts).",
+                decider.decisions,
+            ),
+            (
+                "sluice_decider_appends_total",
+                "Appends to the event store that succeeded.",
+                decider.appends,
+            ),
+            (
+                "sluice_decider_events_total",
+                "Events appended to the event store.",
+                decider.events,
+            ),
+            (
+                "sluice_decider_conflicts_total",
+                "Appends refused because another writer appended first.",
+                decider.conflicts,
+            ),
+            (
+                "sluice_decider_redeliveries_total",
+                "Messages whose events were already appended (nothing appended again).",
+                decider.redeliveries,
+            ),
+            (
+                "sluice_decider_snapshots_total",
+                "Snapshots of folded states persisted.",
+                decider.snapshots,
+            ),
+            (
+                "sluice_decider_cache_hits_total",
+                "Decisions that started from a state kept in memory.",
+                decider.cache_hits,
+            ),
+        ] {
+            let _ = writeln!(
+                out,
+                "# HELP {name} {help}\n# TYPE {name} counter\n{name} {value}"
+            );
+        }
     }
 
     /// Whether records are kept (so callers can skip building them).
@@ -308,6 +360,7 @@ impl Telemetry {
             shadow_compared: self.shadow_compared.load(Ordering::Relaxed),
             shadow_differences: self.shadow_differences.load(Ordering::Relaxed),
             swaps,
+            decider: self.decider.counts(),
             records,
             stop,
         }
@@ -354,6 +407,14 @@ impl RunReport {
         );
         if self.swaps > 0 {
             let _ = writeln!(out, "{} handler version swaps", self.swaps);
+        }
+        let decider = &self.decider;
+        if decider.decisions > 0 || decider.redeliveries > 0 {
+            let _ = writeln!(
+                out,
+                "deciders: {} events appended in {} appends, {} version conflicts (decided again), {} redeliveries (nothing appended)",
+                decider.events, decider.appends, decider.conflicts, decider.redeliveries
+            );
         }
         if self.shadow_compared > 0 {
             let _ = writeln!(

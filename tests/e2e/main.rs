@@ -4,6 +4,7 @@
 
 mod cli;
 mod dead_letters;
+mod deciders;
 mod delivery;
 mod effects;
 mod exactly_once;

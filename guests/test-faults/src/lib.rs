@@ -8,7 +8,7 @@
 //! `echo` with the same key and headers, plus an `instance-calls` header
 //! counting the calls this instance has served (1 on a fresh instance).
 
-wit_bindgen::generate!({ world: "handler", path: "../../wit" });
+wit_bindgen::generate!({ world: "handler", path: "../../wit/archive/0.2.0" });
 
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};

@@ -242,6 +242,11 @@ impl Effects {
         self.pending(route, message, handler, vec![sent])
     }
 
+    /// The event store's breaker (deciders' loads and appends).
+    pub(crate) fn store_breaker(&self, route: &RouteEffects) -> Arc<Breaker> {
+        self.breakers.store(&route.breaker)
+    }
+
     /// Accounts for a message skipped by configuration.
     pub(crate) fn skip(&self, message: &Message, handler: &dyn Handler, detail: String) {
         tracing::info!(input = %message.id(), handler = handler.name(), %detail, "skipping message");
@@ -402,7 +407,7 @@ fn account(
 /// breaker and retried within the budget. An attempt that was a breaker's
 /// probe does not spend the budget: while a target is down nothing is given
 /// up on, it only waits.
-async fn drive<T, First, Again, Next>(
+pub(crate) async fn drive<T, First, Again, Next>(
     breaker: &Breaker,
     (policy, waiting): (&RetryPolicy, &Waiting),
     admission: Admission,

@@ -19,6 +19,8 @@ use crate::config::BreakerPolicy;
 pub(crate) enum Target {
     Topic(String),
     Host(String),
+    /// The event store of deciders.
+    Store,
 }
 
 impl fmt::Display for Target {
@@ -26,6 +28,7 @@ impl fmt::Display for Target {
         match self {
             Target::Topic(topic) => write!(f, "topic {topic}"),
             Target::Host(host) => write!(f, "host {host}"),
+            Target::Store => write!(f, "the event store"),
         }
     }
 }
@@ -251,6 +254,7 @@ impl Breaker {
 pub(crate) struct Breakers {
     topics: Mutex<HashMap<String, Arc<Breaker>>>,
     hosts: Mutex<HashMap<String, Arc<Breaker>>>,
+    store: Mutex<HashMap<String, Arc<Breaker>>>,
 }
 
 impl Breakers {
@@ -268,6 +272,11 @@ impl Breakers {
     /// The breaker of an HTTP host (`host:port`).
     pub(crate) fn host(&self, host: &str, policy: &BreakerPolicy) -> Arc<Breaker> {
         Self::get(&self.hosts, host, || Target::Host(host.to_owned()), policy)
+    }
+
+    /// The breaker of the event store.
+    pub(crate) fn store(&self, policy: &BreakerPolicy) -> Arc<Breaker> {
+        Self::get(&self.store, "", || Target::Store, policy)
     }
 
     fn get(

@@ -19,6 +19,9 @@ pub(crate) enum Stage {
     Decode,
     /// The handler refused, failed or trapped.
     Handle,
+    /// A decider's stream-id, fold or decide refused, failed or trapped, or
+    /// its appends kept conflicting.
+    Decide,
     /// An effect failed permanently, or its retries ran out.
     Interpret,
     /// Held behind an earlier dead letter of its key (`park-key`).
@@ -30,6 +33,7 @@ impl Stage {
         match self {
             Stage::Decode => "decode",
             Stage::Handle => "handle",
+            Stage::Decide => "decide",
             Stage::Interpret => "interpret",
             Stage::Schedule => "schedule",
         }
@@ -56,9 +60,9 @@ pub(crate) enum Disposition {
     Skip(String),
 }
 
-/// Decides the fate of a message whose handler failed. Never a retry: the
-/// same input would fail the same way.
-pub(crate) fn on_failure(route: &Route, error: &CallError) -> Disposition {
+/// Decides the fate of a message whose handler failed at `stage` (`handle`
+/// or `decide`). Never a retry: the same input would fail the same way.
+pub(crate) fn on_failure(route: &Route, error: &CallError, stage: Stage) -> Disposition {
     let stage = match error {
         CallError::Handler(HandleError::InvalidInput(_)) => {
             if route.on_invalid_input == OnInvalidInput::Skip {
@@ -66,7 +70,7 @@ pub(crate) fn on_failure(route: &Route, error: &CallError) -> Disposition {
             }
             Stage::Decode
         }
-        _ => Stage::Handle,
+        _ => stage,
     };
     let detail = match error {
         CallError::Handler(e) => e.detail().to_owned(),
@@ -173,7 +177,7 @@ mod tests {
             ),
         ];
         for (error, stage, reason) in cases {
-            let Disposition::DeadLetter(dead) = on_failure(&r, &error) else {
+            let Disposition::DeadLetter(dead) = on_failure(&r, &error, Stage::Handle) else {
                 panic!("{error} should dead-letter");
             };
             assert_eq!((dead.stage.as_str(), dead.reason), (stage, reason));
@@ -185,11 +189,17 @@ mod tests {
     fn invalid_input_can_be_skipped_but_nothing_else() {
         let r = route(OnInvalidInput::Skip);
         let invalid = CallError::Handler(HandleError::InvalidInput("x".into()));
-        assert!(matches!(on_failure(&r, &invalid), Disposition::Skip(_)));
+        assert!(matches!(
+            on_failure(&r, &invalid, Stage::Handle),
+            Disposition::Skip(_)
+        ));
         let rejected = CallError::Handler(HandleError::Rejected("x".into()));
         assert!(matches!(
-            on_failure(&r, &rejected),
-            Disposition::DeadLetter(_)
+            on_failure(&r, &rejected, Stage::Decide),
+            Disposition::DeadLetter(DeadLetter {
+                stage: Stage::Decide,
+                ..
+            })
         ));
     }
 }

@@ -9,33 +9,40 @@
 //! `output`), a `ContractVersion` case, and arms in the two enums below.
 
 use wasmtime::component::{Component, ComponentExportIndex, Func, InstancePre, TypedFunc};
-use wasmtime::{Engine, Store};
+use wasmtime::Store;
 
 use super::outputs::OutputList;
 use super::sandbox::GuestState;
-use crate::contract::{HandleError, Message, Output};
+use crate::contract::{Decision, Event, HandleError, Message, Output};
 
 /// The export every handler component has, without its version suffix.
 pub(crate) const HANDLE_INTERFACE: &str = "sluice:handler/handle";
 
 /// A contract version the host speaks.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub enum ContractVersion {
     /// `sluice:handler@0.1.x`: outputs `publish` and `log`.
     V0_1,
     /// `sluice:handler@0.2.x`: adds the `http` output.
     V0_2,
+    /// `sluice:handler@0.3.x`: adds the `decider` world.
+    V0_3,
 }
 
 impl ContractVersion {
     /// Every version the host speaks, oldest first.
-    pub const ALL: &'static [ContractVersion] = &[ContractVersion::V0_1, ContractVersion::V0_2];
+    pub const ALL: &'static [ContractVersion] = &[
+        ContractVersion::V0_1,
+        ContractVersion::V0_2,
+        ContractVersion::V0_3,
+    ];
 
     /// The version as written in WIT (`0.1`), for messages.
     pub fn as_str(self) -> &'static str {
         match self {
             ContractVersion::V0_1 => "0.1",
             ContractVersion::V0_2 => "0.2",
+            ContractVersion::V0_3 => "0.3",
         }
     }
 
@@ -45,6 +52,7 @@ impl ContractVersion {
         match (version.major, version.minor) {
             (0, 1) => Some(ContractVersion::V0_1),
             (0, 2) => Some(ContractVersion::V0_2),
+            (0, 3) => Some(ContractVersion::V0_3),
             _ => None,
         }
     }
@@ -153,20 +161,10 @@ pub(crate) mod v0_1 {
     }
 }
 
-/// Contract 0.2, the current `wit/`.
-pub(crate) mod v0_2 {
-    wasmtime::component::bindgen!({
-        world: "handler",
-        path: "../wit",
-        ownership: Borrowing {
-            duplicate_if_necessary: true
-        },
-    });
-
-    pub(crate) mod convert {
-        use super::sluice::handler::types as wit;
+/// The `output` conversion of versions with the `http` output (0.2 on).
+macro_rules! output_with_http {
+    () => {
         use crate::contract::{HttpMethod, HttpRequest, Output};
-        shared_conversions!();
 
         pub(crate) fn output(output: wit::Output) -> Output {
             match output {
@@ -186,6 +184,76 @@ pub(crate) mod v0_2 {
                     headers: request.headers.into_iter().map(header).collect(),
                     body: request.body,
                 }),
+            }
+        }
+    };
+}
+
+/// Contract 0.2, frozen in `wit/archive/0.2.0`.
+pub(crate) mod v0_2 {
+    wasmtime::component::bindgen!({
+        world: "handler",
+        path: "../wit/archive/0.2.0",
+        ownership: Borrowing {
+            duplicate_if_necessary: true
+        },
+    });
+
+    pub(crate) mod convert {
+        use super::sluice::handler::types as wit;
+        shared_conversions!();
+        output_with_http!();
+    }
+}
+
+/// Contract 0.3, the current `wit/`. One host-side world exports both
+/// interfaces, so that the `handler` and `decider` worlds share one set of
+/// types; each component is checked against its own interface only.
+pub(crate) mod v0_3 {
+    wasmtime::component::bindgen!({
+        inline: "
+            package sluice:host;
+            world both {
+                export sluice:handler/handle@0.3.0;
+                export sluice:handler/decide@0.3.0;
+            }
+        ",
+        path: "../wit",
+        world: "sluice:host/both",
+        ownership: Borrowing {
+            duplicate_if_necessary: true
+        },
+    });
+
+    pub(crate) use exports::sluice::handler::decide;
+    pub(crate) use exports::sluice::handler::handle;
+
+    pub(crate) mod convert {
+        use super::sluice::handler::types as wit;
+        use crate::contract::{Decision, Event};
+        shared_conversions!();
+        output_with_http!();
+
+        pub(crate) fn event_param(event: &Event) -> wit::EventParam<'_> {
+            wit::EventParam {
+                type_: &event.kind,
+                data: &event.data,
+                metadata: &event.metadata,
+            }
+        }
+
+        pub(crate) fn decision(decision: wit::Decision) -> Decision {
+            Decision {
+                events: decision
+                    .events
+                    .into_iter()
+                    .map(|e| Event {
+                        kind: e.type_,
+                        data: e.data,
+                        metadata: e.metadata,
+                    })
+                    .collect(),
+                outputs: decision.outputs.into_iter().map(output).collect(),
             }
         }
     }
@@ -234,6 +302,7 @@ impl HandlerPre {
         match version {
             ContractVersion::V0_1 => drop(v0_1::HandlerPre::new(pre.clone())?),
             ContractVersion::V0_2 => drop(v0_2::HandlerPre::new(pre.clone())?),
+            ContractVersion::V0_3 => drop(v0_3::handle::GuestIndices::new(&pre)?),
         }
         let component = pre.component();
         let handle = component
@@ -263,6 +332,9 @@ impl HandlerPre {
             ContractVersion::V0_2 => {
                 let _: handle_signature!(v0_2, 'static) = func.typed(&*store)?;
             }
+            ContractVersion::V0_3 => {
+                let _: handle_signature!(v0_3, 'static) = func.typed(&*store)?;
+            }
         }
         Ok(HandleFunc {
             version: self.version,
@@ -272,10 +344,6 @@ impl HandlerPre {
 
     pub(crate) fn component(&self) -> &Component {
         self.pre.component()
-    }
-
-    pub(crate) fn engine(&self) -> &Engine {
-        self.component().engine()
     }
 }
 
@@ -303,6 +371,84 @@ impl HandleFunc {
         match self.version {
             ContractVersion::V0_1 => call_handle!(v0_1, self.func, store, msg),
             ContractVersion::V0_2 => call_handle!(v0_2, self.func, store, msg),
+            ContractVersion::V0_3 => call_handle!(v0_3, self.func, store, msg),
         }
+    }
+}
+
+/// The export every decider component has, without its version suffix.
+pub(crate) const DECIDE_INTERFACE: &str = "sluice:handler/decide";
+
+/// A decider component pre-linked against the host (contract 0.3 on).
+#[derive(Clone)]
+pub(crate) struct DeciderPre {
+    pre: InstancePre<GuestState>,
+    indices: v0_3::decide::GuestIndices,
+}
+
+/// A live instance's decider functions.
+pub(crate) struct DeciderFuncs {
+    guest: v0_3::decide::Guest,
+}
+
+impl DeciderPre {
+    /// Checks the component's exports against the `decide` interface.
+    pub(crate) fn new(pre: InstancePre<GuestState>) -> wasmtime::Result<DeciderPre> {
+        let indices = v0_3::decide::GuestIndices::new(&pre)?;
+        Ok(DeciderPre { pre, indices })
+    }
+
+    pub(crate) fn instantiate(
+        &self,
+        store: &mut Store<GuestState>,
+    ) -> wasmtime::Result<DeciderFuncs> {
+        let instance = self.pre.instantiate(&mut *store)?;
+        Ok(DeciderFuncs {
+            guest: self.indices.load(&mut *store, &instance)?,
+        })
+    }
+
+    pub(crate) fn component(&self) -> &Component {
+        self.pre.component()
+    }
+}
+
+impl DeciderFuncs {
+    /// The outer error of each call is a trap, the inner one the guest's.
+    pub(crate) fn stream_id(
+        &self,
+        store: &mut Store<GuestState>,
+        msg: &Message,
+    ) -> wasmtime::Result<Result<Option<String>, HandleError>> {
+        use v0_3::convert;
+        let headers: Vec<_> = msg.headers.iter().map(convert::header_param).collect();
+        let result = self.guest.call_stream_id(store, convert::message(msg, &headers))?;
+        Ok(result.map_err(convert::error))
+    }
+
+    pub(crate) fn initial(&self, store: &mut Store<GuestState>) -> wasmtime::Result<Vec<u8>> {
+        self.guest.call_initial(store)
+    }
+
+    pub(crate) fn fold(
+        &self,
+        store: &mut Store<GuestState>,
+        state: &[u8],
+        events: &[Event],
+    ) -> wasmtime::Result<Vec<u8>> {
+        let events: Vec<_> = events.iter().map(v0_3::convert::event_param).collect();
+        self.guest.call_fold(store, state, &events)
+    }
+
+    pub(crate) fn decide(
+        &self,
+        store: &mut Store<GuestState>,
+        msg: &Message,
+        state: &[u8],
+    ) -> wasmtime::Result<Result<Decision, HandleError>> {
+        use v0_3::convert;
+        let headers: Vec<_> = msg.headers.iter().map(convert::header_param).collect();
+        let result = self.guest.call_decide(store, convert::message(msg, &headers), state)?;
+        Ok(result.map(convert::decision).map_err(convert::error))
     }
 }

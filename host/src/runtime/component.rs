@@ -8,10 +8,12 @@ use std::time::{Duration, Instant};
 
 use wasmtime::component::Component;
 
-use super::bindings::{ContractVersion, HANDLE_INTERFACE, HandlerPre};
+use super::bindings::{ContractVersion, DECIDE_INTERFACE, DeciderPre, HANDLE_INTERFACE, HandlerPre};
 use super::cache::content_hash;
 use super::sandbox::{GuestTag, LineBudget};
-use super::{CallLimits, Handler, HandlerInstance, Runtime, Trap, WasmInstance, one_line};
+use super::{
+    CallLimits, Handler, HandlerInstance, HandlerKind, Runtime, Trap, WasmInstance, one_line,
+};
 
 /// The first eight bytes of a component (magic, version 0x0d, layer 1).
 const COMPONENT_HEADER: [u8; 8] = *b"\0asm\x0d\x00\x01\x00";
@@ -45,8 +47,10 @@ pub enum LoadProblem {
     /// wasmtime cannot compile it.
     #[error("does not compile: {0}")]
     Compile(String),
-    /// It does not export the handler interface.
-    #[error("not a sluice handler: it exports {exports}, expected {HANDLE_INTERFACE}@<version>")]
+    /// It exports neither the handler nor the decider interface.
+    #[error(
+        "not a sluice handler: it exports {exports}, expected {HANDLE_INTERFACE}@<version> or {DECIDE_INTERFACE}@<version>"
+    )]
     WrongWorld {
         /// What it exports instead.
         exports: String,
@@ -61,8 +65,13 @@ pub enum LoadProblem {
         found: String,
     },
     /// It exports the interface, but with other types.
-    #[error("exports {HANDLE_INTERFACE} with types that do not match the contract: {0}")]
-    Mismatch(String),
+    #[error("exports {interface} with types that do not match the contract: {detail}")]
+    Mismatch {
+        /// The interface it exports.
+        interface: &'static str,
+        /// What differs.
+        detail: String,
+    },
     /// It imports something the host does not provide.
     #[error("needs imports the host does not provide: {0}")]
     Imports(String),
@@ -82,6 +91,8 @@ pub struct Inspection {
     pub contract: String,
     /// The contract version the host runs it as.
     pub contract_version: ContractVersion,
+    /// The world it implements.
+    pub kind: HandlerKind,
     /// Export names.
     pub exports: Vec<String>,
     /// Import names.
@@ -94,11 +105,27 @@ pub struct Inspection {
     pub instantiate_time: Duration,
 }
 
+/// A component pre-linked against the host, by the world it implements.
+#[derive(Clone)]
+pub(super) enum Pre {
+    Handle(HandlerPre),
+    Decide(DeciderPre),
+}
+
+impl Pre {
+    pub(super) fn component(&self) -> &Component {
+        match self {
+            Pre::Handle(pre) => pre.component(),
+            Pre::Decide(pre) => pre.component(),
+        }
+    }
+}
+
 /// A handler component that passed every check, ready to instantiate.
 pub struct WasmHandler {
     tag: GuestTag,
     contract: ContractVersion,
-    pre: HandlerPre,
+    pre: Pre,
     limits: CallLimits,
     lines: Arc<LineBudget>,
 }
@@ -130,6 +157,13 @@ impl Handler for WasmHandler {
 
     fn calls_per_instance(&self) -> u64 {
         self.limits.calls_per_instance
+    }
+
+    fn kind(&self) -> HandlerKind {
+        match self.pre {
+            Pre::Handle(_) => HandlerKind::Handler,
+            Pre::Decide(_) => HandlerKind::Decider,
+        }
     }
 }
 
@@ -193,8 +227,8 @@ impl Runtime {
             .imports(&self.engine)
             .map(|(n, _)| n.to_owned())
             .collect();
-        let (export, contract_version) = find_contract(&exports).map_err(refuse)?;
-        let contract = format!("sluice:handler@{}", &export[HANDLE_INTERFACE.len() + 1..]);
+        let (export, kind, contract_version) = find_contract(&exports).map_err(refuse)?;
+        let contract = format!("sluice:handler@{}", &export[export.find('@').unwrap_or(0) + 1..]);
 
         // Every import is resolved here, once: a component needing anything
         // the host does not provide is refused now, never at call time.
@@ -202,8 +236,22 @@ impl Runtime {
             .linker
             .instantiate_pre(&component)
             .map_err(|e| refuse(LoadProblem::Imports(one_line(&e))))?;
-        let pre = HandlerPre::new(contract_version, export, instance_pre)
-            .map_err(|e| refuse(LoadProblem::Mismatch(one_line(&e))))?;
+        let mismatch = |interface| {
+            move |e: wasmtime::Error| {
+                refuse(LoadProblem::Mismatch {
+                    interface,
+                    detail: one_line(&e),
+                })
+            }
+        };
+        let pre = match kind {
+            HandlerKind::Handler => HandlerPre::new(contract_version, export, instance_pre)
+                .map(Pre::Handle)
+                .map_err(mismatch(HANDLE_INTERFACE))?,
+            HandlerKind::Decider => DeciderPre::new(instance_pre)
+                .map(Pre::Decide)
+                .map_err(mismatch(DECIDE_INTERFACE))?,
+        };
 
         let limits = self.limits(name);
         let handler = WasmHandler {
@@ -227,6 +275,7 @@ impl Runtime {
             size: bytes.len() as u64,
             contract,
             contract_version,
+            kind,
             exports,
             imports,
             compile_time,
@@ -244,10 +293,23 @@ fn read(path: &Path) -> Result<Vec<u8>, LoadError> {
     })
 }
 
-/// Finds the handler export and the contract version it was built against.
-fn find_contract(exports: &[String]) -> Result<(&str, ContractVersion), LoadProblem> {
-    let prefix = format!("{HANDLE_INTERFACE}@");
-    let Some(export) = exports.iter().find(|e| e.starts_with(&prefix)) else {
+/// Finds the handler or decider export, and the contract version it was
+/// built against. Deciders arrived with 0.3.
+fn find_contract(
+    exports: &[String],
+) -> Result<(&str, HandlerKind, ContractVersion), LoadProblem> {
+    let found = exports.iter().find_map(|export| {
+        [
+            (HANDLE_INTERFACE, HandlerKind::Handler),
+            (DECIDE_INTERFACE, HandlerKind::Decider),
+        ]
+        .into_iter()
+        .find_map(|(interface, kind)| {
+            let version = export.strip_prefix(interface)?.strip_prefix('@')?;
+            Some((export.as_str(), kind, version))
+        })
+    });
+    let Some((export, kind, found)) = found else {
         let exports = if exports.is_empty() {
             "nothing".to_owned()
         } else {
@@ -255,14 +317,14 @@ fn find_contract(exports: &[String]) -> Result<(&str, ContractVersion), LoadProb
         };
         return Err(LoadProblem::WrongWorld { exports });
     };
-    let found = &export[prefix.len()..];
     let version = semver::Version::parse(found)
         .ok()
         .and_then(|v| ContractVersion::of(&v))
+        .filter(|v| kind == HandlerKind::Handler || *v >= ContractVersion::V0_3)
         .ok_or_else(|| LoadProblem::UnsupportedContract {
             found: found.to_owned(),
         })?;
-    Ok((export, version))
+    Ok((export, kind, version))
 }
 
 #[cfg(test)]
@@ -272,9 +334,14 @@ mod tests {
     #[test]
     fn contract_is_found_by_export_name() {
         let exports = vec!["sluice:handler/handle@0.1.0".to_owned()];
-        let (export, version) = find_contract(&exports).unwrap();
+        let (export, kind, version) = find_contract(&exports).unwrap();
         assert_eq!(export, "sluice:handler/handle@0.1.0");
-        assert_eq!(version, ContractVersion::V0_1);
+        assert_eq!((kind, version), (HandlerKind::Handler, ContractVersion::V0_1));
+        let decider = vec!["sluice:handler/decide@0.3.1".to_owned()];
+        let (_, kind, version) = find_contract(&decider).unwrap();
+        assert_eq!((kind, version), (HandlerKind::Decider, ContractVersion::V0_3));
+        // No decider before 0.3.
+        assert!(find_contract(&["sluice:handler/decide@0.2.0".to_owned()]).is_err());
         // A patch release of the same minor is the same contract.
         assert!(find_contract(&["sluice:handler/handle@0.1.7".to_owned()]).is_ok());
     }

@@ -22,11 +22,11 @@ use wasmtime::{Engine, InstanceAllocationStrategy, PoolingAllocationConfig, Stor
 pub use bindings::ContractVersion;
 pub(crate) use cache::content_hash;
 pub use component::{Inspection, LoadError, LoadProblem, WasmHandler};
-pub(crate) use pool::WorkerPool;
+pub use pool::WorkerPool;
 
 use crate::config::{Config, InstanceStrategy, Limits};
-use crate::contract::{HandleError, Message, Output};
-use bindings::HandleFunc;
+use crate::contract::{Decision, Event, HandleError, Message, Output};
+use bindings::{DeciderFuncs, HandleFunc};
 use outputs::OutputCountExceeded;
 use sandbox::{CapExceeded, GuestState, GuestTag, LineBudget};
 
@@ -47,6 +47,29 @@ pub trait Handler: Send + Sync + 'static {
     fn calls_per_instance(&self) -> u64 {
         u64::MAX
     }
+    /// Which world it implements.
+    fn kind(&self) -> HandlerKind {
+        HandlerKind::Handler
+    }
+}
+
+/// The world a handler component implements.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HandlerKind {
+    /// `handler`: one message in, outputs out.
+    Handler,
+    /// `decider`: folds its message's stream and decides events and outputs.
+    Decider,
+}
+
+impl HandlerKind {
+    /// The world's name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            HandlerKind::Handler => "handler",
+            HandlerKind::Decider => "decider",
+        }
+    }
 }
 
 /// One instance of a handler. Instances are reused for many calls on one
@@ -54,6 +77,24 @@ pub trait Handler: Send + Sync + 'static {
 pub trait HandlerInstance: Send {
     /// Runs the handler on one message.
     fn handle(&mut self, msg: &Message) -> Result<Vec<Output>, CallError>;
+    /// The instance's decider functions, if it is a decider.
+    fn decider(&mut self) -> Option<&mut dyn DeciderInstance> {
+        None
+    }
+}
+
+/// The functions of a decider instance. Each call runs under the handler's
+/// limits, with the clocks and randomness of `msg`.
+pub trait DeciderInstance {
+    /// The stream `msg` is about; `None` when there is nothing to decide.
+    fn stream_id(&mut self, msg: &Message) -> Result<Option<String>, CallError>;
+    /// The state of an empty stream.
+    fn initial(&mut self, msg: &Message) -> Result<Vec<u8>, CallError>;
+    /// The state after `events`.
+    fn fold(&mut self, msg: &Message, state: &[u8], events: &[Event])
+    -> Result<Vec<u8>, CallError>;
+    /// The decision about `msg` in `state`.
+    fn decide(&mut self, msg: &Message, state: &[u8]) -> Result<Decision, CallError>;
 }
 
 /// Why a call produced no outputs.
@@ -321,32 +362,41 @@ impl CallLimits {
 /// A live component instance with its own store.
 struct WasmInstance {
     store: Store<GuestState>,
-    handle: HandleFunc,
+    exports: Exports,
     limits: CallLimits,
+}
+
+/// What a live instance exports: its world's functions.
+enum Exports {
+    Handle(HandleFunc),
+    Decide(DeciderFuncs),
 }
 
 impl WasmInstance {
     fn new(
-        pre: &bindings::HandlerPre,
+        pre: &component::Pre,
         tag: &GuestTag,
         limits: &CallLimits,
         lines: &Arc<LineBudget>,
     ) -> Result<WasmInstance, Trap> {
-        let mut store = Store::new(pre.engine(), GuestState::new(tag, limits, lines.clone()));
+        let engine = pre.component().engine();
+        let mut store = Store::new(engine, GuestState::new(tag, limits, lines.clone()));
         store.limiter(|state| state.caps());
         // Start-up code runs under the same deadline and fuel as a call.
         limits
             .arm(&mut store)
             .map_err(|e| Trap::Instantiate(one_line(&e)))?;
-        let handle = pre
-            .instantiate(&mut store)
-            .map_err(|e| match classify(e, limits) {
-                Trap::Guest(reason) => Trap::Instantiate(reason),
-                precise => precise,
-            })?;
+        let exports = match pre {
+            component::Pre::Handle(pre) => pre.instantiate(&mut store).map(Exports::Handle),
+            component::Pre::Decide(pre) => pre.instantiate(&mut store).map(Exports::Decide),
+        }
+        .map_err(|e| match classify(e, limits) {
+            Trap::Guest(reason) => Trap::Instantiate(reason),
+            precise => precise,
+        })?;
         Ok(WasmInstance {
             store,
-            handle,
+            exports,
             limits: limits.clone(),
         })
     }
@@ -364,31 +414,37 @@ impl WasmInstance {
         Ok(())
     }
 
-    /// The outputs, if they are within the byte cap.
-    fn checked(&self, outputs: Vec<Output>) -> Result<Vec<Output>, Trap> {
+    /// Whether outputs (and events) of `bytes` in all are within the byte cap.
+    fn check_bytes(&self, bytes: u64) -> Result<(), Trap> {
         let cap = self.limits.max_output_bytes;
-        let bytes: u64 = outputs.iter().map(|o| o.size() as u64).sum();
         if bytes > cap {
             return Err(Trap::OutputBytes(format!(
                 "outputs of {bytes} bytes, over the cap of {cap} bytes per call"
             )));
         }
-        Ok(outputs)
+        Ok(())
     }
-}
 
-impl HandlerInstance for WasmInstance {
-    fn handle(&mut self, msg: &Message) -> Result<Vec<Output>, CallError> {
+    /// Runs one guest call for `msg` under the per-call limits and turns
+    /// whatever stopped it into a precise `CallError`.
+    fn guarded<R>(
+        &mut self,
+        msg: &Message,
+        call: impl FnOnce(
+            &mut Store<GuestState>,
+            &Exports,
+        ) -> wasmtime::Result<Result<R, HandleError>>,
+    ) -> Result<R, CallError> {
         self.begin(msg)?;
         let max_outputs = usize::try_from(self.limits.max_outputs).unwrap_or(usize::MAX);
         let called =
-            outputs::with_max_outputs(max_outputs, || self.handle.call(&mut self.store, msg));
+            outputs::with_max_outputs(max_outputs, || call(&mut self.store, &self.exports));
         match called {
             // A sleep cut short at the deadline: the call overran it.
             Ok(_) if self.store.data().has_overslept() => {
                 Err(CallError::Trap(Trap::Deadline(self.limits.deadline)))
             }
-            Ok(Ok(outputs)) => Ok(self.checked(outputs)?),
+            Ok(Ok(value)) => Ok(value),
             Ok(Err(error)) => Err(CallError::Handler(error)),
             Err(error) => {
                 let trap = match classify(error, &self.limits) {
@@ -402,6 +458,81 @@ impl HandlerInstance for WasmInstance {
                 Err(CallError::Trap(trap))
             }
         }
+    }
+
+    /// The decider functions, for a call on a decider instance.
+    fn decider_funcs(exports: &Exports) -> wasmtime::Result<&DeciderFuncs> {
+        match exports {
+            Exports::Decide(funcs) => Ok(funcs),
+            Exports::Handle(_) => Err(wasmtime::format_err!(
+                "a handler component has no decider functions"
+            )),
+        }
+    }
+}
+
+impl HandlerInstance for WasmInstance {
+    fn handle(&mut self, msg: &Message) -> Result<Vec<Output>, CallError> {
+        let outputs = self.guarded(msg, |store, exports| match exports {
+            Exports::Handle(handle) => handle.call(store, msg),
+            Exports::Decide(_) => Err(wasmtime::format_err!(
+                "a decider component has no `handle` function"
+            )),
+        })?;
+        self.check_bytes(outputs.iter().map(|o| o.size() as u64).sum())?;
+        Ok(outputs)
+    }
+
+    fn decider(&mut self) -> Option<&mut dyn DeciderInstance> {
+        match self.exports {
+            Exports::Decide(_) => Some(self),
+            Exports::Handle(_) => None,
+        }
+    }
+}
+
+impl DeciderInstance for WasmInstance {
+    fn stream_id(&mut self, msg: &Message) -> Result<Option<String>, CallError> {
+        self.guarded(msg, |store, exports| {
+            Self::decider_funcs(exports)?.stream_id(store, msg)
+        })
+    }
+
+    fn initial(&mut self, msg: &Message) -> Result<Vec<u8>, CallError> {
+        self.guarded(msg, |store, exports| {
+            Self::decider_funcs(exports)?.initial(store).map(Ok)
+        })
+    }
+
+    fn fold(
+        &mut self,
+        msg: &Message,
+        state: &[u8],
+        events: &[Event],
+    ) -> Result<Vec<u8>, CallError> {
+        self.guarded(msg, |store, exports| {
+            Self::decider_funcs(exports)?
+                .fold(store, state, events)
+                .map(Ok)
+        })
+    }
+
+    fn decide(&mut self, msg: &Message, state: &[u8]) -> Result<Decision, CallError> {
+        let decision = self.guarded(msg, |store, exports| {
+            Self::decider_funcs(exports)?.decide(store, msg, state)
+        })?;
+        let count = decision.outputs.len();
+        if count as u64 > self.limits.max_outputs {
+            return Err(Trap::OutputCount {
+                count,
+                cap: self.limits.max_outputs,
+            }
+            .into());
+        }
+        let events: u64 = decision.events.iter().map(|e| e.size() as u64).sum();
+        let outputs: u64 = decision.outputs.iter().map(|o| o.size() as u64).sum();
+        self.check_bytes(events + outputs)?;
+        Ok(decision)
     }
 }
 

@@ -13,22 +13,19 @@ use crate::contract::{Message, Output};
 
 type CallResult = Result<Vec<Output>, CallError>;
 
-/// Messages of one lane, each with the version to handle it, to be handled
-/// in order on one worker.
-struct Job {
-    calls: Vec<(Arc<dyn Handler>, Arc<Message>)>,
-    reply: oneshot::Sender<Vec<CallResult>>,
-}
+/// Work for one worker: it runs on the worker's thread, with its instances.
+type Job = Box<dyn FnOnce(&mut Worker) + Send>;
 
 /// A fixed set of threads that call handlers.
-pub(crate) struct WorkerPool {
+#[doc(hidden)]
+pub struct WorkerPool {
     jobs: Option<mpsc::Sender<Job>>,
     threads: Vec<JoinHandle<()>>,
 }
 
 impl WorkerPool {
     /// Starts `workers` threads.
-    pub(crate) fn start(workers: usize) -> WorkerPool {
+    pub fn start(workers: usize) -> WorkerPool {
         let (jobs, queue) = mpsc::channel::<Job>();
         let queue = Arc::new(Mutex::new(queue));
         let threads = (0..workers.max(1))
@@ -53,13 +50,59 @@ impl WorkerPool {
         &self,
         calls: Vec<(Arc<dyn Handler>, Arc<Message>)>,
     ) -> Vec<CallResult> {
-        let (reply, outcomes) = oneshot::channel();
+        self.run(move |worker| {
+            calls
+                .iter()
+                .map(|(handler, message)| {
+                    worker.with_instance(handler, |instance| instance.handle(message))
+                })
+                .collect()
+        })
+        .await
+    }
+
+    /// Asks each message's decider for its stream id, in one trip to a worker.
+    pub(crate) async fn stream_ids(
+        &self,
+        calls: Vec<(Arc<dyn Handler>, Arc<Message>)>,
+    ) -> Vec<Result<Option<String>, CallError>> {
+        self.run(move |worker| {
+            calls
+                .iter()
+                .map(|(handler, message)| {
+                    worker.with_instance(handler, |instance| {
+                        crate::decider::decider_of(instance)?.stream_id(message)
+                    })
+                })
+                .collect()
+        })
+        .await
+    }
+
+    /// Runs `work` on one worker, with an instance of `handler` (dropped if
+    /// a call on it trapped, counted as one call against its recycling).
+    pub async fn with_instance<R: Send + 'static>(
+        &self,
+        handler: &Arc<dyn Handler>,
+        work: impl FnOnce(&mut dyn HandlerInstance) -> Result<R, CallError> + Send + 'static,
+    ) -> Result<R, CallError> {
+        let handler = handler.clone();
+        self.run(move |worker| worker.with_instance(&handler, work))
+            .await
+    }
+
+    async fn run<R: Send + 'static>(&self, work: impl FnOnce(&mut Worker) -> R + Send + 'static) -> R {
+        let (reply, outcome) = oneshot::channel();
+        let job: Job = Box::new(move |worker| {
+            // The caller may have gone away (shutdown); nothing to do then.
+            let _ = reply.send(work(worker));
+        });
         self.jobs
             .as_ref()
             .expect("worker pool is running")
-            .send(Job { calls, reply })
+            .send(job)
             .expect("worker threads outlive the pool handle");
-        outcomes.await.expect("a worker always replies")
+        outcome.await.expect("a worker always replies")
     }
 }
 
@@ -94,17 +137,15 @@ impl Worker {
             };
             // Instances of handlers nobody holds any more (replaced versions) go.
             self.slots.retain(|slot| slot.handler.strong_count() > 0);
-            let outcomes = job
-                .calls
-                .iter()
-                .map(|(handler, message)| self.call(handler, message))
-                .collect();
-            // The caller may have gone away (shutdown); nothing to do then.
-            let _ = job.reply.send(outcomes);
+            job(&mut self);
         }
     }
 
-    fn call(&mut self, handler: &Arc<dyn Handler>, message: &Message) -> CallResult {
+    fn with_instance<R>(
+        &mut self,
+        handler: &Arc<dyn Handler>,
+        work: impl FnOnce(&mut dyn HandlerInstance) -> Result<R, CallError>,
+    ) -> Result<R, CallError> {
         let index = match self
             .slots
             .iter()
@@ -122,7 +163,7 @@ impl Worker {
             }
         };
         let slot = &mut self.slots[index];
-        let outcome = slot.instance.handle(message);
+        let outcome = work(slot.instance.as_mut());
         slot.calls += 1;
         // A trapped instance may be in any state: never reuse it.
         if matches!(outcome, Err(CallError::Trap(_))) || slot.calls >= handler.calls_per_instance()

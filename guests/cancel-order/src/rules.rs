@@ -1,0 +1,85 @@
+// The cancel rules, shared by `cancel-order` (the handler) and
+// `cancel-order-decider`; each maps `Invalid` to its own `invalid-input`.
+
+use serde::{Deserialize, Serialize};
+
+pub const OUTPUT_TOPIC: &str = "order-events";
+/// A fraud score at or above this cancels the order.
+const FRAUD_THRESHOLD: f64 = 0.5;
+
+#[derive(Deserialize)]
+pub struct CancelRequest {
+    #[serde(rename = "type")]
+    kind: Option<String>,
+    #[serde(rename = "orderId")]
+    order_id: Option<String>,
+    score: Option<f64>,
+}
+
+#[derive(Serialize)]
+pub struct OrderEvent<'a> {
+    #[serde(rename = "type")]
+    pub kind: &'static str,
+    #[serde(rename = "orderId")]
+    pub order_id: &'a str,
+    pub reason: String,
+}
+
+/// The outcome of a cancel request: cancelled, or refused with a reason.
+pub enum Verdict {
+    Cancelled(String),
+    CancelFailed(String),
+}
+
+/// Why a message is not a cancel request.
+pub struct Invalid(pub String);
+
+impl CancelRequest {
+    pub fn read(payload: &[u8]) -> Result<CancelRequest, Invalid> {
+        serde_json::from_slice(payload).map_err(|e| Invalid(format!("not a cancel request: {e}")))
+    }
+
+    pub fn order_id(&self) -> Result<&str, Invalid> {
+        self.order_id
+            .as_deref()
+            .ok_or_else(|| Invalid("missing orderId".into()))
+    }
+
+    /// Whether the request cancels the order, by its type and score alone.
+    pub fn verdict(&self) -> Result<Verdict, Invalid> {
+        let kind = self
+            .kind
+            .as_deref()
+            .ok_or_else(|| Invalid("missing type".into()))?;
+        match kind {
+            "CustomerCancelRequest" => Ok(Verdict::Cancelled("customer-request".into())),
+            "UnfulfillableOrder" => Ok(Verdict::Cancelled("unfulfillable".into())),
+            "FraudSuspected" => {
+                let score = self
+                    .score
+                    .ok_or_else(|| Invalid("FraudSuspected without score".into()))?;
+                if !(0.0..=1.0).contains(&score) {
+                    return Err(Invalid(format!("fraud score {score} outside 0..1")));
+                }
+                if score >= FRAUD_THRESHOLD {
+                    Ok(Verdict::Cancelled("fraud-suspected".into()))
+                } else {
+                    Ok(Verdict::CancelFailed(format!(
+                        "fraud score {score} below threshold {FRAUD_THRESHOLD}"
+                    )))
+                }
+            }
+            other => Err(Invalid(format!("unknown cancel request type {other:?}"))),
+        }
+    }
+}
+
+impl Verdict {
+    /// The event type it is published as, and its reason.
+    pub fn published(self) -> (&'static str, String) {
+        match self {
+            Verdict::Cancelled(reason) => ("OrderCancelled", reason),
+            Verdict::CancelFailed(reason) => ("OrderCancelFailed", reason),
+        }
+    }
+}

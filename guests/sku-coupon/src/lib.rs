@@ -1,0 +1,204 @@
+//! `sku-coupon`, a decider: every SKU is a stream of events, and a coupon
+//! applies to a SKU at most once, and only while the SKU is in the
+//! assortment. Input topic `sku-commands`; output topic `sku-events`; stream
+//! `sku-<sku>`. See examples/shop/README.md for the commands and events.
+
+wit_bindgen::generate!({ world: "decider", path: "../../wit" });
+
+use std::collections::BTreeMap;
+
+use exports::sluice::handler::decide::Guest;
+use serde::{Deserialize, Serialize};
+use sluice::handler::types::{
+    Decision, Event, HandleError, Header, LogEntry, LogLevel, Message, Output, Publish,
+};
+
+const OUTPUT_TOPIC: &str = "sku-events";
+
+/// A command, as read from `sku-commands`.
+#[derive(Deserialize)]
+#[serde(tag = "type")]
+enum Command {
+    AddToAssortment { sku: String },
+    RemoveFromAssortment { sku: String },
+    ApplyCoupon { sku: String, coupon: String, percent: u32 },
+}
+
+impl Command {
+    fn sku(&self) -> &str {
+        match self {
+            Command::AddToAssortment { sku }
+            | Command::RemoveFromAssortment { sku }
+            | Command::ApplyCoupon { sku, .. } => sku,
+        }
+    }
+}
+
+/// The data of a `CouponApplied` event.
+#[derive(Deserialize)]
+struct Applied {
+    coupon: String,
+    percent: u32,
+}
+
+/// What the stream says about a SKU. Encoded as JSON with sorted keys, so
+/// equal states are equal bytes.
+#[derive(Default, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct State {
+    in_assortment: bool,
+    /// Applied coupons and their percent off.
+    coupons: BTreeMap<String, u32>,
+}
+
+fn read(msg: &Message) -> Result<Command, HandleError> {
+    let command: Command = serde_json::from_slice(&msg.payload)
+        .map_err(|e| HandleError::InvalidInput(format!("not a SKU command: {e}")))?;
+    if command.sku().is_empty() {
+        return Err(HandleError::InvalidInput("empty sku".into()));
+    }
+    if let Command::ApplyCoupon { coupon, percent, .. } = &command {
+        if coupon.is_empty() || !(1..=100).contains(percent) {
+            return Err(HandleError::InvalidInput(format!(
+                "coupon {coupon:?} with percent {percent}: needs a code and 1..100"
+            )));
+        }
+    }
+    Ok(command)
+}
+
+fn decode(state: &[u8]) -> State {
+    serde_json::from_slice(state).expect("states are only ever encoded by this version")
+}
+
+fn encode(state: &State) -> Vec<u8> {
+    serde_json::to_vec(state).expect("a state always serializes")
+}
+
+fn event(kind: &str, data: serde_json::Value) -> Event {
+    Event {
+        type_: kind.into(),
+        data: serde_json::to_vec(&data).expect("event data serializes"),
+        metadata: Vec::new(),
+    }
+}
+
+/// The published record of what happened to a command.
+fn published(sku: &str, body: serde_json::Value) -> Output {
+    Output::Publish(Publish {
+        topic: OUTPUT_TOPIC.into(),
+        key: Some(sku.as_bytes().to_vec()),
+        payload: serde_json::to_vec(&body).expect("output serializes"),
+        headers: vec![Header {
+            name: "content-type".into(),
+            value: b"application/json".to_vec(),
+        }],
+    })
+}
+
+fn log(text: String) -> Output {
+    Output::Log(LogEntry {
+        level: LogLevel::Info,
+        text,
+    })
+}
+
+struct SkuCoupon;
+
+impl Guest for SkuCoupon {
+    fn stream_id(msg: Message) -> Result<Option<String>, HandleError> {
+        Ok(Some(format!("sku-{}", read(&msg)?.sku())))
+    }
+
+    fn initial() -> Vec<u8> {
+        encode(&State::default())
+    }
+
+    fn fold(state: Vec<u8>, events: Vec<Event>) -> Vec<u8> {
+        let mut state = decode(&state);
+        for e in events {
+            match e.type_.as_str() {
+                "SkuAddedToAssortment" => state.in_assortment = true,
+                "SkuRemovedFromAssortment" => state.in_assortment = false,
+                "CouponApplied" => {
+                    if let Ok(Applied { coupon, percent }) = serde_json::from_slice(&e.data) {
+                        state.coupons.insert(coupon, percent);
+                    }
+                }
+                // Events of kinds this version does not know change nothing.
+                _ => {}
+            }
+        }
+        encode(&state)
+    }
+
+    fn decide(msg: Message, state: Vec<u8>) -> Result<Decision, HandleError> {
+        let state = decode(&state);
+        let command = read(&msg)?;
+        let sku = command.sku().to_owned();
+        let mut decision = Decision {
+            events: Vec::new(),
+            outputs: Vec::new(),
+        };
+        match command {
+            Command::AddToAssortment { .. } if !state.in_assortment => {
+                decision.events.push(event("SkuAddedToAssortment", serde_json::json!({})));
+                decision.outputs.push(published(
+                    &sku,
+                    serde_json::json!({"type": "SkuAddedToAssortment", "sku": sku}),
+                ));
+            }
+            Command::RemoveFromAssortment { .. } if state.in_assortment => {
+                decision
+                    .events
+                    .push(event("SkuRemovedFromAssortment", serde_json::json!({})));
+                decision.outputs.push(published(
+                    &sku,
+                    serde_json::json!({"type": "SkuRemovedFromAssortment", "sku": sku}),
+                ));
+            }
+            // Already so: nothing happens.
+            Command::AddToAssortment { .. } | Command::RemoveFromAssortment { .. } => {}
+            Command::ApplyCoupon {
+                coupon, percent, ..
+            } => {
+                let refused = if !state.in_assortment {
+                    Some("not-in-assortment")
+                } else if state.coupons.contains_key(&coupon) {
+                    Some("already-applied")
+                } else {
+                    None
+                };
+                match refused {
+                    Some(reason) => {
+                        decision.outputs.push(published(
+                            &sku,
+                            serde_json::json!({"type": "CouponRejected", "sku": sku,
+                                               "coupon": coupon, "reason": reason}),
+                        ));
+                        decision
+                            .outputs
+                            .push(log(format!("{sku}: coupon {coupon} rejected ({reason})")));
+                    }
+                    None => {
+                        decision.events.push(event(
+                            "CouponApplied",
+                            serde_json::json!({"coupon": coupon, "percent": percent}),
+                        ));
+                        decision.outputs.push(published(
+                            &sku,
+                            serde_json::json!({"type": "CouponApplied", "sku": sku,
+                                               "coupon": coupon, "percent": percent}),
+                        ));
+                        decision
+                            .outputs
+                            .push(log(format!("{sku}: coupon {coupon} applied ({percent}% off)")));
+                    }
+                }
+            }
+        }
+        Ok(decision)
+    }
+}
+
+export!(SkuCoupon);

@@ -1,0 +1,85 @@
+//! A test decider whose payload says what to do: `<stream>:<action>`, with
+//! stream `-` for none. Its state is the data of every event folded, joined
+//! by `,`, so a test can see exactly what a decision was made on. Actions:
+//! `add:<x>` appends an event `Added` with data `x`; `noop` appends
+//! nothing; `fail` and `reject` return that error from `decide`; `panic`
+//! traps in `decide`; `poison` appends an event `Poison` that traps `fold`.
+//! Every decision publishes `<state>|<action>` to topic `decided`, keyed by
+//! the stream.
+
+wit_bindgen::generate!({ world: "decider", path: "../../wit" });
+
+use exports::sluice::handler::decide::Guest;
+use sluice::handler::types::{Decision, Event, HandleError, Message, Output, Publish};
+
+fn parse(msg: &Message) -> Result<(&str, &str), HandleError> {
+    std::str::from_utf8(&msg.payload)
+        .ok()
+        .and_then(|text| text.split_once(':'))
+        .ok_or_else(|| HandleError::InvalidInput("expected <stream>:<action>".into()))
+}
+
+fn event(kind: &str, data: &str) -> Event {
+    Event {
+        type_: kind.into(),
+        data: data.as_bytes().to_vec(),
+        metadata: b"test".to_vec(),
+    }
+}
+
+struct TestDecider;
+
+impl Guest for TestDecider {
+    fn stream_id(msg: Message) -> Result<Option<String>, HandleError> {
+        let (stream, _) = parse(&msg)?;
+        Ok((stream != "-").then(|| stream.to_owned()))
+    }
+
+    fn initial() -> Vec<u8> {
+        Vec::new()
+    }
+
+    fn fold(state: Vec<u8>, events: Vec<Event>) -> Vec<u8> {
+        let mut state = state;
+        for event in events {
+            if event.type_ == "Poison" {
+                panic!("fold met a poison event");
+            }
+            if !state.is_empty() {
+                state.push(b',');
+            }
+            state.extend_from_slice(&event.data);
+        }
+        state
+    }
+
+    fn decide(msg: Message, state: Vec<u8>) -> Result<Decision, HandleError> {
+        let (stream, action) = parse(&msg)?;
+        let events = match action.split_once(':') {
+            Some(("add", x)) => vec![event("Added", x)],
+            _ => match action {
+                "noop" => Vec::new(),
+                "poison" => vec![event("Poison", "")],
+                "fail" => return Err(HandleError::Failed("asked to fail".into())),
+                "reject" => return Err(HandleError::Rejected("asked to reject".into())),
+                "panic" => panic!("decide asked to panic"),
+                other => return Err(HandleError::InvalidInput(format!("unknown action {other:?}"))),
+            },
+        };
+        let mut payload = state;
+        payload.push(b'|');
+        payload.extend_from_slice(action.as_bytes());
+        let output = Output::Publish(Publish {
+            topic: "decided".into(),
+            key: Some(stream.as_bytes().to_vec()),
+            payload,
+            headers: Vec::new(),
+        });
+        Ok(Decision {
+            events,
+            outputs: vec![output],
+        })
+    }
+}
+
+export!(TestDecider);

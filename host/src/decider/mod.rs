@@ -1,0 +1,470 @@
+//! Event-sourced handlers: load a message's stream (a snapshot, then the
+//! events after it) → fold it into a state → decide → append the decided
+//! events with the version the state was folded at. When another writer got
+//! there first the append conflicts; the tail is loaded and the decision
+//! made again (safe: decide is pure), after a jittered backoff, up to
+//! `conflict-attempts` times. A message whose events are already in the
+//! stream (a redelivery) is decided again on the state before them, which
+//! gives its outputs back without appending anything.
+//!
+//! States stay in memory (`cache`), checked against the store by version on
+//! every decision, and are persisted every `snapshot-every` events, keyed by
+//! handler version: a state is only ever read by the version that encoded it.
+
+mod cache;
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::OnceCell;
+
+use crate::config::{DeciderSettings, StoreConfig};
+use crate::contract::{Decision, Event, Message, Output};
+use crate::policy::retry::Backoff;
+use crate::runtime::{CallError, DeciderInstance, Handler, HandlerInstance, Trap, WorkerPool};
+use crate::store::{self, Cause, EventStore, Snapshot, SnapshotKey, StoreError, StoredEvent};
+use cache::{Cached, StateCache};
+
+/// Events handed to one `fold` call.
+const FOLD_BATCH: usize = 256;
+
+/// Counters of what deciders did, for metrics and the run report.
+#[derive(Debug, Default)]
+pub struct DeciderStats {
+    decisions: AtomicU64,
+    appends: AtomicU64,
+    events: AtomicU64,
+    conflicts: AtomicU64,
+    redeliveries: AtomicU64,
+    snapshots: AtomicU64,
+    cache_hits: AtomicU64,
+}
+
+/// A reading of `DeciderStats`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct DeciderCounts {
+    /// Decisions made (each attempt counts).
+    pub decisions: u64,
+    /// Successful appends.
+    pub appends: u64,
+    /// Events appended.
+    pub events: u64,
+    /// Appends refused by a version conflict.
+    pub conflicts: u64,
+    /// Messages found already appended (redeliveries).
+    pub redeliveries: u64,
+    /// Snapshots persisted.
+    pub snapshots: u64,
+    /// Decisions that started from the in-memory state.
+    pub cache_hits: u64,
+}
+
+impl DeciderStats {
+    /// The counters now.
+    pub fn counts(&self) -> DeciderCounts {
+        let read = |c: &AtomicU64| c.load(Ordering::Relaxed);
+        DeciderCounts {
+            decisions: read(&self.decisions),
+            appends: read(&self.appends),
+            events: read(&self.events),
+            conflicts: read(&self.conflicts),
+            redeliveries: read(&self.redeliveries),
+            snapshots: read(&self.snapshots),
+            cache_hits: read(&self.cache_hits),
+        }
+    }
+}
+
+fn bump(counter: &AtomicU64, by: u64) {
+    counter.fetch_add(by, Ordering::Relaxed);
+}
+
+/// What came of deciding one message.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Decided {
+    /// The outputs to run now.
+    pub outputs: Vec<Output>,
+    /// Events appended for it (0 when it decided none, or on a redelivery).
+    pub appended: u64,
+    /// The stream's version after it.
+    pub version: u64,
+    /// Whether its events were appended by an earlier delivery.
+    pub redelivered: bool,
+}
+
+/// Why a message could not be decided.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum DecideError {
+    /// `fold` or `decide` refused or trapped.
+    #[error(transparent)]
+    Call(#[from] CallError),
+    /// Every attempt's append met a version conflict.
+    #[error("{attempts} attempts on stream {stream:?} all met a version conflict")]
+    Conflict {
+        /// The stream.
+        stream: String,
+        /// Attempts made.
+        attempts: u32,
+    },
+    /// The event store failed (transient).
+    #[error(transparent)]
+    Store(StoreError),
+}
+
+/// Decides messages of decider handlers against the event store.
+pub struct Decider {
+    store: OnceCell<Arc<dyn EventStore>>,
+    /// How to open the store on first use, when it was not given.
+    opener: Option<(StoreConfig, std::path::PathBuf)>,
+    settings: DeciderSettings,
+    cache: StateCache,
+    stats: Arc<DeciderStats>,
+}
+
+/// The source id recorded with appended events (as in `sluice-id`).
+fn source_of(message: &Message) -> String {
+    format!(
+        "{}/{}/{}",
+        message.topic, message.partition, message.offset
+    )
+}
+
+impl Decider {
+    /// A decider over an open store.
+    pub fn new(
+        store: Arc<dyn EventStore>,
+        settings: DeciderSettings,
+        stats: Arc<DeciderStats>,
+    ) -> Decider {
+        Decider {
+            store: OnceCell::new_with(Some(store)),
+            opener: None,
+            cache: StateCache::new(settings.cache_streams),
+            settings,
+            stats,
+        }
+    }
+
+    /// A decider that opens the configured store when it is first needed,
+    /// so that hosts without deciders never create one.
+    pub(crate) fn lazy(
+        store: StoreConfig,
+        base_dir: std::path::PathBuf,
+        settings: DeciderSettings,
+        stats: Arc<DeciderStats>,
+    ) -> Decider {
+        Decider {
+            store: OnceCell::new(),
+            opener: Some((store, base_dir)),
+            cache: StateCache::new(settings.cache_streams),
+            settings,
+            stats,
+        }
+    }
+
+    /// The store, opened now if it was not yet.
+    pub(crate) async fn store(&self) -> Result<&Arc<dyn EventStore>, StoreError> {
+        self.store
+            .get_or_try_init(|| async {
+                let (config, base_dir) = self.opener.as_ref().expect("a lazy decider has an opener");
+                let store = store::open(config, base_dir).await?;
+                tracing::info!(store = %store.describe(), "event store open");
+                Ok(store)
+            })
+            .await
+    }
+
+    /// Decides `message` on `stream` with `handler`'s decider functions,
+    /// run on `pool`: loads, folds, decides and appends, again on a
+    /// conflict.
+    pub async fn decide(
+        &self,
+        pool: &WorkerPool,
+        handler: &Arc<dyn Handler>,
+        message: &Arc<Message>,
+        stream: &str,
+    ) -> Result<Decided, DecideError> {
+        let attempts = self.settings.conflict_attempts.max(1);
+        let mut backoff = Backoff::new(
+            Duration::from_millis(self.settings.conflict_backoff_initial_ms),
+            Duration::from_millis(self.settings.conflict_backoff_max_ms),
+        );
+        let mut attempt = 1;
+        loop {
+            match self.attempt(pool, handler, message, stream).await {
+                Err(DecideError::Store(StoreError::Conflict { expected, .. })) => {
+                    bump(&self.stats.conflicts, 1);
+                    if attempt >= attempts {
+                        return Err(DecideError::Conflict {
+                            stream: stream.to_owned(),
+                            attempts,
+                        });
+                    }
+                    let delay = backoff.next_delay();
+                    tracing::debug!(
+                        input = %message.id(),
+                        stream,
+                        expected,
+                        attempt,
+                        delay_us = delay.as_micros() as u64,
+                        "version conflict: another writer appended first; deciding again"
+                    );
+                    tokio::time::sleep(delay).await;
+                    attempt += 1;
+                }
+                other => return other,
+            }
+        }
+    }
+
+    /// One load → fold → decide → append.
+    async fn attempt(
+        &self,
+        pool: &WorkerPool,
+        handler: &Arc<dyn Handler>,
+        message: &Arc<Message>,
+        stream: &str,
+    ) -> Result<Decided, DecideError> {
+        let store = self.store().await.map_err(DecideError::Store)?;
+        let key = SnapshotKey {
+            stream,
+            handler: handler.name(),
+            handler_version: handler.version(),
+        };
+        let start = match self.cache.get(&key) {
+            Some(cached) => {
+                bump(&self.stats.cache_hits, 1);
+                cached
+            }
+            None => self.persisted(store.as_ref(), key, None).await?,
+        };
+        let source = source_of(message);
+        let tail = store
+            .read(stream, start.version, None, &source)
+            .await
+            .map_err(DecideError::Store)?;
+        if let Some(decided_at) = tail.decided_at {
+            return self
+                .redelivered(pool, handler, message, store.as_ref(), key, decided_at)
+                .await;
+        }
+        let version = tail.events.last().map_or(start.version, |e| e.version);
+        let (state, decision) = fold_and_decide(pool, handler, message, start.state, tail.events)
+            .await
+            .map_err(DecideError::Call)?;
+        bump(&self.stats.decisions, 1);
+        let mut snapshot_version = start.snapshot_version;
+        let every = self.settings.snapshot_every;
+        if every > 0 && version >= snapshot_version + every {
+            let snapshot = Snapshot {
+                version,
+                state: state.as_ref().clone(),
+            };
+            match store.save_snapshot(key, &snapshot).await {
+                Ok(()) => {
+                    bump(&self.stats.snapshots, 1);
+                    snapshot_version = version;
+                }
+                // Only a cost: the next cold load folds more events.
+                Err(error) => tracing::warn!(stream, %error, "could not save a snapshot"),
+            }
+        }
+        self.cache.put(
+            &key,
+            Cached {
+                state: Some(state.clone()),
+                version,
+                snapshot_version,
+            },
+        );
+        let Decision { events, outputs } = decision;
+        let cause = Cause {
+            handler: handler.name().to_owned(),
+            handler_version: handler.version().to_owned(),
+            source,
+        };
+        if events.is_empty() {
+            // Remembered, so that a redelivery decides on this same state.
+            store
+                .mark_decided(stream, version, &cause)
+                .await
+                .map_err(DecideError::Store)?;
+            return Ok(Decided {
+                outputs,
+                appended: 0,
+                version,
+                redelivered: false,
+            });
+        }
+        let appended = store
+            .append(stream, version, &events, &cause)
+            .await
+            .map_err(DecideError::Store)?;
+        bump(&self.stats.appends, 1);
+        bump(&self.stats.events, events.len() as u64);
+        Ok(Decided {
+            outputs,
+            appended: events.len() as u64,
+            version: appended,
+            redelivered: false,
+        })
+    }
+
+    /// The persisted starting point of a stream for a handler version: its
+    /// snapshot (at or before `upto`, if given), or the empty stream.
+    async fn persisted(
+        &self,
+        store: &dyn EventStore,
+        key: SnapshotKey<'_>,
+        upto: Option<u64>,
+    ) -> Result<Cached, DecideError> {
+        let snapshot = store.snapshot(key).await.map_err(DecideError::Store)?;
+        Ok(match snapshot.filter(|s| upto.is_none_or(|upto| s.version <= upto)) {
+            Some(snapshot) => Cached {
+                version: snapshot.version,
+                snapshot_version: snapshot.version,
+                state: Some(Arc::new(snapshot.state)),
+            },
+            None => Cached::default(),
+        })
+    }
+
+    /// A message decided before, on the stream at version `before`:
+    /// decided again on that state, for its outputs, appending nothing.
+    async fn redelivered(
+        &self,
+        pool: &WorkerPool,
+        handler: &Arc<dyn Handler>,
+        message: &Arc<Message>,
+        store: &dyn EventStore,
+        key: SnapshotKey<'_>,
+        before: u64,
+    ) -> Result<Decided, DecideError> {
+        let start = self.persisted(store, key, Some(before)).await?;
+        let tail = store
+            .read(key.stream, start.version, Some(before), &source_of(message))
+            .await
+            .map_err(DecideError::Store)?;
+        let (_, decision) = fold_and_decide(pool, handler, message, start.state, tail.events)
+            .await
+            .map_err(DecideError::Call)?;
+        bump(&self.stats.redeliveries, 1);
+        tracing::info!(
+            input = %message.id(),
+            stream = key.stream,
+            version = before,
+            "decided by an earlier delivery: nothing appended, its outputs run again"
+        );
+        Ok(Decided {
+            outputs: decision.outputs,
+            appended: 0,
+            version: before,
+            redelivered: true,
+        })
+    }
+
+    /// The state of `stream` as `handler` folds it, from a snapshot when
+    /// `snapshots` allows, and its version (for tools and tests).
+    pub async fn state(
+        &self,
+        pool: &WorkerPool,
+        handler: &Arc<dyn Handler>,
+        stream: &str,
+        snapshots: bool,
+    ) -> Result<(Vec<u8>, u64), DecideError> {
+        let store = self.store().await.map_err(DecideError::Store)?;
+        let key = SnapshotKey {
+            stream,
+            handler: handler.name(),
+            handler_version: handler.version(),
+        };
+        let start = match snapshots {
+            true => self.persisted(store.as_ref(), key, None).await?,
+            false => Cached::default(),
+        };
+        let tail = store
+            .read(stream, start.version, None, "")
+            .await
+            .map_err(DecideError::Store)?;
+        let version = tail.events.last().map_or(start.version, |e| e.version);
+        let events = events_of(tail.events);
+        let state = start.state;
+        let folded = pool
+            .with_instance(handler, move |instance| {
+                fold(decider_of(instance)?, &message_for_fold(), state, &events)
+            })
+            .await?;
+        Ok((folded.as_ref().clone(), version))
+    }
+
+    /// The counters.
+    pub fn stats(&self) -> &Arc<DeciderStats> {
+        &self.stats
+    }
+}
+
+/// The message whose clocks a fold outside any decision runs with.
+fn message_for_fold() -> Message {
+    Message {
+        topic: String::new(),
+        partition: 0,
+        offset: 0,
+        key: None,
+        payload: Vec::new(),
+        headers: Vec::new(),
+        timestamp: 0,
+    }
+}
+
+/// An instance's decider functions; a handler component has none.
+pub(crate) fn decider_of(
+    instance: &mut dyn HandlerInstance,
+) -> Result<&mut dyn DeciderInstance, CallError> {
+    instance.decider().ok_or_else(|| {
+        CallError::Trap(Trap::Guest(
+            "a handler component has no decider functions".into(),
+        ))
+    })
+}
+
+/// `state` (the initial one if none) with `events` folded in, in batches.
+fn fold(
+    decider: &mut dyn DeciderInstance,
+    message: &Message,
+    state: Option<Arc<Vec<u8>>>,
+    events: &[Event],
+) -> Result<Arc<Vec<u8>>, CallError> {
+    let mut state = match state {
+        Some(state) => state,
+        None => Arc::new(decider.initial(message)?),
+    };
+    for batch in events.chunks(FOLD_BATCH) {
+        state = Arc::new(decider.fold(message, &state, batch)?);
+    }
+    Ok(state)
+}
+
+/// The events of a tail, without their versions.
+fn events_of(tail: Vec<StoredEvent>) -> Vec<Event> {
+    tail.into_iter().map(|stored| stored.event).collect()
+}
+
+/// Folds the tail into the state and decides, in one trip to a worker.
+async fn fold_and_decide(
+    pool: &WorkerPool,
+    handler: &Arc<dyn Handler>,
+    message: &Arc<Message>,
+    state: Option<Arc<Vec<u8>>>,
+    events: Vec<StoredEvent>,
+) -> Result<(Arc<Vec<u8>>, Decision), CallError> {
+    let message = message.clone();
+    let events = events_of(events);
+    pool.with_instance(handler, move |instance| {
+        let decider = decider_of(instance)?;
+        let state = fold(decider, &message, state, &events)?;
+        let decision = decider.decide(&message, &state)?;
+        Ok((state, decision))
+    })
+    .await
+}

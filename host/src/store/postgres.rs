@@ -1,0 +1,329 @@
+//! The PostgreSQL backend. Every operation is one statement, so it is atomic
+//! without a transaction and a connection can carry several at once; a few
+//! connections spread the load. A connection that breaks is replaced at its
+//! next use, so an outage costs retries, not a restart.
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use futures::future::BoxFuture;
+use tokio_postgres::error::SqlState;
+use tokio_postgres::{Client, NoTls, Statement};
+
+use super::{
+    Cause, EventStore, Snapshot, SnapshotKey, StoreError, Tail, mark_decided_sql, now_ms, read_sql,
+    save_snapshot_sql, tables_sql, tail,
+};
+use crate::config::StoreConfig;
+use crate::contract::Event;
+
+/// One connection with its statements prepared.
+struct Connection {
+    client: Client,
+    read: Statement,
+    mark_decided: Statement,
+    append: Statement,
+    snapshot: Statement,
+    save_snapshot: Statement,
+}
+
+/// The PostgreSQL event store.
+pub(crate) struct PostgresStore {
+    config: tokio_postgres::Config,
+    schema: String,
+    slots: Vec<Mutex<Option<Arc<Connection>>>>,
+    next: AtomicUsize,
+}
+
+/// Appends at `expected + 1 ..` only if the stream is at `expected`. Two
+/// writers that both saw `expected` insert the same first version: the
+/// primary key lets one through and fails the other (a conflict).
+/// Parameters: stream, expected, types, datas, metadatas, handler, handler
+/// version, source, recorded at.
+fn append_sql(schema: &str) -> String {
+    format!(
+        "INSERT INTO {schema}.events (stream, version, type, data, metadata, handler,
+             handler_version, source, recorded_at)
+         SELECT $1::text, $2::bigint + e.n, e.type, e.data, e.metadata, $6::text, $7::text, $8::text,
+             $9::bigint
+         FROM unnest($3::text[], $4::bytea[], $5::bytea[]) WITH ORDINALITY
+             AS e(type, data, metadata, n)
+         WHERE (SELECT coalesce(max(version), 0) FROM {schema}.events WHERE stream = $1) = $2"
+    )
+}
+
+impl PostgresStore {
+    pub(crate) async fn open(config: &StoreConfig) -> Result<PostgresStore, StoreError> {
+        let mut pg: tokio_postgres::Config = config.url.parse().map_err(|e| {
+            StoreError::Unavailable(format!("postgres url {:?}: {e}", config.url))
+        })?;
+        pg.connect_timeout(Duration::from_millis(config.connect_timeout_ms));
+        let store = PostgresStore {
+            config: pg,
+            schema: config.schema.clone(),
+            slots: (0..config.connections.max(1))
+                .map(|_| Mutex::new(None))
+                .collect(),
+            next: AtomicUsize::new(0),
+        };
+        let client = store.client_only().await?;
+        // Hosts starting together must not race on the schema.
+        let create = format!(
+            "BEGIN; SELECT pg_advisory_xact_lock(hashtext('sluice:{schema}'));
+             CREATE SCHEMA IF NOT EXISTS {schema}; {} COMMIT;",
+            tables_sql(&format!("{}.", config.schema), "BYTEA"),
+            schema = config.schema
+        );
+        client
+            .batch_execute(&create)
+            .await
+            .map_err(|e| store.failed(e))?;
+        Ok(store)
+    }
+
+    async fn client_only(&self) -> Result<Client, StoreError> {
+        let (client, connection) = self
+            .config
+            .connect(NoTls)
+            .await
+            .map_err(|e| self.failed(e))?;
+        tokio::spawn(async move {
+            if let Err(error) = connection.await {
+                tracing::debug!(%error, "postgres connection ended");
+            }
+        });
+        Ok(client)
+    }
+
+    async fn connect(&self) -> Result<Connection, StoreError> {
+        let client = self.client_only().await?;
+        let schema = &self.schema;
+        let prefix = format!("{schema}.");
+        let prepare = |sql: String| {
+            let client = &client;
+            async move { client.prepare(&sql).await }
+        };
+        let statements = async {
+            Ok::<_, tokio_postgres::Error>((
+                prepare(read_sql(&prefix)).await?,
+                prepare(mark_decided_sql(&prefix)).await?,
+                prepare(append_sql(schema)).await?,
+                prepare(format!(
+                    "SELECT version, state FROM {schema}.snapshots
+                     WHERE stream = $1 AND handler = $2 AND handler_version = $3"
+                ))
+                .await?,
+                prepare(save_snapshot_sql(&prefix)).await?,
+            ))
+        };
+        let (read, mark_decided, append, snapshot, save_snapshot) =
+            statements.await.map_err(|e| self.failed(e))?;
+        Ok(Connection {
+            client,
+            read,
+            mark_decided,
+            append,
+            snapshot,
+            save_snapshot,
+        })
+    }
+
+    /// A live connection, round robin; a broken one is replaced.
+    async fn connection(&self) -> Result<Arc<Connection>, StoreError> {
+        let slot = &self.slots[self.next.fetch_add(1, Ordering::Relaxed) % self.slots.len()];
+        let live = slot
+            .lock()
+            .expect("connection slot lock")
+            .clone()
+            .filter(|c| !c.client.is_closed());
+        if let Some(connection) = live {
+            return Ok(connection);
+        }
+        let connection = Arc::new(self.connect().await?);
+        *slot.lock().expect("connection slot lock") = Some(connection.clone());
+        Ok(connection)
+    }
+
+    fn failed(&self, error: tokio_postgres::Error) -> StoreError {
+        StoreError::Unavailable(format!("postgres: {}", one_line(&error)))
+    }
+}
+
+/// A postgres error with its cause (the server's message, or the I/O error).
+fn one_line(error: &tokio_postgres::Error) -> String {
+    match error.as_db_error() {
+        Some(db) => format!("{}: {}", db.code().code(), db.message()),
+        None => match std::error::Error::source(error) {
+            Some(cause) => format!("{error}: {cause}"),
+            None => error.to_string(),
+        },
+    }
+}
+
+fn as_i64(version: u64) -> i64 {
+    i64::try_from(version).unwrap_or(i64::MAX)
+}
+
+impl EventStore for PostgresStore {
+    fn read<'a>(
+        &'a self,
+        stream: &'a str,
+        after: u64,
+        upto: Option<u64>,
+        source: &'a str,
+    ) -> BoxFuture<'a, Result<Tail, StoreError>> {
+        Box::pin(async move {
+            let connection = self.connection().await?;
+            let upto = as_i64(upto.unwrap_or(u64::MAX));
+            let rows = connection
+                .client
+                .query(
+                    &connection.read,
+                    &[&stream, &as_i64(after), &upto, &source],
+                )
+                .await
+                .map_err(|e| self.failed(e))?;
+            let rows = rows.iter().map(|row| {
+                (
+                    row.get(0),
+                    row.get(1),
+                    row.get(2),
+                    row.get(3),
+                    row.get(4),
+                )
+            });
+            Ok(tail(rows))
+        })
+    }
+
+    fn mark_decided<'a>(
+        &'a self,
+        stream: &'a str,
+        version: u64,
+        cause: &'a Cause,
+    ) -> BoxFuture<'a, Result<(), StoreError>> {
+        Box::pin(async move {
+            let connection = self.connection().await?;
+            connection
+                .client
+                .execute(
+                    &connection.mark_decided,
+                    &[
+                        &stream,
+                        &cause.source,
+                        &as_i64(version),
+                        &cause.handler,
+                        &cause.handler_version,
+                        &now_ms(),
+                    ],
+                )
+                .await
+                .map_err(|e| self.failed(e))?;
+            Ok(())
+        })
+    }
+
+    fn append<'a>(
+        &'a self,
+        stream: &'a str,
+        expected: u64,
+        events: &'a [Event],
+        cause: &'a Cause,
+    ) -> BoxFuture<'a, Result<u64, StoreError>> {
+        Box::pin(async move {
+            let connection = self.connection().await?;
+            let kinds: Vec<&str> = events.iter().map(|e| e.kind.as_str()).collect();
+            let datas: Vec<&[u8]> = events.iter().map(|e| e.data.as_slice()).collect();
+            let metadatas: Vec<&[u8]> = events.iter().map(|e| e.metadata.as_slice()).collect();
+            let inserted = connection
+                .client
+                .execute(
+                    &connection.append,
+                    &[
+                        &stream,
+                        &as_i64(expected),
+                        &kinds,
+                        &datas,
+                        &metadatas,
+                        &cause.handler,
+                        &cause.handler_version,
+                        &cause.source,
+                        &now_ms(),
+                    ],
+                )
+                .await;
+            let conflict = || StoreError::Conflict {
+                stream: stream.to_owned(),
+                expected,
+            };
+            match inserted {
+                Ok(0) => Err(conflict()),
+                Ok(n) => Ok(expected + n),
+                Err(e) if e.code() == Some(&SqlState::UNIQUE_VIOLATION) => Err(conflict()),
+                Err(e) => Err(self.failed(e)),
+            }
+        })
+    }
+
+    fn snapshot<'a>(
+        &'a self,
+        key: SnapshotKey<'a>,
+    ) -> BoxFuture<'a, Result<Option<Snapshot>, StoreError>> {
+        Box::pin(async move {
+            let connection = self.connection().await?;
+            let row = connection
+                .client
+                .query_opt(
+                    &connection.snapshot,
+                    &[&key.stream, &key.handler, &key.handler_version],
+                )
+                .await
+                .map_err(|e| self.failed(e))?;
+            Ok(row.map(|row| Snapshot {
+                version: row.get::<_, i64>(0) as u64,
+                state: row.get(1),
+            }))
+        })
+    }
+
+    fn save_snapshot<'a>(
+        &'a self,
+        key: SnapshotKey<'a>,
+        snapshot: &'a Snapshot,
+    ) -> BoxFuture<'a, Result<(), StoreError>> {
+        Box::pin(async move {
+            let connection = self.connection().await?;
+            connection
+                .client
+                .execute(
+                    &connection.save_snapshot,
+                    &[
+                        &key.stream,
+                        &key.handler,
+                        &key.handler_version,
+                        &as_i64(snapshot.version),
+                        &snapshot.state,
+                    ],
+                )
+                .await
+                .map_err(|e| self.failed(e))?;
+            Ok(())
+        })
+    }
+
+    fn describe(&self) -> String {
+        let hosts: Vec<String> = self
+            .config
+            .get_hosts()
+            .iter()
+            .map(|h| format!("{h:?}"))
+            .collect();
+        format!(
+            "postgres {} db {} schema {}",
+            hosts.join(","),
+            self.config.get_dbname().unwrap_or("-"),
+            self.schema
+        )
+    }
+}
