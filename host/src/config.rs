@@ -767,7 +767,10 @@ impl StoreConfig {
         if self.backend == StoreBackend::Postgres
             && let Err(e) = self.url.parse::<tokio_postgres::Config>()
         {
-            return invalid("url", format!("{:?} is not a PostgreSQL connection: {e}", self.url));
+            return invalid(
+                "url",
+                format!("{:?} is not a PostgreSQL connection: {e}", self.url),
+            );
         }
         check_range("store.connections", self.connections as u64, 1, 64)?;
         check_range(
@@ -1405,5 +1408,31 @@ handler = "echo"
         assert!(err.contains("pooled") && err.contains("fresh"), "{err}");
         let err = error_of(&format!("{section}workers = 2\n"));
         assert!(err.contains("host-wide"), "{err}");
+    }
+
+    #[test]
+    fn store_and_decider_settings_default_and_bad_ones_are_named() {
+        let config = parse(MINIMAL).unwrap();
+        assert_eq!(config.store.backend, StoreBackend::Sqlite);
+        assert_eq!(config.store.path, Path::new("sluice-events.db"));
+        assert_eq!(config.decider.conflict_attempts, 10);
+        assert_eq!(config.decider.snapshot_every, 100);
+        let store = |body: &str| error_of(&format!("{MINIMAL}\n[store]\n{body}\n"));
+        let err = store("backend = \"mysql\"");
+        assert!(err.contains("mysql") && err.contains("postgres"), "{err}");
+        let err = store("schema = \"Robert'); DROP\"");
+        assert!(err.contains("store.schema"), "{err}");
+        let err = store("backend = \"postgres\"\nurl = \"postgres://host:notaport/db\"");
+        assert!(err.contains("store.url"), "{err}");
+        let err = store("connections = 0");
+        assert!(err.contains("store.connections"), "{err}");
+        let err = store("pth = \"x.db\"");
+        assert!(err.contains("pth"), "{err}");
+        let err = error_of(&format!("{MINIMAL}\n[decider]\nconflict-attempts = 0\n"));
+        assert!(err.contains("decider.conflict-attempts"), "{err}");
+        let err = error_of(&format!(
+            "{MINIMAL}\n[decider]\nconflict-backoff-initial-ms = 50\nconflict-backoff-max-ms = 10\n"
+        ));
+        assert!(err.contains("decider.conflict-backoff-max-ms"), "{err}");
     }
 }

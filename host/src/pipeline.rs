@@ -182,10 +182,11 @@ impl Pipeline {
                 .compare(&self.pool, shadow.handler.clone(), messages, served);
         }
         let transactional = route.effects.transaction.is_some();
-        let work = work
-            .into_iter()
-            .zip(handlers)
-            .zip(called.into_iter().map(|c| work_for(&route.route, c, transactional)));
+        let work = work.into_iter().zip(handlers).zip(
+            called
+                .into_iter()
+                .map(|c| work_for(&route.route, c, transactional)),
+        );
         if let Some(transaction) = &route.effects.transaction {
             let work = work.map(|(ready, work)| match work {
                 Work::Done(outcome) => (ready, outcome),
@@ -261,16 +262,34 @@ impl Pipeline {
         };
         let deciders = of_kind(HandlerKind::Decider);
         if deciders.is_empty() {
-            let calls = handlers.iter().cloned().zip(messages.iter().cloned()).collect();
-            return self.pool.call(calls).await.into_iter().map(Called::Handled).collect();
+            let calls = handlers
+                .iter()
+                .cloned()
+                .zip(messages.iter().cloned())
+                .collect();
+            return self
+                .pool
+                .call(calls)
+                .await
+                .into_iter()
+                .map(Called::Handled)
+                .collect();
         }
-        let mut handled = self.pool.call(of_kind(HandlerKind::Handler)).await.into_iter();
+        let mut handled = self
+            .pool
+            .call(of_kind(HandlerKind::Handler))
+            .await
+            .into_iter();
         let mut streams = self.pool.stream_ids(deciders).await.into_iter();
         handlers
             .iter()
             .map(|h| match h.kind() {
-                HandlerKind::Handler => Called::Handled(handled.next().expect("one outcome per call")),
-                HandlerKind::Decider => Called::Stream(streams.next().expect("one outcome per call")),
+                HandlerKind::Handler => {
+                    Called::Handled(handled.next().expect("one outcome per call"))
+                }
+                HandlerKind::Decider => {
+                    Called::Stream(streams.next().expect("one outcome per call"))
+                }
             })
             .collect()
     }
@@ -369,7 +388,11 @@ impl Pipeline {
         let breaker = self.effects.store_breaker(&route.effects);
         let admission = breaker.admit(&partition.waiting).await;
         let attempt = || async {
-            match self.decider.decide(&self.pool, handler, message, stream).await {
+            match self
+                .decider
+                .decide(&self.pool, handler, message, stream)
+                .await
+            {
                 Err(DecideError::Store(error)) => Err(EffectError::Transient(error.to_string())),
                 decided => Ok(decided),
             }

@@ -14,6 +14,7 @@ use rdkafka::error::KafkaError;
 
 use crate::admin;
 use crate::config::{Config, DeliveryMode, Embedded};
+use crate::decider::Decider;
 use crate::effects::publish::Publisher;
 use crate::effects::transaction::{Transaction, TransactionFailed};
 use crate::effects::{Effects, RouteEffects};
@@ -21,15 +22,14 @@ use crate::embedded::EmbeddedBroker;
 use crate::pipeline::{Pipeline, RouteHandler};
 use crate::policy::breaker::Breakers;
 use crate::registry::{self, Registry, RegistryError};
-use crate::decider::Decider;
 use crate::runtime::{Handler, HandlerKind, Runtime, RuntimeError, WorkerPool};
-use crate::store::StoreError;
 use crate::schedule::offsets::{Hold, Offsets};
 use crate::schedule::{Feed, Lanes, Queued};
 use crate::shadow::Shadows;
 use crate::source::Delivery;
 use crate::source::jsonl::{JsonlError, JsonlReader};
 use crate::source::kafka::{Committer, KafkaSource, SourceEvent, UnsplitMessage};
+use crate::store::StoreError;
 use crate::telemetry::{RunReport, Stop, Telemetry};
 
 /// How often a run that stops when drained checks whether it is.

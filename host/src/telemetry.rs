@@ -2,8 +2,8 @@
 //! record of each confirmed publish and dead letter, with a readable summary.
 
 use std::fmt::Write as _;
-use std::sync::{Arc, Mutex};
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 
 use base64::Engine as _;
 

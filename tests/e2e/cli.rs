@@ -72,9 +72,10 @@ fn inspect_describes_a_handler_and_its_sandbox_check() {
     assert!(output.status.success(), "{}", stderr_of(&output));
     let text = String::from_utf8(output.stdout).unwrap();
     for expected in [
-        "contract  sluice:handler@0.2.0",
-        "exports   sluice:handler/handle@0.2.0",
-        "imports   sluice:handler/types@0.2.0",
+        "contract  sluice:handler@0.3.0",
+        "world     handler",
+        "exports   sluice:handler/handle@0.3.0",
+        "imports   sluice:handler/types@0.3.0",
         "wasi:cli/stdout@",
         "sandbox   instantiates",
     ] {
@@ -83,6 +84,37 @@ fn inspect_describes_a_handler_and_its_sandbox_check() {
             "inspect lacks {expected:?}:\n{text}"
         );
     }
+}
+
+#[test]
+fn inspect_describes_a_decider_and_replay_refuses_it_saying_why() {
+    let decider = dist().join("sku-coupon/0.1.0.wasm");
+    let output = sluice().arg("inspect").arg(&decider).output().unwrap();
+    assert!(output.status.success(), "{}", stderr_of(&output));
+    let text = String::from_utf8(output.stdout).unwrap();
+    for expected in [
+        "contract  sluice:handler@0.3.0",
+        "world     decider",
+        "exports   sluice:handler/decide@0.3.0",
+    ] {
+        assert!(
+            text.contains(expected),
+            "inspect lacks {expected:?}:\n{text}"
+        );
+    }
+    let output = sluice()
+        .args(["replay", "--handler"])
+        .arg(&decider)
+        .arg("--input")
+        .arg(repo().join("examples/shop/messages/sku-commands.jsonl"))
+        .output()
+        .unwrap();
+    assert!(!output.status.success());
+    let said = stderr_of(&output);
+    assert!(
+        said.contains("sku-coupon is a decider") && said.contains("[source] file"),
+        "{said}"
+    );
 }
 
 /// Files that are not handlers, with a piece of the reason each must give.

@@ -192,7 +192,14 @@ fn coupons_from_four_hosts_equal_serial_application(backend: StoreBackend) {
         })
         .collect();
     broker.produce(&adds).unwrap();
-    let text = decider_config(brokers, "assort", &handlers, &[("assortment", "sku-coupon")], &store, "");
+    let text = decider_config(
+        brokers,
+        "assort",
+        &handlers,
+        &[("assortment", "sku-coupon")],
+        &store,
+        "",
+    );
     let config = scratch.write("assort.toml", text);
     Host::start(&scratch, "assort", &config, &["--until-drained"]).wait_ok();
 
@@ -207,13 +214,27 @@ fn coupons_from_four_hosts_equal_serial_application(backend: StoreBackend) {
         broker.create_topic(&format!("coupons-{h}"), 1).unwrap();
     }
     let commands: Vec<_> = (0..COMMANDS)
-        .map(|i| message(&format!("coupons-{}", i % HOSTS), 0, &i.to_string(), &command(i).to_string()))
+        .map(|i| {
+            message(
+                &format!("coupons-{}", i % HOSTS),
+                0,
+                &i.to_string(),
+                &command(i).to_string(),
+            )
+        })
         .collect();
     broker.produce(&commands).unwrap();
     let hosts: Vec<_> = (0..HOSTS)
         .map(|h| {
             let topic = format!("coupons-{h}");
-            let text = decider_config(brokers, &format!("h{h}"), &handlers, &[(&topic, "sku-coupon")], &store, "");
+            let text = decider_config(
+                brokers,
+                &format!("h{h}"),
+                &handlers,
+                &[(&topic, "sku-coupon")],
+                &store,
+                "",
+            );
             let config = scratch.write(&format!("h{h}.toml"), text);
             Host::start(&scratch, &format!("h{h}"), &config, &["--until-drained"])
         })
@@ -236,13 +257,31 @@ fn coupons_from_four_hosts_equal_serial_application(backend: StoreBackend) {
     let opened = store.open();
     for (sku, coupons) in &serial {
         let stream = format!("sku-{sku}");
-        let (state, version) = store.state(&opened, &sku_coupon(), "sku-coupon", "0.1.0", &stream, false);
+        let (state, version) = store.state(
+            &opened,
+            &sku_coupon(),
+            "sku-coupon",
+            "0.1.0",
+            &stream,
+            false,
+        );
         let expected = json!({"inAssortment": true, "coupons": coupons});
-        assert_eq!(serde_json::from_str::<Value>(&state).unwrap(), expected, "{stream}");
+        assert_eq!(
+            serde_json::from_str::<Value>(&state).unwrap(),
+            expected,
+            "{stream}"
+        );
         let events = store.events(opened.as_ref(), &stream);
         assert_eq!(version, events.len() as u64);
-        let applied: Vec<_> = events.iter().filter(|(k, _)| k == "CouponApplied").collect();
-        assert_eq!(applied.len(), CODES, "{stream}: each code applied exactly once");
+        let applied: Vec<_> = events
+            .iter()
+            .filter(|(k, _)| k == "CouponApplied")
+            .collect();
+        assert_eq!(
+            applied.len(),
+            CODES,
+            "{stream}: each code applied exactly once"
+        );
     }
 
     let published = read_topic(brokers, "sku-events");
@@ -265,10 +304,17 @@ fn coupons_from_four_hosts_equal_serial_application(backend: StoreBackend) {
     }
     assert_eq!(added, SKUS);
     assert_eq!(applied.len(), SKUS * CODES);
-    assert!(applied.values().all(|&n| n == 1), "a coupon was applied twice");
+    assert!(
+        applied.values().all(|&n| n == 1),
+        "a coupon was applied twice"
+    );
     assert_eq!(rejected, COMMANDS - SKUS * CODES);
     for h in 0..HOSTS {
-        assert_eq!(count(brokers, &format!("coupons-{h}.dlq")), 0, "nothing dead-lettered");
+        assert_eq!(
+            count(brokers, &format!("coupons-{h}.dlq")),
+            0,
+            "nothing dead-lettered"
+        );
     }
     assert!(conflicts > 0, "4 hosts on 10 streams never conflicted");
     eprintln!("{backend:?}: {conflicts} version conflicts, all decided again");
@@ -294,8 +340,17 @@ fn decided(brokers: &str) -> BTreeMap<(i32, i64), String> {
 
 fn redelivery_appends_nothing_and_failures_dead_letter_at_decide(backend: StoreBackend) {
     let inputs = [
-        "s1:add:a", "s1:noop", "s2:add:b", "s1:add:c", "-:noop", "s2:fail", "s2:reject",
-        "s2:panic", "s3:poison", "s3:add:x", "s2:add:d",
+        "s1:add:a",
+        "s1:noop",
+        "s2:add:b",
+        "s1:add:c",
+        "-:noop",
+        "s2:fail",
+        "s2:reject",
+        "s2:panic",
+        "s3:poison",
+        "s3:add:x",
+        "s2:add:d",
     ];
     let broker = EmbeddedBroker::start().unwrap();
     let brokers = broker.bootstrap_servers();
@@ -306,7 +361,14 @@ fn redelivery_appends_nothing_and_failures_dead_letter_at_decide(backend: StoreB
     let store = TestStore::new(backend, &scratch);
     let handlers = scratch.handlers(&[("test-decider", "0.1.0", &component("test-decider"))]);
     let run = |group: &str| {
-        let text = decider_config(brokers, group, &handlers, &[("in", "test-decider")], &store, "");
+        let text = decider_config(
+            brokers,
+            group,
+            &handlers,
+            &[("in", "test-decider")],
+            &store,
+            "",
+        );
         let config = scratch.write(&format!("{group}.toml"), text);
         Host::start(&scratch, group, &config, &["--until-drained"]).wait_ok()
     };
@@ -332,7 +394,11 @@ fn redelivery_appends_nothing_and_failures_dead_letter_at_decide(backend: StoreB
         .into_iter()
         .map(|r| {
             let header = |n| r.header(n).unwrap().to_owned();
-            (r.source().1, header("sluice-stage"), header("sluice-reason"))
+            (
+                r.source().1,
+                header("sluice-stage"),
+                header("sluice-reason"),
+            )
         })
         .collect();
     let dead_expected: Vec<(i64, String, String)> = [
@@ -351,7 +417,9 @@ fn redelivery_appends_nothing_and_failures_dead_letter_at_decide(backend: StoreB
     let opened = store.open();
     let streams = |s: &str| store.events(opened.as_ref(), s);
     let added = |data: &[&str]| -> Vec<(String, String)> {
-        data.iter().map(|d| ("Added".to_owned(), (*d).to_owned())).collect()
+        data.iter()
+            .map(|d| ("Added".to_owned(), (*d).to_owned()))
+            .collect()
     };
     assert_eq!(streams("s1"), added(&["a", "c"]));
     assert_eq!(streams("s2"), added(&["b", "d"]));
@@ -361,8 +429,16 @@ fn redelivery_appends_nothing_and_failures_dead_letter_at_decide(backend: StoreB
 
     // Everything again, to a new group: a redelivery of every message.
     let again = run("again");
-    assert_eq!(streams("s1"), added(&["a", "c"]), "redelivery appended to s1");
-    assert_eq!(streams("s2"), added(&["b", "d"]), "redelivery appended to s2");
+    assert_eq!(
+        streams("s1"),
+        added(&["a", "c"]),
+        "redelivery appended to s1"
+    );
+    assert_eq!(
+        streams("s2"),
+        added(&["b", "d"]),
+        "redelivery appended to s2"
+    );
     assert_eq!(streams("s3").len(), 1);
     assert_eq!(summary_count(&again.stdout, "events"), 0);
     assert_eq!(summary_count(&again.stdout, "redeliveries"), 6);
@@ -415,7 +491,10 @@ fn snapshots_fold_like_the_full_stream_and_belong_to_one_version(backend: StoreB
     run("first", "0.1.0");
 
     let opened = store.open();
-    let full: String = (1..=25).map(|i| i.to_string()).collect::<Vec<_>>().join(",");
+    let full: String = (1..=25)
+        .map(|i| i.to_string())
+        .collect::<Vec<_>>()
+        .join(",");
     let key = |handler_version| SnapshotKey {
         stream: "s",
         handler: "test-decider",
@@ -449,9 +528,13 @@ fn snapshots_fold_like_the_full_stream_and_belong_to_one_version(backend: StoreB
     assert_eq!(state("0.2.0", true), (full.clone(), 25));
 
     // A host serving 0.2.0 decides on the full fold, not on 0.1.0's state.
-    broker.produce(&[message("in", 0, "k", "s:add:26")]).unwrap();
+    broker
+        .produce(&[message("in", 0, "k", "s:add:26")])
+        .unwrap();
     run("second", "0.2.0");
-    let last = decided(brokers).remove(&(0, 25)).expect("the new message decided");
+    let last = decided(brokers)
+        .remove(&(0, 25))
+        .expect("the new message decided");
     assert_eq!(last, format!("{full}|add:26"));
 }
 
@@ -481,7 +564,10 @@ fn appends_are_checked_against_the_expected_version(backend: StoreBackend) {
         source: source.into(),
     };
     let two = [event("a"), event("b")];
-    assert_eq!(rt.block_on(opened.append("x", 0, &two, &cause("m1"))), Ok(2));
+    assert_eq!(
+        rt.block_on(opened.append("x", 0, &two, &cause("m1"))),
+        Ok(2)
+    );
     let conflict = |expected| {
         Err(StoreError::Conflict {
             stream: "x".into(),
@@ -489,18 +575,38 @@ fn appends_are_checked_against_the_expected_version(backend: StoreBackend) {
         })
     };
     // Behind (a writer that read before the append) and ahead (a gap).
-    assert_eq!(rt.block_on(opened.append("x", 0, &[event("c")], &cause("m2"))), conflict(0));
-    assert_eq!(rt.block_on(opened.append("x", 5, &[event("c")], &cause("m2"))), conflict(5));
-    assert_eq!(rt.block_on(opened.append("x", 2, &[event("c")], &cause("m2"))), Ok(3));
+    assert_eq!(
+        rt.block_on(opened.append("x", 0, &[event("c")], &cause("m2"))),
+        conflict(0)
+    );
+    assert_eq!(
+        rt.block_on(opened.append("x", 5, &[event("c")], &cause("m2"))),
+        conflict(5)
+    );
+    assert_eq!(
+        rt.block_on(opened.append("x", 2, &[event("c")], &cause("m2"))),
+        Ok(3)
+    );
     let tail = rt.block_on(opened.read("x", 1, Some(2), "m2")).unwrap();
     assert_eq!(tail.events.len(), 1, "versions 2..=2");
     assert_eq!(tail.events[0].event, event("b"));
     assert_eq!(tail.decided_at, Some(2), "m2 was decided on version 2");
-    assert_eq!(rt.block_on(opened.read("x", 3, None, "m1")).unwrap().decided_at, Some(0));
+    assert_eq!(
+        rt.block_on(opened.read("x", 3, None, "m1"))
+            .unwrap()
+            .decided_at,
+        Some(0)
+    );
     let unseen = rt.block_on(opened.read("x", 3, None, "m3")).unwrap();
     assert!(unseen.events.is_empty() && unseen.decided_at.is_none());
-    rt.block_on(opened.mark_decided("x", 3, &cause("m3"))).unwrap();
-    assert_eq!(rt.block_on(opened.read("x", 3, None, "m3")).unwrap().decided_at, Some(3));
+    rt.block_on(opened.mark_decided("x", 3, &cause("m3")))
+        .unwrap();
+    assert_eq!(
+        rt.block_on(opened.read("x", 3, None, "m3"))
+            .unwrap()
+            .decided_at,
+        Some(3)
+    );
     // Snapshots only move forward.
     let key = SnapshotKey {
         stream: "x",
@@ -593,19 +699,36 @@ fn postgres_unavailable_mid_stream_is_retried_and_loses_nothing() {
     let brokers = broker.bootstrap_servers();
     broker.create_topic("in", 2).unwrap();
     let messages: Vec<_> = (0..MESSAGES)
-        .map(|i| message("in", (i % 2) as i32, "k", &format!("s{}:add:{i}", i % STREAMS)))
+        .map(|i| {
+            message(
+                "in",
+                (i % 2) as i32,
+                "k",
+                &format!("s{}:add:{i}", i % STREAMS),
+            )
+        })
         .collect();
     broker.produce(&messages).unwrap();
     let scratch = Scratch::new();
     let proxy = Proxy::start("127.0.0.1:5432");
     let mut store = TestStore::new(StoreBackend::Postgres, &scratch);
-    store.url = format!("host=127.0.0.1 port={} user=postgres dbname=test", proxy.port);
+    store.url = format!(
+        "host=127.0.0.1 port={} user=postgres dbname=test",
+        proxy.port
+    );
     let opened = store.open();
     let handlers = scratch.handlers(&[("test-decider", "0.1.0", &component("test-decider"))]);
     // Quick retries and breaker, so the outage is seen and outlived quickly.
     let quick = "[routes.retry]\ninitial-ms = 20\nmax-interval-ms = 200\n\
                  [routes.breaker]\nfailures = 3\nopen-ms = 300\n";
-    let text = decider_config(brokers, "g", &handlers, &[("in", "test-decider")], &store, quick);
+    let text = decider_config(
+        brokers,
+        "g",
+        &handlers,
+        &[("in", "test-decider")],
+        &store,
+        quick,
+    );
     let config = scratch.write("g.toml", text);
     let host = Host::start(&scratch, "host", &config, &["--until-drained"]);
     let appended = || -> usize {
@@ -634,9 +757,20 @@ fn postgres_unavailable_mid_stream_is_retried_and_loses_nothing() {
         }
     }
     all.sort();
-    assert_eq!(all, (0..MESSAGES).collect::<Vec<_>>(), "each message appended exactly once");
+    assert_eq!(
+        all,
+        (0..MESSAGES).collect::<Vec<_>>(),
+        "each message appended exactly once"
+    );
     assert_eq!(count(brokers, "in.dlq"), 0, "nothing dead-lettered");
-    assert_eq!(decided(brokers).len(), MESSAGES, "every message's output published");
+    assert_eq!(
+        decided(brokers).len(),
+        MESSAGES,
+        "every message's output published"
+    );
     assert_committed_to_the_end(brokers, "g");
-    eprintln!("{}", exit.stdout.lines().take(2).collect::<Vec<_>>().join("\n"));
+    eprintln!(
+        "{}",
+        exit.stdout.lines().take(2).collect::<Vec<_>>().join("\n")
+    );
 }

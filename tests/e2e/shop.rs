@@ -7,13 +7,15 @@ use sluice::source::jsonl::JsonlReader;
 
 use crate::support::*;
 
-const OUTPUT_TOPICS: [&str; 4] = [
+const OUTPUT_TOPICS: [&str; 6] = [
     "email-requests",
     "order-events",
+    "sku-events",
     "order-shipped.dlq",
     "order-cancel-requests.dlq",
+    "sku-commands.dlq",
 ];
-const INPUT_TOPICS: [&str; 2] = ["order-shipped", "order-cancel-requests"];
+const INPUT_TOPICS: [&str; 3] = ["order-shipped", "order-cancel-requests", "sku-commands"];
 
 const ROUTES: &str = r#"
 [[routes]]
@@ -24,6 +26,10 @@ dead-letter-topic = "order-shipped.dlq"
 [[routes]]
 topic = "order-cancel-requests"
 handler = "cancel-order"
+
+[[routes]]
+topic = "sku-commands"
+handler = "sku-coupon"
 "#;
 
 /// Seeds the shop messages the way the demo does: four partitions, by key.

@@ -35,7 +35,10 @@ struct CancelOrder;
 impl Guest for CancelOrder {
     fn stream_id(msg: Message) -> Result<Option<String>, HandleError> {
         let request = CancelRequest::read(&msg.payload).map_err(invalid)?;
-        Ok(Some(format!("order-{}", request.order_id().map_err(invalid)?)))
+        Ok(Some(format!(
+            "order-{}",
+            request.order_id().map_err(invalid)?
+        )))
     }
 
     fn initial() -> Vec<u8> {

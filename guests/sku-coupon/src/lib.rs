@@ -19,9 +19,17 @@ const OUTPUT_TOPIC: &str = "sku-events";
 #[derive(Deserialize)]
 #[serde(tag = "type")]
 enum Command {
-    AddToAssortment { sku: String },
-    RemoveFromAssortment { sku: String },
-    ApplyCoupon { sku: String, coupon: String, percent: u32 },
+    AddToAssortment {
+        sku: String,
+    },
+    RemoveFromAssortment {
+        sku: String,
+    },
+    ApplyCoupon {
+        sku: String,
+        coupon: String,
+        percent: u32,
+    },
 }
 
 impl Command {
@@ -57,12 +65,14 @@ fn read(msg: &Message) -> Result<Command, HandleError> {
     if command.sku().is_empty() {
         return Err(HandleError::InvalidInput("empty sku".into()));
     }
-    if let Command::ApplyCoupon { coupon, percent, .. } = &command {
-        if coupon.is_empty() || !(1..=100).contains(percent) {
-            return Err(HandleError::InvalidInput(format!(
-                "coupon {coupon:?} with percent {percent}: needs a code and 1..100"
-            )));
-        }
+    if let Command::ApplyCoupon {
+        coupon, percent, ..
+    } = &command
+        && (coupon.is_empty() || !(1..=100).contains(percent))
+    {
+        return Err(HandleError::InvalidInput(format!(
+            "coupon {coupon:?} with percent {percent}: needs a code and 1..100"
+        )));
     }
     Ok(command)
 }
@@ -142,7 +152,9 @@ impl Guest for SkuCoupon {
         };
         match command {
             Command::AddToAssortment { .. } if !state.in_assortment => {
-                decision.events.push(event("SkuAddedToAssortment", serde_json::json!({})));
+                decision
+                    .events
+                    .push(event("SkuAddedToAssortment", serde_json::json!({})));
                 decision.outputs.push(published(
                     &sku,
                     serde_json::json!({"type": "SkuAddedToAssortment", "sku": sku}),
@@ -190,9 +202,9 @@ impl Guest for SkuCoupon {
                             serde_json::json!({"type": "CouponApplied", "sku": sku,
                                                "coupon": coupon, "percent": percent}),
                         ));
-                        decision
-                            .outputs
-                            .push(log(format!("{sku}: coupon {coupon} applied ({percent}% off)")));
+                        decision.outputs.push(log(format!(
+                            "{sku}: coupon {coupon} applied ({percent}% off)"
+                        )));
                     }
                 }
             }

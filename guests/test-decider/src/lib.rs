@@ -63,7 +63,11 @@ impl Guest for TestDecider {
                 "fail" => return Err(HandleError::Failed("asked to fail".into())),
                 "reject" => return Err(HandleError::Rejected("asked to reject".into())),
                 "panic" => panic!("decide asked to panic"),
-                other => return Err(HandleError::InvalidInput(format!("unknown action {other:?}"))),
+                other => {
+                    return Err(HandleError::InvalidInput(format!(
+                        "unknown action {other:?}"
+                    )));
+                }
             },
         };
         let mut payload = state;

@@ -116,7 +116,11 @@ mod tests {
         let cache = StateCache::new(8);
         cache.put(&at("a"), state(5));
         cache.put(&at("a"), state(3));
-        assert_eq!(cache.get(&at("a")).unwrap().version, 5, "an older state never replaces a newer one");
+        assert_eq!(
+            cache.get(&at("a")).unwrap().version,
+            5,
+            "an older state never replaces a newer one"
+        );
         for i in 0..7 {
             cache.put(&at(&format!("s{i}")), state(i));
         }
@@ -129,6 +133,9 @@ mod tests {
             handler_version: "2",
             ..at("a")
         };
-        assert!(cache.get(&other_version).is_none(), "states are per handler version");
+        assert!(
+            cache.get(&other_version).is_none(),
+            "states are per handler version"
+        );
     }
 }

@@ -13,8 +13,8 @@
 
 mod cache;
 
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use tokio::sync::OnceCell;
@@ -124,10 +124,7 @@ pub struct Decider {
 
 /// The source id recorded with appended events (as in `sluice-id`).
 fn source_of(message: &Message) -> String {
-    format!(
-        "{}/{}/{}",
-        message.topic, message.partition, message.offset
-    )
+    format!("{}/{}/{}", message.topic, message.partition, message.offset)
 }
 
 impl Decider {
@@ -167,7 +164,8 @@ impl Decider {
     pub(crate) async fn store(&self) -> Result<&Arc<dyn EventStore>, StoreError> {
         self.store
             .get_or_try_init(|| async {
-                let (config, base_dir) = self.opener.as_ref().expect("a lazy decider has an opener");
+                let (config, base_dir) =
+                    self.opener.as_ref().expect("a lazy decider has an opener");
                 let store = store::open(config, base_dir).await?;
                 tracing::info!(store = %store.describe(), "event store open");
                 Ok(store)
@@ -320,14 +318,16 @@ impl Decider {
         upto: Option<u64>,
     ) -> Result<Cached, DecideError> {
         let snapshot = store.snapshot(key).await.map_err(DecideError::Store)?;
-        Ok(match snapshot.filter(|s| upto.is_none_or(|upto| s.version <= upto)) {
-            Some(snapshot) => Cached {
-                version: snapshot.version,
-                snapshot_version: snapshot.version,
-                state: Some(Arc::new(snapshot.state)),
+        Ok(
+            match snapshot.filter(|s| upto.is_none_or(|upto| s.version <= upto)) {
+                Some(snapshot) => Cached {
+                    version: snapshot.version,
+                    snapshot_version: snapshot.version,
+                    state: Some(Arc::new(snapshot.state)),
+                },
+                None => Cached::default(),
             },
-            None => Cached::default(),
-        })
+        )
     }
 
     /// A message decided before, on the stream at version `before`:

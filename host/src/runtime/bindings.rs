@@ -8,8 +8,8 @@
 //! bump `wit/`, add a module here (with `shared_conversions!` and its
 //! `output`), a `ContractVersion` case, and arms in the two enums below.
 
-use wasmtime::component::{Component, ComponentExportIndex, Func, InstancePre, TypedFunc};
 use wasmtime::Store;
+use wasmtime::component::{Component, ComponentExportIndex, Func, InstancePre, TypedFunc};
 
 use super::outputs::OutputList;
 use super::sandbox::GuestState;
@@ -302,7 +302,9 @@ impl HandlerPre {
         match version {
             ContractVersion::V0_1 => drop(v0_1::HandlerPre::new(pre.clone())?),
             ContractVersion::V0_2 => drop(v0_2::HandlerPre::new(pre.clone())?),
-            ContractVersion::V0_3 => drop(v0_3::handle::GuestIndices::new(&pre)?),
+            ContractVersion::V0_3 => {
+                v0_3::handle::GuestIndices::new(&pre)?;
+            }
         }
         let component = pre.component();
         let handle = component
@@ -422,7 +424,9 @@ impl DeciderFuncs {
     ) -> wasmtime::Result<Result<Option<String>, HandleError>> {
         use v0_3::convert;
         let headers: Vec<_> = msg.headers.iter().map(convert::header_param).collect();
-        let result = self.guest.call_stream_id(store, convert::message(msg, &headers))?;
+        let result = self
+            .guest
+            .call_stream_id(store, convert::message(msg, &headers))?;
         Ok(result.map_err(convert::error))
     }
 
@@ -448,7 +452,9 @@ impl DeciderFuncs {
     ) -> wasmtime::Result<Result<Decision, HandleError>> {
         use v0_3::convert;
         let headers: Vec<_> = msg.headers.iter().map(convert::header_param).collect();
-        let result = self.guest.call_decide(store, convert::message(msg, &headers), state)?;
+        let result = self
+            .guest
+            .call_decide(store, convert::message(msg, &headers), state)?;
         Ok(result.map(convert::decision).map_err(convert::error))
     }
 }

@@ -8,7 +8,9 @@ use std::time::{Duration, Instant};
 
 use wasmtime::component::Component;
 
-use super::bindings::{ContractVersion, DECIDE_INTERFACE, DeciderPre, HANDLE_INTERFACE, HandlerPre};
+use super::bindings::{
+    ContractVersion, DECIDE_INTERFACE, DeciderPre, HANDLE_INTERFACE, HandlerPre,
+};
 use super::cache::content_hash;
 use super::sandbox::{GuestTag, LineBudget};
 use super::{
@@ -228,7 +230,10 @@ impl Runtime {
             .map(|(n, _)| n.to_owned())
             .collect();
         let (export, kind, contract_version) = find_contract(&exports).map_err(refuse)?;
-        let contract = format!("sluice:handler@{}", &export[export.find('@').unwrap_or(0) + 1..]);
+        let contract = format!(
+            "sluice:handler@{}",
+            &export[export.find('@').unwrap_or(0) + 1..]
+        );
 
         // Every import is resolved here, once: a component needing anything
         // the host does not provide is refused now, never at call time.
@@ -295,9 +300,7 @@ fn read(path: &Path) -> Result<Vec<u8>, LoadError> {
 
 /// Finds the handler or decider export, and the contract version it was
 /// built against. Deciders arrived with 0.3.
-fn find_contract(
-    exports: &[String],
-) -> Result<(&str, HandlerKind, ContractVersion), LoadProblem> {
+fn find_contract(exports: &[String]) -> Result<(&str, HandlerKind, ContractVersion), LoadProblem> {
     let found = exports.iter().find_map(|export| {
         [
             (HANDLE_INTERFACE, HandlerKind::Handler),
@@ -336,10 +339,16 @@ mod tests {
         let exports = vec!["sluice:handler/handle@0.1.0".to_owned()];
         let (export, kind, version) = find_contract(&exports).unwrap();
         assert_eq!(export, "sluice:handler/handle@0.1.0");
-        assert_eq!((kind, version), (HandlerKind::Handler, ContractVersion::V0_1));
+        assert_eq!(
+            (kind, version),
+            (HandlerKind::Handler, ContractVersion::V0_1)
+        );
         let decider = vec!["sluice:handler/decide@0.3.1".to_owned()];
         let (_, kind, version) = find_contract(&decider).unwrap();
-        assert_eq!((kind, version), (HandlerKind::Decider, ContractVersion::V0_3));
+        assert_eq!(
+            (kind, version),
+            (HandlerKind::Decider, ContractVersion::V0_3)
+        );
         // No decider before 0.3.
         assert!(find_contract(&["sluice:handler/decide@0.2.0".to_owned()]).is_err());
         // A patch release of the same minor is the same contract.

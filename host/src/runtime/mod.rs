@@ -430,10 +430,7 @@ impl WasmInstance {
     fn guarded<R>(
         &mut self,
         msg: &Message,
-        call: impl FnOnce(
-            &mut Store<GuestState>,
-            &Exports,
-        ) -> wasmtime::Result<Result<R, HandleError>>,
+        call: impl FnOnce(&mut Store<GuestState>, &Exports) -> wasmtime::Result<Result<R, HandleError>>,
     ) -> Result<R, CallError> {
         self.begin(msg)?;
         let max_outputs = usize::try_from(self.limits.max_outputs).unwrap_or(usize::MAX);

@@ -91,7 +91,10 @@ impl WorkerPool {
             .await
     }
 
-    async fn run<R: Send + 'static>(&self, work: impl FnOnce(&mut Worker) -> R + Send + 'static) -> R {
+    async fn run<R: Send + 'static>(
+        &self,
+        work: impl FnOnce(&mut Worker) -> R + Send + 'static,
+    ) -> R {
         let (reply, outcome) = oneshot::channel();
         let job: Job = Box::new(move |worker| {
             // The caller may have gone away (shutdown); nothing to do then.

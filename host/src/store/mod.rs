@@ -237,7 +237,7 @@ fn tables_sql(schema: &str, blob: &str) -> String {
              recorded_at BIGINT NOT NULL,
              PRIMARY KEY (stream, version)
          );
-         CREATE INDEX IF NOT EXISTS events_by_source ON {schema}events (stream, source);
+         CREATE INDEX IF NOT EXISTS events_by_source_version ON {schema}events (stream, source, version);
          CREATE TABLE IF NOT EXISTS {schema}decisions (
              stream TEXT NOT NULL,
              source TEXT NOT NULL,

@@ -55,9 +55,10 @@ fn append_sql(schema: &str) -> String {
 
 impl PostgresStore {
     pub(crate) async fn open(config: &StoreConfig) -> Result<PostgresStore, StoreError> {
-        let mut pg: tokio_postgres::Config = config.url.parse().map_err(|e| {
-            StoreError::Unavailable(format!("postgres url {:?}: {e}", config.url))
-        })?;
+        let mut pg: tokio_postgres::Config = config
+            .url
+            .parse()
+            .map_err(|e| StoreError::Unavailable(format!("postgres url {:?}: {e}", config.url)))?;
         pg.connect_timeout(Duration::from_millis(config.connect_timeout_ms));
         let store = PostgresStore {
             config: pg,
@@ -178,21 +179,12 @@ impl EventStore for PostgresStore {
             let upto = as_i64(upto.unwrap_or(u64::MAX));
             let rows = connection
                 .client
-                .query(
-                    &connection.read,
-                    &[&stream, &as_i64(after), &upto, &source],
-                )
+                .query(&connection.read, &[&stream, &as_i64(after), &upto, &source])
                 .await
                 .map_err(|e| self.failed(e))?;
-            let rows = rows.iter().map(|row| {
-                (
-                    row.get(0),
-                    row.get(1),
-                    row.get(2),
-                    row.get(3),
-                    row.get(4),
-                )
-            });
+            let rows = rows
+                .iter()
+                .map(|row| (row.get(0), row.get(1), row.get(2), row.get(3), row.get(4)));
             Ok(tail(rows))
         })
     }

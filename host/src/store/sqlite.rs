@@ -19,7 +19,6 @@ use crate::contract::Event;
 /// operation fails (and is retried as a transient failure).
 const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
 
-
 /// The SQLite event store.
 pub(crate) struct SqliteStore {
     path: PathBuf,
@@ -97,7 +96,15 @@ impl EventStore for SqliteStore {
                         "$3": as_i64(upto.unwrap_or(u64::MAX)),
                         "$4": source,
                     },
-                    |row| Ok((row.get(0)?, row.get(1)?, row.get(2)?, row.get(3)?, row.get(4)?)),
+                    |row| {
+                        Ok((
+                            row.get(0)?,
+                            row.get(1)?,
+                            row.get(2)?,
+                            row.get(3)?,
+                            row.get(4)?,
+                        ))
+                    },
                 )
                 .map_err(unavailable)?
                 .collect::<rusqlite::Result<Vec<_>>>()
