@@ -774,3 +774,94 @@ fn postgres_unavailable_mid_stream_is_retried_and_loses_nothing() {
         exit.stdout.lines().take(2).collect::<Vec<_>>().join("\n")
     );
 }
+
+/// A decision made slow, and another writer appending to its stream in
+/// the meantime: with `attempts` allowed, the host decides again on the new
+/// event, or dead-letters the message with reason `conflict`.
+fn a_writer_in_between(
+    backend: StoreBackend,
+    attempts: u32,
+) -> (Vec<Record>, Vec<Record>, TestStore, Scratch) {
+    let broker = EmbeddedBroker::start().unwrap();
+    let brokers = broker.bootstrap_servers();
+    broker.create_topic("in", 1).unwrap();
+    broker
+        .produce(&[message("in", 0, "k", "s:slow:2000:mine")])
+        .unwrap();
+    let scratch = Scratch::new();
+    let store = TestStore::new(backend, &scratch);
+    let handlers = scratch.handlers(&[("test-decider", "0.1.0", &component("test-decider"))]);
+    // A real sleep needs a non-deterministic guest and room in the deadline.
+    let extra = format!(
+        "[decider]\nconflict-attempts = {attempts}\n\n\
+         [handlers.test-decider.limits]\ndeterministic = false\ndeadline-ms = 10000\n"
+    );
+    let text = decider_config(
+        brokers,
+        "g",
+        &handlers,
+        &[("in", "test-decider")],
+        &store,
+        &extra,
+    );
+    let config = scratch.write("g.toml", text);
+    let host = Host::start(&scratch, "host", &config, &["--until-drained"]);
+    wait_until("the decision to be under way", || {
+        log_of(&scratch, "host").contains("deciding slowly")
+    });
+    let opened = store.open();
+    let theirs = Cause {
+        handler: "other".into(),
+        handler_version: "1".into(),
+        source: "elsewhere".into(),
+    };
+    let event = Event {
+        kind: "Added".into(),
+        data: b"theirs".to_vec(),
+        metadata: Vec::new(),
+    };
+    store
+        .runtime
+        .block_on(opened.append("s", 0, &[event], &theirs))
+        .unwrap();
+    host.wait_ok();
+    let (decided, dead) = (
+        read_topic(brokers, "decided"),
+        read_topic(brokers, "in.dlq"),
+    );
+    (decided, dead, store, scratch)
+}
+
+#[test]
+fn a_conflict_is_decided_again_on_the_other_writers_events() {
+    for backend in [StoreBackend::Sqlite, StoreBackend::Postgres] {
+        let (decided, dead, store, _scratch) = a_writer_in_between(backend, 3);
+        assert!(dead.is_empty(), "{backend:?}: dead-lettered {dead:?}");
+        let payloads: Vec<_> = decided.iter().map(|r| r.payload.as_str()).collect();
+        assert_eq!(
+            payloads,
+            ["theirs|slow:2000:mine"],
+            "{backend:?}: decided again on their event"
+        );
+        let events = store.events(store.open().as_ref(), "s");
+        let data: Vec<_> = events.iter().map(|(_, d)| d.as_str()).collect();
+        assert_eq!(data, ["theirs", "mine"], "{backend:?}");
+    }
+}
+
+#[test]
+fn conflicts_on_every_attempt_dead_letter_the_message_with_reason_conflict() {
+    let (decided, dead, store, _scratch) = a_writer_in_between(StoreBackend::Sqlite, 1);
+    assert!(decided.is_empty(), "nothing ran: {decided:?}");
+    assert_eq!(dead.len(), 1);
+    assert_eq!(dead[0].header("sluice-stage"), Some("decide"));
+    assert_eq!(dead[0].header("sluice-reason"), Some("conflict"));
+    assert_eq!(dead[0].header("sluice-attempts"), Some("1"));
+    let detail = dead[0].header("sluice-detail").unwrap();
+    assert!(
+        detail.contains("version conflict on every attempt (1)"),
+        "{detail}"
+    );
+    let events = store.events(store.open().as_ref(), "s");
+    assert_eq!(events.len(), 1, "only the other writer's event");
+}

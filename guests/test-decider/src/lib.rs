@@ -1,8 +1,9 @@
 //! A test decider whose payload says what to do: `<stream>:<action>`, with
 //! stream `-` for none. Its state is the data of every event folded, joined
 //! by `,`, so a test can see exactly what a decision was made on. Actions:
-//! `add:<x>` appends an event `Added` with data `x`; `noop` appends
-//! nothing; `fail` and `reject` return that error from `decide`; `panic`
+//! `add:<x>` appends an event `Added` with data `x`; `slow:<ms>:<x>` says
+//! `deciding slowly` on stdout, sleeps `ms` (really, if the host is not
+//! deterministic), then does `add:<x>`; `noop` appends nothing; `fail` and `reject` return that error from `decide`; `panic`
 //! traps in `decide`; `poison` appends an event `Poison` that traps `fold`.
 //! Every decision publishes `<state>|<action>` to topic `decided`, keyed by
 //! the stream.
@@ -57,6 +58,13 @@ impl Guest for TestDecider {
         let (stream, action) = parse(&msg)?;
         let events = match action.split_once(':') {
             Some(("add", x)) => vec![event("Added", x)],
+            Some(("slow", rest)) => {
+                let (ms, x) = rest.split_once(':').unwrap_or((rest, ""));
+                println!("deciding slowly");
+                let ms = ms.parse().unwrap_or(0);
+                std::thread::sleep(std::time::Duration::from_millis(ms));
+                vec![event("Added", x)]
+            }
             _ => match action {
                 "noop" => Vec::new(),
                 "poison" => vec![event("Poison", "")],

@@ -100,7 +100,9 @@ pub enum DecideError {
     #[error(transparent)]
     Call(#[from] CallError),
     /// Every attempt's append met a version conflict.
-    #[error("{attempts} attempts on stream {stream:?} all met a version conflict")]
+    #[error(
+        "a version conflict on every attempt ({attempts}) on stream {stream:?}: other writers kept appending first"
+    )]
     Conflict {
         /// The stream.
         stream: String,
