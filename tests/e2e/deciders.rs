@@ -20,6 +20,25 @@ use sluice::store::{self, Cause, EventStore, Snapshot, SnapshotKey, StoreError};
 
 use crate::support::*;
 
+/// Tests `$test(backend)` on each store: `$test::sqlite`, `$test::postgres`.
+macro_rules! on_both_stores {
+    ($test:ident) => {
+        mod $test {
+            use sluice::config::StoreBackend;
+
+            #[test]
+            fn sqlite() {
+                super::$test(StoreBackend::Sqlite);
+            }
+
+            #[test]
+            fn postgres() {
+                super::$test(StoreBackend::Postgres);
+            }
+        }
+    };
+}
+
 /// PostgreSQL as `.ci/run` provides it.
 const POSTGRES: &str = "host=127.0.0.1 port=5432 user=postgres dbname=test";
 
@@ -320,15 +339,7 @@ fn coupons_from_four_hosts_equal_serial_application(backend: StoreBackend) {
     eprintln!("{backend:?}: {conflicts} version conflicts, all decided again");
 }
 
-#[test]
-fn coupons_from_four_hosts_equal_serial_application_on_sqlite() {
-    coupons_from_four_hosts_equal_serial_application(StoreBackend::Sqlite);
-}
-
-#[test]
-fn coupons_from_four_hosts_equal_serial_application_on_postgres() {
-    coupons_from_four_hosts_equal_serial_application(StoreBackend::Postgres);
-}
+on_both_stores!(coupons_from_four_hosts_equal_serial_application);
 
 /// The `decided` outputs of test-decider, by source (partition, offset).
 fn decided(brokers: &str) -> BTreeMap<(i32, i64), String> {
@@ -454,15 +465,7 @@ fn redelivery_appends_nothing_and_failures_dead_letter_at_decide(backend: StoreB
     }
 }
 
-#[test]
-fn redelivery_appends_nothing_and_failures_dead_letter_at_decide_on_sqlite() {
-    redelivery_appends_nothing_and_failures_dead_letter_at_decide(StoreBackend::Sqlite);
-}
-
-#[test]
-fn redelivery_appends_nothing_and_failures_dead_letter_at_decide_on_postgres() {
-    redelivery_appends_nothing_and_failures_dead_letter_at_decide(StoreBackend::Postgres);
-}
+on_both_stores!(redelivery_appends_nothing_and_failures_dead_letter_at_decide);
 
 fn snapshots_fold_like_the_full_stream_and_belong_to_one_version(backend: StoreBackend) {
     let broker = EmbeddedBroker::start().unwrap();
@@ -538,15 +541,7 @@ fn snapshots_fold_like_the_full_stream_and_belong_to_one_version(backend: StoreB
     assert_eq!(last, format!("{full}|add:26"));
 }
 
-#[test]
-fn snapshots_fold_like_the_full_stream_and_belong_to_one_version_on_sqlite() {
-    snapshots_fold_like_the_full_stream_and_belong_to_one_version(StoreBackend::Sqlite);
-}
-
-#[test]
-fn snapshots_fold_like_the_full_stream_and_belong_to_one_version_on_postgres() {
-    snapshots_fold_like_the_full_stream_and_belong_to_one_version(StoreBackend::Postgres);
-}
+on_both_stores!(snapshots_fold_like_the_full_stream_and_belong_to_one_version);
 
 fn appends_are_checked_against_the_expected_version(backend: StoreBackend) {
     let scratch = Scratch::new();
@@ -622,15 +617,7 @@ fn appends_are_checked_against_the_expected_version(backend: StoreBackend) {
     assert_eq!(rt.block_on(opened.snapshot(key)).unwrap(), Some(at(3)));
 }
 
-#[test]
-fn appends_are_checked_against_the_expected_version_on_sqlite() {
-    appends_are_checked_against_the_expected_version(StoreBackend::Sqlite);
-}
-
-#[test]
-fn appends_are_checked_against_the_expected_version_on_postgres() {
-    appends_are_checked_against_the_expected_version(StoreBackend::Postgres);
-}
+on_both_stores!(appends_are_checked_against_the_expected_version);
 
 /// A TCP proxy to PostgreSQL that a test can cut and restore.
 struct Proxy {
@@ -864,4 +851,24 @@ fn conflicts_on_every_attempt_dead_letter_the_message_with_reason_conflict() {
     );
     let events = store.events(store.open().as_ref(), "s");
     assert_eq!(events.len(), 1, "only the other writer's event");
+}
+
+#[test]
+fn a_store_that_cannot_be_opened_at_start_is_one_line_and_a_failed_run() {
+    let broker = EmbeddedBroker::start().unwrap();
+    let brokers = broker.bootstrap_servers();
+    broker.create_topic("in", 1).unwrap();
+    let scratch = Scratch::new();
+    let handlers = scratch.handlers(&[("test-decider", "0.1.0", &component("test-decider"))]);
+    // Nothing listens on port 1.
+    let store = "[store]\nbackend = \"postgres\"\nurl = \"host=127.0.0.1 port=1 user=postgres dbname=test\"\n";
+    let routes = format!("[[routes]]\ntopic = \"in\"\nhandler = \"test-decider\"\n\n{store}");
+    let config = scratch.write("g.toml", config(brokers, "g", &handlers, &routes));
+    let exit = Host::start(&scratch, "host", &config, &["--until-drained"]).wait();
+    assert!(!exit.status.success());
+    let said = exit.stderr.lines().last().unwrap_or_default();
+    assert!(
+        said.contains("event store unavailable: postgres") && said.contains("onnection refused"),
+        "{said}"
+    );
 }

@@ -9,11 +9,9 @@ wit_bindgen::generate!({ world: "decider", path: "../../wit" });
 mod rules;
 
 use exports::sluice::handler::decide::Guest;
-use rules::{CancelRequest, Invalid, OUTPUT_TOPIC, OrderEvent, Verdict};
+use rules::{CancelRequest, Invalid, Verdict};
 use serde::{Deserialize, Serialize};
-use sluice::handler::types::{
-    Decision, Event, HandleError, Header, LogEntry, LogLevel, Message, Output, Publish,
-};
+use sluice::handler::types::{Decision, Event, HandleError, Message};
 
 fn invalid(Invalid(detail): Invalid) -> HandleError {
     HandleError::InvalidInput(detail)
@@ -81,28 +79,7 @@ impl Guest for CancelOrder {
             }
             (None, failed) => (failed, Vec::new()),
         };
-        let (kind, reason) = verdict.published();
-        let log = format!("order {order_id}: {kind} ({reason})");
-        let event = OrderEvent {
-            kind,
-            order_id,
-            reason,
-        };
-        let outputs = vec![
-            Output::Publish(Publish {
-                topic: OUTPUT_TOPIC.into(),
-                key: Some(order_id.as_bytes().to_vec()),
-                payload: serde_json::to_vec(&event).expect("an order event always serializes"),
-                headers: vec![Header {
-                    name: "content-type".into(),
-                    value: b"application/json".to_vec(),
-                }],
-            }),
-            Output::Log(LogEntry {
-                level: LogLevel::Info,
-                text: log,
-            }),
-        ];
+        let outputs = verdict.outputs(order_id);
         Ok(Decision { events, outputs })
     }
 }

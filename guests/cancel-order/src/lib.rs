@@ -8,8 +8,8 @@ wit_bindgen::generate!({ world: "handler", path: "../../wit" });
 mod rules;
 
 use exports::sluice::handler::handle::Guest;
-use rules::{CancelRequest, Invalid, OUTPUT_TOPIC, OrderEvent};
-use sluice::handler::types::{HandleError, Header, LogEntry, LogLevel, Message, Output, Publish};
+use rules::{CancelRequest, Invalid};
+use sluice::handler::types::{HandleError, Message, Output};
 
 fn invalid(Invalid(detail): Invalid) -> HandleError {
     HandleError::InvalidInput(detail)
@@ -21,28 +21,7 @@ impl Guest for CancelOrder {
     fn handle(msg: Message) -> Result<Vec<Output>, HandleError> {
         let request = CancelRequest::read(&msg.payload).map_err(invalid)?;
         let order_id = request.order_id().map_err(invalid)?;
-        let (kind, reason) = request.verdict().map_err(invalid)?.published();
-        let log = format!("order {order_id}: {kind} ({reason})");
-        let event = OrderEvent {
-            kind,
-            order_id,
-            reason,
-        };
-        Ok(vec![
-            Output::Publish(Publish {
-                topic: OUTPUT_TOPIC.into(),
-                key: Some(order_id.as_bytes().to_vec()),
-                payload: serde_json::to_vec(&event).expect("an order event always serializes"),
-                headers: vec![Header {
-                    name: "content-type".into(),
-                    value: b"application/json".to_vec(),
-                }],
-            }),
-            Output::Log(LogEntry {
-                level: LogLevel::Info,
-                text: log,
-            }),
-        ])
+        Ok(request.verdict().map_err(invalid)?.outputs(order_id))
     }
 }
 

@@ -1,9 +1,12 @@
 // The cancel rules, shared by `cancel-order` (the handler) and
 // `cancel-order-decider`; each maps `Invalid` to its own `invalid-input`.
+// Each crate generates its bindings at its root, so `crate::sluice` is its own.
 
 use serde::{Deserialize, Serialize};
 
-pub const OUTPUT_TOPIC: &str = "order-events";
+use crate::sluice::handler::types::{Header, LogEntry, LogLevel, Output, Publish};
+
+const OUTPUT_TOPIC: &str = "order-events";
 /// A fraud score at or above this cancels the order.
 const FRAUD_THRESHOLD: f64 = 0.5;
 
@@ -17,12 +20,12 @@ pub struct CancelRequest {
 }
 
 #[derive(Serialize)]
-pub struct OrderEvent<'a> {
+struct OrderEvent<'a> {
     #[serde(rename = "type")]
-    pub kind: &'static str,
+    kind: &'static str,
     #[serde(rename = "orderId")]
-    pub order_id: &'a str,
-    pub reason: String,
+    order_id: &'a str,
+    reason: String,
 }
 
 /// The outcome of a cancel request: cancelled, or refused with a reason.
@@ -75,11 +78,33 @@ impl CancelRequest {
 }
 
 impl Verdict {
-    /// The event type it is published as, and its reason.
-    pub fn published(self) -> (&'static str, String) {
-        match self {
+    /// What is published about the order: the event to `order-events`
+    /// (keyed by order id), then an `info` log.
+    pub fn outputs(self, order_id: &str) -> Vec<Output> {
+        let (kind, reason) = match self {
             Verdict::Cancelled(reason) => ("OrderCancelled", reason),
             Verdict::CancelFailed(reason) => ("OrderCancelFailed", reason),
-        }
+        };
+        let log = format!("order {order_id}: {kind} ({reason})");
+        let event = OrderEvent {
+            kind,
+            order_id,
+            reason,
+        };
+        vec![
+            Output::Publish(Publish {
+                topic: OUTPUT_TOPIC.into(),
+                key: Some(order_id.as_bytes().to_vec()),
+                payload: serde_json::to_vec(&event).expect("an order event always serializes"),
+                headers: vec![Header {
+                    name: "content-type".into(),
+                    value: b"application/json".to_vec(),
+                }],
+            }),
+            Output::Log(LogEntry {
+                level: LogLevel::Info,
+                text: log,
+            }),
+        ]
     }
 }

@@ -227,11 +227,7 @@ impl Decider {
         stream: &str,
     ) -> Result<Decided, DecideError> {
         let store = self.store().await.map_err(DecideError::Store)?;
-        let key = SnapshotKey {
-            stream,
-            handler: handler.name(),
-            handler_version: handler.version(),
-        };
+        let key = key_of(handler.as_ref(), stream);
         let start = match self.cache.get(&key) {
             Some(cached) => {
                 bump(&self.stats.cache_hits, 1);
@@ -376,11 +372,7 @@ impl Decider {
         snapshots: bool,
     ) -> Result<(Vec<u8>, u64), DecideError> {
         let store = self.store().await.map_err(DecideError::Store)?;
-        let key = SnapshotKey {
-            stream,
-            handler: handler.name(),
-            handler_version: handler.version(),
-        };
+        let key = key_of(handler.as_ref(), stream);
         let start = match snapshots {
             true => self.persisted(store.as_ref(), key, None).await?,
             false => Cached::default(),
@@ -403,6 +395,15 @@ impl Decider {
     /// The counters.
     pub fn stats(&self) -> &Arc<DeciderStats> {
         &self.stats
+    }
+}
+
+/// Where a handler version's state of a stream is kept (cache, snapshots).
+fn key_of<'a>(handler: &'a dyn Handler, stream: &'a str) -> SnapshotKey<'a> {
+    SnapshotKey {
+        stream,
+        handler: handler.name(),
+        handler_version: handler.version(),
     }
 }
 
