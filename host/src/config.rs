@@ -539,6 +539,10 @@ pub struct StoreConfig {
     /// How long connecting to PostgreSQL may take.
     #[serde(default = "default_store_connect_timeout_ms")]
     pub connect_timeout_ms: u64,
+    /// How long one PostgreSQL operation may take before it counts as an
+    /// outage (and is retried).
+    #[serde(default = "default_store_timeout_ms")]
+    pub timeout_ms: u64,
 }
 
 impl Default for StoreConfig {
@@ -714,6 +718,9 @@ fn default_store_connections() -> usize {
 fn default_store_connect_timeout_ms() -> u64 {
     5000
 }
+fn default_store_timeout_ms() -> u64 {
+    10_000
+}
 fn default_conflict_attempts() -> u32 {
     10
 }
@@ -778,7 +785,8 @@ impl StoreConfig {
             self.connect_timeout_ms,
             1,
             600_000,
-        )
+        )?;
+        check_range("store.timeout-ms", self.timeout_ms, 1, 600_000)
     }
 }
 

@@ -593,3 +593,42 @@ fn parked(route: &Route, message: &Message) -> DeadLetter {
         parks_key: false,
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::contract::HandleError;
+
+    fn route() -> Route {
+        toml::from_str("topic = \"in\"\nhandler = \"h\"").unwrap()
+    }
+
+    #[test]
+    fn a_decider_message_is_decided_unless_its_route_is_transactional() {
+        let stream = || Called::Stream(Ok(Some("s".into())));
+        assert!(matches!(work_for(&route(), stream(), false), Work::Decide(s) if s == "s"));
+        let Work::Done(Err(Refusal::DeadLetter(dead))) = work_for(&route(), stream(), true) else {
+            panic!("a decider on an exactly-once route is refused");
+        };
+        assert_eq!(
+            (dead.stage, dead.reason),
+            (Stage::Decide, "not-transactional")
+        );
+        assert_eq!(dead.topic, "in.dlq");
+        // No stream: handled, with nothing to do; a failing stream-id: refused at `decide`.
+        assert!(matches!(
+            work_for(&route(), Called::Stream(Ok(None)), false),
+            Work::Done(Ok(outputs)) if outputs.is_empty()
+        ));
+        let failed = Called::Stream(Err(CallError::Handler(HandleError::Failed("x".into()))));
+        assert!(matches!(
+            work_for(&route(), failed, false),
+            Work::Done(Err(Refusal::Call(_, Stage::Decide)))
+        ));
+        let handled = Called::Handled(Err(CallError::Handler(HandleError::Failed("x".into()))));
+        assert!(matches!(
+            work_for(&route(), handled, true),
+            Work::Done(Err(Refusal::Call(_, Stage::Handle)))
+        ));
+    }
+}

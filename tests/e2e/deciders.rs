@@ -8,7 +8,7 @@ use std::io::{Read, Write};
 use std::net::{Shutdown, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Condvar, Mutex};
 
 use serde_json::{Value, json};
 use sluice::config::{DeciderSettings, Limits, StoreBackend, StoreConfig};
@@ -49,6 +49,8 @@ struct TestStore {
     place: String,
     /// PostgreSQL connection text hosts use (may point at a proxy).
     url: String,
+    /// `store.timeout-ms` for hosts, if not the default.
+    timeout_ms: Option<u64>,
     runtime: tokio::runtime::Runtime,
 }
 
@@ -71,6 +73,7 @@ impl TestStore {
             backend,
             place,
             url: POSTGRES.into(),
+            timeout_ms: None,
             runtime: tokio::runtime::Runtime::new().unwrap(),
         }
     }
@@ -80,8 +83,11 @@ impl TestStore {
         match self.backend {
             StoreBackend::Sqlite => format!("[store]\npath = {:?}\n", self.place),
             StoreBackend::Postgres => format!(
-                "[store]\nbackend = \"postgres\"\nurl = {:?}\nschema = {:?}\n",
-                self.url, self.place
+                "[store]\nbackend = \"postgres\"\nurl = {:?}\nschema = {:?}\n{}",
+                self.url,
+                self.place,
+                self.timeout_ms
+                    .map_or(String::new(), |ms| format!("timeout-ms = {ms}\n"))
             ),
         }
     }
@@ -619,12 +625,18 @@ fn appends_are_checked_against_the_expected_version(backend: StoreBackend) {
 
 on_both_stores!(appends_are_checked_against_the_expected_version);
 
-/// A TCP proxy to PostgreSQL that a test can cut and restore.
+/// A TCP proxy to PostgreSQL that a test can cut (connections broken and
+/// refused: the server is down) or stall (bytes held: it stops answering),
+/// and restore.
 struct Proxy {
     port: u16,
     down: Arc<AtomicBool>,
     open: Arc<Mutex<Vec<TcpStream>>>,
+    flowing: Flowing,
 }
+
+/// Whether bytes flow through the proxy, and the signal that they do again.
+type Flowing = Arc<(Mutex<bool>, Condvar)>;
 
 impl Proxy {
     fn start(upstream: &'static str) -> Proxy {
@@ -632,7 +644,8 @@ impl Proxy {
         let port = listener.local_addr().unwrap().port();
         let down = Arc::new(AtomicBool::new(false));
         let open: Arc<Mutex<Vec<TcpStream>>> = Arc::default();
-        let (is_down, streams) = (down.clone(), open.clone());
+        let flowing: Flowing = Arc::new((Mutex::new(true), Condvar::new()));
+        let (is_down, streams, flow) = (down.clone(), open.clone(), flowing.clone());
         std::thread::spawn(move || {
             for client in listener.incoming() {
                 let Ok(client) = client else { return };
@@ -646,11 +659,17 @@ impl Proxy {
                 let mut kept = streams.lock().unwrap();
                 kept.push(client.try_clone().unwrap());
                 kept.push(upstream.try_clone().unwrap());
-                pipe(client.try_clone().unwrap(), upstream.try_clone().unwrap());
-                pipe(upstream, client);
+                let (a, b) = (client.try_clone().unwrap(), upstream.try_clone().unwrap());
+                pipe(a, b, flow.clone());
+                pipe(upstream, client, flow.clone());
             }
         });
-        Proxy { port, down, open }
+        Proxy {
+            port,
+            down,
+            open,
+            flowing,
+        }
     }
 
     /// Breaks every connection and refuses new ones until `restore`.
@@ -661,15 +680,28 @@ impl Proxy {
         }
     }
 
+    /// Holds every byte (old and new connections) until `restore`.
+    fn stall(&self) {
+        *self.flowing.0.lock().unwrap() = false;
+    }
+
     fn restore(&self) {
         self.down.store(false, Ordering::SeqCst);
+        *self.flowing.0.lock().unwrap() = true;
+        self.flowing.1.notify_all();
     }
 }
 
-fn pipe(mut from: TcpStream, mut to: TcpStream) {
+fn pipe(mut from: TcpStream, mut to: TcpStream, flowing: Flowing) {
     std::thread::spawn(move || {
         let mut buffer = [0; 16 * 1024];
         while let Ok(n) = from.read(&mut buffer) {
+            let (flows, signal) = &*flowing;
+            drop(
+                signal
+                    .wait_while(flows.lock().unwrap(), |flows| !*flows)
+                    .unwrap(),
+            );
             if n == 0 || to.write_all(&buffer[..n]).is_err() {
                 break;
             }
@@ -679,8 +711,8 @@ fn pipe(mut from: TcpStream, mut to: TcpStream) {
 }
 
 #[test]
-fn postgres_unavailable_mid_stream_is_retried_and_loses_nothing() {
-    const MESSAGES: usize = 300;
+fn postgres_down_or_silent_mid_stream_is_retried_and_loses_nothing() {
+    const MESSAGES: usize = 2000;
     const STREAMS: usize = 5;
     let broker = EmbeddedBroker::start().unwrap();
     let brokers = broker.bootstrap_servers();
@@ -708,6 +740,7 @@ fn postgres_unavailable_mid_stream_is_retried_and_loses_nothing() {
     // Quick retries and breaker, so the outage is seen and outlived quickly.
     let quick = "[routes.retry]\ninitial-ms = 20\nmax-interval-ms = 200\n\
                  [routes.breaker]\nfailures = 3\nopen-ms = 300\n";
+    store.timeout_ms = Some(1000);
     let text = decider_config(
         brokers,
         "g",
@@ -730,6 +763,13 @@ fn postgres_unavailable_mid_stream_is_retried_and_loses_nothing() {
     });
     wait_until("the breaker to open", || {
         log_of(&scratch, "host").contains("circuit breaker open")
+    });
+    proxy.restore();
+    // Then a server that stops answering: operations time out.
+    wait_until("more appends", || appended() >= 600);
+    proxy.stall();
+    wait_until("the host to give up waiting", || {
+        log_of(&scratch, "host").contains("no answer within 1000 ms")
     });
     proxy.restore();
     let exit = host.wait_ok();
@@ -871,4 +911,79 @@ fn a_store_that_cannot_be_opened_at_start_is_one_line_and_a_failed_run() {
         said.contains("event store unavailable: postgres") && said.contains("onnection refused"),
         "{said}"
     );
+}
+
+#[test]
+fn a_decider_version_dropped_in_takes_over_from_a_handler_and_opens_the_store_then() {
+    let broker = EmbeddedBroker::start().unwrap();
+    let brokers = broker.bootstrap_servers();
+    broker.create_topic("order-cancel-requests", 1).unwrap();
+    let scratch = Scratch::new();
+    let store = TestStore::new(StoreBackend::Sqlite, &scratch);
+    let handlers = scratch.handlers(&[(
+        "cancel-order",
+        "0.1.0",
+        &dist().join("cancel-order/0.1.0.wasm"),
+    )]);
+    let routes = [("order-cancel-requests", "cancel-order")];
+    let text = decider_config(brokers, "g", &handlers, &routes, &store, "");
+    let config = scratch.write("g.toml", text);
+    let host = Host::start(&scratch, "host", &config, &[]);
+    let request = |payload: &str| {
+        let message = message("order-cancel-requests", 0, "o-1", payload);
+        broker.produce(&[message]).unwrap();
+    };
+    let published = |n: usize| {
+        wait_until(&format!("{n} order events"), || {
+            count(brokers, "order-events") >= n as i64
+        });
+        read_topic(brokers, "order-events")
+    };
+
+    request(r#"{"type":"CustomerCancelRequest","orderId":"o-1"}"#);
+    published(1);
+    assert!(
+        !Path::new(&store.place).exists(),
+        "no decider serves yet: no store is created"
+    );
+    // Deployed as a deployment would: copied aside, renamed in.
+    let target = handlers.join("cancel-order/0.2.0.wasm");
+    std::fs::copy(
+        dist().join("cancel-order/0.2.0.wasm"),
+        target.with_extension("part"),
+    )
+    .unwrap();
+    std::fs::rename(target.with_extension("part"), &target).unwrap();
+    wait_until("the decider to serve", || {
+        log_of(&scratch, "host").contains("handler swapped")
+    });
+    request(r#"{"type":"FraudSuspected","orderId":"o-1","score":0.9}"#);
+    request(r#"{"type":"CustomerCancelRequest","orderId":"o-1"}"#);
+    let records = published(3);
+    host.signal(libc::SIGTERM);
+    host.wait_ok();
+
+    let seen: Vec<(String, String)> = records
+        .iter()
+        .map(|r| {
+            let version = r.header("sluice-handler-version").unwrap().to_owned();
+            let event: Value = serde_json::from_str(&r.payload).unwrap();
+            (version, format!("{} {}", event["type"], event["reason"]))
+        })
+        .collect();
+    let expected: Vec<(String, String)> = [
+        ("0.1.0", r#""OrderCancelled" "customer-request""#),
+        // The handler appended nothing: the stream starts with the decider.
+        ("0.2.0", r#""OrderCancelled" "fraud-suspected""#),
+        (
+            "0.2.0",
+            r#""OrderCancelFailed" "already cancelled (fraud-suspected)""#,
+        ),
+    ]
+    .into_iter()
+    .map(|(v, e)| (v.to_owned(), e.to_owned()))
+    .collect();
+    assert_eq!(seen, expected);
+    let events = store.events(store.open().as_ref(), "order-o-1");
+    assert_eq!(events.len(), 1, "one cancellation appended: {events:?}");
 }

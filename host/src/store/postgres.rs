@@ -3,6 +3,7 @@
 //! connections spread the load. A connection that breaks is replaced at its
 //! next use, so an outage costs retries, not a restart.
 
+use std::future::Future;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -32,6 +33,8 @@ struct Connection {
 pub(crate) struct PostgresStore {
     config: tokio_postgres::Config,
     schema: String,
+    /// How long one operation (connecting included) may take.
+    timeout: Duration,
     slots: Vec<Mutex<Option<Arc<Connection>>>>,
     next: AtomicUsize,
 }
@@ -63,12 +66,13 @@ impl PostgresStore {
         let store = PostgresStore {
             config: pg,
             schema: config.schema.clone(),
+            timeout: Duration::from_millis(config.timeout_ms),
             slots: (0..config.connections.max(1))
                 .map(|_| Mutex::new(None))
                 .collect(),
             next: AtomicUsize::new(0),
         };
-        let client = store.client_only().await?;
+        let client = store.timed(store.client_only()).await?;
         // Hosts starting together must not race on the schema.
         let create = format!(
             "BEGIN; SELECT pg_advisory_xact_lock(hashtext('sluice:{schema}'));
@@ -76,11 +80,36 @@ impl PostgresStore {
             tables_sql(&format!("{}.", config.schema), "BYTEA"),
             schema = config.schema
         );
-        client
-            .batch_execute(&create)
-            .await
-            .map_err(|e| store.failed(e))?;
+        store
+            .timed(async {
+                client
+                    .batch_execute(&create)
+                    .await
+                    .map_err(|e| store.failed(e))
+            })
+            .await?;
         Ok(store)
+    }
+
+    /// Runs one operation within the timeout. A server that stops
+    /// answering (a hung host, a network partition) is an outage like a
+    /// refused connection: every connection is replaced on next use.
+    async fn timed<T>(
+        &self,
+        operation: impl Future<Output = Result<T, StoreError>>,
+    ) -> Result<T, StoreError> {
+        match tokio::time::timeout(self.timeout, operation).await {
+            Ok(done) => done,
+            Err(_) => {
+                for slot in &self.slots {
+                    slot.lock().expect("connection slot lock").take();
+                }
+                Err(StoreError::Unavailable(format!(
+                    "postgres: no answer within {} ms",
+                    self.timeout.as_millis()
+                )))
+            }
+        }
     }
 
     async fn client_only(&self) -> Result<Client, StoreError> {
@@ -174,7 +203,7 @@ impl EventStore for PostgresStore {
         upto: Option<u64>,
         source: &'a str,
     ) -> BoxFuture<'a, Result<Tail, StoreError>> {
-        Box::pin(async move {
+        Box::pin(self.timed(async move {
             let connection = self.connection().await?;
             let upto = as_i64(upto.unwrap_or(u64::MAX));
             let rows = connection
@@ -186,7 +215,7 @@ impl EventStore for PostgresStore {
                 .iter()
                 .map(|row| (row.get(0), row.get(1), row.get(2), row.get(3), row.get(4)));
             Ok(tail(rows))
-        })
+        }))
     }
 
     fn mark_decided<'a>(
@@ -195,7 +224,7 @@ impl EventStore for PostgresStore {
         version: u64,
         cause: &'a Cause,
     ) -> BoxFuture<'a, Result<(), StoreError>> {
-        Box::pin(async move {
+        Box::pin(self.timed(async move {
             let connection = self.connection().await?;
             connection
                 .client
@@ -213,7 +242,7 @@ impl EventStore for PostgresStore {
                 .await
                 .map_err(|e| self.failed(e))?;
             Ok(())
-        })
+        }))
     }
 
     fn append<'a>(
@@ -223,7 +252,7 @@ impl EventStore for PostgresStore {
         events: &'a [Event],
         cause: &'a Cause,
     ) -> BoxFuture<'a, Result<u64, StoreError>> {
-        Box::pin(async move {
+        Box::pin(self.timed(async move {
             let connection = self.connection().await?;
             let kinds: Vec<&str> = events.iter().map(|e| e.kind.as_str()).collect();
             let datas: Vec<&[u8]> = events.iter().map(|e| e.data.as_slice()).collect();
@@ -255,14 +284,14 @@ impl EventStore for PostgresStore {
                 Err(e) if e.code() == Some(&SqlState::UNIQUE_VIOLATION) => Err(conflict()),
                 Err(e) => Err(self.failed(e)),
             }
-        })
+        }))
     }
 
     fn snapshot<'a>(
         &'a self,
         key: SnapshotKey<'a>,
     ) -> BoxFuture<'a, Result<Option<Snapshot>, StoreError>> {
-        Box::pin(async move {
+        Box::pin(self.timed(async move {
             let connection = self.connection().await?;
             let row = connection
                 .client
@@ -276,7 +305,7 @@ impl EventStore for PostgresStore {
                 version: row.get::<_, i64>(0) as u64,
                 state: row.get(1),
             }))
-        })
+        }))
     }
 
     fn save_snapshot<'a>(
@@ -284,7 +313,7 @@ impl EventStore for PostgresStore {
         key: SnapshotKey<'a>,
         snapshot: &'a Snapshot,
     ) -> BoxFuture<'a, Result<(), StoreError>> {
-        Box::pin(async move {
+        Box::pin(self.timed(async move {
             let connection = self.connection().await?;
             connection
                 .client
@@ -301,7 +330,7 @@ impl EventStore for PostgresStore {
                 .await
                 .map_err(|e| self.failed(e))?;
             Ok(())
-        })
+        }))
     }
 
     fn describe(&self) -> String {
