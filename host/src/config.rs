@@ -115,6 +115,9 @@ pub struct Config {
     /// How decider handlers load, decide and append.
     #[serde(default)]
     pub decider: DeciderSettings,
+    /// Tracing: correlation ids.
+    #[serde(default)]
+    pub trace: TraceSettings,
     /// Directory relative paths are resolved against (the config file's).
     #[serde(skip)]
     pub base_dir: PathBuf,
@@ -578,6 +581,22 @@ impl Default for DeciderSettings {
     }
 }
 
+/// Tracing (`[trace]`).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(rename_all = "kebab-case", deny_unknown_fields)]
+pub struct TraceSettings {
+    /// Input headers holding a correlation id, in order of preference: the
+    /// first present is logged with the message and copied onto its outputs.
+    #[serde(default = "default_correlation_headers")]
+    pub correlation_headers: Vec<String>,
+}
+
+impl Default for TraceSettings {
+    fn default() -> Self {
+        toml::from_str("").expect("defaults parse")
+    }
+}
+
 /// Where messages come from.
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(rename_all = "kebab-case", deny_unknown_fields)]
@@ -699,6 +718,9 @@ fn default_handler_settle_ms() -> u64 {
 }
 fn default_artifact_cache() -> PathBuf {
     ".sluice-cache".into()
+}
+fn default_correlation_headers() -> Vec<String> {
+    vec!["x-correlation-id".into(), "correlation-id".into()]
 }
 fn default_store_backend() -> StoreBackend {
     StoreBackend::Sqlite

@@ -37,7 +37,9 @@ use crate::schedule::chains::{Chains, Link};
 use crate::schedule::{PartitionState, Slot};
 use crate::shadow::Shadows;
 use crate::source::Delivery;
+use crate::telemetry::trace::MessageTrace;
 use crate::telemetry::{Outcome, Telemetry};
+use tracing::Instrument;
 
 /// A route with the versions of its handler and its effects' settings.
 pub(crate) struct RouteHandler {
@@ -77,6 +79,8 @@ enum Work {
 /// Everything needed to take a message from its handler to its ack.
 pub(crate) struct Pipeline {
     routes: HashMap<String, Arc<RouteHandler>>,
+    /// Headers whose value is a message's correlation id, first found wins.
+    correlation_headers: Vec<String>,
     pool: Arc<WorkerPool>,
     decider: Arc<Decider>,
     effects: Effects,
@@ -88,6 +92,7 @@ pub(crate) struct Pipeline {
 struct InFlight {
     route: Arc<RouteHandler>,
     handler: Arc<dyn Handler>,
+    trace: MessageTrace,
     partition: Arc<PartitionState>,
     delivery: Delivery,
     work: Work,
@@ -98,6 +103,7 @@ struct InFlight {
 /// A message whose effects are handed over, waiting for confirmations.
 struct Handed {
     handler: Arc<dyn Handler>,
+    trace: MessageTrace,
     delivery: Delivery,
     pending: Vec<Pending>,
     slot: Slot,
@@ -106,6 +112,7 @@ struct Handed {
 impl Pipeline {
     pub(crate) fn new(
         routes: Vec<RouteHandler>,
+        correlation_headers: Vec<String>,
         pool: WorkerPool,
         decider: Arc<Decider>,
         effects: Effects,
@@ -118,6 +125,7 @@ impl Pipeline {
             .collect();
         Pipeline {
             routes,
+            correlation_headers,
             pool: Arc::new(pool),
             decider,
             effects,
@@ -162,7 +170,12 @@ impl Pipeline {
             .map(|(d, _)| serving.pick(&d.message).clone())
             .collect();
         let messages: Vec<_> = work.iter().map(|(d, _)| d.message.clone()).collect();
-        let called = self.call(&handlers, &messages).await;
+        let traces: Vec<_> = messages
+            .iter()
+            .zip(&handlers)
+            .map(|(m, h)| MessageTrace::open(m, h.as_ref(), &self.correlation_headers))
+            .collect();
+        let called = self.call(&handlers, &messages, &traces).await;
         if let Some(shadow) = &serving.shadow
             && shadow.handler.kind() == HandlerKind::Handler
         {
@@ -182,7 +195,7 @@ impl Pipeline {
                 .compare(&self.pool, shadow.handler.clone(), messages, served);
         }
         let transactional = route.effects.transaction.is_some();
-        let work = work.into_iter().zip(handlers).zip(
+        let work = work.into_iter().zip(handlers.into_iter().zip(traces)).zip(
             called
                 .into_iter()
                 .map(|c| work_for(&route.route, c, transactional)),
@@ -197,7 +210,7 @@ impl Pipeline {
                 .await;
         }
         let mut handed = Vec::new();
-        for (((delivery, slot), handler), work) in work {
+        for (((delivery, slot), (handler, trace)), work) in work {
             self.telemetry.consumed();
             let link = match &work {
                 Work::Decide(stream) => route.streams.join(Ordering::Key, Some(stream.as_bytes())),
@@ -216,11 +229,20 @@ impl Pipeline {
                     unreachable!("only a finished outcome is quick")
                 };
                 let pending = self
-                    .interpret(&route, &handler, partition, &delivery.message, outcome)
+                    .interpret(
+                        &route,
+                        &handler,
+                        partition,
+                        &delivery.message,
+                        outcome,
+                        &trace,
+                    )
+                    .instrument(trace.span.clone())
                     .await;
                 drop(link);
                 handed.push(Handed {
                     handler,
+                    trace,
                     delivery,
                     pending,
                     slot,
@@ -229,6 +251,7 @@ impl Pipeline {
                 let in_flight = InFlight {
                     route: route.clone(),
                     handler,
+                    trace,
                     partition: partition.clone(),
                     delivery,
                     work,
@@ -243,7 +266,11 @@ impl Pipeline {
             let partition = partition.clone();
             tokio::spawn(async move {
                 for handed in handed {
-                    pipeline.conclude(&route, &partition, handed).await;
+                    let span = handed.trace.span.clone();
+                    pipeline
+                        .conclude(&route, &partition, handed)
+                        .instrument(span)
+                        .await;
                 }
             });
         }
@@ -251,36 +278,44 @@ impl Pipeline {
 
     /// Step 1 for a batch, in one trip to a worker per kind: handlers
     /// handle their messages, deciders name their messages' streams.
-    async fn call(&self, handlers: &[Arc<dyn Handler>], messages: &[Arc<Message>]) -> Vec<Called> {
-        let of_kind = |kind| -> Vec<_> {
+    async fn call(
+        &self,
+        handlers: &[Arc<dyn Handler>],
+        messages: &[Arc<Message>],
+        traces: &[MessageTrace],
+    ) -> Vec<Called> {
+        let of_kind = |kind| -> (Vec<_>, Vec<_>) {
             handlers
                 .iter()
                 .zip(messages)
-                .filter(|(h, _)| h.kind() == kind)
-                .map(|(h, m)| (h.clone(), m.clone()))
-                .collect()
+                .zip(traces)
+                .filter(|((h, _), _)| h.kind() == kind)
+                .map(|((h, m), t)| ((h.clone(), m.clone()), t.span.clone()))
+                .unzip()
         };
-        let deciders = of_kind(HandlerKind::Decider);
+        let (deciders, decider_spans) = of_kind(HandlerKind::Decider);
         if deciders.is_empty() {
             let calls = handlers
                 .iter()
                 .cloned()
                 .zip(messages.iter().cloned())
                 .collect();
+            let spans = traces.iter().map(|t| t.span.clone()).collect();
             return self
                 .pool
-                .call(calls)
+                .call(calls, spans)
                 .await
                 .into_iter()
                 .map(Called::Handled)
                 .collect();
         }
-        let mut handled = self
+        let (calls, spans) = of_kind(HandlerKind::Handler);
+        let mut handled = self.pool.call(calls, spans).await.into_iter();
+        let mut streams = self
             .pool
-            .call(of_kind(HandlerKind::Handler))
+            .stream_ids(deciders, decider_spans)
             .await
             .into_iter();
-        let mut streams = self.pool.stream_ids(deciders).await.into_iter();
         handlers
             .iter()
             .map(|h| match h.kind() {
@@ -306,14 +341,14 @@ impl Pipeline {
         partition: &Arc<PartitionState>,
         work: impl Iterator<
             Item = (
-                ((Delivery, Slot), Arc<dyn Handler>),
+                ((Delivery, Slot), (Arc<dyn Handler>, MessageTrace)),
                 Result<Vec<Output>, Refusal>,
             ),
         >,
         epoch: u64,
     ) {
         let inside = transaction.enter().await;
-        for (((delivery, slot), handler), outcome) in work {
+        for (((delivery, slot), (handler, trace)), outcome) in work {
             self.telemetry.consumed();
             if !partition.is_current(epoch) || !delivery.ack.is_current() {
                 break;
@@ -328,7 +363,8 @@ impl Pipeline {
                     ]
                 }
                 None => {
-                    self.interpret(route, &handler, partition, message, outcome)
+                    self.interpret(route, &handler, partition, message, outcome, &trace)
+                        .instrument(trace.span.clone())
                         .await
                 }
             };
@@ -346,6 +382,7 @@ impl Pipeline {
         let InFlight {
             route,
             handler,
+            trace,
             partition,
             delivery,
             work,
@@ -357,21 +394,35 @@ impl Pipeline {
         let outcome = match work {
             Work::Done(outcome) => outcome,
             Work::Decide(stream) => {
+                let span = tracing::info_span!(parent: &trace.span, "decide", stream = %stream);
                 self.decide(&route, &handler, &partition, &delivery.message, &stream)
+                    .instrument(span)
+                    .instrument(trace.span.clone())
                     .await
             }
         };
-        let pending =
-            Box::pin(self.interpret(&route, &handler, &partition, &delivery.message, outcome))
-                .await;
+        let pending = Box::pin(
+            self.interpret(
+                &route,
+                &handler,
+                &partition,
+                &delivery.message,
+                outcome,
+                &trace,
+            )
+            .instrument(trace.span.clone()),
+        )
+        .await;
         drop((link, turn));
+        let span = trace.span.clone();
         let handed = Handed {
             handler,
+            trace,
             delivery,
             pending,
             slot,
         };
-        Box::pin(self.conclude(&route, &partition, handed)).await;
+        Box::pin(self.conclude(&route, &partition, handed).instrument(span)).await;
     }
 
     /// A decider message's step 3, its stream's turn come: load, fold,
@@ -429,6 +480,7 @@ impl Pipeline {
         partition: &PartitionState,
         message: &Message,
         outcome: Result<Vec<Output>, Refusal>,
+        trace: &MessageTrace,
     ) -> Vec<Pending> {
         let handler = served.as_ref();
         let mut pending = Vec::new();
@@ -450,6 +502,7 @@ impl Pipeline {
                             message,
                             handler,
                             outputs,
+                            trace,
                         )
                         .await;
                     pending.push(started);
@@ -494,6 +547,7 @@ impl Pipeline {
     async fn conclude(&self, route: &RouteHandler, partition: &PartitionState, handed: Handed) {
         let Handed {
             handler,
+            trace: _,
             delivery: Delivery { message, ack },
             pending,
             slot,

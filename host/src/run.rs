@@ -166,6 +166,7 @@ pub async fn run(
     }
     let pipeline = Arc::new(Pipeline::new(
         routes,
+        config.trace.correlation_headers.clone(),
         WorkerPool::start(config.limits.worker_count()),
         decider,
         Effects::new(Arc::new(Breakers::default()), telemetry.clone()),

@@ -87,7 +87,7 @@ impl Shadows {
         while running.try_join_next().is_some() {}
         running.spawn(async move {
             let calls = messages.iter().map(|m| (shadow.clone(), m.clone())).collect();
-            let outcomes = pool.call(calls).await;
+            let outcomes = pool.call(calls, Vec::new()).await;
             for ((message, (version, served)), outcome) in messages.iter().zip(served).zip(outcomes) {
                 telemetry.shadow_compared();
                 let (expected, got) = (canonical(&served), canonical(&outcome));

@@ -13,4 +13,5 @@ mod http_target;
 mod sandbox;
 mod shop;
 mod support;
+mod traces;
 mod transactional_broker;

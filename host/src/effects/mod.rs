@@ -22,9 +22,11 @@ use crate::policy::breaker::{Admission, Breaker, Breakers, Outcome, Waiting};
 use crate::policy::retry::Retries;
 use crate::policy::{self, DeadLetter};
 use crate::runtime::Handler;
+use crate::telemetry::trace::MessageTrace;
 use crate::telemetry::{Origin, Record, Telemetry};
 use http::HttpClient;
 use publish::{Landed, Publisher};
+use tracing::Instrument;
 use transaction::Transaction;
 
 /// How an effect attempt failed.
@@ -127,6 +129,7 @@ impl Effects {
         message: &Message,
         handler: &dyn Handler,
         outputs: Vec<Output>,
+        trace: &MessageTrace,
     ) -> (Pending, Result<(), Failure>) {
         let mut sent = Vec::new();
         if route.transaction.is_some()
@@ -152,8 +155,13 @@ impl Effects {
         for (index, output) in outputs.into_iter().enumerate() {
             let id = sluice_id(message, &index.to_string());
             match output {
-                Output::Log(entry) => log(message, handler, &entry),
+                Output::Log(entry) => {
+                    let _output = trace.output(index, &mut Vec::new()).entered();
+                    log(message, handler, &entry);
+                }
                 Output::Publish(mut record) => {
+                    let span = trace.output(index, &mut record.headers);
+                    span.record("topic", record.topic.as_str());
                     record.headers.push(Header::new("sluice-id", id));
                     record
                         .headers
@@ -167,7 +175,7 @@ impl Effects {
                         Some(breaker) => Some(breaker.admit(waiting).await),
                         None => None,
                     };
-                    let delivery = route.publisher.send(&record).await;
+                    let delivery = route.publisher.send(&record).instrument(span).await;
                     if let (Err(EffectError::Permanent { reason, detail }), None) =
                         (&delivery, &breaker)
                     {
@@ -187,7 +195,9 @@ impl Effects {
                         delivery,
                     });
                 }
-                Output::Http(request) => {
+                Output::Http(mut request) => {
+                    let span = trace.output(index, &mut request.headers);
+                    span.record("url", request.url.as_str());
                     let result = async {
                         let (url, host) = route.http.check(&request).map_err(|e| failure(e, 0))?;
                         let breaker = self.breakers.host(&host, &route.breaker);
@@ -196,7 +206,7 @@ impl Effects {
                         let retry = (&route.retry, waiting);
                         drive(&breaker, retry, admission, attempt(), attempt).await
                     };
-                    if let Err(failed) = result.await {
+                    if let Err(failed) = result.instrument(span).await {
                         outcome = Err(failed);
                         break;
                     }

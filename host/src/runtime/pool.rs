@@ -45,15 +45,23 @@ impl WorkerPool {
 
     /// Runs each message's handler on it, in order, on one worker, and
     /// returns their outcomes. One round trip per batch keeps thread
-    /// hand-offs off the per-message cost.
+    /// hand-offs off the per-message cost. Each call runs in a `handle`
+    /// span, child of the message's span in `spans` (if given).
     pub(crate) async fn call(
         &self,
         calls: Vec<(Arc<dyn Handler>, Arc<Message>)>,
+        spans: Vec<tracing::Span>,
     ) -> Vec<CallResult> {
         self.run(move |worker| {
             calls
                 .iter()
-                .map(|(handler, message)| {
+                .enumerate()
+                .map(|(i, (handler, message))| {
+                    // Inside the message's span, so that `handle` closes there too.
+                    let _message = spans.get(i).map(|span| span.enter());
+                    let _handle = spans
+                        .get(i)
+                        .map(|_| tracing::info_span!("handle").entered());
                     worker.with_instance(handler, |instance| instance.handle(message))
                 })
                 .collect()
@@ -61,15 +69,20 @@ impl WorkerPool {
         .await
     }
 
-    /// Asks each message's decider for its stream id, in one trip to a worker.
+    /// Asks each message's decider for its stream id, in one trip to a
+    /// worker, in a `stream-id` span child of the message's.
     pub(crate) async fn stream_ids(
         &self,
         calls: Vec<(Arc<dyn Handler>, Arc<Message>)>,
+        spans: Vec<tracing::Span>,
     ) -> Vec<Result<Option<String>, CallError>> {
         self.run(move |worker| {
             calls
                 .iter()
-                .map(|(handler, message)| {
+                .zip(&spans)
+                .map(|((handler, message), span)| {
+                    let _message = span.enter();
+                    let _call = tracing::info_span!("stream-id").entered();
                     worker.with_instance(handler, |instance| {
                         crate::decider::decider_of(instance)?.stream_id(message)
                     })

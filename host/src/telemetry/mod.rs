@@ -1,6 +1,8 @@
 //! What a run did: counters for every run, and (for the demo and tests) a
 //! record of each confirmed publish and dead letter, with a readable summary.
 
+pub(crate) mod trace;
+
 use std::fmt::Write as _;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
