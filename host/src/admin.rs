@@ -1,40 +1,66 @@
 //! The admin HTTP server: `/handlers` (every handler version and its state,
-//! JSON; what `sluice handlers` shows) and `/metrics` (Prometheus text).
-//! Read-only; it listens where `[admin] listen` says, 127.0.0.1 in examples.
+//! JSON; what `sluice handlers` shows), `/metrics` (Prometheus text),
+//! `/healthz` (the process serves) and `/readyz` (the group is joined and no
+//! circuit breaker is open; every route has a version serving from start). Read-only; it
+//! listens where `[admin] listen` says (a bare port: on 127.0.0.1).
 
 use std::fmt::Write as _;
 use std::sync::Arc;
 
 use axum::Router;
 use axum::extract::State as Extract;
+use axum::http::StatusCode;
 use axum::http::header::CONTENT_TYPE;
 use axum::response::IntoResponse;
 use axum::routing::get;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
+use crate::policy::breaker::Breakers;
 use crate::registry::{Registry, VersionState, stopped};
-use crate::telemetry::Telemetry;
+use crate::telemetry::{Health, Telemetry};
 
 /// What the endpoints read.
 #[derive(Clone)]
 pub(crate) struct State {
     registry: Arc<Registry>,
     telemetry: Arc<Telemetry>,
+    breakers: Arc<Breakers>,
+    health: Arc<Health>,
 }
 
 impl State {
-    pub(crate) fn new(registry: Arc<Registry>, telemetry: Arc<Telemetry>) -> Self {
+    pub(crate) fn new(
+        registry: Arc<Registry>,
+        telemetry: Arc<Telemetry>,
+        breakers: Arc<Breakers>,
+        health: Arc<Health>,
+    ) -> Self {
         State {
             registry,
             telemetry,
+            breakers,
+            health,
         }
+    }
+
+    /// Why the host is not ready, if it is not: one line per reason. (Every
+    /// route has a version serving: a host does not start otherwise.)
+    fn unready(&self) -> Vec<String> {
+        let mut reasons = Vec::new();
+        if !self.health.has_joined() {
+            reasons.push("the consumer has not joined its group yet".to_owned());
+        }
+        for target in self.breakers.not_closed() {
+            reasons.push(format!("circuit breaker open: {target}"));
+        }
+        reasons
     }
 }
 
 /// Binds the admin address (port 0 picks a free one; the log says which).
-pub(crate) async fn bind(listen: &str) -> std::io::Result<TcpListener> {
-    let listener = TcpListener::bind(listen).await?;
+pub(crate) async fn bind(address: std::net::SocketAddr) -> std::io::Result<TcpListener> {
+    let listener = TcpListener::bind(address).await?;
     tracing::info!(address = %listener.local_addr()?, "admin server listening");
     Ok(listener)
 }
@@ -44,12 +70,31 @@ pub(crate) async fn serve(listener: TcpListener, state: State, stop: watch::Rece
     let app = Router::new()
         .route("/handlers", get(handlers))
         .route("/metrics", get(metrics))
+        .route("/healthz", get(healthz))
+        .route("/readyz", get(readyz))
         .with_state(state);
     if let Err(error) = axum::serve(listener, app)
         .with_graceful_shutdown(stopped(stop))
         .await
     {
         tracing::error!(%error, "admin server failed");
+    }
+}
+
+async fn healthz() -> impl IntoResponse {
+    "ok\n"
+}
+
+/// 200 `ready`, or 503 with the reasons, one per line.
+async fn readyz(Extract(state): Extract<State>) -> impl IntoResponse {
+    let reasons = state.unready();
+    if reasons.is_empty() {
+        (StatusCode::OK, "ready\n".to_owned())
+    } else {
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("not ready\n{}\n", reasons.join("\n")),
+        )
     }
 }
 

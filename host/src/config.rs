@@ -506,8 +506,21 @@ impl Default for CanarySettings {
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(rename_all = "kebab-case", deny_unknown_fields)]
 pub struct Admin {
-    /// `host:port` to serve on (port 0 picks one and logs it); none: no server.
+    /// A port to serve on 127.0.0.1, or `host:port` (port 0 picks one and
+    /// logs it); none: no server.
     pub listen: Option<String>,
+}
+
+impl Admin {
+    /// Where to listen: a bare port (or `:port`) on the loopback interface,
+    /// so exposing the server beyond the machine is a deliberate choice.
+    pub fn address(&self) -> Option<std::net::SocketAddr> {
+        let listen = self.listen.as_deref()?;
+        match listen.trim_start_matches(':').parse::<u16>() {
+            Ok(port) => Some(std::net::SocketAddr::from(([127, 0, 0, 1], port))),
+            Err(_) => listen.parse().ok(),
+        }
+    }
 }
 
 /// Which event store backend to use.
@@ -1043,11 +1056,13 @@ impl Config {
         self.validate_handlers()?;
         check_range("handler-settle-ms", self.handler_settle_ms, 0, 600_000)?;
         if let Some(listen) = &self.admin.listen
-            && listen.parse::<std::net::SocketAddr>().is_err()
+            && self.admin.address().is_none()
         {
             return invalid(
                 "admin.listen",
-                format!("{listen:?} is not an address like \"127.0.0.1:9464\""),
+                format!(
+                    "{listen:?} is not a port (\"9464\", on 127.0.0.1) nor an address like \"0.0.0.0:9464\""
+                ),
             );
         }
         if let Some(embedded) = &self.embedded {
@@ -1464,5 +1479,21 @@ handler = "echo"
             "{MINIMAL}\n[decider]\nconflict-backoff-initial-ms = 50\nconflict-backoff-max-ms = 10\n"
         ));
         assert!(err.contains("decider.conflict-backoff-max-ms"), "{err}");
+    }
+
+    #[test]
+    fn a_bare_admin_port_listens_on_loopback_only() {
+        let admin = |listen: &str| Admin {
+            listen: Some(listen.into()),
+        };
+        assert_eq!(admin("9464").address(), "127.0.0.1:9464".parse().ok());
+        assert_eq!(admin(":9464").address(), "127.0.0.1:9464".parse().ok());
+        assert_eq!(admin("0.0.0.0:80").address(), "0.0.0.0:80".parse().ok());
+        assert_eq!(Admin::default().address(), None);
+        let err = error_of(&format!("{MINIMAL}[admin]\nlisten = \"eth0\"\n"));
+        assert!(
+            err.contains("admin.listen") && err.contains("127.0.0.1"),
+            "{err}"
+        );
     }
 }

@@ -93,7 +93,8 @@ fn execute(command: Command) -> anyhow::Result<ExitCode> {
         }
         Command::Handlers { config, admin } => {
             let config = Config::load(&config)?;
-            let statuses = match admin.as_ref().or(config.admin.listen.as_ref()) {
+            let configured = config.admin.address().map(|a| a.to_string());
+            let statuses = match admin.as_ref().or(configured.as_ref()) {
                 Some(address) => match live_handlers(address) {
                     Ok(statuses) => statuses,
                     Err(error) if admin.is_some() => return Err(error),

@@ -30,7 +30,7 @@ use crate::source::Delivery;
 use crate::source::jsonl::{JsonlError, JsonlReader};
 use crate::source::kafka::{Committer, KafkaSource, SourceEvent, UnsplitMessage};
 use crate::store::StoreError;
-use crate::telemetry::{RunReport, Stop, Telemetry};
+use crate::telemetry::{Health, RunReport, Stop, Telemetry};
 
 /// How often a run that stops when drained checks whether it is.
 const DRAIN_CHECK_INTERVAL: Duration = Duration::from_millis(100);
@@ -138,12 +138,22 @@ pub async fn run(
     if config.watch_handlers {
         tokio::spawn(registry::watch(registry.clone(), stopped.clone()));
     }
-    if let Some(listen) = &config.admin.listen {
-        let state = admin::State::new(registry.clone(), telemetry.clone());
-        let listener = admin::bind(listen)
+    let breakers = Arc::new(Breakers::default());
+    let health = Arc::new(Health::default());
+    if config.source.file.is_some() {
+        health.joined();
+    }
+    if let Some(address) = config.admin.address() {
+        let state = admin::State::new(
+            registry.clone(),
+            telemetry.clone(),
+            breakers.clone(),
+            health.clone(),
+        );
+        let listener = admin::bind(address)
             .await
             .map_err(|source| RunError::Admin {
-                listen: listen.clone(),
+                listen: address.to_string(),
                 source,
             })?;
         tokio::spawn(admin::serve(listener, state, stopped));
@@ -169,7 +179,7 @@ pub async fn run(
         config.trace.correlation_headers.clone(),
         WorkerPool::start(config.limits.worker_count()),
         decider,
-        Effects::new(Arc::new(Breakers::default()), telemetry.clone()),
+        Effects::new(breakers, telemetry.clone()),
         shadows.clone(),
         telemetry.clone(),
     ));
@@ -182,7 +192,7 @@ pub async fn run(
             consume_file(&path, lanes, &offsets, shutdown, deadline).await
         }
         None => {
-            let source = KafkaSource::connect(config, &brokers, offsets.clone())?;
+            let source = KafkaSource::connect(config, &brokers, offsets.clone(), health.clone())?;
             let pace = Pace {
                 commit_every: Duration::from_millis(config.commit_interval_ms),
                 until_drained,

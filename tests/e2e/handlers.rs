@@ -3,8 +3,7 @@
 //! pinning, shadow runs with output diffs, and canaries by key.
 
 use std::collections::{HashMap, HashSet};
-use std::io::{Read, Write};
-use std::net::TcpStream;
+use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -74,20 +73,6 @@ fn produce(
     broker.produce(&messages).unwrap();
 }
 
-/// The admin address a host logged.
-fn admin_address(scratch: &Scratch, name: &str) -> String {
-    let mut address = None;
-    wait_until("the admin server to listen", || {
-        address = log_of(scratch, name)
-            .lines()
-            .find(|l| l.contains("admin server listening"))
-            .and_then(|l| l.split("address=").nth(1))
-            .map(|a| a.split_whitespace().next().unwrap().to_owned());
-        address.is_some()
-    });
-    address.unwrap()
-}
-
 /// `sluice handlers` against a running host.
 fn handlers_of(config: &Path, admin: &str) -> String {
     let output = sluice()
@@ -110,15 +95,6 @@ fn line_of(listing: &str, version: &str) -> Option<String> {
         .lines()
         .find(|l| l.split_whitespace().nth(1) == Some(version))
         .map(str::to_owned)
-}
-
-/// A plain HTTP GET of the admin server.
-fn http_get(admin: &str, path: &str) -> String {
-    let mut stream = TcpStream::connect(admin).unwrap();
-    write!(stream, "GET {path} HTTP/1.0\r\nHost: {admin}\r\n\r\n").unwrap();
-    let mut response = String::new();
-    stream.read_to_string(&mut response).unwrap();
-    response
 }
 
 /// Copies a component into the handlers directory under a temporary name

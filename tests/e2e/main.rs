@@ -10,6 +10,7 @@ mod effects;
 mod exactly_once;
 mod handlers;
 mod http_target;
+mod operations;
 mod sandbox;
 mod shop;
 mod support;

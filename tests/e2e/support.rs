@@ -1,6 +1,8 @@
 //! Shared pieces of the end-to-end tests: built guests, scratch directories,
 //! `sluice` processes, and reading topics back from the broker.
 
+use std::io::{Read, Write};
+use std::net::TcpStream;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::OnceLock;
@@ -417,4 +419,27 @@ pub fn assert_committed_to_the_end(brokers: &str, group: &str) {
             "partition {partition} not committed to its end"
         );
     }
+}
+
+/// The admin address a host logged.
+pub fn admin_address(scratch: &Scratch, name: &str) -> String {
+    let mut address = None;
+    wait_until("the admin server to listen", || {
+        address = log_of(scratch, name)
+            .lines()
+            .find(|l| l.contains("admin server listening"))
+            .and_then(|l| l.split("address=").nth(1))
+            .map(|a| a.split_whitespace().next().unwrap().to_owned());
+        address.is_some()
+    });
+    address.unwrap()
+}
+
+/// A plain HTTP GET of the admin server.
+pub fn http_get(admin: &str, path: &str) -> String {
+    let mut stream = TcpStream::connect(admin).unwrap();
+    write!(stream, "GET {path} HTTP/1.0\r\nHost: {admin}\r\n\r\n").unwrap();
+    let mut response = String::new();
+    stream.read_to_string(&mut response).unwrap();
+    response
 }

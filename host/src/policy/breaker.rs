@@ -152,7 +152,6 @@ impl Breaker {
         }
     }
 
-    #[cfg(test)]
     pub(crate) fn state(&self) -> BreakerState {
         *self.state.lock().expect("breaker lock")
     }
@@ -272,6 +271,21 @@ impl Breakers {
     /// The breaker of an HTTP host (`host:port`).
     pub(crate) fn host(&self, host: &str, policy: &BreakerPolicy) -> Arc<Breaker> {
         Self::get(&self.hosts, host, || Target::Host(host.to_owned()), policy)
+    }
+
+    /// The targets whose breaker is open or half-open, by name.
+    pub(crate) fn not_closed(&self) -> Vec<String> {
+        [&self.topics, &self.hosts, &self.store]
+            .into_iter()
+            .flat_map(|map| {
+                map.lock()
+                    .expect("breakers lock")
+                    .values()
+                    .filter(|b| !matches!(b.state(), BreakerState::Closed { .. }))
+                    .map(|b| b.target.to_string())
+                    .collect::<Vec<_>>()
+            })
+            .collect()
     }
 
     /// The breaker of the event store.

@@ -33,6 +33,7 @@ use crate::config::Config;
 use crate::contract::{Header, Message};
 use crate::schedule::Pause;
 use crate::schedule::offsets::{Offsets, Starving, TopicPartition};
+use crate::telemetry::Health;
 
 /// How long a committed-offsets query may take before it counts as failed.
 const QUERY_TIMEOUT: Duration = Duration::from_secs(5);
@@ -67,6 +68,8 @@ pub(crate) struct SourceContext {
     before_release: OnceLock<BeforeRelease>,
     /// Settings for reading dead-letter topics back (`parked`).
     reader: Arc<ClientConfig>,
+    /// Told when the group is joined (readiness).
+    health: Arc<Health>,
 }
 
 impl ClientContext for SourceContext {}
@@ -76,6 +79,10 @@ impl ConsumerContext for SourceContext {
     // off before the assignment is never forwarded to the main queue, so the
     // split has to happen here, not after.
     fn pre_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        if let Rebalance::Assign(_) = rebalance {
+            // Even an empty assignment means the group took this member in.
+            self.health.joined();
+        }
         match rebalance {
             Rebalance::Assign(assigned) if assigned.count() > 0 => {
                 let Some(stream) = self.consumer.get().and_then(Weak::upgrade) else {
@@ -326,6 +333,7 @@ impl KafkaSource {
         config: &Config,
         brokers: &str,
         offsets: Arc<Offsets>,
+        health: Arc<Health>,
     ) -> KafkaResult<KafkaSource> {
         let mut client = ClientConfig::new();
         // Defaults a user may override through [kafka.consumer]. Prefetch is
@@ -351,6 +359,7 @@ impl KafkaSource {
         let consumer: Arc<SourceConsumer> =
             Arc::new(client.create_with_context(SourceContext {
                 offsets: offsets.clone(),
+                health,
                 consumer: OnceLock::new(),
                 events,
                 revocations: Mutex::default(),

@@ -4,7 +4,7 @@
 pub(crate) mod trace;
 
 use std::fmt::Write as _;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use base64::Engine as _;
@@ -135,6 +135,24 @@ pub struct RunReport {
     pub records: Vec<Record>,
     /// Why the run ended.
     pub stop: Stop,
+}
+
+/// What readiness depends on beyond the registry and the breakers.
+#[derive(Debug, Default)]
+pub(crate) struct Health {
+    /// The consumer joined its group (an assignment came, even an empty
+    /// one), or the source needs no group (a file).
+    joined: AtomicBool,
+}
+
+impl Health {
+    pub(crate) fn joined(&self) {
+        self.joined.store(true, Ordering::Relaxed);
+    }
+
+    pub(crate) fn has_joined(&self) -> bool {
+        self.joined.load(Ordering::Relaxed)
+    }
 }
 
 /// Counters and records, shared by everything in a run.

@@ -1,0 +1,86 @@
+//! What operators use: health and readiness of a running host.
+
+use std::time::Duration;
+
+use sluice::embedded::EmbeddedBroker;
+
+use crate::http_target::{Behaviour, HttpTarget};
+use crate::support::*;
+
+/// The status line and body of an admin GET.
+fn status_of(admin: &str, path: &str) -> (u16, String) {
+    let response = http_get(admin, path);
+    let status = response
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| panic!("no status in {response:?}"));
+    let body = response
+        .split("\r\n\r\n")
+        .nth(1)
+        .unwrap_or_default()
+        .to_owned();
+    (status, body)
+}
+
+#[test]
+fn readiness_is_lost_while_a_breaker_is_open_and_comes_back_with_the_target() {
+    let target = HttpTarget::start(Behaviour::Ok {
+        max_delay: Duration::ZERO,
+    });
+    let broker = EmbeddedBroker::start().unwrap();
+    let brokers = broker.bootstrap_servers();
+    broker.create_topic("in", 1).unwrap();
+    let scratch = Scratch::new();
+    let handlers = scratch.handlers(&[("test-faults", "0.1.0", &component("test-faults"))]);
+    let routes = format!(
+        "[[routes]]\ntopic = \"in\"\nhandler = \"test-faults\"\n\
+         [routes.retry]\ninitial-ms = 5\nmax-interval-ms = 50\n\
+         [routes.breaker]\nfailures = 3\nopen-ms = 200\n\
+         [routes.http]\nallow = [\"{}\"]\n\n[admin]\nlisten = \"0\"\n",
+        target.host()
+    );
+    let config = scratch.write("r.toml", config(brokers, "r", &handlers, &routes));
+    let host = Host::start(&scratch, "host", &config, &[]);
+    let admin = admin_address(&scratch, "host");
+    assert!(
+        admin.starts_with("127.0.0.1:"),
+        "a bare port binds loopback: {admin}"
+    );
+    assert_eq!(status_of(&admin, "/healthz"), (200, "ok\n".to_owned()));
+    wait_until("the host to be ready", || {
+        status_of(&admin, "/readyz").0 == 200
+    });
+
+    target.go_down();
+    let calls: Vec<_> = (0..20)
+        .map(|i| {
+            message(
+                "in",
+                0,
+                "k",
+                &format!("http:{}", target.url(&format!("/{i}"))),
+            )
+        })
+        .collect();
+    broker.produce(&calls).unwrap();
+    wait_until("readiness to be lost", || {
+        status_of(&admin, "/readyz").0 == 503
+    });
+    let (_, body) = status_of(&admin, "/readyz");
+    assert!(
+        body.contains(&format!("circuit breaker open: host {}", target.host())),
+        "{body}"
+    );
+    assert_eq!(status_of(&admin, "/healthz").0, 200, "alive all the same");
+
+    target.come_up();
+    wait_until("readiness to come back", || {
+        status_of(&admin, "/readyz").0 == 200
+    });
+    wait_until("every call to get through", || {
+        target.succeeded().len() >= 20
+    });
+    host.signal(libc::SIGTERM);
+    host.wait_ok();
+}
