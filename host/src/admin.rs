@@ -18,6 +18,7 @@ use tokio::sync::watch;
 
 use crate::policy::breaker::Breakers;
 use crate::registry::{Registry, VersionState, stopped};
+use crate::schedule::offsets::Offsets;
 use crate::telemetry::{Health, Telemetry};
 
 /// What the endpoints read.
@@ -27,6 +28,7 @@ pub(crate) struct State {
     telemetry: Arc<Telemetry>,
     breakers: Arc<Breakers>,
     health: Arc<Health>,
+    offsets: Arc<Offsets>,
 }
 
 impl State {
@@ -35,12 +37,14 @@ impl State {
         telemetry: Arc<Telemetry>,
         breakers: Arc<Breakers>,
         health: Arc<Health>,
+        offsets: Arc<Offsets>,
     ) -> Self {
         State {
             registry,
             telemetry,
             breakers,
             health,
+            offsets,
         }
     }
 
@@ -131,6 +135,11 @@ async fn metrics(Extract(state): Extract<State>) -> impl IntoResponse {
     out.push_str("# TYPE sluice_handler_swaps_total counter\n");
     let _ = writeln!(out, "sluice_handler_swaps_total {}", state.registry.swaps());
     state.telemetry.write_metrics(&mut out);
+    state.breakers.write_metrics(&mut out);
+    state.health.write_metrics(&mut out);
+    out.push_str("# HELP sluice_in_flight Messages received and not yet committed.\n");
+    out.push_str("# TYPE sluice_in_flight gauge\n");
+    let _ = writeln!(out, "sluice_in_flight {}", state.offsets.in_flight());
     ([(CONTENT_TYPE, "text/plain; version=0.0.4")], out)
 }
 

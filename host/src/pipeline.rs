@@ -24,6 +24,7 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
+use std::time::Instant;
 
 use crate::config::{OnDeadLetter, Ordering, Route};
 use crate::contract::{Message, Output};
@@ -38,7 +39,7 @@ use crate::schedule::{PartitionState, Slot};
 use crate::shadow::Shadows;
 use crate::source::Delivery;
 use crate::telemetry::trace::MessageTrace;
-use crate::telemetry::{Outcome, Telemetry};
+use crate::telemetry::{Outcome, Phase, Telemetry};
 use tracing::Instrument;
 
 /// A route with the versions of its handler and its effects' settings.
@@ -436,6 +437,7 @@ impl Pipeline {
         message: &Arc<Message>,
         stream: &str,
     ) -> Result<Vec<Output>, Refusal> {
+        let started = Instant::now();
         let breaker = self.effects.store_breaker(&route.effects);
         let admission = breaker.admit(&partition.waiting).await;
         let attempt = || async {
@@ -449,7 +451,11 @@ impl Pipeline {
             }
         };
         let retry = (&route.effects.retry, &partition.waiting);
-        match drive(&breaker, retry, admission, attempt(), attempt).await {
+        let driven = drive(&breaker, retry, admission, attempt(), attempt).await;
+        self.telemetry
+            .phase(Phase::Decide)
+            .observe(started.elapsed());
+        match driven {
             Ok(Ok(decided)) => Ok(decided.outputs),
             Ok(Err(DecideError::Call(error))) => Err(Refusal::Call(error, Stage::Decide)),
             Ok(Err(error)) => {
@@ -482,6 +488,7 @@ impl Pipeline {
         outcome: Result<Vec<Output>, Refusal>,
         trace: &MessageTrace,
     ) -> Vec<Pending> {
+        let started = Instant::now();
         let handler = served.as_ref();
         let mut pending = Vec::new();
         let mut skipped = false;
@@ -539,6 +546,9 @@ impl Pipeline {
                     .await,
             );
         }
+        self.telemetry
+            .phase(Phase::Interpret)
+            .observe(started.elapsed());
         pending
     }
 
@@ -547,7 +557,7 @@ impl Pipeline {
     async fn conclude(&self, route: &RouteHandler, partition: &PartitionState, handed: Handed) {
         let Handed {
             handler,
-            trace: _,
+            trace,
             delivery: Delivery { message, ack },
             pending,
             slot,
@@ -568,6 +578,9 @@ impl Pipeline {
         // The slot stays taken until the offset may be committed: the work
         // a crash could make sluice redo stays within the in-flight caps.
         ack.finish_holding(Box::new(slot));
+        self.telemetry
+            .phase(Phase::EndToEnd)
+            .observe(trace.started.elapsed());
     }
 
     /// Dead-letters a message, parking its key first if the route says so.

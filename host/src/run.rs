@@ -30,7 +30,7 @@ use crate::source::Delivery;
 use crate::source::jsonl::{JsonlError, JsonlReader};
 use crate::source::kafka::{Committer, KafkaSource, SourceEvent, UnsplitMessage};
 use crate::store::StoreError;
-use crate::telemetry::{Health, RunReport, Stop, Telemetry};
+use crate::telemetry::{Health, Phase, RunReport, Stop, Telemetry};
 
 /// How often a run that stops when drained checks whether it is.
 const DRAIN_CHECK_INTERVAL: Duration = Duration::from_millis(100);
@@ -149,6 +149,7 @@ pub async fn run(
             telemetry.clone(),
             breakers.clone(),
             health.clone(),
+            offsets.clone(),
         );
         let listener = admin::bind(address)
             .await
@@ -177,7 +178,8 @@ pub async fn run(
     let pipeline = Arc::new(Pipeline::new(
         routes,
         config.trace.correlation_headers.clone(),
-        WorkerPool::start(config.limits.worker_count()),
+        WorkerPool::start(config.limits.worker_count())
+            .timed(telemetry.phase(Phase::Handle).clone()),
         decider,
         Effects::new(breakers, telemetry.clone()),
         shadows.clone(),

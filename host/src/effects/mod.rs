@@ -387,7 +387,10 @@ fn account(
     {
         match &purpose {
             Purpose::Output(_) => telemetry.published(),
-            Purpose::DeadLetter(_) => telemetry.dead_lettered(),
+            Purpose::DeadLetter(dead) => {
+                telemetry.dead_lettered();
+                telemetry.dead_lettered_for(dead.stage.as_str(), dead.reason);
+            }
         }
         let Some(origin) = origin.cloned() else {
             return;
@@ -464,6 +467,7 @@ where
                     delay_ms = delay.as_millis() as u64,
                     "effect failed; retrying"
                 );
+                breaker.retried();
                 tokio::time::sleep(delay).await;
                 admission = breaker.admit(waiting).await;
                 result = again().await;

@@ -7,6 +7,7 @@
 
 use std::collections::HashMap;
 use std::fmt;
+use std::sync::atomic::{AtomicU64, Ordering as AtomicOrdering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -56,6 +57,8 @@ pub(crate) struct Breaker {
     policy: BreakerPolicy,
     state: Mutex<BreakerState>,
     changed: Notify,
+    /// Transient failures retried on this target.
+    retries: AtomicU64,
 }
 
 /// Leave to act on a target; report how it went with `Breaker::record`.
@@ -149,7 +152,13 @@ impl Breaker {
             policy,
             state: Mutex::new(BreakerState::Closed { failures: 0 }),
             changed: Notify::new(),
+            retries: AtomicU64::new(0),
         }
+    }
+
+    /// Counts a retry of an effect on this target.
+    pub(crate) fn retried(&self) {
+        self.retries.fetch_add(1, AtomicOrdering::Relaxed);
     }
 
     pub(crate) fn state(&self) -> BreakerState {
@@ -271,6 +280,40 @@ impl Breakers {
     /// The breaker of an HTTP host (`host:port`).
     pub(crate) fn host(&self, host: &str, policy: &BreakerPolicy) -> Arc<Breaker> {
         Self::get(&self.hosts, host, || Target::Host(host.to_owned()), policy)
+    }
+
+    /// Each target's breaker state (0 closed, 1 open, 2 half-open) and
+    /// retries, in Prometheus text.
+    pub(crate) fn write_metrics(&self, out: &mut String) {
+        use std::fmt::Write as _;
+        let all: Vec<Arc<Breaker>> = [&self.topics, &self.hosts, &self.store]
+            .into_iter()
+            .flat_map(|map| {
+                map.lock()
+                    .expect("breakers lock")
+                    .values()
+                    .cloned()
+                    .collect::<Vec<_>>()
+            })
+            .collect();
+        out.push_str("# HELP sluice_breaker_state Circuit breaker per effect target: 0 closed, 1 open, 2 half-open.\n");
+        out.push_str("# TYPE sluice_breaker_state gauge\n");
+        for breaker in &all {
+            let state = match breaker.state() {
+                BreakerState::Closed { .. } => 0,
+                BreakerState::Open { .. } => 1,
+                BreakerState::HalfOpen { .. } => 2,
+            };
+            let target = crate::admin::label(&breaker.target.to_string());
+            let _ = writeln!(out, "sluice_breaker_state{{target=\"{target}\"}} {state}");
+        }
+        out.push_str("# HELP sluice_retries_total Effect attempts retried after a transient failure, per target.\n");
+        out.push_str("# TYPE sluice_retries_total counter\n");
+        for breaker in &all {
+            let target = crate::admin::label(&breaker.target.to_string());
+            let retries = breaker.retries.load(AtomicOrdering::Relaxed);
+            let _ = writeln!(out, "sluice_retries_total{{target=\"{target}\"}} {retries}");
+        }
     }
 
     /// The targets whose breaker is open or half-open, by name.

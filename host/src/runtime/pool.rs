@@ -6,10 +6,13 @@ use std::sync::mpsc;
 use std::sync::{Arc, Mutex, Weak};
 use std::thread::JoinHandle;
 
+use std::time::Instant;
+
 use tokio::sync::oneshot;
 
 use super::{CallError, Handler, HandlerInstance};
 use crate::contract::{Message, Output};
+use crate::telemetry::Histogram;
 
 type CallResult = Result<Vec<Output>, CallError>;
 
@@ -21,6 +24,8 @@ type Job = Box<dyn FnOnce(&mut Worker) + Send>;
 pub struct WorkerPool {
     jobs: Option<mpsc::Sender<Job>>,
     threads: Vec<JoinHandle<()>>,
+    /// Where the time of each `handle` and `stream-id` call goes.
+    timings: Arc<Histogram>,
 }
 
 impl WorkerPool {
@@ -40,7 +45,14 @@ impl WorkerPool {
         WorkerPool {
             jobs: Some(jobs),
             threads,
+            timings: Arc::default(),
         }
+    }
+
+    /// Records the time of every `handle` and `stream-id` call in `timings`.
+    pub(crate) fn timed(mut self, timings: Arc<Histogram>) -> Self {
+        self.timings = timings;
+        self
     }
 
     /// Runs each message's handler on it, in order, on one worker, and
@@ -52,6 +64,7 @@ impl WorkerPool {
         calls: Vec<(Arc<dyn Handler>, Arc<Message>)>,
         spans: Vec<tracing::Span>,
     ) -> Vec<CallResult> {
+        let timings = self.timings.clone();
         self.run(move |worker| {
             calls
                 .iter()
@@ -62,7 +75,11 @@ impl WorkerPool {
                     let _handle = spans
                         .get(i)
                         .map(|_| tracing::info_span!("handle").entered());
-                    worker.with_instance(handler, |instance| instance.handle(message))
+                    let started = Instant::now();
+                    let outcome =
+                        worker.with_instance(handler, |instance| instance.handle(message));
+                    timings.observe(started.elapsed());
+                    outcome
                 })
                 .collect()
         })
@@ -76,6 +93,7 @@ impl WorkerPool {
         calls: Vec<(Arc<dyn Handler>, Arc<Message>)>,
         spans: Vec<tracing::Span>,
     ) -> Vec<Result<Option<String>, CallError>> {
+        let timings = self.timings.clone();
         self.run(move |worker| {
             calls
                 .iter()
@@ -83,9 +101,12 @@ impl WorkerPool {
                 .map(|((handler, message), span)| {
                     let _message = span.enter();
                     let _call = tracing::info_span!("stream-id").entered();
-                    worker.with_instance(handler, |instance| {
+                    let started = Instant::now();
+                    let outcome = worker.with_instance(handler, |instance| {
                         crate::decider::decider_of(instance)?.stream_id(message)
-                    })
+                    });
+                    timings.observe(started.elapsed());
+                    outcome
                 })
                 .collect()
         })

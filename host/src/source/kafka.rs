@@ -72,7 +72,18 @@ pub(crate) struct SourceContext {
     health: Arc<Health>,
 }
 
-impl ClientContext for SourceContext {}
+impl ClientContext for SourceContext {
+    /// librdkafka's periodic statistics: the lag of each assigned partition.
+    fn stats(&self, statistics: rdkafka::Statistics) {
+        let lags = statistics.topics.iter().flat_map(|(topic, t)| {
+            t.partitions
+                .values()
+                .filter(|p| p.desired && p.partition >= 0 && p.consumer_lag >= 0)
+                .map(move |p| ((topic.clone(), p.partition), p.consumer_lag))
+        });
+        self.health.lags(lags.collect());
+    }
+}
 
 impl ConsumerContext for SourceContext {
     // Runs before librdkafka (incrementally) assigns or revokes. A queue split
@@ -343,7 +354,9 @@ impl KafkaSource {
             .set("auto.offset.reset", "earliest")
             .set("partition.assignment.strategy", "cooperative-sticky")
             .set("queued.max.messages.kbytes", "4096")
-            .set("queued.min.messages", "5000");
+            .set("queued.min.messages", "5000")
+            // Partition lags for /metrics come from librdkafka's statistics.
+            .set("statistics.interval.ms", "1000");
         for (key, value) in &config.kafka.consumer {
             client.set(key, value);
         }

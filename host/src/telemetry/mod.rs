@@ -1,8 +1,12 @@
 //! What a run did: counters for every run, and (for the demo and tests) a
 //! record of each confirmed publish and dead letter, with a readable summary.
 
+mod histogram;
 pub(crate) mod trace;
 
+pub use histogram::Histogram;
+
+use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -143,9 +147,29 @@ pub(crate) struct Health {
     /// The consumer joined its group (an assignment came, even an empty
     /// one), or the source needs no group (a file).
     joined: AtomicBool,
+    /// Messages behind the end, per assigned partition, as last reported.
+    lags: Mutex<BTreeMap<(String, i32), i64>>,
 }
 
 impl Health {
+    /// The partitions' lags, replacing the last report.
+    pub(crate) fn lags(&self, lags: BTreeMap<(String, i32), i64>) {
+        *self.lags.lock().expect("lags lock") = lags;
+    }
+
+    /// The lags in Prometheus text.
+    pub(crate) fn write_metrics(&self, out: &mut String) {
+        out.push_str("# HELP sluice_consumer_lag Messages between the committed offset and the end, per assigned partition.\n");
+        out.push_str("# TYPE sluice_consumer_lag gauge\n");
+        for ((topic, partition), lag) in self.lags.lock().expect("lags lock").iter() {
+            let topic = crate::admin::label(topic);
+            let _ = writeln!(
+                out,
+                "sluice_consumer_lag{{topic=\"{topic}\",partition=\"{partition}\"}} {lag}"
+            );
+        }
+    }
+
     pub(crate) fn joined(&self) {
         self.joined.store(true, Ordering::Relaxed);
     }
@@ -170,6 +194,42 @@ pub(crate) struct Telemetry {
     by_version: Mutex<Vec<(String, String, [u64; Outcome::ALL.len()])>>,
     records: Option<Mutex<Vec<Record>>>,
     decider: Arc<DeciderStats>,
+    /// Time spent per phase of a message's way.
+    phases: [Arc<Histogram>; Phase::ALL.len()],
+    /// Dead letters confirmed, by stage and reason.
+    dead_letters: Mutex<BTreeMap<(&'static str, &'static str), u64>>,
+}
+
+/// A timed part of a message's way (the `stage` label of
+/// `sluice_stage_seconds`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Phase {
+    /// The handler call (or a decider's `stream-id`), on a worker.
+    Handle,
+    /// A decider's load, fold, decide and append (conflict re-runs included).
+    Decide,
+    /// Running the outputs until each is handed over.
+    Interpret,
+    /// From the batch reaching the pipeline to the message's ack.
+    EndToEnd,
+}
+
+impl Phase {
+    const ALL: [Phase; 4] = [
+        Phase::Handle,
+        Phase::Decide,
+        Phase::Interpret,
+        Phase::EndToEnd,
+    ];
+
+    fn as_str(self) -> &'static str {
+        match self {
+            Phase::Handle => "handle",
+            Phase::Decide => "decide",
+            Phase::Interpret => "interpret",
+            Phase::EndToEnd => "end-to-end",
+        }
+    }
 }
 
 /// How a message ended, as counted per handler version.
@@ -202,6 +262,21 @@ impl Telemetry {
             records: keep_records.then(Mutex::default),
             ..Telemetry::default()
         }
+    }
+
+    /// The histogram of a phase.
+    pub(crate) fn phase(&self, phase: Phase) -> &Arc<Histogram> {
+        &self.phases[phase as usize]
+    }
+
+    /// Counts a dead letter by where and why.
+    pub(crate) fn dead_lettered_for(&self, stage: &'static str, reason: &'static str) {
+        *self
+            .dead_letters
+            .lock()
+            .expect("dead letters lock")
+            .entry((stage, reason))
+            .or_default() += 1;
     }
 
     /// The deciders' counters, which the decider keeps.
@@ -305,6 +380,22 @@ impl Telemetry {
                 "# HELP {name} {help}\n# TYPE {name} counter\n{name} {}",
                 value.load(Ordering::Relaxed)
             );
+        }
+        out.push_str("# HELP sluice_dead_letters_by_reason_total Dead letters confirmed, by stage and reason.\n");
+        out.push_str("# TYPE sluice_dead_letters_by_reason_total counter\n");
+        for ((stage, reason), count) in self.dead_letters.lock().expect("dead letters lock").iter()
+        {
+            let _ = writeln!(
+                out,
+                "sluice_dead_letters_by_reason_total{{stage=\"{stage}\",reason=\"{reason}\"}} {count}"
+            );
+        }
+        out.push_str("# HELP sluice_stage_seconds Time messages spend per stage.\n");
+        out.push_str("# TYPE sluice_stage_seconds histogram\n");
+        for phase in Phase::ALL {
+            let labels = format!("stage=\"{}\",", phase.as_str());
+            self.phase(phase)
+                .write(out, "sluice_stage_seconds", &labels);
         }
         let decider = self.decider.counts();
         for (name, help, value) in [

@@ -14,6 +14,8 @@ use crate::contract::{Header, Message};
 /// and its outputs' spans belong to.
 #[derive(Debug, Clone)]
 pub(crate) struct MessageTrace {
+    /// When the pipeline took the message in (for `end-to-end` timing).
+    pub(crate) started: std::time::Instant,
     pub(crate) context: TraceContext,
     pub(crate) correlation: Option<Header>,
     pub(crate) span: tracing::Span,
@@ -59,6 +61,7 @@ impl MessageTrace {
             span.record("correlation_id", crate::telemetry::readable(&header.value));
         }
         MessageTrace {
+            started: std::time::Instant::now(),
             context,
             correlation,
             span,

@@ -1,0 +1,99 @@
+//! Latency histograms in Prometheus form: fixed buckets, lock-free.
+
+use std::fmt::Write as _;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+/// Bucket upper bounds, in seconds: 100 µs to 10 s.
+const BOUNDS: [f64; 14] = [
+    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0, 2.5, 10.0,
+];
+
+/// Counts of observed durations per bucket, their sum and count.
+#[derive(Debug, Default)]
+pub struct Histogram {
+    buckets: [AtomicU64; BOUNDS.len()],
+    count: AtomicU64,
+    sum_micros: AtomicU64,
+}
+
+impl Histogram {
+    /// Records one duration.
+    pub fn observe(&self, took: Duration) {
+        let seconds = took.as_secs_f64();
+        if let Some(i) = BOUNDS.iter().position(|b| seconds <= *b) {
+            self.buckets[i].fetch_add(1, Ordering::Relaxed);
+        }
+        self.count.fetch_add(1, Ordering::Relaxed);
+        self.sum_micros
+            .fetch_add(took.as_micros() as u64, Ordering::Relaxed);
+    }
+
+    /// Durations recorded.
+    pub fn count(&self) -> u64 {
+        self.count.load(Ordering::Relaxed)
+    }
+
+    /// The smallest bucket bound under which `quantile` of the durations
+    /// fall (an upper estimate; `None` before any).
+    pub fn quantile(&self, quantile: f64) -> Option<Duration> {
+        let count = self.count();
+        if count == 0 {
+            return None;
+        }
+        let wanted = (count as f64 * quantile).ceil() as u64;
+        let mut seen = 0;
+        for (bucket, bound) in self.buckets.iter().zip(BOUNDS) {
+            seen += bucket.load(Ordering::Relaxed);
+            if seen >= wanted {
+                return Some(Duration::from_secs_f64(bound));
+            }
+        }
+        Some(Duration::from_secs_f64(BOUNDS[BOUNDS.len() - 1]))
+    }
+
+    /// Writes the series of metric `name` with extra `labels` (`a="b",`).
+    pub(crate) fn write(&self, out: &mut String, name: &str, labels: &str) {
+        let mut cumulative = 0;
+        for (bucket, bound) in self.buckets.iter().zip(BOUNDS) {
+            cumulative += bucket.load(Ordering::Relaxed);
+            let _ = writeln!(out, "{name}_bucket{{{labels}le=\"{bound}\"}} {cumulative}");
+        }
+        let count = self.count();
+        let _ = writeln!(out, "{name}_bucket{{{labels}le=\"+Inf\"}} {count}");
+        let sum = self.sum_micros.load(Ordering::Relaxed) as f64 / 1e6;
+        let trimmed = labels.trim_end_matches(',');
+        let _ = writeln!(out, "{name}_sum{{{trimmed}}} {sum}");
+        let _ = writeln!(out, "{name}_count{{{trimmed}}} {count}");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn buckets_are_cumulative_and_quantiles_bounded() {
+        let h = Histogram::default();
+        for ms in [1, 2, 3, 40, 900] {
+            h.observe(Duration::from_millis(ms));
+        }
+        let mut out = String::new();
+        h.write(&mut out, "t", "stage=\"x\",");
+        assert!(
+            out.contains("t_bucket{stage=\"x\",le=\"0.001\"} 1\n"),
+            "{out}"
+        );
+        assert!(
+            out.contains("t_bucket{stage=\"x\",le=\"0.005\"} 3\n"),
+            "{out}"
+        );
+        assert!(
+            out.contains("t_bucket{stage=\"x\",le=\"+Inf\"} 5\n"),
+            "{out}"
+        );
+        assert!(out.contains("t_count{stage=\"x\"} 5\n"), "{out}");
+        assert_eq!(h.quantile(0.5), Some(Duration::from_secs_f64(0.0025)));
+        assert_eq!(h.quantile(0.99), Some(Duration::from_secs_f64(1.0)));
+    }
+}
