@@ -136,6 +136,33 @@ async fn metrics(Extract(state): Extract<State>) -> impl IntoResponse {
     let _ = writeln!(out, "sluice_handler_swaps_total {}", state.registry.swaps());
     state.telemetry.write_metrics(&mut out);
     state.breakers.write_metrics(&mut out);
+    out.push_str("# HELP sluice_instances Live instances per handler version in service.\n");
+    out.push_str("# TYPE sluice_instances gauge\n");
+    let serving = state.registry.serving_handlers();
+    let gauges = || {
+        serving.iter().filter_map(|h| {
+            let labels = format!(
+                "handler=\"{}\",version=\"{}\"",
+                label(h.name()),
+                label(h.version())
+            );
+            h.gauges().map(|g| (labels, g))
+        })
+    };
+    for (labels, g) in gauges() {
+        let _ = writeln!(out, "sluice_instances{{{labels}}} {}", g.instances());
+    }
+    out.push_str(
+        "# HELP sluice_guest_memory_bytes Linear memory held by a version's live instances.\n",
+    );
+    out.push_str("# TYPE sluice_guest_memory_bytes gauge\n");
+    for (labels, g) in gauges() {
+        let _ = writeln!(
+            out,
+            "sluice_guest_memory_bytes{{{labels}}} {}",
+            g.memory_bytes()
+        );
+    }
     state.health.write_metrics(&mut out);
     out.push_str("# HELP sluice_in_flight Messages received and not yet committed.\n");
     out.push_str("# TYPE sluice_in_flight gauge\n");

@@ -151,6 +151,15 @@ fn metrics_count_a_known_run_exactly() {
     for (series, value) in expect {
         assert_eq!(metric(&page, series), Some(value), "{series} in:\n{page}");
     }
+    // The worker that served keeps its instance, and the instance its memory.
+    let version = "{handler=\"test-faults\",version=\"0.1.0\"}";
+    let instances = metric(&page, &format!("sluice_instances{version}")).unwrap();
+    assert!((1.0..=4.0).contains(&instances), "{instances} instances");
+    let memory = metric(&page, &format!("sluice_guest_memory_bytes{version}")).unwrap();
+    assert!(
+        memory >= instances * 65536.0,
+        "{memory} bytes of guest memory"
+    );
     host.signal(libc::SIGTERM);
     host.wait_ok();
 }

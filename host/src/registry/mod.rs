@@ -417,6 +417,20 @@ impl Registry {
         self.selections.values().flat_map(|s| s.status()).collect()
     }
 
+    /// Every version in service (active, canary, shadow), all handlers.
+    pub(crate) fn serving_handlers(&self) -> Vec<Arc<dyn Handler>> {
+        self.selections
+            .values()
+            .flat_map(|selection| {
+                let serving = selection.serving();
+                let mut handlers = vec![serving.active.handler.clone()];
+                handlers.extend(serving.canary.iter().map(|(c, _)| c.handler.clone()));
+                handlers.extend(serving.shadow.iter().map(|s| s.handler.clone()));
+                handlers
+            })
+            .collect()
+    }
+
     /// Swaps since start, all handlers together.
     pub(crate) fn swaps(&self) -> u64 {
         self.selections.values().map(|s| s.swaps()).sum()

@@ -12,7 +12,7 @@ use super::bindings::{
     ContractVersion, DECIDE_INTERFACE, DeciderPre, HANDLE_INTERFACE, HandlerPre,
 };
 use super::cache::content_hash;
-use super::sandbox::{GuestTag, LineBudget};
+use super::sandbox::{GuestTag, InstanceGauges, LineBudget};
 use super::{
     CallLimits, Handler, HandlerInstance, HandlerKind, Runtime, Trap, WasmInstance, one_line,
 };
@@ -161,6 +161,10 @@ impl Handler for WasmHandler {
         self.limits.calls_per_instance
     }
 
+    fn gauges(&self) -> Option<&InstanceGauges> {
+        Some(&self.tag.gauges)
+    }
+
     fn kind(&self) -> HandlerKind {
         match self.pre {
             Pre::Handle(_) => HandlerKind::Handler,
@@ -263,6 +267,7 @@ impl Runtime {
             tag: GuestTag {
                 name: name.into(),
                 version: version.into(),
+                gauges: Arc::default(),
             },
             contract: contract_version,
             pre,

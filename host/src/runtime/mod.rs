@@ -23,6 +23,7 @@ pub use bindings::ContractVersion;
 pub(crate) use cache::content_hash;
 pub use component::{Inspection, LoadError, LoadProblem, WasmHandler};
 pub use pool::WorkerPool;
+pub use sandbox::InstanceGauges;
 
 use crate::config::{Config, InstanceStrategy, Limits};
 use crate::contract::{Decision, Event, HandleError, Message, Output};
@@ -50,6 +51,10 @@ pub trait Handler: Send + Sync + 'static {
     /// Which world it implements.
     fn kind(&self) -> HandlerKind {
         HandlerKind::Handler
+    }
+    /// Its live instances and their memory, if it counts them.
+    fn gauges(&self) -> Option<&InstanceGauges> {
+        None
     }
 }
 

@@ -6,6 +6,7 @@
 
 use std::collections::VecDeque;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicI64, Ordering as AtomicOrdering};
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::Instant;
@@ -83,10 +84,18 @@ impl GuestState {
         GuestState {
             wasi: wasi.build(),
             table: ResourceTable::new(),
-            caps: Caps {
-                memory_bytes: limits.memory_bytes,
-                table_elements: limits.max_table_elements,
-                instances: limits.max_instances,
+            caps: {
+                handler
+                    .gauges
+                    .instances
+                    .fetch_add(1, AtomicOrdering::Relaxed);
+                Caps {
+                    memory_bytes: limits.memory_bytes,
+                    table_elements: limits.max_table_elements,
+                    instances: limits.max_instances,
+                    gauges: handler.gauges.clone(),
+                    grown: 0,
+                }
             },
             stderr_tail,
             clocks,
@@ -137,11 +146,32 @@ impl GuestState {
     }
 }
 
-/// Handler name and version, attached to everything the guest emits.
+/// Handler name and version, attached to everything the guest emits, and
+/// the gauges its instances count themselves in.
 #[derive(Debug, Clone)]
 pub(crate) struct GuestTag {
     pub(crate) name: Arc<str>,
     pub(crate) version: Arc<str>,
+    pub(crate) gauges: Arc<InstanceGauges>,
+}
+
+/// Live instances of one handler version and the linear memory they hold.
+#[derive(Debug, Default)]
+pub struct InstanceGauges {
+    instances: AtomicI64,
+    memory_bytes: AtomicI64,
+}
+
+impl InstanceGauges {
+    /// Live instances.
+    pub fn instances(&self) -> i64 {
+        self.instances.load(AtomicOrdering::Relaxed)
+    }
+
+    /// Bytes of linear memory they hold.
+    pub fn memory_bytes(&self) -> i64 {
+        self.memory_bytes.load(AtomicOrdering::Relaxed)
+    }
 }
 
 /// Refuses growth of memories and tables beyond their caps with a typed
@@ -151,6 +181,19 @@ pub(crate) struct Caps {
     memory_bytes: usize,
     table_elements: usize,
     instances: usize,
+    /// Where this instance counts itself and its memory, while it lives.
+    gauges: Arc<InstanceGauges>,
+    /// Linear memory this instance grew, all memories together.
+    grown: usize,
+}
+
+impl Drop for Caps {
+    fn drop(&mut self) {
+        self.gauges.instances.fetch_sub(1, AtomicOrdering::Relaxed);
+        self.gauges
+            .memory_bytes
+            .fetch_sub(self.grown as i64, AtomicOrdering::Relaxed);
+    }
 }
 
 /// The error a guest's memory or table growth fails with past its cap.
@@ -166,7 +209,7 @@ pub(crate) struct CapExceeded {
 impl ResourceLimiter for Caps {
     fn memory_growing(
         &mut self,
-        _current: usize,
+        current: usize,
         desired: usize,
         _maximum: Option<usize>,
     ) -> wasmtime::Result<bool> {
@@ -179,6 +222,11 @@ impl ResourceLimiter for Caps {
             }
             .into());
         }
+        let grown = desired.saturating_sub(current);
+        self.grown += grown;
+        self.gauges
+            .memory_bytes
+            .fetch_add(grown as i64, AtomicOrdering::Relaxed);
         Ok(true)
     }
 
