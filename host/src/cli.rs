@@ -3,6 +3,7 @@
 use std::path::PathBuf;
 
 use clap::{Parser, Subcommand};
+use sluice::source::range::Position;
 
 /// Runs microservice handlers as sandboxed WebAssembly components over Kafka.
 #[derive(Debug, Parser)]
@@ -45,8 +46,25 @@ pub enum Command {
         #[arg(long)]
         handler: PathBuf,
         /// Messages, one JSON object per line.
+        #[arg(long, required_unless_present = "topic", conflicts_with = "topic")]
+        input: Option<PathBuf>,
+        /// Replay a range of this topic instead (with `--brokers`).
+        #[arg(long, requires = "brokers")]
+        topic: Option<String>,
+        /// The brokers holding `--topic` (`host:port[,host:port...]`).
         #[arg(long)]
-        input: PathBuf,
+        brokers: Option<String>,
+        /// Where each partition's range starts: an offset, or an RFC 3339
+        /// time (the first message at or after it); default: the beginning.
+        #[arg(long, requires = "topic")]
+        from: Option<Position>,
+        /// Where it ends (exclusive), likewise; default: the current end.
+        #[arg(long, requires = "topic")]
+        to: Option<Position>,
+        /// Another version of the handler: run it on the same messages and
+        /// say, per message, whether its outcome differs.
+        #[arg(long)]
+        against: Option<PathBuf>,
         /// Wall-clock deadline per call, in milliseconds.
         #[arg(long, default_value_t = 1000)]
         deadline_ms: u64,

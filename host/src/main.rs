@@ -10,6 +10,7 @@ use clap::Parser;
 use sluice::config::{Config, Limits};
 use sluice::registry::{self, VersionState, VersionStatus};
 use sluice::runtime::{Inspection, Runtime};
+use sluice::source::range::Position;
 use sluice::telemetry::Stop;
 use sluice::{RunOptions, replay};
 use tracing_subscriber::EnvFilter;
@@ -78,6 +79,11 @@ fn execute(command: Command) -> anyhow::Result<ExitCode> {
         Command::Replay {
             handler,
             input,
+            topic,
+            brokers,
+            from,
+            to,
+            against,
             deadline_ms,
             memory_mib,
         } => {
@@ -86,9 +92,47 @@ fn execute(command: Command) -> anyhow::Result<ExitCode> {
                 memory_mib,
                 ..Limits::default()
             };
+            let input = match (input, topic, brokers) {
+                (Some(file), _, _) => replay::ReplayInput::File(file),
+                (None, Some(topic), Some(brokers)) => replay::ReplayInput::Topic {
+                    brokers,
+                    topic,
+                    from: from.unwrap_or(Position::Edge),
+                    to: to.unwrap_or(Position::Edge),
+                },
+                _ => anyhow::bail!("replay needs --input FILE, or --topic T with --brokers B"),
+            };
+            // A progress bar on a terminal; nothing otherwise.
+            let bar = indicatif::ProgressBar::with_draw_target(
+                None,
+                if std::io::stderr().is_terminal() {
+                    indicatif::ProgressDrawTarget::stderr()
+                } else {
+                    indicatif::ProgressDrawTarget::hidden()
+                },
+            );
+            let mut progress = |step| match step {
+                replay::Progress::Total(total) => bar.set_length(total),
+                replay::Progress::Done => bar.inc(1),
+            };
             let stdout = std::io::stdout();
             let mut out = std::io::BufWriter::new(stdout.lock());
-            replay::replay(&handler, &input, &limits, &mut out)?;
+            let stats = replay::replay(
+                &handler,
+                &input,
+                against.as_deref(),
+                &limits,
+                &mut out,
+                &mut progress,
+            )?;
+            bar.finish_and_clear();
+            if against.is_some() {
+                eprintln!(
+                    "{} messages replayed; the other version's outcome differs on {}",
+                    stats.succeeded + stats.failed,
+                    stats.differ
+                );
+            }
             Ok(ExitCode::SUCCESS)
         }
         Command::Handlers { config, admin } => {

@@ -1,9 +1,12 @@
-//! `sluice replay`: run a handler component on messages from a JSONL file,
-//! with no broker, and print one JSON line per input: its outputs, or its
-//! error. Nothing is executed; this is how a handler is tried and tested.
+//! `sluice replay`: run a handler component on messages from a JSONL file
+//! or a range of a topic, and print one JSON line per input: its outputs, or
+//! its error; with `against`, another version's too, and whether they
+//! differ. Nothing is executed: this is how a handler is tried and tested,
+//! and how a new version is compared with history before it serves.
 
 use std::io::Write;
-use std::path::Path;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use base64::Engine as _;
 use serde_json::{Map, Value, json};
@@ -12,9 +15,10 @@ use crate::config::Limits;
 use crate::contract::{Header, Message, Output};
 use crate::registry::HandlerFile;
 use crate::runtime::{
-    CallError, Handler, HandlerInstance, HandlerKind, LoadError, Runtime, RuntimeError,
+    CallError, Handler, HandlerInstance, HandlerKind, LoadError, Runtime, RuntimeError, WasmHandler,
 };
 use crate::source::jsonl::{JsonlError, JsonlReader};
+use crate::source::range::{Position, TopicRange};
 
 /// Why a replay could not run to the end.
 #[derive(Debug, thiserror::Error)]
@@ -28,6 +32,14 @@ pub enum ReplayError {
     /// A line of the input is not a message.
     #[error(transparent)]
     Input(#[from] JsonlError),
+    /// The topic cannot be read.
+    #[error("reading {topic}: {source}")]
+    Topic {
+        /// The topic.
+        topic: String,
+        /// What the client said.
+        source: rdkafka::error::KafkaError,
+    },
     /// The component is a decider: its decisions need its stream.
     #[error(
         "{0} is a decider: replay runs handlers only; run a decider over a file with `sluice run` and `[source] file = ...`"
@@ -45,60 +57,141 @@ pub struct ReplayStats {
     pub succeeded: u64,
     /// Inputs whose handler returned an error or trapped.
     pub failed: u64,
+    /// Inputs on which the `against` version's outcome differs.
+    pub differ: u64,
 }
 
-/// Runs `handler` on every message of `input`, writing one JSON line each to `out`.
+/// Where a replay's messages come from.
+#[derive(Debug, Clone)]
+pub enum ReplayInput {
+    /// A JSONL file.
+    File(PathBuf),
+    /// A range of a topic.
+    Topic {
+        /// Bootstrap servers.
+        brokers: String,
+        /// The topic.
+        topic: String,
+        /// Where each partition's range starts.
+        from: Position,
+        /// Where it ends (exclusive).
+        to: Position,
+    },
+}
+
+/// Runs `handler` (and `against`, if given) on every message of `input`,
+/// writing one JSON line each to `out`; `progress` hears of each message.
 pub fn replay(
     handler: &Path,
-    input: &Path,
+    input: &ReplayInput,
+    against: Option<&Path>,
     limits: &Limits,
     out: &mut dyn Write,
+    progress: &mut dyn FnMut(Progress),
 ) -> Result<ReplayStats, ReplayError> {
     let runtime = Runtime::new(limits)?;
-    let (name, version) = HandlerFile::from_path(handler).map_or_else(
-        || {
-            let stem = handler
-                .file_stem()
-                .and_then(|s| s.to_str())
-                .unwrap_or("handler");
-            (stem.to_owned(), "unversioned".to_owned())
-        },
-        |file| (file.name, file.version.to_string()),
-    );
-    let handler = runtime.load(handler, &name, &version)?;
-    if handler.kind() == HandlerKind::Decider {
-        return Err(ReplayError::Decider(name));
-    }
-    let mut instance: Option<Box<dyn HandlerInstance>> = None;
-    let mut stats = ReplayStats::default();
-    for message in JsonlReader::open(input)? {
-        let message = message?;
-        let outcome = match instance.take() {
-            Some(i) => Ok(i),
-            None => handler.instantiate(),
+    let mut served = Replayer::load(&runtime, handler)?;
+    let mut other = against
+        .map(|path| Replayer::load(&runtime, path))
+        .transpose()?;
+    let messages: Box<dyn Iterator<Item = Result<Message, ReplayError>>> = match input {
+        ReplayInput::File(path) => {
+            Box::new(JsonlReader::open(path)?.map(|m| m.map_err(ReplayError::from)))
         }
-        .map_err(CallError::Trap)
-        .and_then(|mut i| {
-            let outcome = i.handle(&message);
-            // A trapped instance is never reused.
-            if !matches!(outcome, Err(CallError::Trap(_))) {
-                instance = Some(i);
-            }
-            outcome
-        });
+        ReplayInput::Topic {
+            brokers,
+            topic,
+            from,
+            to,
+        } => {
+            let failed = |source| ReplayError::Topic {
+                topic: topic.clone(),
+                source,
+            };
+            let range = TopicRange::open(brokers, topic, *from, *to).map_err(failed)?;
+            progress(Progress::Total(range.len()));
+            Box::new(range.map(move |m| m.map_err(failed)))
+        }
+    };
+    let mut stats = ReplayStats::default();
+    for message in messages {
+        let message = message?;
+        let outcome = served.call(&message);
         match &outcome {
             Ok(_) => stats.succeeded += 1,
             Err(_) => stats.failed += 1,
         }
-        serde_json::to_writer(&mut *out, &line(&message, outcome)).map_err(std::io::Error::from)?;
+        let mut line = line(&message, outcome);
+        if let Some(other) = &mut other {
+            let theirs = canonical(&other.call(&message));
+            let differs = theirs
+                .as_object()
+                .is_some_and(|theirs| theirs.iter().any(|(k, v)| line.get(k) != Some(v)));
+            stats.differ += u64::from(differs);
+            line.insert("against".into(), theirs);
+            line.insert("differs".into(), json!(differs));
+        }
+        serde_json::to_writer(&mut *out, &Value::Object(line)).map_err(std::io::Error::from)?;
         out.write_all(b"\n")?;
+        progress(Progress::Done);
     }
     out.flush()?;
     Ok(stats)
 }
 
+/// What a replay reports as it goes.
+#[derive(Debug, Clone, Copy)]
+pub enum Progress {
+    /// How many messages there are, when known.
+    Total(u64),
+    /// One more message replayed.
+    Done,
+}
+
+/// A handler loaded for replay, with its current instance.
+struct Replayer {
+    handler: Arc<WasmHandler>,
+    instance: Option<Box<dyn HandlerInstance>>,
+}
+
+impl Replayer {
+    fn load(runtime: &Runtime, path: &Path) -> Result<Replayer, ReplayError> {
+        let (name, version) = HandlerFile::from_path(path).map_or_else(
+            || {
+                let stem = path
+                    .file_stem()
+                    .and_then(|s| s.to_str())
+                    .unwrap_or("handler");
+                (stem.to_owned(), "unversioned".to_owned())
+            },
+            |file| (file.name, file.version.to_string()),
+        );
+        let handler = runtime.load(path, &name, &version)?;
+        if handler.kind() == HandlerKind::Decider {
+            return Err(ReplayError::Decider(name));
+        }
+        Ok(Replayer {
+            handler,
+            instance: None,
+        })
+    }
+
+    fn call(&mut self, message: &Message) -> Result<Vec<Output>, CallError> {
+        let mut instance = match self.instance.take() {
+            Some(instance) => instance,
+            None => self.handler.instantiate().map_err(CallError::Trap)?,
+        };
+        let outcome = instance.handle(message);
+        // A trapped instance is never reused.
+        if !matches!(outcome, Err(CallError::Trap(_))) {
+            self.instance = Some(instance);
+        }
+        outcome
+    }
+}
+
 /// The JSON line for one input.
-fn line(message: &Message, outcome: Result<Vec<Output>, CallError>) -> Value {
+fn line(message: &Message, outcome: Result<Vec<Output>, CallError>) -> Map<String, Value> {
     let mut line = Map::new();
     line.insert("topic".into(), json!(message.topic));
     line.insert("partition".into(), json!(message.partition));
@@ -106,7 +199,7 @@ fn line(message: &Message, outcome: Result<Vec<Output>, CallError>) -> Value {
     if let Value::Object(outcome) = canonical(&outcome) {
         line.extend(outcome);
     }
-    Value::Object(line)
+    line
 }
 
 /// A call's outcome in canonical form: `{"outputs": [...]}` or

@@ -163,3 +163,118 @@ fn metrics_count_a_known_run_exactly() {
     host.signal(libc::SIGTERM);
     host.wait_ok();
 }
+
+/// `sluice replay` on a topic: the (partition, offset) of each line, and
+/// the lines, and what it said on stderr.
+fn replay_topic(brokers: &str, args: &[&str]) -> (Vec<(i64, i64)>, Vec<serde_json::Value>, String) {
+    let output = sluice()
+        .args(["replay", "--handler"])
+        .arg(component("test-echo"))
+        .args(["--brokers", brokers, "--topic", "in"])
+        .args(args)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr).into_owned();
+    assert!(output.status.success(), "{stderr}");
+    let lines: Vec<serde_json::Value> = String::from_utf8(output.stdout)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let mut places: Vec<(i64, i64)> = lines
+        .iter()
+        .map(|l| {
+            (
+                l["partition"].as_i64().unwrap(),
+                l["offset"].as_i64().unwrap(),
+            )
+        })
+        .collect();
+    places.sort();
+    (places, lines, stderr)
+}
+
+#[test]
+fn replay_reads_a_topic_range_by_offset_or_time_and_compares_two_versions() {
+    // 2026-01-01T00:00:00Z.
+    const BASE: u64 = 1_767_225_600_000;
+    let broker = EmbeddedBroker::start().unwrap();
+    let brokers = broker.bootstrap_servers();
+    broker.create_topic("in", 2).unwrap();
+    let at = |partition: i32, i: u64, payload: &str, timestamp: u64| {
+        let mut m = message("in", partition, "k", payload);
+        m.timestamp = timestamp;
+        let _ = i;
+        m
+    };
+    let mut messages: Vec<_> = (0..5)
+        .map(|i| {
+            let payload = if i == 3 {
+                "changed:x".to_owned()
+            } else {
+                format!("p0-{i}")
+            };
+            at(0, i, &payload, BASE + i * 1000)
+        })
+        .collect();
+    messages.extend((0..3).map(|j| at(1, j, &format!("p1-{j}"), BASE + j * 1000 + 500)));
+    broker.produce(&messages).unwrap();
+
+    let (places, lines, _) = replay_topic(brokers, &["--from", "2", "--to", "4"]);
+    assert_eq!(places, [(0, 2), (0, 3), (1, 2)]);
+    assert!(lines.iter().all(|l| l["outputs"].is_array()), "{lines:?}");
+
+    let (places, _, _) = replay_topic(brokers, &["--from", "2026-01-01T00:00:03Z"]);
+    assert_eq!(
+        places,
+        [(0, 3), (0, 4)],
+        "from the first message at or after the time"
+    );
+    let (places, _, _) = replay_topic(brokers, &["--to", "2026-01-01T00:00:01Z"]);
+    assert_eq!(
+        places,
+        [(0, 0), (1, 0)],
+        "up to the first message at or after the time"
+    );
+
+    let next = component("test-echo-next");
+    let next = next.to_str().unwrap();
+    let (places, lines, said) = replay_topic(brokers, &["--against", next]);
+    assert_eq!(places.len(), 8, "the whole topic by default");
+    let differing: Vec<_> = lines
+        .iter()
+        .filter(|l| l["differs"] == true)
+        .map(|l| {
+            (
+                l["partition"].as_i64().unwrap(),
+                l["offset"].as_i64().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        differing,
+        [(0, 3)],
+        "only changed:x is upper-cased by the next version"
+    );
+    let changed = lines
+        .iter()
+        .find(|l| l["offset"] == 3 && l["partition"] == 0)
+        .unwrap();
+    assert_eq!(changed["outputs"][0]["publish"]["payload"], "changed:x");
+    assert_eq!(
+        changed["against"]["outputs"][0]["publish"]["payload"],
+        "CHANGED:X"
+    );
+    assert!(said.contains("differs on 1"), "{said}");
+
+    // A topic that does not exist is one line and a failure.
+    let output = sluice()
+        .args(["replay", "--handler"])
+        .arg(component("test-echo"))
+        .args(["--brokers", brokers, "--topic", "nope"])
+        .output()
+        .unwrap();
+    assert!(!output.status.success());
+    let said = String::from_utf8_lossy(&output.stderr);
+    assert!(said.contains("reading nope"), "{said}");
+}

@@ -5,6 +5,7 @@
 pub mod jsonl;
 pub mod kafka;
 pub(crate) mod parked;
+pub mod range;
 
 use std::sync::Arc;
 
