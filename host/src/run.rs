@@ -150,6 +150,11 @@ pub async fn run(
             breakers.clone(),
             health.clone(),
             offsets.clone(),
+            config
+                .routes
+                .iter()
+                .map(|r| (r.topic.clone(), r.handler.clone()))
+                .collect(),
         );
         let listener = admin::bind(address)
             .await

@@ -278,3 +278,91 @@ fn replay_reads_a_topic_range_by_offset_or_time_and_compares_two_versions() {
     let said = String::from_utf8_lossy(&output.stderr);
     assert!(said.contains("reading nope"), "{said}");
 }
+
+/// Renders a page in headless Chromium: its DOM after load, and a
+/// screenshot saved as a test artifact.
+fn render_in_chromium(url: &str, screenshot: &std::path::Path) -> String {
+    let chromium = |extra: &[&str]| {
+        std::process::Command::new("chromium")
+            .args([
+                "--headless",
+                "--no-sandbox",
+                "--disable-gpu",
+                "--window-size=1280,1800",
+            ])
+            .args(extra)
+            .arg(url)
+            .output()
+            .expect("chromium (scripts/setup installs it)")
+    };
+    let dom = chromium(&["--dump-dom"]);
+    assert!(
+        dom.status.success(),
+        "{}",
+        String::from_utf8_lossy(&dom.stderr)
+    );
+    let shot = format!("--screenshot={}", screenshot.display());
+    let taken = chromium(&[&shot]);
+    assert!(
+        taken.status.success(),
+        "{}",
+        String::from_utf8_lossy(&taken.stderr)
+    );
+    String::from_utf8(dom.stdout).unwrap()
+}
+
+#[test]
+fn the_status_page_shows_the_shop_as_it_runs_in_chromium() {
+    let broker = EmbeddedBroker::start().unwrap();
+    let brokers = broker.bootstrap_servers();
+    crate::shop::seed(&broker);
+    let scratch = Scratch::new();
+    let routes = format!("{}\n[admin]\nlisten = \"0\"\n", crate::shop::ROUTES);
+    let config = scratch.write("shop.toml", config(brokers, "shop", &dist(), &routes));
+    let host = Host::start(&scratch, "host", &config, &[]);
+    let admin = admin_address(&scratch, "host");
+    wait_until("the shop's dead letters", || {
+        status_of(&admin, "/metrics")
+            .1
+            .contains("sluice_dead_letters_total 8")
+    });
+    let artifacts = repo().join("target/test-artifacts");
+    std::fs::create_dir_all(&artifacts).unwrap();
+    let screenshot = artifacts.join("status-page.png");
+    let _ = std::fs::remove_file(&screenshot);
+    let dom = render_in_chromium(&format!("http://{admin}/"), &screenshot);
+    host.signal(libc::SIGTERM);
+    host.wait_ok();
+
+    // Rendered, not just served: the text Chromium laid out, tag by tag.
+    let text: String = dom
+        .split('<')
+        .filter_map(|part| part.split_once('>').map(|(_, text)| text.trim()))
+        .filter(|text| !text.is_empty())
+        .collect::<Vec<_>>()
+        .join("|");
+    for expected in [
+        "ready",
+        "order-shipped|order-shipped-email",
+        "sku-commands|sku-coupon",
+        "cancel-order|0.2.0|active",
+        "cancel-order|0.1.0|standby",
+        "order-shipped-email|0.1.0|active|4|3|0",
+        "order-shipped/1/0|handle|rejected|order o-1003: customer has no email",
+        "end-to-end",
+        "invalid-input",
+        "none",
+        "0 messages compared, 0 differed",
+    ] {
+        assert!(
+            text.contains(expected),
+            "the page lacks {expected:?}:\n{text}"
+        );
+    }
+    let png = std::fs::read(&screenshot).expect("a screenshot");
+    assert!(
+        png.starts_with(b"\x89PNG") && png.len() > 10_000,
+        "{} bytes",
+        png.len()
+    );
+}

@@ -17,7 +17,7 @@ const OUTPUT_TOPICS: [&str; 6] = [
 ];
 const INPUT_TOPICS: [&str; 3] = ["order-shipped", "order-cancel-requests", "sku-commands"];
 
-const ROUTES: &str = r#"
+pub const ROUTES: &str = r#"
 [[routes]]
 topic = "order-shipped"
 handler = "order-shipped-email"
@@ -33,7 +33,7 @@ handler = "sku-coupon"
 "#;
 
 /// Seeds the shop messages the way the demo does: four partitions, by key.
-fn seed(broker: &EmbeddedBroker) {
+pub fn seed(broker: &EmbeddedBroker) {
     for topic in INPUT_TOPICS {
         broker.create_topic(topic, 4).unwrap();
         let file = repo().join(format!("examples/shop/messages/{topic}.jsonl"));

@@ -23,7 +23,7 @@ use crate::policy::retry::Retries;
 use crate::policy::{self, DeadLetter};
 use crate::runtime::Handler;
 use crate::telemetry::trace::MessageTrace;
-use crate::telemetry::{Origin, Record, Telemetry};
+use crate::telemetry::{Origin, RecentDeadLetter, Record, Telemetry};
 use http::HttpClient;
 use publish::{Landed, Publisher};
 use tracing::Instrument;
@@ -390,6 +390,18 @@ fn account(
             Purpose::DeadLetter(dead) => {
                 telemetry.dead_lettered();
                 telemetry.dead_lettered_for(dead.stage.as_str(), dead.reason);
+                let input = record
+                    .headers
+                    .iter()
+                    .find(|h| h.name == "sluice-id")
+                    .map(|h| String::from_utf8_lossy(&h.value).replace("/dead-letter", ""))
+                    .unwrap_or_default();
+                telemetry.remember_dead_letter(RecentDeadLetter {
+                    input,
+                    stage: dead.stage.as_str(),
+                    reason: dead.reason,
+                    detail: dead.detail.clone(),
+                });
             }
         }
         let Some(origin) = origin.cloned() else {

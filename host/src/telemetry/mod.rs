@@ -157,6 +157,11 @@ impl Health {
         *self.lags.lock().expect("lags lock") = lags;
     }
 
+    /// The partitions' lags, as last reported.
+    pub(crate) fn current_lags(&self) -> BTreeMap<(String, i32), i64> {
+        self.lags.lock().expect("lags lock").clone()
+    }
+
     /// The lags in Prometheus text.
     pub(crate) fn write_metrics(&self, out: &mut String) {
         out.push_str("# HELP sluice_consumer_lag Messages between the committed offset and the end, per assigned partition.\n");
@@ -198,7 +203,21 @@ pub(crate) struct Telemetry {
     phases: [Arc<Histogram>; Phase::ALL.len()],
     /// Dead letters confirmed, by stage and reason.
     dead_letters: Mutex<BTreeMap<(&'static str, &'static str), u64>>,
+    /// The latest dead letters, newest last: where from, and why.
+    recent_dead_letters: Mutex<std::collections::VecDeque<RecentDeadLetter>>,
 }
+
+/// A dead letter as the status page lists it.
+#[derive(Debug, Clone)]
+pub(crate) struct RecentDeadLetter {
+    pub(crate) input: String,
+    pub(crate) stage: &'static str,
+    pub(crate) reason: &'static str,
+    pub(crate) detail: String,
+}
+
+/// How many recent dead letters the status page shows.
+const RECENT_DEAD_LETTERS: usize = 10;
 
 /// A timed part of a message's way (the `stage` label of
 /// `sluice_stage_seconds`).
@@ -215,14 +234,14 @@ pub(crate) enum Phase {
 }
 
 impl Phase {
-    const ALL: [Phase; 4] = [
+    pub(crate) const ALL: [Phase; 4] = [
         Phase::Handle,
         Phase::Decide,
         Phase::Interpret,
         Phase::EndToEnd,
     ];
 
-    fn as_str(self) -> &'static str {
+    pub(crate) fn as_str(self) -> &'static str {
         match self {
             Phase::Handle => "handle",
             Phase::Decide => "decide",
@@ -267,6 +286,34 @@ impl Telemetry {
     /// The histogram of a phase.
     pub(crate) fn phase(&self, phase: Phase) -> &Arc<Histogram> {
         &self.phases[phase as usize]
+    }
+
+    /// Keeps a dead letter among the recent ones.
+    pub(crate) fn remember_dead_letter(&self, dead: RecentDeadLetter) {
+        let mut recent = self.recent_dead_letters.lock().expect("recent lock");
+        if recent.len() == RECENT_DEAD_LETTERS {
+            recent.pop_front();
+        }
+        recent.push_back(dead);
+    }
+
+    /// The recent dead letters, newest first.
+    pub(crate) fn recent_dead_letters(&self) -> Vec<RecentDeadLetter> {
+        let recent = self.recent_dead_letters.lock().expect("recent lock");
+        recent.iter().rev().cloned().collect()
+    }
+
+    /// Messages by handler and version: handled, dead-lettered, skipped.
+    pub(crate) fn by_version(&self) -> Vec<(String, String, [u64; 3])> {
+        self.by_version.lock().expect("counts lock").clone()
+    }
+
+    /// Shadow messages compared, and those that differed.
+    pub(crate) fn shadow_counts(&self) -> (u64, u64) {
+        (
+            self.shadow_compared.load(Ordering::Relaxed),
+            self.shadow_differences.load(Ordering::Relaxed),
+        )
     }
 
     /// Counts a dead letter by where and why.

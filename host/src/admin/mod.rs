@@ -5,7 +5,8 @@
 //! listens where `[admin] listen` says (a bare port: on 127.0.0.1).
 
 use std::fmt::Write as _;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
 
 use axum::Router;
 use axum::extract::State as Extract;
@@ -21,6 +22,8 @@ use crate::registry::{Registry, VersionState, stopped};
 use crate::schedule::offsets::Offsets;
 use crate::telemetry::{Health, Telemetry};
 
+mod page;
+
 /// What the endpoints read.
 #[derive(Clone)]
 pub(crate) struct State {
@@ -29,6 +32,16 @@ pub(crate) struct State {
     breakers: Arc<Breakers>,
     health: Arc<Health>,
     offsets: Arc<Offsets>,
+    /// Each route's topic and handler, for the status page.
+    routes: Arc<Vec<(String, String)>>,
+    /// The last sample of the per-version counts, for rates.
+    sample: Arc<Mutex<Sample>>,
+}
+
+/// Messages counted per version at an instant.
+struct Sample {
+    at: Instant,
+    totals: Vec<(String, String, u64)>,
 }
 
 impl State {
@@ -38,6 +51,7 @@ impl State {
         breakers: Arc<Breakers>,
         health: Arc<Health>,
         offsets: Arc<Offsets>,
+        routes: Vec<(String, String)>,
     ) -> Self {
         State {
             registry,
@@ -45,7 +59,45 @@ impl State {
             breakers,
             health,
             offsets,
+            routes: Arc::new(routes),
+            sample: Arc::new(Mutex::new(Sample {
+                at: Instant::now(),
+                totals: Vec::new(),
+            })),
         }
+    }
+
+    /// Messages per second per version since the last sample (at least a
+    /// second ago; the first since the server started), taking a new one.
+    fn rates(&self, counts: &[(String, String, [u64; 3])]) -> Vec<(String, String, f64)> {
+        let totals: Vec<(String, String, u64)> = counts
+            .iter()
+            .map(|(h, v, c)| (h.clone(), v.clone(), c.iter().sum()))
+            .collect();
+        let mut sample = self.sample.lock().expect("sample lock");
+        let seconds = sample.at.elapsed().as_secs_f64().max(1e-3);
+        let rates = totals
+            .iter()
+            .map(|(h, v, now)| {
+                let before = sample
+                    .totals
+                    .iter()
+                    .find(|(sh, sv, _)| sh == h && sv == v)
+                    .map_or(0, |(_, _, n)| *n);
+                (
+                    h.clone(),
+                    v.clone(),
+                    now.saturating_sub(before) as f64 / seconds,
+                )
+            })
+            .collect();
+        if seconds >= 1.0 {
+            *sample = Sample {
+                at: Instant::now(),
+                totals,
+            };
+        }
+        rates
     }
 
     /// Why the host is not ready, if it is not: one line per reason. (Every
@@ -72,6 +124,7 @@ pub(crate) async fn bind(address: std::net::SocketAddr) -> std::io::Result<TcpLi
 /// Serves until `stop` turns true.
 pub(crate) async fn serve(listener: TcpListener, state: State, stop: watch::Receiver<bool>) {
     let app = Router::new()
+        .route("/", get(status_page))
         .route("/handlers", get(handlers))
         .route("/metrics", get(metrics))
         .route("/healthz", get(healthz))
@@ -83,6 +136,13 @@ pub(crate) async fn serve(listener: TcpListener, state: State, stop: watch::Rece
     {
         tracing::error!(%error, "admin server failed");
     }
+}
+
+async fn status_page(Extract(state): Extract<State>) -> impl IntoResponse {
+    (
+        [(CONTENT_TYPE, "text/html; charset=utf-8")],
+        page::render(&state),
+    )
 }
 
 async fn healthz() -> impl IntoResponse {

@@ -1,0 +1,158 @@
+//! The status page at `/`: every route and handler version with its state
+//! and counts, latency, lag, open breakers, recent dead letters and shadow
+//! differences. Plain server-rendered HTML that refreshes itself; no script,
+//! no build step.
+
+use std::fmt::Write as _;
+use std::time::Duration;
+
+use super::State;
+use crate::registry::VersionState;
+use crate::telemetry::Phase;
+
+/// Seconds between the page's refreshes.
+const REFRESH_SECONDS: u32 = 2;
+
+/// Text made safe for HTML.
+fn escape(text: &str) -> String {
+    text.replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;")
+        .replace('"', "&quot;")
+}
+
+fn millis(duration: Option<Duration>) -> String {
+    duration.map_or_else(
+        || "-".to_owned(),
+        |d| format!("{:.1} ms", d.as_secs_f64() * 1000.0),
+    )
+}
+
+/// The whole page.
+pub(super) fn render(state: &State) -> String {
+    let mut html = String::new();
+    let unready = state.unready();
+    let _ = write!(
+        html,
+        "<!doctype html><html><head><meta charset=\"utf-8\">\
+         <meta http-equiv=\"refresh\" content=\"{REFRESH_SECONDS}\">\
+         <title>sluice status</title><style>\
+         body{{font-family:sans-serif;margin:1.5em}}table{{border-collapse:collapse;margin-bottom:1.5em}}\
+         td,th{{border:1px solid #ccc;padding:.3em .6em;text-align:left}}\
+         .ok{{color:#060}}.bad{{color:#a00}}</style></head><body><h1>sluice</h1>"
+    );
+    if unready.is_empty() {
+        html.push_str("<p id=\"readiness\" class=\"ok\">ready</p>");
+    } else {
+        let _ = write!(
+            html,
+            "<p id=\"readiness\" class=\"bad\">not ready: {}</p>",
+            escape(&unready.join("; "))
+        );
+    }
+
+    html.push_str("<h2>Routes</h2><table id=\"routes\"><tr><th>topic</th><th>handler</th></tr>");
+    for (topic, handler) in state.routes.iter() {
+        let _ = write!(
+            html,
+            "<tr><td>{}</td><td>{}</td></tr>",
+            escape(topic),
+            escape(handler)
+        );
+    }
+    html.push_str("</table>");
+
+    html.push_str(
+        "<h2>Handler versions</h2><table id=\"versions\"><tr><th>handler</th><th>version</th>\
+         <th>state</th><th>handled</th><th>dead-lettered</th><th>skipped</th><th>msg/s</th></tr>",
+    );
+    let counts = state.telemetry.by_version();
+    let rates = state.rates(&counts);
+    for version in state.registry.status() {
+        let (label, detail) = match &version.state {
+            VersionState::Active => ("active".to_owned(), String::new()),
+            VersionState::Canary { percent } => (format!("canary {percent}%"), String::new()),
+            VersionState::Shadow => ("shadow".to_owned(), String::new()),
+            VersionState::Standby => ("standby".to_owned(), String::new()),
+            VersionState::Rejected { reason } => ("rejected".to_owned(), reason.clone()),
+            VersionState::RolledBack { reason } => ("rolled back".to_owned(), reason.clone()),
+        };
+        let counted = counts
+            .iter()
+            .find(|(h, v, _)| *h == version.handler && *v == version.version)
+            .map_or([0; 3], |(_, _, c)| *c);
+        let rate = rates
+            .iter()
+            .find(|(h, v, _)| *h == version.handler && *v == version.version)
+            .map_or(0.0, |(_, _, r)| *r);
+        let _ = write!(
+            html,
+            "<tr><td>{}</td><td>{}</td><td title=\"{}\">{}</td><td>{}</td><td>{}</td><td>{}</td><td>{rate:.1}</td></tr>",
+            escape(&version.handler),
+            escape(&version.version),
+            escape(&detail),
+            escape(&label),
+            counted[0],
+            counted[1],
+            counted[2],
+        );
+    }
+    html.push_str("</table>");
+
+    html.push_str("<h2>Latency</h2><table id=\"latency\"><tr><th>stage</th><th>count</th><th>p50</th><th>p99</th></tr>");
+    for phase in Phase::ALL {
+        let histogram = state.telemetry.phase(phase);
+        let _ = write!(
+            html,
+            "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
+            phase.as_str(),
+            histogram.count(),
+            millis(histogram.quantile(0.5)),
+            millis(histogram.quantile(0.99)),
+        );
+    }
+    html.push_str("</table>");
+
+    html.push_str("<h2>Consumer lag</h2><table id=\"lag\"><tr><th>partition</th><th>lag</th></tr>");
+    for ((topic, partition), lag) in state.health.current_lags() {
+        let _ = write!(
+            html,
+            "<tr><td>{}[{partition}]</td><td>{lag}</td></tr>",
+            escape(&topic)
+        );
+    }
+    html.push_str("</table>");
+
+    let open = state.breakers.not_closed();
+    html.push_str("<h2>Open breakers</h2><ul id=\"breakers\">");
+    if open.is_empty() {
+        html.push_str("<li>none</li>");
+    }
+    for target in open {
+        let _ = write!(html, "<li class=\"bad\">{}</li>", escape(&target));
+    }
+    html.push_str("</ul>");
+
+    html.push_str(
+        "<h2>Recent dead letters</h2><table id=\"dead-letters\"><tr><th>input</th><th>stage</th>\
+         <th>reason</th><th>detail</th></tr>",
+    );
+    for dead in state.telemetry.recent_dead_letters() {
+        let _ = write!(
+            html,
+            "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
+            escape(&dead.input),
+            dead.stage,
+            dead.reason,
+            escape(&dead.detail),
+        );
+    }
+    html.push_str("</table>");
+
+    let (compared, differed) = state.telemetry.shadow_counts();
+    let _ = write!(
+        html,
+        "<h2>Shadow</h2><p id=\"shadow\">{compared} messages compared, {differed} differed</p></body></html>"
+    );
+    html
+}
