@@ -156,11 +156,11 @@ impl Effects {
             let id = sluice_id(message, &index.to_string());
             match output {
                 Output::Log(entry) => {
-                    let _output = trace.output(index, &mut Vec::new()).entered();
+                    let _output = trace.output(index, None).entered();
                     log(message, handler, &entry);
                 }
                 Output::Publish(mut record) => {
-                    let span = trace.output(index, &mut record.headers);
+                    let span = trace.output(index, Some(&mut record.headers));
                     span.record("topic", record.topic.as_str());
                     record.headers.push(Header::new("sluice-id", id));
                     record
@@ -196,7 +196,7 @@ impl Effects {
                     });
                 }
                 Output::Http(mut request) => {
-                    let span = trace.output(index, &mut request.headers);
+                    let span = trace.output(index, Some(&mut request.headers));
                     span.record("url", request.url.as_str());
                     let result = async {
                         let (url, host) = route.http.check(&request).map_err(|e| failure(e, 0))?;

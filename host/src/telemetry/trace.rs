@@ -68,18 +68,20 @@ impl MessageTrace {
         }
     }
 
-    /// The span of output `index` (as in `sluice-id`), with its kind as
-    /// name, and the headers it must carry: its `traceparent`, and the
-    /// message's correlation header unless the output has one.
-    pub(crate) fn output(&self, index: usize, headers: &mut Vec<Header>) -> tracing::Span {
+    /// The span of output `index` (as in `sluice-id`); an output that
+    /// leaves the host (`headers`) carries its `traceparent`, and the
+    /// message's correlation header unless it has one.
+    pub(crate) fn output(&self, index: usize, headers: Option<&mut Vec<Header>>) -> tracing::Span {
         let child = self.context.child(index);
-        child.stamp(headers);
-        if let Some(correlation) = &self.correlation
-            && !headers
-                .iter()
-                .any(|h| h.name.eq_ignore_ascii_case(&correlation.name))
-        {
-            headers.push(correlation.clone());
+        if let Some(headers) = headers {
+            child.stamp(headers);
+            if let Some(correlation) = &self.correlation
+                && !headers
+                    .iter()
+                    .any(|h| h.name.eq_ignore_ascii_case(&correlation.name))
+            {
+                headers.push(correlation.clone());
+            }
         }
         tracing::info_span!(
             parent: &self.span,
