@@ -458,20 +458,21 @@ impl Pipeline {
         match driven {
             Ok(Ok(decided)) => Ok(decided.outputs),
             Ok(Err(DecideError::Call(error))) => Err(Refusal::Call(error, Stage::Decide)),
-            Ok(Err(error)) => {
-                let (reason, attempts) = match &error {
-                    DecideError::Conflict { attempts, .. } => ("conflict", *attempts),
-                    // Mapped to a transient failure above; here for completeness.
-                    DecideError::Store(_) | DecideError::Call(_) => ("store-unavailable", 1),
-                };
+            Ok(Err(DecideError::Conflict { stream, attempts })) => {
+                let detail = DecideError::Conflict { stream, attempts }.to_string();
                 Err(Refusal::DeadLetter(DeadLetter {
                     topic: route.route.dead_letter_topic(),
                     stage: Stage::Decide,
-                    reason,
-                    detail: error.to_string(),
+                    reason: "conflict",
+                    detail,
                     attempts,
                     parks_key: false,
                 }))
+            }
+            // The attempt turned store failures into transient ones; `drive`
+            // gave up on them as such (the arm below).
+            Ok(Err(DecideError::Store(error))) => {
+                unreachable!("a store failure is retried: {error}")
             }
             Err(failed) => Err(Refusal::DeadLetter(interpreted(&route.route, failed))),
         }

@@ -64,25 +64,12 @@ impl WorkerPool {
         calls: Vec<(Arc<dyn Handler>, Arc<Message>)>,
         spans: Vec<tracing::Span>,
     ) -> Vec<CallResult> {
-        let timings = self.timings.clone();
-        self.run(move |worker| {
-            calls
-                .iter()
-                .enumerate()
-                .map(|(i, (handler, message))| {
-                    // Inside the message's span, so that `handle` closes there too.
-                    let _message = spans.get(i).map(|span| span.enter());
-                    let _handle = spans
-                        .get(i)
-                        .map(|_| tracing::info_span!("handle").entered());
-                    let started = Instant::now();
-                    let outcome =
-                        worker.with_instance(handler, |instance| instance.handle(message));
-                    timings.observe(started.elapsed());
-                    outcome
-                })
-                .collect()
-        })
+        self.each(
+            calls,
+            spans,
+            || tracing::info_span!("handle"),
+            |instance, message| instance.handle(message),
+        )
         .await
     }
 
@@ -93,18 +80,35 @@ impl WorkerPool {
         calls: Vec<(Arc<dyn Handler>, Arc<Message>)>,
         spans: Vec<tracing::Span>,
     ) -> Vec<Result<Option<String>, CallError>> {
+        self.each(
+            calls,
+            spans,
+            || tracing::info_span!("stream-id"),
+            |instance, message| crate::decider::decider_of(instance)?.stream_id(message),
+        )
+        .await
+    }
+
+    /// Makes one call per message, in order, on one worker: each timed, in
+    /// a span (`call_span`) inside the message's span, if it has one.
+    async fn each<R: Send + 'static>(
+        &self,
+        calls: Vec<(Arc<dyn Handler>, Arc<Message>)>,
+        spans: Vec<tracing::Span>,
+        call_span: fn() -> tracing::Span,
+        call: fn(&mut dyn HandlerInstance, &Message) -> Result<R, CallError>,
+    ) -> Vec<Result<R, CallError>> {
         let timings = self.timings.clone();
         self.run(move |worker| {
             calls
                 .iter()
-                .zip(&spans)
-                .map(|((handler, message), span)| {
-                    let _message = span.enter();
-                    let _call = tracing::info_span!("stream-id").entered();
+                .enumerate()
+                .map(|(i, (handler, message))| {
+                    // Inside the message's span, so that the call's span closes there too.
+                    let _message = spans.get(i).map(|span| span.enter());
+                    let _call = spans.get(i).map(|_| call_span().entered());
                     let started = Instant::now();
-                    let outcome = worker.with_instance(handler, |instance| {
-                        crate::decider::decider_of(instance)?.stream_id(message)
-                    });
+                    let outcome = worker.with_instance(handler, |instance| call(instance, message));
                     timings.observe(started.elapsed());
                     outcome
                 })

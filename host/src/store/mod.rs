@@ -146,6 +146,12 @@ pub async fn open(
     })
 }
 
+/// A version as both databases store it (BIGINT); past `i64::MAX` (never
+/// reached) it saturates.
+fn as_i64(version: u64) -> i64 {
+    i64::try_from(version).unwrap_or(i64::MAX)
+}
+
 /// Milliseconds since the Unix epoch, recorded with each event.
 fn now_ms() -> i64 {
     SystemTime::now()

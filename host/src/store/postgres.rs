@@ -13,8 +13,8 @@ use tokio_postgres::error::SqlState;
 use tokio_postgres::{Client, NoTls, Statement};
 
 use super::{
-    Cause, EventStore, Snapshot, SnapshotKey, StoreError, Tail, mark_decided_sql, now_ms, read_sql,
-    save_snapshot_sql, tables_sql, tail,
+    Cause, EventStore, Snapshot, SnapshotKey, StoreError, Tail, as_i64, mark_decided_sql, now_ms,
+    read_sql, save_snapshot_sql, tables_sql, tail,
 };
 use crate::config::StoreConfig;
 use crate::contract::Event;
@@ -189,10 +189,6 @@ fn one_line(error: &tokio_postgres::Error) -> String {
             None => error.to_string(),
         },
     }
-}
-
-fn as_i64(version: u64) -> i64 {
-    i64::try_from(version).unwrap_or(i64::MAX)
 }
 
 impl EventStore for PostgresStore {

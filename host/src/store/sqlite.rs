@@ -10,8 +10,8 @@ use futures::future::BoxFuture;
 use rusqlite::{Connection, TransactionBehavior, named_params};
 
 use super::{
-    Cause, EventStore, Snapshot, SnapshotKey, StoreError, Tail, mark_decided_sql, now_ms, read_sql,
-    save_snapshot_sql, tables_sql, tail,
+    Cause, EventStore, Snapshot, SnapshotKey, StoreError, Tail, as_i64, mark_decided_sql, now_ms,
+    read_sql, save_snapshot_sql, tables_sql, tail,
 };
 use crate::contract::Event;
 
@@ -69,10 +69,6 @@ impl SqliteStore {
 
 fn unavailable(error: rusqlite::Error) -> StoreError {
     StoreError::Unavailable(format!("sqlite: {error}"))
-}
-
-fn as_i64(version: u64) -> i64 {
-    i64::try_from(version).unwrap_or(i64::MAX)
 }
 
 impl EventStore for SqliteStore {
