@@ -83,6 +83,29 @@ pub enum Command {
         #[arg(long)]
         admin: Option<String>,
     },
+    /// Run dead-lettered messages again through their handler's current
+    /// version, with the usual delivery rules; commits progress on the
+    /// dead-letter topic (group `<group>-redrive`) and un-parks keys whose
+    /// dead letters all went through.
+    Redrive {
+        /// The TOML config file (the route, the handlers, the brokers).
+        #[arg(long, short)]
+        config: PathBuf,
+        /// The dead-letter topic.
+        #[arg(long)]
+        dlq: String,
+        /// Only this key's dead letters (nothing is committed then).
+        #[arg(long)]
+        key: Option<String>,
+        /// Print each dead letter's outcome and outputs as JSON lines;
+        /// execute and commit nothing.
+        #[arg(long)]
+        dry_run: bool,
+        /// A running host's admin address, to un-park keys in at once
+        /// (repeatable; default: the config's `admin.listen`).
+        #[arg(long)]
+        admin: Vec<String>,
+    },
     /// Show a component's contract, exports and imports, and whether it
     /// instantiates under the host's sandbox.
     Inspect {

@@ -509,7 +509,16 @@ pub struct Admin {
     /// A port to serve on 127.0.0.1, or `host:port` (port 0 picks one and
     /// logs it); none: no server.
     pub listen: Option<String>,
+    /// The bearer token that state-changing calls (pause, resume, un-park)
+    /// must carry; `SLUICE_ADMIN_TOKEN` in the environment takes precedence.
+    /// None: those calls are refused.
+    pub token: Option<String>,
 }
+
+/// Environment variable holding the admin token (kept out of config files).
+pub const ADMIN_TOKEN_ENV: &str = "SLUICE_ADMIN_TOKEN";
+/// The shortest admin token accepted.
+const MIN_TOKEN_LEN: usize = 16;
 
 impl Admin {
     /// Where to listen: a bare port (or `:port`) on the loopback interface,
@@ -520,6 +529,15 @@ impl Admin {
             Ok(port) => Some(std::net::SocketAddr::from(([127, 0, 0, 1], port))),
             Err(_) => listen.parse().ok(),
         }
+    }
+
+    /// The token state-changing calls need: the environment's, else the
+    /// config's.
+    pub fn token(&self) -> Option<String> {
+        std::env::var(ADMIN_TOKEN_ENV)
+            .ok()
+            .filter(|t| !t.is_empty())
+            .or_else(|| self.token.clone())
     }
 }
 
@@ -1065,6 +1083,16 @@ impl Config {
                 ),
             );
         }
+        if let Some(token) = self.admin.token()
+            && (token.len() < MIN_TOKEN_LEN || token.chars().any(|c| c.is_whitespace()))
+        {
+            return invalid(
+                "admin.token",
+                format!(
+                    "a token (here or in {ADMIN_TOKEN_ENV}) needs at least {MIN_TOKEN_LEN} characters and no spaces"
+                ),
+            );
+        }
         if let Some(embedded) = &self.embedded {
             check_range("embedded.partitions", embedded.partitions as u64, 1, 1000)?;
         }
@@ -1456,6 +1484,20 @@ handler = "echo"
     }
 
     #[test]
+    fn an_admin_token_must_be_long_and_have_no_spaces() {
+        let err = error_of(&format!(
+            "{MINIMAL}[admin]\nlisten = \"0\"\ntoken = \"short\"\n"
+        ));
+        assert!(err.contains("admin.token") && err.contains("16"), "{err}");
+        let err = error_of(&format!(
+            "{MINIMAL}[admin]\ntoken = \"long enough but spaced\"\n"
+        ));
+        assert!(err.contains("admin.token"), "{err}");
+        let config = parse(&format!("{MINIMAL}[admin]\ntoken = \"0123456789abcdef\"\n")).unwrap();
+        assert_eq!(config.admin.token.as_deref(), Some("0123456789abcdef"));
+    }
+
+    #[test]
     fn store_and_decider_settings_default_and_bad_ones_are_named() {
         let config = parse(MINIMAL).unwrap();
         assert_eq!(config.store.backend, StoreBackend::Sqlite);
@@ -1485,6 +1527,7 @@ handler = "echo"
     fn a_bare_admin_port_listens_on_loopback_only() {
         let admin = |listen: &str| Admin {
             listen: Some(listen.into()),
+            token: None,
         };
         assert_eq!(admin("9464").address(), "127.0.0.1:9464".parse().ok());
         assert_eq!(admin(":9464").address(), "127.0.0.1:9464".parse().ok());

@@ -8,7 +8,9 @@
 //! [`registry`] (which handler version serves it) → `runtime` (the handler
 //! call, sandboxed) → `policy` (dead-letter a failure)
 //! → `effects` (publish, log) → back to `schedule`'s offsets for the ack.
-//! [`run`] wires them together; [`config`] is the TOML schema.
+//! [`run`] wires them together; [`config`] is the TOML schema. Beside a
+//! run: [`replay`] (a handler over a file or a topic range, executing
+//! nothing) and [`redrive`] (dead letters through the current version).
 
 mod admin;
 pub mod config;
@@ -18,6 +20,7 @@ mod effects;
 pub mod embedded;
 mod pipeline;
 mod policy;
+pub mod redrive;
 pub mod registry;
 pub mod replay;
 mod run;

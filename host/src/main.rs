@@ -8,6 +8,7 @@ use std::process::ExitCode;
 use anyhow::Context;
 use clap::Parser;
 use sluice::config::{Config, Limits};
+use sluice::redrive::{self, RedriveOptions};
 use sluice::registry::{self, VersionState, VersionStatus};
 use sluice::runtime::{Inspection, Runtime};
 use sluice::source::range::Position;
@@ -21,7 +22,7 @@ use cli::{Cli, Command, LogFormat};
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let default_level = match cli.command {
-        Command::Run { .. } => "info",
+        Command::Run { .. } | Command::Redrive { dry_run: false, .. } => "info",
         _ => "warn",
     };
     let filter =
@@ -152,6 +153,39 @@ fn execute(command: Command) -> anyhow::Result<ExitCode> {
                 None => registry::evaluate(&config, Runtime::for_config(&config)?)?,
             };
             print_handlers(&statuses)?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Redrive {
+            config,
+            dlq,
+            key,
+            dry_run,
+            admin,
+        } => {
+            let config = Config::load(&config)?;
+            let options = RedriveOptions {
+                dlq,
+                key,
+                dry_run,
+                admin,
+            };
+            if options.dry_run {
+                let stdout = std::io::stdout();
+                let mut out = std::io::BufWriter::new(stdout.lock());
+                let report = redrive::dry_run(&config, &options, &mut out)?;
+                eprint!("{}", report.summary());
+                return Ok(ExitCode::SUCCESS);
+            }
+            let runtime = tokio::runtime::Runtime::new().context("cannot start async runtime")?;
+            let report = runtime.block_on(redrive::redrive(&config, &options, stop_signal()))?;
+            print!("{}", report.summary());
+            let unfinished = report.run.as_ref().map_or(0, |run| run.unfinished);
+            if unfinished > 0 {
+                eprintln!(
+                    "error: {unfinished} dead letters were unfinished at exit; run redrive again"
+                );
+                return Ok(ExitCode::FAILURE);
+            }
             Ok(ExitCode::SUCCESS)
         }
         Command::Inspect { file } => {

@@ -495,7 +495,7 @@ impl Pipeline {
         let mut skipped = false;
         let dead = if partition
             .parked
-            .is_parked(message.key.as_deref(), message.offset)
+            .hold(message.key.as_deref(), message.offset)
         {
             Some(parked(&route.route, message))
         } else {

@@ -24,7 +24,7 @@ use crate::policy::breaker::Breakers;
 use crate::registry::{self, Registry, RegistryError};
 use crate::runtime::{Handler, HandlerKind, Runtime, RuntimeError, WorkerPool};
 use crate::schedule::offsets::{Hold, Offsets};
-use crate::schedule::{Feed, Lanes, Queued};
+use crate::schedule::{Controls, Feed, Lanes, Queued};
 use crate::shadow::Shadows;
 use crate::source::Delivery;
 use crate::source::jsonl::{JsonlError, JsonlReader};
@@ -107,118 +107,183 @@ pub async fn run(
         .as_ref()
         .map_or(config.brokers.clone(), |b| b.bootstrap_servers().to_owned());
     let until_drained = options.until_drained || embedded.is_some();
-
     // A file source has nothing to commit: slots go back at the watermark.
-    let offsets = Arc::new(Offsets::new(match config.source.file {
+    let hold = match config.source.file {
         Some(_) => Hold::UntilWatermark,
         None => Hold::UntilCommitted,
-    }));
-    let publisher = Publisher::connect(config, &brokers)?;
-    let transaction = match config.transactional_topics().is_empty() {
-        true => None,
-        false => {
-            let transactional = Publisher::transactional(config, &brokers)?;
-            Some(Arc::new(Transaction::new(transactional, offsets.clone())))
-        }
     };
-    let runtime =
-        Runtime::for_config(config)?.with_artifact_cache(&config.resolve(&config.artifact_cache));
-    let registry = Arc::new(Registry::open(
-        config,
-        Arc::new(runtime),
-        &options.handlers,
-    )?);
-    let producers = Producers {
-        publisher: &publisher,
-        transaction: transaction.as_ref(),
-    };
-    let routes = route_handlers(config, &registry, producers)?;
-    let telemetry = Arc::new(Telemetry::new(options.keep_records));
-    let (stop_watching, stopped) = watch::channel(false);
-    if config.watch_handlers {
-        tokio::spawn(registry::watch(registry.clone(), stopped.clone()));
-    }
-    let breakers = Arc::new(Breakers::default());
-    let health = Arc::new(Health::default());
-    if config.source.file.is_some() {
-        health.joined();
-    }
-    if let Some(address) = config.admin.address() {
-        let state = admin::State::new(
-            registry.clone(),
-            telemetry.clone(),
-            breakers.clone(),
-            health.clone(),
-            offsets.clone(),
-            config
-                .routes
-                .iter()
-                .map(|r| (r.topic.clone(), r.handler.clone()))
-                .collect(),
-        );
-        let listener = admin::bind(address)
-            .await
-            .map_err(|source| RunError::Admin {
-                listen: address.to_string(),
-                source,
-            })?;
-        tokio::spawn(admin::serve(listener, state, stopped));
-    }
-    let shadows = Arc::new(Shadows::new(config, publisher.clone(), telemetry.clone()));
-    let decider = Arc::new(Decider::lazy(
-        config.store.clone(),
-        config.base_dir.clone(),
-        config.decider.clone(),
-        telemetry.decider_stats(),
-    ));
-    // A decider serving from the start needs its store: a store that cannot
-    // be opened then is a setup error, said at once. (A decider swapped in
-    // later opens it on first use.)
-    let deciders_serve = routes
-        .iter()
-        .any(|r| r.selection.serving().active.handler.kind() == HandlerKind::Decider);
-    if deciders_serve {
-        decider.store().await?;
-    }
-    let pipeline = Arc::new(Pipeline::new(
-        routes,
-        config.trace.correlation_headers.clone(),
-        WorkerPool::start(config.limits.worker_count())
-            .timed(telemetry.phase(Phase::Handle).clone()),
-        decider,
-        Effects::new(breakers, telemetry.clone()),
-        shadows.clone(),
-        telemetry.clone(),
-    ));
-    let lanes = Lanes::new(pipeline, config.max_in_flight);
-    let deadline = Duration::from_millis(config.shutdown_timeout_ms);
-
+    let (host, lanes) = Host::assemble(config, options, &brokers, hold, Serve::Admin).await?;
     let outcome = match &config.source.file {
         Some(file) => {
             let path = config.resolve(file);
-            consume_file(&path, lanes, &offsets, shutdown, deadline).await
+            consume_file(&path, lanes, &host.offsets, shutdown, host.deadline).await
         }
         None => {
-            let source = KafkaSource::connect(config, &brokers, offsets.clone(), health.clone())?;
+            let source =
+                KafkaSource::connect(config, &brokers, host.offsets.clone(), host.health.clone())?;
             let pace = Pace {
                 commit_every: Duration::from_millis(config.commit_interval_ms),
                 until_drained,
-                deadline,
+                deadline: host.deadline,
             };
-            consume_kafka(source, lanes, &offsets, transaction, pace, shutdown).await
+            let transaction = host.transaction.clone();
+            consume_kafka(source, lanes, &host.offsets, transaction, pace, shutdown).await
         }
     };
-    stop_watching.send_replace(true);
-    shadows.finish(deadline).await;
-    publisher.flush(deadline);
-    let unfinished = offsets.in_flight() as u64;
-    if unfinished > 0 {
-        tracing::warn!(
-            unfinished,
-            "stopped with messages unfinished; they will be redelivered"
-        );
+    host.finish(outcome).await
+}
+
+/// Whether a host serves its admin endpoints.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Serve {
+    /// As the config says (`sluice run`).
+    Admin,
+    /// Never: the address belongs to the host being served (`sluice redrive`).
+    Nothing,
+}
+
+/// Everything between a source and the outside world: the handlers, the
+/// pipeline behind the lanes, the producers, the counters.
+pub(crate) struct Host {
+    pub(crate) offsets: Arc<Offsets>,
+    pub(crate) telemetry: Arc<Telemetry>,
+    health: Arc<Health>,
+    registry: Arc<Registry>,
+    pub(crate) publisher: Arc<Publisher>,
+    transaction: Option<Arc<Transaction>>,
+    shadows: Arc<Shadows>,
+    stop_watching: watch::Sender<bool>,
+    /// How long a stop waits for messages in flight.
+    pub(crate) deadline: Duration,
+}
+
+impl Host {
+    /// Loads every route's handler and builds the pipeline, ready for a
+    /// source to feed its lanes.
+    pub(crate) async fn assemble(
+        config: &Config,
+        options: RunOptions,
+        brokers: &str,
+        hold: Hold,
+        serve: Serve,
+    ) -> Result<(Host, Lanes), RunError> {
+        let offsets = Arc::new(Offsets::new(hold));
+        let publisher = Publisher::connect(config, brokers)?;
+        let transaction = match config.transactional_topics().is_empty() {
+            true => None,
+            false => {
+                let transactional = Publisher::transactional(config, brokers)?;
+                Some(Arc::new(Transaction::new(transactional, offsets.clone())))
+            }
+        };
+        let runtime = Runtime::for_config(config)?
+            .with_artifact_cache(&config.resolve(&config.artifact_cache));
+        let registry = Arc::new(Registry::open(
+            config,
+            Arc::new(runtime),
+            &options.handlers,
+        )?);
+        let producers = Producers {
+            publisher: &publisher,
+            transaction: transaction.as_ref(),
+        };
+        let routes = route_handlers(config, &registry, producers)?;
+        let telemetry = Arc::new(Telemetry::new(options.keep_records));
+        let (stop_watching, stopped) = watch::channel(false);
+        if config.watch_handlers {
+            tokio::spawn(registry::watch(registry.clone(), stopped.clone()));
+        }
+        let breakers = Arc::new(Breakers::default());
+        let health = Arc::new(Health::default());
+        if config.source.file.is_some() {
+            health.joined();
+        }
+        let controls = Arc::new(Controls::new(config.routes.iter().map(|r| r.topic.clone())));
+        if let (Some(address), Serve::Admin) = (config.admin.address(), serve) {
+            let parts = admin::Parts {
+                registry: registry.clone(),
+                telemetry: telemetry.clone(),
+                breakers: breakers.clone(),
+                health: health.clone(),
+                offsets: offsets.clone(),
+                controls: controls.clone(),
+            };
+            let routes = config
+                .routes
+                .iter()
+                .map(|r| (r.topic.clone(), r.handler.clone()))
+                .collect();
+            let state = admin::State::new(parts, config.admin.token(), routes);
+            let listener = admin::bind(address)
+                .await
+                .map_err(|source| RunError::Admin {
+                    listen: address.to_string(),
+                    source,
+                })?;
+            tokio::spawn(admin::serve(listener, state, stopped));
+        }
+        let shadows = Arc::new(Shadows::new(config, publisher.clone(), telemetry.clone()));
+        let decider = Arc::new(Decider::lazy(
+            config.store.clone(),
+            config.base_dir.clone(),
+            config.decider.clone(),
+            telemetry.decider_stats(),
+        ));
+        // A decider serving from the start needs its store: a store that
+        // cannot be opened then is a setup error, said at once. (A decider
+        // swapped in later opens it on first use.)
+        let deciders_serve = routes
+            .iter()
+            .any(|r| r.selection.serving().active.handler.kind() == HandlerKind::Decider);
+        if deciders_serve {
+            decider.store().await?;
+        }
+        let pipeline = Arc::new(Pipeline::new(
+            routes,
+            config.trace.correlation_headers.clone(),
+            WorkerPool::start(config.limits.worker_count())
+                .timed(telemetry.phase(Phase::Handle).clone()),
+            decider,
+            Effects::new(breakers, telemetry.clone()),
+            shadows.clone(),
+            telemetry.clone(),
+        ));
+        let lanes = Lanes::new(pipeline, controls, config.max_in_flight);
+        let host = Host {
+            offsets,
+            telemetry,
+            health,
+            registry,
+            publisher,
+            transaction,
+            shadows,
+            stop_watching,
+            deadline: Duration::from_millis(config.shutdown_timeout_ms),
+        };
+        Ok((host, lanes))
     }
-    outcome.map(|stop| telemetry.report(stop, unfinished, registry.swaps()))
+
+    /// After the source stopped: lets shadows and producers finish, and
+    /// reports.
+    pub(crate) async fn finish(
+        self,
+        outcome: Result<Stop, RunError>,
+    ) -> Result<RunReport, RunError> {
+        self.stop_watching.send_replace(true);
+        self.shadows.finish(self.deadline).await;
+        self.publisher.flush(self.deadline);
+        let unfinished = self.offsets.in_flight() as u64;
+        if unfinished > 0 {
+            tracing::warn!(
+                unfinished,
+                "stopped with messages unfinished; they will be redelivered"
+            );
+        }
+        outcome.map(|stop| {
+            self.telemetry
+                .report(stop, unfinished, self.registry.swaps())
+        })
+    }
 }
 
 /// Starts the embedded broker, creates the routes' topics and loads the seeds.
@@ -541,7 +606,7 @@ async fn consume_file(
 
 /// Finishes the batches being handled (and, with `Queued::Handle`, those
 /// queued) and waits for their acks, up to `deadline`.
-async fn finish(lanes: Lanes, queued: Queued, offsets: &Offsets, deadline: Duration) {
+pub(crate) async fn finish(lanes: Lanes, queued: Queued, offsets: &Offsets, deadline: Duration) {
     let drained = async {
         lanes.close(queued).await;
         offsets.wait_idle().await;

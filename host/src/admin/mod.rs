@@ -1,24 +1,34 @@
 //! The admin HTTP server: `/handlers` (every handler version and its state,
 //! JSON; what `sluice handlers` shows), `/metrics` (Prometheus text),
 //! `/healthz` (the process serves) and `/readyz` (the group is joined and no
-//! circuit breaker is open; every route has a version serving from start). Read-only; it
-//! listens where `[admin] listen` says (a bare port: on 127.0.0.1).
+//! circuit breaker is open; every route has a version serving from start),
+//! and the status page at `/`. It listens where `[admin] listen` says (a
+//! bare port: on 127.0.0.1).
+//!
+//! Calls that change state need the configured token as a bearer token (and
+//! are refused when none is configured): `POST /routes/{topic}/pause` and
+//! `/resume` (messages in flight finish; nothing more is fetched), and
+//! `POST /routes/{topic}/unpark?partition=P&key=K&through=O`, which
+//! `sluice redrive` calls once a parked key's dead letters are re-driven.
 
 use std::fmt::Write as _;
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use axum::Router;
-use axum::extract::State as Extract;
-use axum::http::StatusCode;
-use axum::http::header::CONTENT_TYPE;
-use axum::response::IntoResponse;
-use axum::routing::get;
+use axum::extract::{Path, Query, State as Extract};
+use axum::http::header::{AUTHORIZATION, CONTENT_TYPE, WWW_AUTHENTICATE};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use serde::Deserialize;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
 use crate::policy::breaker::Breakers;
 use crate::registry::{Registry, VersionState, stopped};
+use crate::schedule::Controls;
+use crate::schedule::chains::Unpark;
 use crate::schedule::offsets::Offsets;
 use crate::telemetry::{Health, Telemetry};
 
@@ -32,6 +42,9 @@ pub(crate) struct State {
     breakers: Arc<Breakers>,
     health: Arc<Health>,
     offsets: Arc<Offsets>,
+    controls: Arc<Controls>,
+    /// What state-changing calls must carry; none: they are refused.
+    token: Option<Arc<str>>,
     /// Each route's topic and handler, for the status page.
     routes: Arc<Vec<(String, String)>>,
     /// The last sample of the per-version counts, for rates.
@@ -44,21 +57,34 @@ struct Sample {
     totals: Vec<(String, String, u64)>,
 }
 
+/// What the admin server reads, and what it may change.
+pub(crate) struct Parts {
+    pub(crate) registry: Arc<Registry>,
+    pub(crate) telemetry: Arc<Telemetry>,
+    pub(crate) breakers: Arc<Breakers>,
+    pub(crate) health: Arc<Health>,
+    pub(crate) offsets: Arc<Offsets>,
+    pub(crate) controls: Arc<Controls>,
+}
+
 impl State {
-    pub(crate) fn new(
-        registry: Arc<Registry>,
-        telemetry: Arc<Telemetry>,
-        breakers: Arc<Breakers>,
-        health: Arc<Health>,
-        offsets: Arc<Offsets>,
-        routes: Vec<(String, String)>,
-    ) -> Self {
+    pub(crate) fn new(parts: Parts, token: Option<String>, routes: Vec<(String, String)>) -> Self {
+        let Parts {
+            registry,
+            telemetry,
+            breakers,
+            health,
+            offsets,
+            controls,
+        } = parts;
         State {
             registry,
             telemetry,
             breakers,
             health,
             offsets,
+            controls,
+            token: token.map(Arc::from),
             routes: Arc::new(routes),
             sample: Arc::new(Mutex::new(Sample {
                 at: Instant::now(),
@@ -129,6 +155,9 @@ pub(crate) async fn serve(listener: TcpListener, state: State, stop: watch::Rece
         .route("/metrics", get(metrics))
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
+        .route("/routes/{topic}/pause", post(pause))
+        .route("/routes/{topic}/resume", post(resume))
+        .route("/routes/{topic}/unpark", post(unpark))
         .with_state(state);
     if let Err(error) = axum::serve(listener, app)
         .with_graceful_shutdown(stopped(stop))
@@ -160,6 +189,108 @@ async fn readyz(Extract(state): Extract<State>) -> impl IntoResponse {
             format!("not ready\n{}\n", reasons.join("\n")),
         )
     }
+}
+
+/// The refusal of a state-changing call without the configured bearer
+/// token: 403 when no token is configured, 401 when it is missing or wrong.
+fn refusal(state: &State, headers: &HeaderMap) -> Option<Response> {
+    let Some(token) = &state.token else {
+        return Some(
+            (
+                StatusCode::FORBIDDEN,
+                "state-changing calls are off: configure [admin] token or SLUICE_ADMIN_TOKEN\n",
+            )
+                .into_response(),
+        );
+    };
+    let given = headers
+        .get(AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "));
+    match given {
+        Some(given) if same(given.as_bytes(), token.as_bytes()) => None,
+        _ => Some(
+            (
+                StatusCode::UNAUTHORIZED,
+                [(WWW_AUTHENTICATE, "Bearer")],
+                "a valid admin token is needed: Authorization: Bearer <token>\n",
+            )
+                .into_response(),
+        ),
+    }
+}
+
+/// Equal bytes, compared in time independent of where they differ.
+fn same(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0, |diff, (x, y)| diff | (x ^ y)) == 0
+}
+
+async fn pause(
+    Extract(state): Extract<State>,
+    Path(topic): Path<String>,
+    headers: HeaderMap,
+) -> Response {
+    set_paused(&state, &topic, &headers, true)
+}
+
+async fn resume(
+    Extract(state): Extract<State>,
+    Path(topic): Path<String>,
+    headers: HeaderMap,
+) -> Response {
+    set_paused(&state, &topic, &headers, false)
+}
+
+fn set_paused(state: &State, topic: &str, headers: &HeaderMap, paused: bool) -> Response {
+    if let Some(refused) = refusal(state, headers) {
+        return refused;
+    }
+    if !state.controls.set_paused(topic, paused) {
+        return (
+            StatusCode::NOT_FOUND,
+            format!("no route for topic {topic:?}\n"),
+        )
+            .into_response();
+    }
+    let done = if paused { "paused" } else { "resumed" };
+    format!("{done} {topic}\n").into_response()
+}
+
+/// Which key to un-park, and through which of its re-driven offsets.
+#[derive(Deserialize)]
+struct UnparkQuery {
+    partition: i32,
+    /// The key as UTF-8 text; absent for the null key.
+    key: Option<String>,
+    through: i64,
+}
+
+/// `{"outcome": "unparked" | "not-parked" | "not-assigned" | "behind"}`,
+/// with `last` (the last offset held behind the key) for `behind`.
+async fn unpark(
+    Extract(state): Extract<State>,
+    Path(topic): Path<String>,
+    Query(query): Query<UnparkQuery>,
+    headers: HeaderMap,
+) -> Response {
+    if let Some(refused) = refusal(&state, &headers) {
+        return refused;
+    }
+    let tp = (topic, query.partition);
+    let outcome =
+        state
+            .controls
+            .unpark(&tp, query.key.as_deref().map(str::as_bytes), query.through);
+    let body = match outcome {
+        Unpark::Done => {
+            tracing::info!(topic = %tp.0, partition = tp.1, key = ?query.key, "key un-parked by re-drive");
+            serde_json::json!({ "outcome": "unparked" })
+        }
+        Unpark::NotParked => serde_json::json!({ "outcome": "not-parked" }),
+        Unpark::NotAssigned => serde_json::json!({ "outcome": "not-assigned" }),
+        Unpark::Behind { last } => serde_json::json!({ "outcome": "behind", "last": last }),
+    };
+    ([(CONTENT_TYPE, "application/json")], body.to_string()).into_response()
 }
 
 async fn handlers(Extract(state): Extract<State>) -> impl IntoResponse {
@@ -227,6 +358,25 @@ async fn metrics(Extract(state): Extract<State>) -> impl IntoResponse {
     out.push_str("# HELP sluice_in_flight Messages received and not yet committed.\n");
     out.push_str("# TYPE sluice_in_flight gauge\n");
     let _ = writeln!(out, "sluice_in_flight {}", state.offsets.in_flight());
+    out.push_str("# HELP sluice_route_paused Whether an operator paused the route.\n");
+    out.push_str("# TYPE sluice_route_paused gauge\n");
+    for (topic, _) in state.routes.iter() {
+        let paused = u8::from(state.controls.is_paused(topic));
+        let _ = writeln!(
+            out,
+            "sluice_route_paused{{topic=\"{}\"}} {paused}",
+            label(topic)
+        );
+    }
+    out.push_str("# HELP sluice_parked_keys Keys parked per partition assigned here.\n");
+    out.push_str("# TYPE sluice_parked_keys gauge\n");
+    for ((topic, partition), keys) in state.controls.parked_keys() {
+        let _ = writeln!(
+            out,
+            "sluice_parked_keys{{topic=\"{}\",partition=\"{partition}\"}} {keys}",
+            label(&topic)
+        );
+    }
     ([(CONTENT_TYPE, "text/plain; version=0.0.4")], out)
 }
 

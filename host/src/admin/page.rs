@@ -51,11 +51,24 @@ pub(super) fn render(state: &State) -> String {
         );
     }
 
-    html.push_str("<h2>Routes</h2><table id=\"routes\"><tr><th>topic</th><th>handler</th></tr>");
+    html.push_str(
+        "<h2>Routes</h2><table id=\"routes\"><tr><th>topic</th><th>handler</th>\
+         <th>state</th><th>parked keys</th></tr>",
+    );
+    let parked = state.controls.parked_keys();
     for (topic, handler) in state.routes.iter() {
+        let (class, running) = match state.controls.is_paused(topic) {
+            true => ("bad", "paused"),
+            false => ("ok", "running"),
+        };
+        let keys: usize = parked
+            .iter()
+            .filter(|((t, _), _)| t == topic)
+            .map(|(_, n)| n)
+            .sum();
         let _ = write!(
             html,
-            "<tr><td>{}</td><td>{}</td></tr>",
+            "<tr><td>{}</td><td>{}</td><td class=\"{class}\">{running}</td><td>{keys}</td></tr>",
             escape(topic),
             escape(handler)
         );

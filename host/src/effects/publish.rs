@@ -159,6 +159,15 @@ impl Publisher {
 
     /// Hands a record to the producer, waiting only while its queue is full.
     pub(crate) async fn send(&self, record: &Publish) -> Result<DeliveryFuture, EffectError> {
+        self.send_to(record, None).await
+    }
+
+    /// Likewise, to a given partition (else the key's).
+    async fn send_to(
+        &self,
+        record: &Publish,
+        partition: Option<i32>,
+    ) -> Result<DeliveryFuture, EffectError> {
         loop {
             let mut headers = OwnedHeaders::new_with_capacity(record.headers.len());
             for h in &record.headers {
@@ -173,6 +182,9 @@ impl Publisher {
             if let Some(key) = &record.key {
                 out = out.key(key);
             }
+            if let Some(partition) = partition {
+                out = out.partition(partition);
+            }
             match self.producer.send_result(out) {
                 Ok(delivery) => return Ok(delivery),
                 Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), _)) => {
@@ -186,6 +198,15 @@ impl Publisher {
     /// Sends a record and waits for the broker's answer.
     pub(crate) async fn publish(&self, record: &Publish) -> Result<Landed, EffectError> {
         delivered(self.send(record).await?).await
+    }
+
+    /// Publishes a record to a given partition and waits for the answer.
+    pub(crate) async fn publish_to(
+        &self,
+        record: &Publish,
+        partition: i32,
+    ) -> Result<Landed, EffectError> {
+        delivered(self.send_to(record, Some(partition)).await?).await
     }
 
     /// Publishes a record however long it takes (for dead letters, which

@@ -121,6 +121,11 @@ pub(crate) fn dead_letter_record(
         Header::new("sluice-attempts", dead.attempts.to_string()),
     ]);
     headers.extend(source_headers(message));
+    // So that a re-drive gives the handler the clock it first saw.
+    headers.push(Header::new(
+        "sluice-source-timestamp",
+        message.timestamp.to_string(),
+    ));
     headers.extend(handler_headers(handler, version));
     if dead.parks_key {
         headers.push(Header::new(PARKS_KEY_HEADER, "true"));

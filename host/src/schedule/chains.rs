@@ -11,7 +11,7 @@ use std::sync::{Arc, Mutex};
 use tokio::sync::oneshot;
 
 use crate::config::Ordering;
-use crate::source::parked::ParkedKeys;
+use crate::source::parked::{ParkedKey, ParkedKeys};
 
 /// What a chain is keyed by: a message key, or `None` for the partition's
 /// single chain (and for keyless messages when ordering by key).
@@ -103,12 +103,29 @@ impl Drop for Link {
     }
 }
 
-/// Keys parked in a partition (`on-dead-letter = "park-key"`), each with
-/// the offset of the message that parked it: their later messages are
-/// dead-lettered behind that one.
+/// Keys parked in a partition (`on-dead-letter = "park-key"`): their later
+/// messages are dead-lettered behind the one that parked them, until they
+/// are re-driven and un-parked.
 #[derive(Default)]
 pub(crate) struct Parked {
-    keys: Mutex<HashMap<ChainKey, i64>>,
+    keys: Mutex<HashMap<ChainKey, ParkedKey>>,
+}
+
+/// What an un-park did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Unpark {
+    /// Un-parked.
+    Done,
+    /// The key is not parked in the partition.
+    NotParked,
+    /// The partition has no lane in this host.
+    NotAssigned,
+    /// Messages of the key after the re-driven ones were dead-lettered
+    /// behind it since: they are not re-driven yet, so it stays parked.
+    Behind {
+        /// The last offset held behind the key.
+        last: i64,
+    },
 }
 
 impl Parked {
@@ -118,29 +135,45 @@ impl Parked {
         match keys.entry(key.map(<[u8]>::to_vec)) {
             Entry::Occupied(_) => false,
             Entry::Vacant(entry) => {
-                entry.insert(offset);
+                entry.insert(ParkedKey {
+                    at: offset,
+                    last: offset,
+                });
                 true
             }
         }
     }
 
-    /// Whether the message at `offset` is held behind its parked key: only
-    /// messages after the one that parked it are (that one, handled again
-    /// after a crash, is tried again).
-    pub(crate) fn is_parked(&self, key: Option<&[u8]>, offset: i64) -> bool {
+    /// Whether the message at `offset` is held behind its parked key (and
+    /// so to be dead-lettered): only messages after the one that parked it
+    /// are (that one, handled again after a crash, is tried again).
+    pub(crate) fn hold(&self, key: Option<&[u8]>, offset: i64) -> bool {
+        let mut keys = self.keys.lock().expect("parked lock");
+        if keys.is_empty() {
+            return false;
+        }
+        match keys.get_mut(&key.map(<[u8]>::to_vec)) {
+            Some(parked) if offset > parked.at => {
+                parked.last = parked.last.max(offset);
+                true
+            }
+            _ => false,
+        }
+    }
+
+    /// Whether a key is parked.
+    pub(crate) fn is_parked(&self, key: Option<&[u8]>) -> bool {
         let keys = self.keys.lock().expect("parked lock");
-        !keys.is_empty()
-            && keys
-                .get(&key.map(<[u8]>::to_vec))
-                .is_some_and(|parked_at| offset > *parked_at)
+        keys.contains_key(&key.map(<[u8]>::to_vec))
     }
 
     /// Adds keys parked by earlier runs (read back from the dead letters).
     pub(crate) fn restore(&self, parked: ParkedKeys) {
         let mut keys = self.keys.lock().expect("parked lock");
-        for (key, offset) in parked {
-            let at = keys.entry(key).or_insert(offset);
-            *at = (*at).min(offset);
+        for (key, restored) in parked {
+            let known = keys.entry(key).or_insert(restored);
+            known.at = known.at.min(restored.at);
+            known.last = known.last.max(restored.last);
         }
     }
 
@@ -148,7 +181,27 @@ impl Parked {
     /// handled again).
     pub(crate) fn unpark_from(&self, offset: i64) {
         let mut keys = self.keys.lock().expect("parked lock");
-        keys.retain(|_, parked_at| *parked_at < offset);
+        keys.retain(|_, parked| parked.at < offset);
+    }
+
+    /// Un-parks a key whose dead letters through offset `through` were
+    /// re-driven, unless later ones were held behind it meanwhile.
+    pub(crate) fn unpark(&self, key: Option<&[u8]>, through: i64) -> Unpark {
+        let mut keys = self.keys.lock().expect("parked lock");
+        let key = key.map(<[u8]>::to_vec);
+        match keys.get(&key) {
+            None => Unpark::NotParked,
+            Some(parked) if parked.last > through => Unpark::Behind { last: parked.last },
+            Some(_) => {
+                keys.remove(&key);
+                Unpark::Done
+            }
+        }
+    }
+
+    /// How many keys are parked.
+    pub(crate) fn len(&self) -> usize {
+        self.keys.lock().expect("parked lock").len()
     }
 }
 
@@ -196,35 +249,49 @@ mod tests {
     #[test]
     fn parked_keys() {
         let parked = Parked::default();
-        assert!(!parked.is_parked(Some(b"k"), 6));
+        assert!(!parked.hold(Some(b"k"), 6));
         assert!(parked.park(Some(b"k"), 5));
         assert!(!parked.park(Some(b"k"), 6), "already parked");
-        assert!(parked.is_parked(Some(b"k"), 6));
+        assert!(parked.hold(Some(b"k"), 6));
         assert!(
-            !parked.is_parked(Some(b"k"), 5),
+            !parked.hold(Some(b"k"), 5),
             "the parking message is tried again"
         );
-        assert!(!parked.is_parked(Some(b"j"), 6));
-        assert!(!parked.is_parked(None, 6));
+        assert!(!parked.hold(Some(b"j"), 6));
+        assert!(!parked.hold(None, 6));
         assert!(parked.park(Some(b"j"), 9));
         parked.unpark_from(7);
-        assert!(parked.is_parked(Some(b"k"), 10), "parked before the rewind");
+        assert!(parked.hold(Some(b"k"), 10), "parked before the rewind");
         assert!(
-            !parked.is_parked(Some(b"j"), 10),
+            !parked.hold(Some(b"j"), 10),
             "parked by what is handled again"
         );
+    }
+
+    #[test]
+    fn a_key_is_unparked_only_through_its_last_held_message() {
+        let parked = Parked::default();
+        assert_eq!(parked.unpark(Some(b"k"), 9), Unpark::NotParked);
+        assert!(parked.park(Some(b"k"), 5));
+        assert!(parked.hold(Some(b"k"), 8));
+        assert_eq!(parked.unpark(Some(b"k"), 7), Unpark::Behind { last: 8 });
+        assert!(parked.hold(Some(b"k"), 9), "still parked");
+        assert_eq!(parked.unpark(Some(b"k"), 9), Unpark::Done);
+        assert!(!parked.hold(Some(b"k"), 10));
+        assert_eq!(parked.len(), 0);
     }
 
     #[test]
     fn restored_keys_keep_the_earliest_offset() {
         let parked = Parked::default();
         assert!(parked.park(Some(b"k"), 8));
+        let at = |at| ParkedKey { at, last: at };
         parked.restore(ParkedKeys::from([
-            (Some(b"k".to_vec()), 3),
-            (Some(b"j".to_vec()), 4),
+            (Some(b"k".to_vec()), at(3)),
+            (Some(b"j".to_vec()), at(4)),
         ]));
-        assert!(parked.is_parked(Some(b"k"), 4));
-        assert!(!parked.is_parked(Some(b"j"), 4));
-        assert!(parked.is_parked(Some(b"j"), 5));
+        assert!(parked.hold(Some(b"k"), 4));
+        assert!(!parked.hold(Some(b"j"), 4));
+        assert!(parked.hold(Some(b"j"), 5));
     }
 }

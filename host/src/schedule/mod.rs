@@ -10,7 +10,7 @@ pub(crate) mod chains;
 pub(crate) mod offsets;
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
 use rdkafka::error::KafkaResult;
@@ -24,7 +24,7 @@ use crate::policy::retry::Backoff;
 use crate::source::Delivery;
 use crate::source::kafka::PartitionFeed;
 use crate::source::parked::ParkedKeys;
-use chains::{Chains, Parked};
+use chains::{Chains, Parked, Unpark};
 use offsets::{Starving, TopicPartition};
 
 /// Why a lane pauses its partition.
@@ -34,6 +34,8 @@ pub(crate) enum Pause {
     InFlightCap,
     /// A message waits for an open circuit breaker.
     TargetDown,
+    /// An operator paused its route (`POST /routes/{topic}/pause`).
+    Operator,
 }
 
 impl Pause {
@@ -41,6 +43,7 @@ impl Pause {
         match self {
             Pause::InFlightCap => "in-flight cap reached",
             Pause::TargetDown => "effect target down (circuit breaker open)",
+            Pause::Operator => "route paused by an operator",
         }
     }
 }
@@ -215,6 +218,94 @@ impl PartitionState {
     }
 }
 
+/// What an operator may change in a running host (through the admin
+/// server): which routes are paused, which parked keys are let go.
+pub(crate) struct Controls {
+    /// Per routed topic: whether its partitions are paused.
+    paused: HashMap<String, watch::Sender<bool>>,
+    /// The partitions with a lane here.
+    partitions: Mutex<HashMap<TopicPartition, Weak<PartitionState>>>,
+}
+
+impl Controls {
+    /// Controls for these routed topics, none paused.
+    pub(crate) fn new(topics: impl IntoIterator<Item = String>) -> Self {
+        Controls {
+            paused: topics
+                .into_iter()
+                .map(|topic| (topic, watch::channel(false).0))
+                .collect(),
+            partitions: Mutex::default(),
+        }
+    }
+
+    /// Pauses or resumes a route; false if the topic has no route.
+    pub(crate) fn set_paused(&self, topic: &str, paused: bool) -> bool {
+        let Some(flag) = self.paused.get(topic) else {
+            return false;
+        };
+        if flag.send_replace(paused) != paused {
+            tracing::info!(
+                topic,
+                paused,
+                "route {}",
+                if paused { "paused" } else { "resumed" }
+            );
+        }
+        true
+    }
+
+    /// Whether a route is paused.
+    pub(crate) fn is_paused(&self, topic: &str) -> bool {
+        self.paused.get(topic).is_some_and(|flag| *flag.borrow())
+    }
+
+    /// Un-parks a key in a partition with a lane here (see `Parked::unpark`).
+    pub(crate) fn unpark(&self, tp: &TopicPartition, key: Option<&[u8]>, through: i64) -> Unpark {
+        let state = self
+            .partitions
+            .lock()
+            .expect("partitions lock")
+            .get(tp)
+            .and_then(Weak::upgrade);
+        match state {
+            Some(state) => state.parked.unpark(key, through),
+            None => Unpark::NotAssigned,
+        }
+    }
+
+    /// Keys parked per partition with a lane here, for the status page.
+    pub(crate) fn parked_keys(&self) -> Vec<(TopicPartition, usize)> {
+        let partitions = self.partitions.lock().expect("partitions lock");
+        let mut parked: Vec<_> = partitions
+            .iter()
+            .filter_map(|(tp, state)| Some((tp.clone(), state.upgrade()?.parked.len())))
+            .filter(|(_, keys)| *keys > 0)
+            .collect();
+        parked.sort();
+        parked
+    }
+
+    /// Whether a key is parked in a partition with a lane here.
+    pub(crate) fn is_parked(&self, tp: &TopicPartition, key: Option<&[u8]>) -> bool {
+        let partitions = self.partitions.lock().expect("partitions lock");
+        partitions
+            .get(tp)
+            .and_then(Weak::upgrade)
+            .is_some_and(|state| state.parked.is_parked(key))
+    }
+
+    fn watch_paused(&self, topic: &str) -> Option<watch::Receiver<bool>> {
+        self.paused.get(topic).map(watch::Sender::subscribe)
+    }
+
+    fn register(&self, state: &Arc<PartitionState>) {
+        let mut partitions = self.partitions.lock().expect("partitions lock");
+        partitions.retain(|_, state| state.strong_count() > 0);
+        partitions.insert(state.tp.clone(), Arc::downgrade(state));
+    }
+}
+
 /// A lane's handle: how to stop it, and how to feed it if it is channel-fed.
 struct Lane {
     stop: watch::Sender<bool>,
@@ -224,6 +315,7 @@ struct Lane {
 /// One ordered lane per partition.
 pub(crate) struct Lanes {
     pipeline: Arc<Pipeline>,
+    controls: Arc<Controls>,
     host_slots: Arc<Semaphore>,
     host_cap: usize,
     lanes: HashMap<TopicPartition, Lane>,
@@ -241,14 +333,24 @@ pub(crate) enum Queued {
 
 impl Lanes {
     /// Lanes with at most `max_in_flight` messages in flight over all of them.
-    pub(crate) fn new(pipeline: Arc<Pipeline>, max_in_flight: usize) -> Self {
+    pub(crate) fn new(
+        pipeline: Arc<Pipeline>,
+        controls: Arc<Controls>,
+        max_in_flight: usize,
+    ) -> Self {
         Lanes {
             pipeline,
+            controls,
             host_slots: Arc::new(Semaphore::new(max_in_flight)),
             host_cap: max_in_flight,
             lanes: HashMap::new(),
             tasks: JoinSet::new(),
         }
+    }
+
+    /// What an operator may change in these lanes.
+    pub(crate) fn controls(&self) -> &Arc<Controls> {
+        &self.controls
     }
 
     /// Whether the pipeline has a route for a topic.
@@ -276,6 +378,8 @@ impl Lanes {
             rewind: Mutex::default(),
             rewound: Notify::new(),
         });
+        self.controls.register(&state);
+        let paused = self.controls.watch_paused(&tp.0);
         let (stop, stopped) = watch::channel(false);
         if let Some(previous) = self.lanes.insert(tp, Lane { stop, sender }) {
             previous.stop.send_replace(true);
@@ -285,6 +389,7 @@ impl Lanes {
             state,
             host_slots: self.host_slots.clone(),
             host_cap: self.host_cap,
+            paused,
         };
         self.tasks.spawn(lane.run(feed, stopped));
     }
@@ -345,10 +450,12 @@ struct LaneTask {
     state: Arc<PartitionState>,
     host_slots: Arc<Semaphore>,
     host_cap: usize,
+    /// Whether an operator paused the route (none for unrouted topics).
+    paused: Option<watch::Receiver<bool>>,
 }
 
 impl LaneTask {
-    async fn run(self, mut feed: Feed, mut stop: watch::Receiver<bool>) {
+    async fn run(mut self, mut feed: Feed, mut stop: watch::Receiver<bool>) {
         let mut revocation = feed.revocation();
         // librdkafka keeps a partition's pause across a rebalance: one
         // paused by a lane that was revoked meanwhile (a breaker open, slots
@@ -361,7 +468,19 @@ impl LaneTask {
             _ = self.restore_parked(&feed) => {}
         }
         let mut batch = Vec::with_capacity(MAX_BATCH);
+        let mut paused = self.paused.take();
         loop {
+            if paused.as_ref().is_some_and(|p| *p.borrow()) {
+                // Messages in flight finish; no more are fetched.
+                feed.pause(Pause::Operator);
+                tokio::select! {
+                    biased;
+                    _ = stop.wait_for(|stop| *stop) => break,
+                    _ = revoked(&mut revocation) => break,
+                    _ = until_paused(&mut paused, false) => {}
+                }
+                feed.resume();
+            }
             if self.state.waiting.any() {
                 // An effect target is down: fetching more would only add
                 // messages waiting for it.
@@ -379,6 +498,7 @@ impl LaneTask {
                 _ = stop.wait_for(|stop| *stop) => break,
                 _ = revoked(&mut revocation) => break,
                 _ = self.state.waiting.until_some() => continue,
+                _ = until_paused(&mut paused, true) => continue,
                 slots = self.reserve(&feed) => slots,
             };
             let epoch = self.state.before_fetch(&feed);
@@ -389,6 +509,7 @@ impl LaneTask {
                 // Nothing was received yet: the batch starts over, rewound.
                 _ = self.state.rewound.notified() => continue,
                 _ = self.state.waiting.until_some() => continue,
+                _ = until_paused(&mut paused, true) => continue,
                 received = feed.next_batch(&mut batch, slots.len()) => received,
             };
             if received == 0 {
@@ -501,6 +622,16 @@ impl LaneTask {
             .try_acquire_many_owned(n as u32)
             .ok()?;
         Some(pair(partition, host))
+    }
+}
+
+/// Resolves once a route's pause is `value` (never for an unrouted topic).
+async fn until_paused(paused: &mut Option<watch::Receiver<bool>>, value: bool) {
+    match paused {
+        Some(paused) => {
+            let _ = paused.wait_for(|paused| *paused == value).await;
+        }
+        None => std::future::pending().await,
     }
 }
 

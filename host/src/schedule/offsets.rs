@@ -300,8 +300,8 @@ impl Ack {
             .is_some_and(|state| state.generation == self.generation)
     }
 
-    /// The message is done: its outputs ran or it was dead-lettered.
-    #[cfg(test)]
+    /// The message is done: its outputs ran, it was dead-lettered, or
+    /// there was nothing to do.
     pub(crate) fn finish(self) {
         self.finish_holding(Box::new(()));
     }

@@ -231,7 +231,9 @@ impl PartitionFeed {
     pub(crate) fn pause(&self, why: Pause) {
         let (topic, partition, reason) = (&self.tp.0, self.tp.1, why.as_str());
         match why {
-            Pause::TargetDown => tracing::info!(topic, partition, "partition paused: {reason}"),
+            Pause::TargetDown | Pause::Operator => {
+                tracing::info!(topic, partition, "partition paused: {reason}")
+            }
             Pause::InFlightCap => tracing::debug!(topic, partition, "partition paused: {reason}"),
         }
         if let Err(error) = self.consumer.pause(&self.list()) {

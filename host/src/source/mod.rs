@@ -2,6 +2,7 @@
 //! local runs and tests. Each yields deliveries: a message plus the ack that
 //! moves its partition's watermark once the message is finished.
 
+pub(crate) mod dead_letters;
 pub mod jsonl;
 pub mod kafka;
 pub(crate) mod parked;

@@ -3,7 +3,8 @@
 //! outlive the process that parked a key, or a restart or rebalance would let
 //! the key's later messages overtake its dead letters. A key counts as parked
 //! from the first of its partition's dead letters marked `sluice-parks-key`
-//! (aborted transactions' dead letters do not count: read committed).
+//! (aborted transactions' dead letters do not count: read committed), until
+//! a later marker of `sluice redrive` un-parks it (`sluice-unparks-key`).
 
 use std::collections::{HashMap, HashSet};
 use std::time::{Duration, Instant};
@@ -18,11 +19,22 @@ use crate::schedule::offsets::TopicPartition;
 
 /// Header of the dead letters that park their key or are held behind it.
 pub(crate) const PARKS_KEY_HEADER: &str = "sluice-parks-key";
+/// Header of `sluice redrive`'s markers that un-park a key: its value is the
+/// last source offset of the key's dead letters that were re-driven.
+pub(crate) const UNPARKS_KEY_HEADER: &str = "sluice-unparks-key";
 /// How long reading the dead-letter topic back may take.
 const READ_TIMEOUT: Duration = Duration::from_secs(60);
 
-/// A partition's parked keys, each with the source offset it was parked at.
-pub(crate) type ParkedKeys = HashMap<Option<Vec<u8>>, i64>;
+/// A parked key: the source offset that parked it, and the last one held
+/// behind it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct ParkedKey {
+    pub(crate) at: i64,
+    pub(crate) last: i64,
+}
+
+/// A partition's parked keys.
+pub(crate) type ParkedKeys = HashMap<Option<Vec<u8>>, ParkedKey>;
 
 /// The settings of a reader of dead-letter topics, from the consumer's: it
 /// joins no group and commits nothing.
@@ -77,11 +89,22 @@ pub(crate) fn read(
             Some(Err(error)) => return Err(error),
             Some(Ok(record)) => {
                 at_end.remove(&record.partition());
-                if let Some(offset) = parked_at(&record, source) {
-                    let at = parked
-                        .entry(record.key().map(<[u8]>::to_vec))
-                        .or_insert(offset);
-                    *at = (*at).min(offset);
+                let key = record.key().map(<[u8]>::to_vec);
+                match marked(&record, source) {
+                    Some(Mark::Parks(offset)) => {
+                        let known = parked.entry(key).or_insert(ParkedKey {
+                            at: offset,
+                            last: offset,
+                        });
+                        known.at = known.at.min(offset);
+                        known.last = known.last.max(offset);
+                    }
+                    Some(Mark::Unparks(through))
+                        if parked.get(&key).is_some_and(|p| p.last <= through) =>
+                    {
+                        parked.remove(&key);
+                    }
+                    Some(Mark::Unparks(_)) | None => {}
                 }
             }
         }
@@ -89,20 +112,38 @@ pub(crate) fn read(
     Ok(parked)
 }
 
-/// The source offset of a dead letter that parks its key in `source`.
-fn parked_at(record: &impl Message, source: &TopicPartition) -> Option<i64> {
+/// What a record of a dead-letter topic says of its key's parking.
+enum Mark {
+    /// A dead letter that parks its key (or is held behind it), at this
+    /// source offset.
+    Parks(i64),
+    /// A re-drive's marker: the key's dead letters through this source
+    /// offset were re-driven.
+    Unparks(i64),
+}
+
+/// What a record of a dead-letter topic says of parking in `source`.
+fn marked(record: &impl Message, source: &TopicPartition) -> Option<Mark> {
     let headers = record.headers()?;
     let header = |name: &str| {
         headers
             .iter()
-            .find(|h| h.key == name)
+            .filter(|h| h.key == name)
+            .last()
             .and_then(|h| h.value)
             .and_then(|v| std::str::from_utf8(v).ok())
     };
-    header(PARKS_KEY_HEADER)?;
     let same_source = header("sluice-source-topic")? == source.0
         && header("sluice-source-partition")?.parse::<i32>().ok()? == source.1;
-    same_source
-        .then(|| header("sluice-source-offset")?.parse().ok())
-        .flatten()
+    if !same_source {
+        return None;
+    }
+    if let Some(through) = header(UNPARKS_KEY_HEADER) {
+        return through.parse().ok().map(Mark::Unparks);
+    }
+    header(PARKS_KEY_HEADER)?;
+    header("sluice-source-offset")?
+        .parse()
+        .ok()
+        .map(Mark::Parks)
 }

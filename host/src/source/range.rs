@@ -7,7 +7,7 @@ use std::collections::HashMap;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use rdkafka::config::ClientConfig;
-use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer};
 use rdkafka::error::{KafkaError, KafkaResult};
 use rdkafka::message::{Headers, Message as _};
 use rdkafka::{Offset, TopicPartitionList};
@@ -26,6 +26,8 @@ pub enum Position {
     Offset(i64),
     /// The first message whose timestamp is at or after this time.
     Time(SystemTime),
+    /// Where the reader's consumer group committed (else the beginning).
+    Committed,
 }
 
 impl std::str::FromStr for Position {
@@ -71,9 +73,21 @@ impl TopicRange {
         from: Position,
         to: Position,
     ) -> KafkaResult<TopicRange> {
-        let consumer: BaseConsumer = ClientConfig::new()
-            .set("bootstrap.servers", brokers)
-            .set("group.id", "sluice-replay")
+        let mut client = ClientConfig::new();
+        client.set("bootstrap.servers", brokers);
+        Self::open_with(client.set("group.id", "sluice-replay"), topic, from, to)
+    }
+
+    /// Likewise, with these client settings (which name the group whose
+    /// commits `Position::Committed` means).
+    pub(crate) fn open_with(
+        client: &ClientConfig,
+        topic: &str,
+        from: Position,
+        to: Position,
+    ) -> KafkaResult<TopicRange> {
+        let consumer: BaseConsumer = client
+            .clone()
             .set("enable.auto.commit", "false")
             .set("enable.auto.offset.store", "false")
             .create()?;
@@ -126,6 +140,31 @@ impl TopicRange {
     pub fn is_empty(&self) -> bool {
         self.total == 0
     }
+
+    /// Where each partition's part ends (exclusive).
+    pub(crate) fn ends(&self) -> HashMap<i32, i64> {
+        self.bounds.iter().map(|(p, b)| (*p, b.end)).collect()
+    }
+
+    /// Ends each partition's part no later than `ends` says (a partition
+    /// it does not name ends at once).
+    pub(crate) fn end_at(&mut self, ends: &HashMap<i32, i64>) {
+        self.bounds
+            .retain(|partition, bounds| match ends.get(partition) {
+                Some(end) => {
+                    bounds.end = bounds.end.min(*end);
+                    true
+                }
+                None => false,
+            });
+    }
+
+    /// Commits, for the reader's group, that reading goes on at `offset`.
+    pub(crate) fn commit(&self, topic: &str, partition: i32, offset: i64) -> KafkaResult<()> {
+        let mut list = TopicPartitionList::new();
+        list.add_partition_offset(topic, partition, Offset::Offset(offset))?;
+        self.consumer.commit(&list, CommitMode::Sync)
+    }
 }
 
 /// The offset a position names in one partition (`edge` for
@@ -141,6 +180,18 @@ fn resolve(
     Ok(match position {
         Position::Edge => (edge, None),
         Position::Offset(offset) => (offset, None),
+        Position::Committed => {
+            let mut query = TopicPartitionList::new();
+            query.add_partition(topic, partition);
+            let committed = consumer.committed_offsets(query, TIMEOUT)?;
+            match committed
+                .find_partition(topic, partition)
+                .map(|p| p.offset())
+            {
+                Some(Offset::Offset(offset)) => (offset, None),
+                _ => (edge, None),
+            }
+        }
         Position::Time(time) => {
             let ms = time
                 .duration_since(UNIX_EPOCH)

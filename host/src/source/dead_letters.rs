@@ -1,0 +1,190 @@
+//! A dead-letter topic read back for `sluice redrive`: each record is a dead
+//! letter (whose original message is restored from it), a marker a re-drive
+//! left, or something sluice did not write.
+
+use crate::contract::{Header, Message};
+use crate::source::parked::{PARKS_KEY_HEADER, UNPARKS_KEY_HEADER};
+
+/// Header of a re-drive's marker: the key's dead letters in the marker's
+/// partition below this offset were re-driven.
+pub(crate) const REDRIVEN_HEADER: &str = "sluice-redriven";
+
+/// The first header a dead letter adds after the original message's own.
+const FIRST_ADDED: &str = "sluice-stage";
+
+/// What a record of a dead-letter topic is.
+#[derive(Debug)]
+pub(crate) enum Entry {
+    /// A dead letter.
+    Letter(Letter),
+    /// A re-drive's marker.
+    Marker {
+        /// Dead letters of the marker's key below this offset were re-driven.
+        redriven_below: i64,
+    },
+    /// Not written by sluice, or not readable: why.
+    Foreign(String),
+}
+
+/// A dead letter, with the message it holds restored.
+#[derive(Debug)]
+pub(crate) struct Letter {
+    /// The message as it first arrived (topic, partition, offset, key,
+    /// payload, its own headers, timestamp).
+    pub(crate) message: Message,
+    /// Why it was dead-lettered (`sluice-reason`).
+    pub(crate) reason: String,
+    /// Whether it parked its key, or was held behind it.
+    pub(crate) parks_key: bool,
+}
+
+/// Reads one record of a dead-letter topic.
+pub(crate) fn entry(record: &Message) -> Entry {
+    let find = |name: &str| {
+        record
+            .headers
+            .iter()
+            .rev()
+            .find(|h| h.name == name)
+            .map(|h| String::from_utf8_lossy(&h.value).into_owned())
+    };
+    if find(UNPARKS_KEY_HEADER).is_some() || find(REDRIVEN_HEADER).is_some() {
+        return match find(REDRIVEN_HEADER).and_then(|v| v.parse().ok()) {
+            Some(redriven_below) => Entry::Marker { redriven_below },
+            None => Entry::Foreign(format!("a marker without a valid {REDRIVEN_HEADER} header")),
+        };
+    }
+    // The headers a dead letter adds come after the message's own, which
+    // may hold sluice headers of their own (from an upstream host).
+    let Some(first_added) = record.headers.iter().rposition(|h| h.name == FIRST_ADDED) else {
+        return Entry::Foreign(format!("no {FIRST_ADDED} header: not a sluice dead letter"));
+    };
+    let added = &record.headers[first_added..];
+    let value = |name: &str| {
+        added
+            .iter()
+            .find(|h| h.name == name)
+            .and_then(|h| std::str::from_utf8(&h.value).ok())
+    };
+    let source = (
+        value("sluice-source-topic"),
+        value("sluice-source-partition").and_then(|p| p.parse().ok()),
+        value("sluice-source-offset").and_then(|o| o.parse().ok()),
+    );
+    let (Some(topic), Some(partition), Some(offset)) = source else {
+        return Entry::Foreign(
+            "its sluice-source-topic, -partition or -offset header is missing or bad".to_owned(),
+        );
+    };
+    // Dead letters written before the header existed: the record's own
+    // time is the closest there is.
+    let timestamp = value("sluice-source-timestamp")
+        .and_then(|t| t.parse().ok())
+        .unwrap_or(record.timestamp);
+    Entry::Letter(Letter {
+        message: Message {
+            topic: topic.to_owned(),
+            partition,
+            offset,
+            key: record.key.clone(),
+            payload: record.payload.clone(),
+            headers: record.headers[..first_added].to_vec(),
+            timestamp,
+        },
+        reason: value("sluice-reason").unwrap_or("unknown").to_owned(),
+        parks_key: value(PARKS_KEY_HEADER).is_some(),
+    })
+}
+
+/// The marker a re-drive leaves after a key's dead letters: those of the
+/// key below `redriven_below` in this partition are done, and, with
+/// `unparks_through`, the key is no longer parked in its source partition.
+pub(crate) fn marker(
+    source: &Message,
+    redriven_below: i64,
+    unparks_through: Option<i64>,
+) -> Vec<Header> {
+    let mut headers = vec![
+        Header::new(REDRIVEN_HEADER, redriven_below.to_string()),
+        Header::new("sluice-source-topic", source.topic.as_str()),
+        Header::new("sluice-source-partition", source.partition.to_string()),
+    ];
+    if let Some(through) = unparks_through {
+        headers.push(Header::new(UNPARKS_KEY_HEADER, through.to_string()));
+    }
+    headers
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::policy::{DeadLetter, Stage, dead_letter_record};
+
+    fn message() -> Message {
+        Message {
+            topic: "orders".into(),
+            partition: 3,
+            offset: 41,
+            key: Some(b"o-1".to_vec()),
+            payload: b"{}".to_vec(),
+            // An upstream host's headers stay the message's own.
+            headers: vec![
+                Header::new("traceparent", "00-ab-cd-01"),
+                Header::new("sluice-source-topic", "upstream"),
+            ],
+            timestamp: 1_700_000_000_123,
+        }
+    }
+
+    fn as_record(publish: crate::contract::Publish) -> Message {
+        Message {
+            topic: publish.topic,
+            partition: 0,
+            offset: 7,
+            key: publish.key,
+            payload: publish.payload,
+            headers: publish.headers,
+            timestamp: 1_800_000_000_000,
+        }
+    }
+
+    #[test]
+    fn a_dead_letter_gives_back_the_message_it_holds() {
+        let dead = DeadLetter {
+            topic: "orders.dlq".into(),
+            stage: Stage::Handle,
+            reason: "rejected",
+            detail: "no".into(),
+            attempts: 1,
+            parks_key: true,
+        };
+        let record = as_record(dead_letter_record(&message(), &dead, "h", "1.0.0"));
+        let Entry::Letter(letter) = entry(&record) else {
+            panic!("not a letter");
+        };
+        assert_eq!(letter.message, message());
+        assert_eq!(letter.reason, "rejected");
+        assert!(letter.parks_key);
+    }
+
+    #[test]
+    fn markers_and_foreign_records_are_told_apart() {
+        let mut record = as_record(crate::contract::Publish {
+            topic: "orders.dlq".into(),
+            key: Some(b"o-1".to_vec()),
+            payload: Vec::new(),
+            headers: marker(&message(), 12, Some(41)),
+        });
+        assert!(matches!(
+            entry(&record),
+            Entry::Marker { redriven_below: 12 }
+        ));
+        record.headers = vec![Header::new("x", "y")];
+        let Entry::Foreign(why) = entry(&record) else {
+            panic!("foreign taken for a letter");
+        };
+        assert!(why.contains("not a sluice dead letter"), "{why}");
+        record.headers = vec![Header::new("sluice-stage", "handle")];
+        assert!(matches!(entry(&record), Entry::Foreign(_)));
+    }
+}
