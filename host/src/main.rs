@@ -163,13 +163,8 @@ fn execute(command: Command) -> anyhow::Result<ExitCode> {
             admin,
         } => {
             let config = Config::load(&config)?;
-            let options = RedriveOptions {
-                dlq,
-                key,
-                dry_run,
-                admin,
-            };
-            if options.dry_run {
+            let options = RedriveOptions { dlq, key, admin };
+            if dry_run {
                 let stdout = std::io::stdout();
                 let mut out = std::io::BufWriter::new(stdout.lock());
                 let report = redrive::dry_run(&config, &options, &mut out)?;

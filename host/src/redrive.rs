@@ -27,7 +27,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use rdkafka::config::ClientConfig;
+use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer};
 use rdkafka::error::KafkaError;
+use rdkafka::{Offset, TopicPartitionList};
 use serde_json::{Value, json};
 use tokio::sync::mpsc;
 
@@ -42,7 +44,7 @@ use crate::schedule::offsets::Hold;
 use crate::source::Delivery;
 use crate::source::dead_letters::{self, Entry, Letter};
 use crate::source::range::{Position, TopicRange};
-use crate::telemetry::RunReport;
+use crate::telemetry::{RunReport, Stop};
 
 /// How many records the reading thread may be ahead of the lanes.
 const READ_AHEAD: usize = 256;
@@ -56,8 +58,6 @@ pub struct RedriveOptions {
     pub dlq: String,
     /// Only this key's dead letters (UTF-8).
     pub key: Option<String>,
-    /// Show outcomes and outputs; execute nothing, commit nothing.
-    pub dry_run: bool,
     /// Running hosts' admin addresses to un-park keys in (default: the
     /// config's `admin.listen`).
     pub admin: Vec<String>,
@@ -93,8 +93,7 @@ pub enum RedriveError {
 pub struct RedriveReport {
     /// Dead letters run again (in a dry run: through the handler only).
     pub redriven: u64,
-    /// Records skipped: markers, dead letters an earlier redrive of their
-    /// key did, records that are not sluice dead letters of this route.
+    /// Markers of earlier redrives, skipped.
     pub markers: u64,
     /// Dead letters a `--key` redrive did before.
     pub already: u64,
@@ -325,6 +324,8 @@ struct KeyDone {
     below: i64,
     /// Whether the route parks keys.
     parks: bool,
+    /// Whether the re-drive's own failures parked the key again.
+    parked_again: bool,
 }
 
 /// Re-drives the dead letters for real: see the module's comment.
@@ -408,6 +409,7 @@ pub async fn redrive(
                 dlq_partition: record.partition,
                 below: record.offset + 1,
                 parks: parks || letter.parks_key,
+                parked_again: false,
             },
         );
         tokio::select! {
@@ -422,13 +424,10 @@ pub async fn redrive(
         // which keys their failures parked again.
         host.offsets.wait_idle().await;
     }
-    let parked_again: Vec<bool> = keys
-        .values()
-        .map(|done| {
-            let tp = (done.message.topic.clone(), done.message.partition);
-            lanes.controls().is_parked(&tp, done.message.key.as_deref())
-        })
-        .collect();
+    for done in keys.values_mut() {
+        let tp = (done.message.topic.clone(), done.message.partition);
+        done.parked_again = lanes.controls().is_parked(&tp, done.message.key.as_deref());
+    }
     let queued = if stopped {
         Queued::Leave
     } else {
@@ -440,11 +439,11 @@ pub async fn redrive(
     }
     if !stopped {
         let admin = Admin::new(&config, options);
-        for (done, parked_again) in keys.values().zip(parked_again) {
+        for done in keys.values() {
             if !done.parks && commits {
                 continue;
             }
-            let unparks = (done.parks && !parked_again).then_some(done.message.offset);
+            let unparks = (done.parks && !done.parked_again).then_some(done.message.offset);
             let line = mark(&host, &dlq, done, unparks).await;
             let line = match (line, unparks) {
                 (Err(error), _) => format!("{}: marker not written: {error}", key_text(done)),
@@ -457,29 +456,33 @@ pub async fn redrive(
             report.unparked.push(line);
         }
     }
-    let outcome = if stopped {
-        Ok(crate::telemetry::Stop::Requested)
+    let stop = if stopped {
+        Stop::Requested
     } else {
-        Ok(crate::telemetry::Stop::Drained)
+        Stop::Drained
     };
-    report.run = Some(host.finish(outcome).await?);
+    report.run = Some(host.finish(Ok(stop)).await?);
     failure.map_or(Ok(report), Err)
 }
 
 /// Commits, for the redrive's group, how far the dead letters are done.
 fn commit(reader: &Reader, host: &Host, dlq: &str) -> Result<(), RedriveError> {
-    tokio::task::block_in_place(|| {
-        let committer = reader.range()?;
-        for partition in reader.ends.keys() {
-            let tp = (dlq.to_owned(), *partition);
-            if let Some(done) = host.offsets.watermark(&tp) {
-                committer
-                    .commit(dlq, *partition, done)
-                    .map_err(|source| reader.failed(source))?;
-            }
+    let mut list = TopicPartitionList::new();
+    for partition in reader.ends.keys() {
+        let tp = (dlq.to_owned(), *partition);
+        if let Some(done) = host.offsets.watermark(&tp) {
+            list.add_partition_offset(dlq, *partition, Offset::Offset(done))
+                .map_err(|source| reader.failed(source))?;
         }
-        Ok(())
+    }
+    if list.count() == 0 {
+        return Ok(());
+    }
+    tokio::task::block_in_place(|| {
+        let committer: BaseConsumer = reader.client.create()?;
+        committer.commit(&list, CommitMode::Sync)
     })
+    .map_err(|source| reader.failed(source))
 }
 
 /// Writes a key's marker into the dead-letter partition of its letters.

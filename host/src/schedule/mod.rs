@@ -262,13 +262,7 @@ impl Controls {
 
     /// Un-parks a key in a partition with a lane here (see `Parked::unpark`).
     pub(crate) fn unpark(&self, tp: &TopicPartition, key: Option<&[u8]>, through: i64) -> Unpark {
-        let state = self
-            .partitions
-            .lock()
-            .expect("partitions lock")
-            .get(tp)
-            .and_then(Weak::upgrade);
-        match state {
+        match self.partition(tp) {
             Some(state) => state.parked.unpark(key, through),
             None => Unpark::NotAssigned,
         }
@@ -288,11 +282,14 @@ impl Controls {
 
     /// Whether a key is parked in a partition with a lane here.
     pub(crate) fn is_parked(&self, tp: &TopicPartition, key: Option<&[u8]>) -> bool {
-        let partitions = self.partitions.lock().expect("partitions lock");
-        partitions
-            .get(tp)
-            .and_then(Weak::upgrade)
+        self.partition(tp)
             .is_some_and(|state| state.parked.is_parked(key))
+    }
+
+    /// The state of a partition with a lane here.
+    fn partition(&self, tp: &TopicPartition) -> Option<Arc<PartitionState>> {
+        let partitions = self.partitions.lock().expect("partitions lock");
+        partitions.get(tp).and_then(Weak::upgrade)
     }
 
     fn watch_paused(&self, topic: &str) -> Option<watch::Receiver<bool>> {

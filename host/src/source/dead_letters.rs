@@ -3,6 +3,7 @@
 //! left, or something sluice did not write.
 
 use crate::contract::{Header, Message};
+use crate::policy::source_headers;
 use crate::source::parked::{PARKS_KEY_HEADER, UNPARKS_KEY_HEADER};
 
 /// Header of a re-drive's marker: the key's dead letters in the marker's
@@ -99,16 +100,14 @@ pub(crate) fn entry(record: &Message) -> Entry {
 /// The marker a re-drive leaves after a key's dead letters: those of the
 /// key below `redriven_below` in this partition are done, and, with
 /// `unparks_through`, the key is no longer parked in its source partition.
+/// `source` is the last of them (its source offset is only informative).
 pub(crate) fn marker(
     source: &Message,
     redriven_below: i64,
     unparks_through: Option<i64>,
 ) -> Vec<Header> {
-    let mut headers = vec![
-        Header::new(REDRIVEN_HEADER, redriven_below.to_string()),
-        Header::new("sluice-source-topic", source.topic.as_str()),
-        Header::new("sluice-source-partition", source.partition.to_string()),
-    ];
+    let mut headers = vec![Header::new(REDRIVEN_HEADER, redriven_below.to_string())];
+    headers.extend(source_headers(source));
     if let Some(through) = unparks_through {
         headers.push(Header::new(UNPARKS_KEY_HEADER, through.to_string()));
     }

@@ -7,7 +7,7 @@ use std::collections::HashMap;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use rdkafka::config::ClientConfig;
-use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer};
+use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::error::{KafkaError, KafkaResult};
 use rdkafka::message::{Headers, Message as _};
 use rdkafka::{Offset, TopicPartitionList};
@@ -157,13 +157,6 @@ impl TopicRange {
                 }
                 None => false,
             });
-    }
-
-    /// Commits, for the reader's group, that reading goes on at `offset`.
-    pub(crate) fn commit(&self, topic: &str, partition: i32, offset: i64) -> KafkaResult<()> {
-        let mut list = TopicPartitionList::new();
-        list.add_partition_offset(topic, partition, Offset::Offset(offset))?;
-        self.consumer.commit(&list, CommitMode::Sync)
     }
 }
 
