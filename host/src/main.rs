@@ -63,7 +63,7 @@ fn execute(command: Command) -> anyhow::Result<ExitCode> {
                 ..RunOptions::default()
             };
             let runtime = tokio::runtime::Runtime::new().context("cannot start async runtime")?;
-            let report = runtime.block_on(sluice::run(&config, options, stop_signal()))?;
+            let report = runtime.block_on(sluice::run(&config, options, stop_signal(&runtime)))?;
             print!("{}", report.summary());
             if report.unfinished > 0 {
                 eprintln!(
@@ -172,7 +172,8 @@ fn execute(command: Command) -> anyhow::Result<ExitCode> {
                 return Ok(ExitCode::SUCCESS);
             }
             let runtime = tokio::runtime::Runtime::new().context("cannot start async runtime")?;
-            let report = runtime.block_on(redrive::redrive(&config, &options, stop_signal()))?;
+            let report =
+                runtime.block_on(redrive::redrive(&config, &options, stop_signal(&runtime)))?;
             print!("{}", report.summary());
             let unfinished = report.run.as_ref().map_or(0, |run| run.unfinished);
             if unfinished > 0 {
@@ -192,15 +193,22 @@ fn execute(command: Command) -> anyhow::Result<ExitCode> {
     }
 }
 
-/// Resolves on SIGINT or SIGTERM.
-async fn stop_signal() {
+/// Resolves on SIGINT or SIGTERM. The handlers are installed at once, on
+/// `runtime`, not when the future is first polled: a signal that comes while
+/// the host is still starting (its admin server may already answer) is then
+/// a stop request, not the default action of killing the process.
+fn stop_signal(runtime: &tokio::runtime::Runtime) -> impl std::future::Future<Output = ()> {
     use tokio::signal::unix::{SignalKind, signal};
+    let _context = runtime.enter();
+    let mut interrupt = signal(SignalKind::interrupt()).expect("install SIGINT handler");
     let mut term = signal(SignalKind::terminate()).expect("install SIGTERM handler");
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => {}
-        _ = term.recv() => {}
+    async move {
+        tokio::select! {
+            _ = interrupt.recv() => {}
+            _ = term.recv() => {}
+        }
+        tracing::info!("stop requested");
     }
-    tracing::info!("stop requested");
 }
 
 fn print_inspection(i: &Inspection) -> std::io::Result<()> {
