@@ -40,7 +40,9 @@ pub enum Command {
         until_drained: bool,
     },
     /// Run a handler on messages from a JSONL file, with no broker, and print
-    /// one JSON line per input: its outputs or its error.
+    /// one JSON line per input: its outputs or its error (a decider's: its
+    /// stream, events and outputs, from the line's `history`). Lines that say
+    /// what they `expect` are checked: any not met fails the command.
     Replay {
         /// The handler component.
         #[arg(long)]

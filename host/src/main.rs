@@ -134,7 +134,19 @@ fn execute(command: Command) -> anyhow::Result<ExitCode> {
                     stats.differ
                 );
             }
-            Ok(ExitCode::SUCCESS)
+            if stats.checked > 0 {
+                eprintln!(
+                    "{} of {} expectations met; {} not (their lines have \"matches\": false and what was \"expected\")",
+                    stats.checked - stats.mismatched,
+                    stats.checked,
+                    stats.mismatched
+                );
+            }
+            Ok(if stats.mismatched > 0 {
+                ExitCode::FAILURE
+            } else {
+                ExitCode::SUCCESS
+            })
         }
         Command::Handlers { config, admin } => {
             let config = Config::load(&config)?;

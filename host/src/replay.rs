@@ -3,6 +3,11 @@
 //! its error; with `against`, another version's too, and whether they
 //! differ. Nothing is executed: this is how a handler is tried and tested,
 //! and how a new version is compared with history before it serves.
+//!
+//! A file's lines may carry what they expect (`expect`): then replay checks
+//! every outcome against it, which is how conformance vectors run. A decider
+//! decides each message against the events its line gives (`history`), from
+//! an empty stream otherwise; nothing is appended.
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -12,12 +17,12 @@ use base64::Engine as _;
 use serde_json::{Map, Value, json};
 
 use crate::config::Limits;
-use crate::contract::{Header, Message, Output};
+use crate::contract::{Event, Header, Output};
 use crate::registry::HandlerFile;
 use crate::runtime::{
     CallError, Handler, HandlerInstance, HandlerKind, LoadError, Runtime, RuntimeError, WasmHandler,
 };
-use crate::source::jsonl::{JsonlError, JsonlReader};
+use crate::source::jsonl::{Case, JsonlError, JsonlReader};
 use crate::source::range::{Position, TopicRange};
 
 /// Why a replay could not run to the end.
@@ -40,11 +45,6 @@ pub enum ReplayError {
         /// What the client said.
         source: rdkafka::error::KafkaError,
     },
-    /// The component is a decider: its decisions need its stream.
-    #[error(
-        "{0} is a decider: replay runs handlers only; run a decider over a file with `sluice run` and `[source] file = ...`"
-    )]
-    Decider(String),
     /// The output could not be written.
     #[error("cannot write output: {0}")]
     Write(#[from] std::io::Error),
@@ -59,6 +59,10 @@ pub struct ReplayStats {
     pub failed: u64,
     /// Inputs on which the `against` version's outcome differs.
     pub differ: u64,
+    /// Inputs that said what they expect.
+    pub checked: u64,
+    /// Of those, the ones whose outcome is not what they expect.
+    pub mismatched: u64,
 }
 
 /// Where a replay's messages come from.
@@ -94,10 +98,12 @@ pub fn replay(
     let mut other = against
         .map(|path| Replayer::load(&runtime, path))
         .transpose()?;
-    let messages: Box<dyn Iterator<Item = Result<Message, ReplayError>>> = match input {
-        ReplayInput::File(path) => {
-            Box::new(JsonlReader::open(path)?.map(|m| m.map_err(ReplayError::from)))
-        }
+    let cases: Box<dyn Iterator<Item = Result<Case, ReplayError>>> = match input {
+        ReplayInput::File(path) => Box::new(
+            JsonlReader::open(path)?
+                .cases()
+                .map(|c| c.map_err(ReplayError::from)),
+        ),
         ReplayInput::Topic {
             brokers,
             topic,
@@ -110,23 +116,40 @@ pub fn replay(
             };
             let range = TopicRange::open(brokers, topic, *from, *to).map_err(failed)?;
             progress(Progress::Total(range.len()));
-            Box::new(range.map(move |m| m.map_err(failed)))
+            Box::new(range.map(move |m| m.map(Case::of).map_err(failed)))
         }
     };
     let mut stats = ReplayStats::default();
-    for message in messages {
-        let message = message?;
-        let outcome = served.call(&message);
-        match &outcome {
-            Ok(_) => stats.succeeded += 1,
-            Err(_) => stats.failed += 1,
+    for case in cases {
+        let case = case?;
+        let outcome = served.outcome(&case);
+        if outcome.get("error").is_some() {
+            stats.failed += 1;
+        } else {
+            stats.succeeded += 1;
         }
-        let mut line = line(&message, outcome);
+        let mut line = Map::new();
+        if let Some(name) = &case.name {
+            line.insert("name".into(), json!(name));
+        }
+        line.insert("topic".into(), json!(case.message.topic));
+        line.insert("partition".into(), json!(case.message.partition));
+        line.insert("offset".into(), json!(case.message.offset));
+        if let Value::Object(fields) = &outcome {
+            line.extend(fields.clone());
+        }
+        if let Some(expect) = &case.expect {
+            let matches = *expect == outcome;
+            stats.checked += 1;
+            stats.mismatched += u64::from(!matches);
+            line.insert("matches".into(), json!(matches));
+            if !matches {
+                line.insert("expected".into(), expect.clone());
+            }
+        }
         if let Some(other) = &mut other {
-            let theirs = canonical(&other.call(&message));
-            let differs = theirs
-                .as_object()
-                .is_some_and(|theirs| theirs.iter().any(|(k, v)| line.get(k) != Some(v)));
+            let theirs = other.outcome(&case);
+            let differs = theirs != outcome;
             stats.differ += u64::from(differs);
             line.insert("against".into(), theirs);
             line.insert("differs".into(), json!(differs));
@@ -167,39 +190,64 @@ impl Replayer {
             |file| (file.name, file.version.to_string()),
         );
         let handler = runtime.load(path, &name, &version)?;
-        if handler.kind() == HandlerKind::Decider {
-            return Err(ReplayError::Decider(name));
-        }
         Ok(Replayer {
             handler,
             instance: None,
         })
     }
 
-    fn call(&mut self, message: &Message) -> Result<Vec<Output>, CallError> {
+    /// The canonical outcome of one case: a handler's outputs, or a
+    /// decider's stream, events and outputs; or the error.
+    fn outcome(&mut self, case: &Case) -> Value {
         let mut instance = match self.instance.take() {
             Some(instance) => instance,
-            None => self.handler.instantiate().map_err(CallError::Trap)?,
+            None => match self.handler.instantiate() {
+                Ok(instance) => instance,
+                Err(trap) => return canonical(&Err(CallError::Trap(trap))),
+            },
         };
-        let outcome = instance.handle(message);
+        let outcome = match self.handler.kind() {
+            HandlerKind::Handler => instance
+                .handle(&case.message)
+                .map(|outputs| canonical(&Ok(outputs))),
+            HandlerKind::Decider => decide(instance.as_mut(), case),
+        };
         // A trapped instance is never reused.
         if !matches!(outcome, Err(CallError::Trap(_))) {
             self.instance = Some(instance);
         }
-        outcome
+        outcome.unwrap_or_else(|error| canonical(&Err(error)))
     }
 }
 
-/// The JSON line for one input.
-fn line(message: &Message, outcome: Result<Vec<Output>, CallError>) -> Map<String, Value> {
-    let mut line = Map::new();
-    line.insert("topic".into(), json!(message.topic));
-    line.insert("partition".into(), json!(message.partition));
-    line.insert("offset".into(), json!(message.offset));
-    if let Value::Object(outcome) = canonical(&outcome) {
-        line.extend(outcome);
+/// Decides `case` against its history, as the pipeline would against a
+/// stream holding those events (but appends nothing).
+fn decide(instance: &mut dyn HandlerInstance, case: &Case) -> Result<Value, CallError> {
+    let Some(decider) = instance.decider() else {
+        unreachable!("a decider's instance has the decider functions")
+    };
+    let msg = &case.message;
+    let Some(stream) = decider.stream_id(msg)? else {
+        return Ok(json!({ "stream": null, "events": [], "outputs": [] }));
+    };
+    let mut state = decider.initial(msg)?;
+    if !case.history.is_empty() {
+        state = decider.fold(msg, &state, &case.history)?;
     }
-    line
+    let decision = decider.decide(msg, &state)?;
+    Ok(json!({
+        "stream": stream,
+        "events": decision.events.iter().map(event).collect::<Value>(),
+        "outputs": decision.outputs.iter().map(output).collect::<Value>(),
+    }))
+}
+
+fn event(event: &Event) -> Value {
+    let mut fields = Map::new();
+    fields.insert("type".into(), json!(event.kind));
+    insert_bytes(&mut fields, "data", &event.data);
+    insert_bytes(&mut fields, "metadata", &event.metadata);
+    Value::Object(fields)
 }
 
 /// A call's outcome in canonical form: `{"outputs": [...]}` or

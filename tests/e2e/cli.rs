@@ -4,6 +4,7 @@
 use std::path::{Path, PathBuf};
 use std::process::Output;
 
+use serde_json::Value;
 use sluice::embedded::EmbeddedBroker;
 
 use crate::support::*;
@@ -87,7 +88,7 @@ fn inspect_describes_a_handler_and_its_sandbox_check() {
 }
 
 #[test]
-fn inspect_describes_a_decider_and_replay_refuses_it_saying_why() {
+fn inspect_describes_a_decider_and_replay_decides_each_message_on_an_empty_stream() {
     let decider = dist().join("sku-coupon/0.1.0.wasm");
     let output = sluice().arg("inspect").arg(&decider).output().unwrap();
     assert!(output.status.success(), "{}", stderr_of(&output));
@@ -102,6 +103,9 @@ fn inspect_describes_a_decider_and_replay_refuses_it_saying_why() {
             "inspect lacks {expected:?}:\n{text}"
         );
     }
+    // Replay decides each message against an empty stream (no `history`
+    // in the file): the first command of a SKU adds it, and so does every
+    // later add, which a real stream would have refused.
     let output = sluice()
         .args(["replay", "--handler"])
         .arg(&decider)
@@ -109,11 +113,19 @@ fn inspect_describes_a_decider_and_replay_refuses_it_saying_why() {
         .arg(repo().join("examples/shop/messages/sku-commands.jsonl"))
         .output()
         .unwrap();
-    assert!(!output.status.success());
-    let said = stderr_of(&output);
-    assert!(
-        said.contains("sku-coupon is a decider") && said.contains("[source] file"),
-        "{said}"
+    assert!(output.status.success(), "{}", stderr_of(&output));
+    let lines: Vec<Value> = String::from_utf8(output.stdout)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(lines[0]["stream"], "sku-SKU-1", "{}", lines[0]);
+    assert_eq!(lines[0]["events"][0]["type"], "SkuAddedToAssortment");
+    assert_eq!(
+        lines[1]["outputs"][0]["publish"]["payload"],
+        r#"{"coupon":"SPRING10","reason":"not-in-assortment","sku":"SKU-1","type":"CouponRejected"}"#,
+        "{}",
+        lines[1]
     );
 }
 

@@ -11,6 +11,7 @@ mod exactly_once;
 mod handlers;
 mod http_target;
 mod operations;
+mod polyglot;
 mod redrive;
 mod sandbox;
 mod shop;

@@ -1,6 +1,8 @@
 //! The shop example end to end: what lands in the topics, committed offsets,
 //! and that a second run publishes nothing new.
 
+use std::path::{Path, PathBuf};
+
 use serde_json::{Map, Value, json};
 use sluice::embedded::EmbeddedBroker;
 use sluice::source::jsonl::JsonlReader;
@@ -71,13 +73,15 @@ fn all_outputs(brokers: &str) -> Vec<String> {
     lines
 }
 
-#[test]
-fn shop_publishes_exactly_the_expected_records_and_commits_to_the_end() {
+/// Runs the shop on `handlers` (with `settings` on top of the config) until
+/// drained, and checks it published exactly the expected records.
+fn run_shop_and_compare(handlers: &Path, settings: &str) -> (EmbeddedBroker, Scratch, PathBuf) {
     let broker = EmbeddedBroker::start().unwrap();
     let brokers = broker.bootstrap_servers();
     seed(&broker);
     let scratch = Scratch::new();
-    let config = scratch.write("shop.toml", config(brokers, "shop", &dist(), ROUTES));
+    let routes = format!("{settings}\n{ROUTES}");
+    let config = scratch.write("shop.toml", config(brokers, "shop", handlers, &routes));
 
     Host::start(&scratch, "first", &config, &["--until-drained"]).wait_ok();
 
@@ -93,10 +97,18 @@ fn shop_publishes_exactly_the_expected_records_and_commits_to_the_end() {
     assert_eq!(
         actual,
         expected,
-        "records differ from {}; actual:\n{}",
+        "records of {} differ from {}; actual:\n{}",
+        handlers.display(),
         expected_file.display(),
         actual.join("\n")
     );
+    (broker, scratch, config)
+}
+
+#[test]
+fn shop_publishes_exactly_the_expected_records_and_commits_to_the_end() {
+    let (broker, scratch, config) = run_shop_and_compare(&dist(), "");
+    let brokers = broker.bootstrap_servers();
 
     // Two shipments of o-1001 share a key: their emails keep input order.
     let emails = read_topic(brokers, "email-requests");
@@ -139,4 +151,18 @@ fn shop_publishes_exactly_the_expected_records_and_commits_to_the_end() {
         "{}",
         second.stdout
     );
+}
+
+/// The demo's config switch: the same handlers built from JavaScript, then
+/// from Python, publish the very same records (deciders included).
+#[test]
+fn shop_publishes_the_same_records_from_its_javascript_and_python_builds() {
+    let cache = format!("artifact-cache = \"{}\"", shared_artifact_cache().display());
+    for (language, handlers) in &dists()[1..] {
+        let (broker, _scratch, _config) = run_shop_and_compare(handlers, &cache);
+        assert!(
+            count(broker.bootstrap_servers(), "sku-events") > 0,
+            "{language}"
+        );
+    }
 }

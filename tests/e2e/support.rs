@@ -41,6 +41,23 @@ pub fn dist() -> PathBuf {
     guests().join("dist")
 }
 
+/// The languages the shop handlers are built from, with the handlers
+/// directory scripts/build-guests lays each one's builds out in.
+pub fn dists() -> [(&'static str, PathBuf); 3] {
+    [
+        ("rust", dist()),
+        ("javascript", guests().join("dist-js")),
+        ("python", guests().join("dist-python")),
+    ]
+}
+
+/// An artifact cache shared by the tests that load the 12-18 MB JavaScript
+/// and Python components, so each is compiled once per test run, not once
+/// per host (the cache replaces files by rename: sharing is safe).
+pub fn shared_artifact_cache() -> PathBuf {
+    repo().join("target/test-artifact-cache")
+}
+
 /// A hostile test guest by attack (a feature of guests/test-hostile).
 pub fn hostile(attack: &str) -> PathBuf {
     guests()

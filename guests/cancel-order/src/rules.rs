@@ -2,7 +2,8 @@
 // `cancel-order-decider`; each maps `Invalid` to its own `invalid-input`.
 // Each crate generates its bindings at its root, so `crate::sluice` is its own.
 
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
+use serde_json::Value;
 
 use crate::sluice::handler::types::{Header, LogEntry, LogLevel, Output, Publish};
 
@@ -10,11 +11,10 @@ const OUTPUT_TOPIC: &str = "order-events";
 /// A fraud score at or above this cancels the order.
 const FRAUD_THRESHOLD: f64 = 0.5;
 
-#[derive(Deserialize)]
+/// A cancel request, its fields checked for type (absent and null are the
+/// same).
 pub struct CancelRequest {
-    #[serde(rename = "type")]
     kind: Option<String>,
-    #[serde(rename = "orderId")]
     order_id: Option<String>,
     score: Option<f64>,
 }
@@ -38,8 +38,31 @@ pub enum Verdict {
 pub struct Invalid(pub String);
 
 impl CancelRequest {
+    /// Field by field, with messages of our own (not the JSON parser's), so
+    /// the JavaScript and Python builds can say exactly the same.
     pub fn read(payload: &[u8]) -> Result<CancelRequest, Invalid> {
-        serde_json::from_slice(payload).map_err(|e| Invalid(format!("not a cancel request: {e}")))
+        let request: Value = serde_json::from_slice(payload)
+            .map_err(|_| Invalid("not a cancel request: payload is not JSON".into()))?;
+        let request = request
+            .as_object()
+            .ok_or_else(|| Invalid("not a cancel request: payload is not a JSON object".into()))?;
+        let text = |field: &str| match request.get(field) {
+            None | Some(Value::Null) => Ok(None),
+            Some(Value::String(text)) => Ok(Some(text.clone())),
+            Some(_) => Err(Invalid(format!("{field} is not a string"))),
+        };
+        let kind = text("type")?;
+        let order_id = text("orderId")?;
+        let score = match request.get("score") {
+            None | Some(Value::Null) => None,
+            Some(Value::Number(score)) => score.as_f64(),
+            Some(_) => return Err(Invalid("score is not a number".into())),
+        };
+        Ok(CancelRequest {
+            kind,
+            order_id,
+            score,
+        })
     }
 
     pub fn order_id(&self) -> Result<&str, Invalid> {
@@ -72,7 +95,7 @@ impl CancelRequest {
                     )))
                 }
             }
-            other => Err(Invalid(format!("unknown cancel request type {other:?}"))),
+            other => Err(Invalid(format!("unknown cancel request type \"{other}\""))),
         }
     }
 }

@@ -9,6 +9,7 @@ use std::collections::BTreeMap;
 
 use exports::sluice::handler::decide::Guest;
 use serde::{Deserialize, Serialize};
+use serde_json::Value;
 use sluice::handler::types::{
     Decision, Event, HandleError, Header, LogEntry, LogLevel, Message, Output, Publish,
 };
@@ -16,8 +17,6 @@ use sluice::handler::types::{
 const OUTPUT_TOPIC: &str = "sku-events";
 
 /// A command, as read from `sku-commands`.
-#[derive(Deserialize)]
-#[serde(tag = "type")]
 enum Command {
     AddToAssortment {
         sku: String,
@@ -59,22 +58,60 @@ struct State {
     coupons: BTreeMap<String, u32>,
 }
 
+fn invalid(why: impl Into<String>) -> HandleError {
+    HandleError::InvalidInput(why.into())
+}
+
+/// Reads a command field by field, with messages of our own (not the JSON
+/// parser's), so the JavaScript and Python builds can say exactly the same.
 fn read(msg: &Message) -> Result<Command, HandleError> {
-    let command: Command = serde_json::from_slice(&msg.payload)
-        .map_err(|e| HandleError::InvalidInput(format!("not a SKU command: {e}")))?;
-    if command.sku().is_empty() {
-        return Err(HandleError::InvalidInput("empty sku".into()));
+    let command: Value = serde_json::from_slice(&msg.payload)
+        .map_err(|_| invalid("not a SKU command: payload is not JSON"))?;
+    let command = command
+        .as_object()
+        .ok_or_else(|| invalid("not a SKU command: payload is not a JSON object"))?;
+    let text = |field: &str| match command.get(field) {
+        Some(Value::String(text)) => Ok(text.clone()),
+        _ => Err(invalid(format!(
+            "not a SKU command: {field} is not a string"
+        ))),
+    };
+    let kind = command.get("type").and_then(Value::as_str).unwrap_or("");
+    if !matches!(
+        kind,
+        "AddToAssortment" | "RemoveFromAssortment" | "ApplyCoupon"
+    ) {
+        return Err(invalid(
+            "not a SKU command: type is not AddToAssortment, RemoveFromAssortment or ApplyCoupon",
+        ));
     }
-    if let Command::ApplyCoupon {
-        coupon, percent, ..
-    } = &command
-        && (coupon.is_empty() || !(1..=100).contains(percent))
-    {
-        return Err(HandleError::InvalidInput(format!(
-            "coupon {coupon:?} with percent {percent}: needs a code and 1..100"
-        )));
+    let sku = text("sku")?;
+    if sku.is_empty() {
+        return Err(invalid("empty sku"));
     }
-    Ok(command)
+    Ok(match kind {
+        "AddToAssortment" => Command::AddToAssortment { sku },
+        "RemoveFromAssortment" => Command::RemoveFromAssortment { sku },
+        _ => {
+            let coupon = text("coupon")?;
+            let percent = command
+                .get("percent")
+                .and_then(Value::as_f64)
+                .filter(|p| p.fract() == 0.0 && (1.0..=100.0).contains(p));
+            match percent {
+                Some(percent) if !coupon.is_empty() => Command::ApplyCoupon {
+                    sku,
+                    coupon,
+                    percent: percent as u32,
+                },
+                _ => {
+                    return Err(invalid(
+                        "ApplyCoupon needs a coupon code and a percent from 1 to 100",
+                    ));
+                }
+            }
+        }
+    })
 }
 
 fn decode(state: &[u8]) -> State {

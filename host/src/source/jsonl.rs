@@ -6,9 +6,16 @@
 //!  "key":"o-1","headers":{"trace":"abc"},"payload":{"any":"json"}}
 //! ```
 //!
-//! Only `topic` and `payload` are required. A string payload is taken as its
-//! UTF-8 bytes; any other JSON value is serialized compactly. A missing offset
-//! is the next one of its topic and partition, as a broker would assign it.
+//! Only `topic` and `payload` (or `payload-base64`, for bytes that are not
+//! UTF-8) are required. A string payload is taken as its UTF-8 bytes; any
+//! other JSON value is serialized compactly. A missing offset is the next one
+//! of its topic and partition, as a broker would assign it.
+//!
+//! A line may also be a test case (a conformance vector): `name`, what the
+//! handler must answer (`expect`, in `sluice replay`'s canonical form) and,
+//! for a decider, the events already on the message's stream (`history`:
+//! `[{"type": ..., "data": ..., "metadata": ...}]`, data and metadata like a
+//! payload). Sources other than replay ignore these.
 
 use std::collections::HashMap;
 use std::fs::File;
@@ -17,7 +24,9 @@ use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 
-use crate::contract::{Header, Message};
+use base64::Engine as _;
+
+use crate::contract::{Event, Header, Message};
 
 /// A line of a JSONL file that is not a message.
 #[derive(Debug, thiserror::Error)]
@@ -42,6 +51,55 @@ struct Line {
     #[serde(default)]
     headers: serde_json::Map<String, serde_json::Value>,
     payload: Option<serde_json::Value>,
+    #[serde(rename = "payload-base64")]
+    payload_base64: Option<String>,
+    name: Option<String>,
+    expect: Option<serde_json::Value>,
+    history: Option<Vec<HistoryEvent>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct HistoryEvent {
+    #[serde(rename = "type")]
+    kind: String,
+    #[serde(default)]
+    data: Option<serde_json::Value>,
+    #[serde(default)]
+    metadata: Option<serde_json::Value>,
+}
+
+/// A line read as a test case: the message, and what is expected of it.
+#[derive(Debug, Clone)]
+pub struct Case {
+    /// The message.
+    pub message: Message,
+    /// What the case is about, if it says.
+    pub name: Option<String>,
+    /// The outcome the handler must give, in replay's canonical form.
+    pub expect: Option<serde_json::Value>,
+    /// For a decider: the events on the message's stream before it.
+    pub history: Vec<Event>,
+}
+
+impl Case {
+    /// A bare message, expecting nothing.
+    pub fn of(message: Message) -> Case {
+        Case {
+            message,
+            name: None,
+            expect: None,
+            history: Vec::new(),
+        }
+    }
+}
+
+/// A string as its UTF-8 bytes, anything else serialized compactly.
+fn bytes_of(value: serde_json::Value) -> Vec<u8> {
+    match value {
+        serde_json::Value::String(text) => text.into_bytes(),
+        other => other.to_string().into_bytes(),
+    }
 }
 
 /// Reads messages from a JSONL file, one per non-blank line.
@@ -90,7 +148,12 @@ impl JsonlReader {
         }
     }
 
-    fn parse(&mut self, text: &str) -> Result<Message, JsonlError> {
+    /// Reads the lines as test cases instead of bare messages.
+    pub fn cases(self) -> Cases {
+        Cases(self)
+    }
+
+    fn parse(&mut self, text: &str) -> Result<Case, JsonlError> {
         let line: Line =
             serde_json::from_str(text).map_err(|e| self.error(format!("not a message: {e}")))?;
         if line.topic.is_empty() {
@@ -107,10 +170,15 @@ impl JsonlReader {
         if partition < 0 {
             return Err(self.error(format!("partition {partition} is negative")));
         }
-        let payload = match line.payload {
-            None => return Err(self.error("missing payload".into())),
-            Some(serde_json::Value::String(text)) => text.into_bytes(),
-            Some(other) => other.to_string().into_bytes(),
+        let payload = match (line.payload, line.payload_base64) {
+            (Some(_), Some(_)) => {
+                return Err(self.error("payload and payload-base64 are exclusive".into()));
+            }
+            (None, None) => return Err(self.error("missing payload".into())),
+            (Some(payload), None) => bytes_of(payload),
+            (None, Some(encoded)) => base64::engine::general_purpose::STANDARD
+                .decode(encoded)
+                .map_err(|e| self.error(format!("payload-base64: {e}")))?,
         };
         let headers = line
             .headers
@@ -129,14 +197,29 @@ impl JsonlReader {
             return Err(self.error(format!("offset {offset} is negative")));
         }
         *next = offset + 1;
-        Ok(Message {
-            topic: line.topic,
-            partition,
-            offset,
-            key: line.key.map(String::into_bytes),
-            payload,
-            headers,
-            timestamp: line.timestamp.unwrap_or(0),
+        let history = line
+            .history
+            .unwrap_or_default()
+            .into_iter()
+            .map(|event| Event {
+                kind: event.kind,
+                data: event.data.map(bytes_of).unwrap_or_default(),
+                metadata: event.metadata.map(bytes_of).unwrap_or_default(),
+            })
+            .collect();
+        Ok(Case {
+            message: Message {
+                topic: line.topic,
+                partition,
+                offset,
+                key: line.key.map(String::into_bytes),
+                payload,
+                headers,
+                timestamp: line.timestamp.unwrap_or(0),
+            },
+            name: line.name,
+            expect: line.expect,
+            history,
         })
     }
 }
@@ -152,6 +235,23 @@ impl Iterator for JsonlReader {
     type Item = Result<Message, JsonlError>;
 
     fn next(&mut self) -> Option<Self::Item> {
+        Some(self.next_case()?.map(|case| case.message))
+    }
+}
+
+/// The lines of a JSONL file as test cases.
+pub struct Cases(JsonlReader);
+
+impl Iterator for Cases {
+    type Item = Result<Case, JsonlError>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        self.0.next_case()
+    }
+}
+
+impl JsonlReader {
+    fn next_case(&mut self) -> Option<Result<Case, JsonlError>> {
         loop {
             let text = match self.lines.next()? {
                 Ok(text) => text,

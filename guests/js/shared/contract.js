@@ -1,0 +1,98 @@
+// What every JavaScript shop handler needs to behave byte for byte like the
+// Rust reference (the guests under guests/<name>/, checked by
+// tests/vectors/*.jsonl): JSON read the way serde_json reads it, numbers
+// printed the way Rust prints them, and the contract's shapes.
+
+const decoder = new TextDecoder('utf-8', { fatal: true, ignoreBOM: true });
+const encoder = new TextEncoder();
+
+// serde_json refuses documents nested deeper than this (its limit of 128
+// counts down to zero).
+const MAX_DEPTH = 127;
+const LONE_SURROGATE = /[\uD800-\uDBFF](?![\uDC00-\uDFFF])|(?<![\uD800-\uDBFF])[\uDC00-\uDFFF]/;
+
+class NotJson extends Error {}
+
+function depth(value) {
+  if (value === null || typeof value !== 'object') return 0;
+  let deepest = 0;
+  for (const inner of Object.values(value)) deepest = Math.max(deepest, depth(inner));
+  return deepest + 1;
+}
+
+/** The payload as JSON, or `undefined` when serde_json would refuse it. */
+export function parseJson(bytes) {
+  try {
+    // A BOM is kept (ignoreBOM), so that JSON.parse refuses it as serde does.
+    const text = decoder.decode(bytes);
+    const value = JSON.parse(text, (key, value) => {
+      // JSON.parse takes 1e999 as Infinity and keeps lone surrogates;
+      // serde_json refuses both.
+      if (typeof value === 'number' && !Number.isFinite(value)) throw new NotJson();
+      if (LONE_SURROGATE.test(key)) throw new NotJson();
+      if (typeof value === 'string' && LONE_SURROGATE.test(value)) throw new NotJson();
+      return value;
+    });
+    if (depth(value) > MAX_DEPTH) return undefined;
+    return value;
+  } catch (e) {
+    return undefined;
+  }
+}
+
+/** Whether `value` is a JSON object (not an array, not null). */
+export function isObject(value) {
+  return value !== null && typeof value === 'object' && !Array.isArray(value);
+}
+
+/** An object's own field (never one inherited, like `toString`). */
+export function own(object, field) {
+  return Object.hasOwn(object, field) ? object[field] : undefined;
+}
+
+/** A number as Rust's `Display` for f64 writes it: never an exponent. */
+export function formatFloat(x) {
+  if (Object.is(x, -0)) return '-0';
+  const text = String(x);
+  const parts = /^(-?)(\d+)(?:\.(\d+))?e([+-]\d+)$/.exec(text);
+  if (!parts) return text;
+  const [, sign, whole, fraction = '', exponent] = parts;
+  const digits = whole + fraction;
+  const point = whole.length + Number(exponent);
+  if (point <= 0) return `${sign}0.${'0'.repeat(-point)}${digits}`;
+  if (point >= digits.length) return sign + digits + '0'.repeat(point - digits.length);
+  return `${sign}${digits.slice(0, point)}.${digits.slice(point)}`;
+}
+
+/** A `handle-error` of kind `invalid-input`, to throw. */
+export function invalidInput(detail) {
+  return { tag: 'invalid-input', val: detail };
+}
+
+/** A `handle-error` of kind `rejected`, to throw. */
+export function rejected(detail) {
+  return { tag: 'rejected', val: detail };
+}
+
+/** UTF-8 bytes of a string. */
+export function bytes(text) {
+  return encoder.encode(text);
+}
+
+/** A `publish` output of `body` as JSON, keyed by `key`. */
+export function publishJson(topic, key, body) {
+  return {
+    tag: 'publish',
+    val: {
+      topic,
+      key: bytes(key),
+      payload: bytes(JSON.stringify(body)),
+      headers: [{ name: 'content-type', value: bytes('application/json') }],
+    },
+  };
+}
+
+/** An `info` log output. */
+export function info(text) {
+  return { tag: 'log', val: { level: 'info', text } };
+}

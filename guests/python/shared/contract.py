@@ -1,0 +1,132 @@
+"""What every Python shop handler needs to behave byte for byte like the Rust
+reference (the guests under guests/<name>/, checked by tests/vectors/*.jsonl):
+JSON read and written the way serde_json does, numbers printed the way Rust
+prints them, and the contract's shapes."""
+
+import json
+import math
+from decimal import Decimal
+
+from componentize_py_types import Err
+from wit_world.imports import types
+
+# serde_json refuses documents nested deeper than this (its limit of 128
+# counts down to zero).
+MAX_DEPTH = 127
+
+
+class NotJson(Exception):
+    pass
+
+
+def _refuse_constant(name):
+    # Python reads NaN and Infinity; JSON (and serde_json) does not.
+    raise NotJson(name)
+
+
+def _float(text):
+    value = float(text)
+    if math.isinf(value):
+        raise NotJson(text)
+    return value
+
+
+def _int(text):
+    value = int(text)
+    # serde_json reads "-0" as the float -0.0, and integers too large for
+    # 64 bits as floats, refusing them past the float range.
+    if value == 0 and text.startswith("-"):
+        return -0.0
+    float(value)
+    return value
+
+
+def _depth(value):
+    if isinstance(value, dict):
+        return 1 + max(map(_depth, value.values()), default=0)
+    if isinstance(value, list):
+        return 1 + max(map(_depth, value), default=0)
+    return 0
+
+
+def _well_formed(value):
+    """Whether no string (key or value) holds a lone surrogate."""
+    if isinstance(value, str):
+        try:
+            value.encode("utf-8")
+            return True
+        except UnicodeEncodeError:
+            return False
+    if isinstance(value, dict):
+        return all(_well_formed(k) and _well_formed(v) for k, v in value.items())
+    if isinstance(value, list):
+        return all(map(_well_formed, value))
+    return True
+
+
+# What parse_json gives for a payload that is not JSON (None is JSON null).
+MISSING = object()
+
+
+def parse_json(payload):
+    """The payload as JSON, or `MISSING` when serde_json would refuse it."""
+    try:
+        value = json.loads(
+            payload.decode("utf-8"),
+            parse_constant=_refuse_constant,
+            parse_float=_float,
+            parse_int=_int,
+        )
+    except (ValueError, NotJson, OverflowError, RecursionError):
+        return MISSING
+    if _depth(value) > MAX_DEPTH or not _well_formed(value):
+        return MISSING
+    return value
+
+
+def is_number(value):
+    """A JSON number (bool is an int to Python, not to JSON)."""
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def whole_number(value, low, high):
+    """`value` as an int when it is a number with no fraction in low..=high."""
+    if not is_number(value) or (isinstance(value, float) and not value.is_integer()):
+        return None
+    return int(value) if low <= value <= high else None
+
+
+def format_float(x):
+    """A number as Rust's `Display` for f64 writes it: never an exponent."""
+    text = format(Decimal(repr(float(x))), "f")
+    return text[:-2] if text.endswith(".0") else text
+
+
+def to_json(value):
+    """Compact JSON as serde_json writes it: no spaces, no \\u escapes for
+    non-ASCII."""
+    return json.dumps(value, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
+
+
+def invalid_input(detail):
+    return Err(types.HandleError_InvalidInput(detail))
+
+
+def rejected(detail):
+    return Err(types.HandleError_Rejected(detail))
+
+
+def publish_json(topic, key, body):
+    """A `publish` output of `body` as JSON, keyed by `key`."""
+    return types.Output_Publish(
+        types.Publish(
+            topic,
+            key.encode("utf-8"),
+            to_json(body),
+            [types.Header("content-type", b"application/json")],
+        )
+    )
+
+
+def info(text):
+    return types.Output_Log(types.LogEntry(types.LogLevel.INFO, text))
