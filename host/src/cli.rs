@@ -17,6 +17,21 @@ pub struct Cli {
     pub command: Command,
 }
 
+/// A language `sluice new` writes handlers in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Lang {
+    /// Rust (wit-bindgen).
+    Rust,
+    /// JavaScript (componentize-js).
+    #[value(alias = "javascript")]
+    Js,
+    /// TypeScript (tsc, then componentize-js).
+    #[value(alias = "typescript")]
+    Ts,
+    /// Python (componentize-py).
+    Python,
+}
+
 /// A log format.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum LogFormat {
@@ -107,6 +122,20 @@ pub enum Command {
         /// (repeatable; default: the config's `admin.listen`).
         #[arg(long)]
         admin: Vec<String>,
+    },
+    /// Create a handler project: source, build script, conformance vectors
+    /// and a README. Then `./build` in it, and `sluice replay` on its
+    /// vectors.
+    New {
+        /// The handler's name (lowercase letters, digits and dashes); also
+        /// the project's directory.
+        name: String,
+        /// The language to write it in.
+        #[arg(long, value_enum)]
+        lang: Lang,
+        /// Where to create the project's directory (default: here).
+        #[arg(long, default_value = ".")]
+        dir: PathBuf,
     },
     /// Show a component's contract, exports and imports, and whether it
     /// instantiates under the host's sandbox.

@@ -25,6 +25,7 @@ pub mod registry;
 pub mod replay;
 mod run;
 pub mod runtime;
+pub mod scaffold;
 mod schedule;
 mod shadow;
 pub mod source;

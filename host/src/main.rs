@@ -11,6 +11,7 @@ use sluice::config::{Config, Limits};
 use sluice::redrive::{self, RedriveOptions};
 use sluice::registry::{self, VersionState, VersionStatus};
 use sluice::runtime::{Inspection, Runtime};
+use sluice::scaffold::{Language, scaffold};
 use sluice::source::range::Position;
 use sluice::telemetry::Stop;
 use sluice::{RunOptions, replay};
@@ -194,6 +195,21 @@ fn execute(command: Command) -> anyhow::Result<ExitCode> {
                 );
                 return Ok(ExitCode::FAILURE);
             }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::New { name, lang, dir } => {
+            let language = match lang {
+                cli::Lang::Rust => Language::Rust,
+                cli::Lang::Js => Language::JavaScript,
+                cli::Lang::Ts => Language::TypeScript,
+                cli::Lang::Python => Language::Python,
+            };
+            let root = scaffold(&name, language, &dir)?;
+            println!(
+                "created {}; next:\n  cd {}\n  ./build\n  sluice replay --handler dist/{name}/0.1.0.wasm --input vectors.jsonl",
+                root.display(),
+                root.display()
+            );
             Ok(ExitCode::SUCCESS)
         }
         Command::Inspect { file } => {

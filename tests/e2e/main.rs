@@ -14,6 +14,7 @@ mod operations;
 mod polyglot;
 mod redrive;
 mod sandbox;
+mod scaffold;
 mod shop;
 mod support;
 mod traces;
