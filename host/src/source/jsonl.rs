@@ -320,4 +320,62 @@ mod tests {
         );
         assert!(errors[2].contains(":4: not a message"), "{}", errors[2]);
     }
+
+    fn cases(text: &str) -> Vec<Result<Case, JsonlError>> {
+        let dir = std::env::temp_dir().join(format!("sluice-jsonl-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join(format!("{:x}-cases.jsonl", text.len() ^ text.as_ptr() as usize));
+        std::fs::write(&path, text).unwrap();
+        let out = JsonlReader::open(&path).unwrap().cases().collect();
+        std::fs::remove_file(&path).unwrap();
+        out
+    }
+
+    #[test]
+    fn a_case_carries_its_name_expectation_history_and_raw_bytes() {
+        let read = cases(
+            r#"{"name":"n","topic":"a","payload-base64":"/wA=","expect":{"outputs":[]},"history":[{"type":"T","data":{"x":1}},{"type":"U","data":"raw","metadata":"m"}]}"#,
+        );
+        let case = read[0].as_ref().unwrap();
+        assert_eq!(case.message.payload, [0xff, 0x00]);
+        assert_eq!(case.name.as_deref(), Some("n"));
+        assert_eq!(case.expect, Some(serde_json::json!({"outputs": []})));
+        assert_eq!(case.history.len(), 2);
+        assert_eq!(
+            (case.history[0].kind.as_str(), case.history[0].data.as_slice()),
+            ("T", &b"{\"x\":1}"[..])
+        );
+        assert_eq!(case.history[1].metadata, b"m");
+        assert!(case.history[0].metadata.is_empty());
+    }
+
+    #[test]
+    fn bad_cases_name_file_line_and_problem() {
+        let read = cases(concat!(
+            "{\"topic\":\"a\",\"payload\":\"x\",\"payload-base64\":\"eA==\"}\n",
+            "{\"topic\":\"a\",\"payload-base64\":\"not base64!\"}\n",
+            "{\"topic\":\"a\",\"payload\":1,\"history\":[{\"data\":1}]}\n",
+            "{\"topic\":\"a\",\"payload\":1,\"history\":[{\"type\":\"T\",\"when\":1}]}\n",
+        ));
+        let errors: Vec<String> = read
+            .iter()
+            .map(|c| c.as_ref().unwrap_err().to_string())
+            .collect();
+        assert!(
+            errors[0].ends_with(":1: payload and payload-base64 are exclusive"),
+            "{}",
+            errors[0]
+        );
+        assert!(errors[1].contains(":2: payload-base64: "), "{}", errors[1]);
+        assert!(
+            errors[2].contains(":3: not a message: missing field `type`"),
+            "{}",
+            errors[2]
+        );
+        assert!(
+            errors[3].contains(":4: not a message: unknown field `when`"),
+            "{}",
+            errors[3]
+        );
+    }
 }
