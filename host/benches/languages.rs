@@ -15,25 +15,9 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use sluice::config::{InstanceStrategy, Limits};
-use sluice::contract::Message;
 use sluice::runtime::{Handler, Runtime};
 
 const ROUNDS: usize = 3;
-
-/// Microseconds per call over `messages`, each on the instance the strategy
-/// gives (one for all, or a new one for each).
-fn per_call(handler: &Arc<dyn Handler>, messages: &[Message], fresh: bool) -> f64 {
-    let started = Instant::now();
-    let mut instance = handler.instantiate().unwrap();
-    for msg in messages {
-        if fresh {
-            instance = handler.instantiate().unwrap();
-        }
-        let outputs = instance.handle(msg).unwrap();
-        assert_eq!(outputs.len(), 2);
-    }
-    started.elapsed().as_secs_f64() * 1e6 / messages.len() as f64
-}
 
 fn main() {
     let rust = support::handlers_dir();
@@ -69,13 +53,13 @@ fn main() {
     }
     // The first calls after loading fault code pages in: not what is measured.
     for (_, handler, fresh, _) in &variants {
-        per_call(handler, &messages[..50], *fresh);
+        support::per_call(handler, &messages[..50], *fresh);
     }
     let mut times = vec![Vec::new(); variants.len()];
     for round in 0..ROUNDS {
         let mut line = format!("round {round}:");
         for (i, (name, handler, fresh, calls)) in variants.iter().enumerate() {
-            times[i].push(per_call(handler, &messages[..*calls], *fresh));
+            times[i].push(support::per_call(handler, &messages[..*calls], *fresh));
             line += &format!(" {name} {:.2} µs;", times[i][round]);
         }
         println!("{line}");

@@ -11,29 +11,12 @@
 mod support;
 
 use std::sync::Arc;
-use std::time::Instant;
 
 use sluice::config::{InstanceStrategy, Limits};
-use sluice::contract::Message;
 use sluice::runtime::{Handler, Runtime};
 
 const CALLS: usize = 20_000;
 const ROUNDS: usize = 5;
-
-/// Microseconds per call: each message handled on the instance its
-/// strategy gives (one for all, or a new one for each).
-fn per_call(handler: &Arc<dyn Handler>, messages: &[Message], fresh: bool) -> f64 {
-    let started = Instant::now();
-    let mut instance = handler.instantiate().unwrap();
-    for msg in messages {
-        if fresh {
-            instance = handler.instantiate().unwrap();
-        }
-        let outputs = instance.handle(msg).unwrap();
-        assert_eq!(outputs.len(), 2);
-    }
-    started.elapsed().as_secs_f64() * 1e6 / messages.len() as f64
-}
 
 fn load(runtime: Runtime) -> Arc<dyn Handler> {
     let file = support::handlers_dir().join("order-shipped-email/0.1.0.wasm");
@@ -71,7 +54,7 @@ fn main() {
     for round in 0..ROUNDS {
         let mut line = format!("round {round}:");
         for (i, (name, handler, fresh)) in variants.iter().enumerate() {
-            times[i].push(per_call(handler, &messages, *fresh));
+            times[i].push(support::per_call(handler, &messages, *fresh));
             line += &format!(" {name} {:.2} µs;", times[i][round]);
         }
         println!("{line}");

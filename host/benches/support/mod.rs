@@ -132,6 +132,21 @@ pub fn cpu_time() -> std::time::Duration {
     std::time::Duration::from_micros(micros(usage.ru_utime) + micros(usage.ru_stime))
 }
 
+/// Microseconds per call: each message handled on the instance its
+/// strategy gives (one for all, or a new one for each).
+pub fn per_call(handler: &Arc<dyn Handler>, messages: &[Message], fresh: bool) -> f64 {
+    let started = Instant::now();
+    let mut instance = handler.instantiate().unwrap();
+    for msg in messages {
+        if fresh {
+            instance = handler.instantiate().unwrap();
+        }
+        let outputs = instance.handle(msg).unwrap();
+        assert_eq!(outputs.len(), 2);
+    }
+    started.elapsed().as_secs_f64() * 1e6 / messages.len() as f64
+}
+
 pub fn median(mut values: Vec<f64>) -> f64 {
     values.sort_by(|a, b| a.total_cmp(b));
     values[values.len() / 2]

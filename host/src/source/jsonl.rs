@@ -324,7 +324,10 @@ mod tests {
     fn cases(text: &str) -> Vec<Result<Case, JsonlError>> {
         let dir = std::env::temp_dir().join(format!("sluice-jsonl-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
-        let path = dir.join(format!("{:x}-cases.jsonl", text.len() ^ text.as_ptr() as usize));
+        let path = dir.join(format!(
+            "{:x}-cases.jsonl",
+            text.len() ^ text.as_ptr() as usize
+        ));
         std::fs::write(&path, text).unwrap();
         let out = JsonlReader::open(&path).unwrap().cases().collect();
         std::fs::remove_file(&path).unwrap();
@@ -342,7 +345,10 @@ mod tests {
         assert_eq!(case.expect, Some(serde_json::json!({"outputs": []})));
         assert_eq!(case.history.len(), 2);
         assert_eq!(
-            (case.history[0].kind.as_str(), case.history[0].data.as_slice()),
+            (
+                case.history[0].kind.as_str(),
+                case.history[0].data.as_slice()
+            ),
             ("T", &b"{\"x\":1}"[..])
         );
         assert_eq!(case.history[1].metadata, b"m");
