@@ -199,3 +199,76 @@ handler = "order-shipped-email"
         "{by_version:?}"
     );
 }
+
+/// A JavaScript or Python handler with a bug (an exception that is not a
+/// handle-error) loses nothing: the message is dead-lettered `trap` with the
+/// exception's text, and the partition goes on, on a fresh instance.
+#[test]
+fn an_uncaught_exception_is_dead_lettered_with_its_text_and_the_partition_goes_on() {
+    let cases = [
+        (
+            "js",
+            vec!["a", "throw", "b", "null", "c"],
+            vec![
+                ("throw", "Error: boom in javascript"),
+                (
+                    "null",
+                    "TypeError: can't access property \"outputs\" of null",
+                ),
+            ],
+        ),
+        (
+            "python",
+            vec!["a", "throw", "b"],
+            vec![("throw", "KeyError: 'boom in python'")],
+        ),
+    ];
+    for (language, inputs, failures) in cases {
+        let broker = EmbeddedBroker::start().unwrap();
+        let brokers = broker.bootstrap_servers();
+        broker.create_topic("in", 1).unwrap();
+        let messages: Vec<Message> = inputs.iter().map(|p| message("in", 0, "k", p)).collect();
+        broker.produce(&messages).unwrap();
+        let scratch = Scratch::new();
+        let built = guests().join(format!("target/{language}/test-throws.wasm"));
+        let handlers = scratch.handlers(&[("throws", "0.1.0", &built)]);
+        let routes = format!(
+            r#"artifact-cache = "{}"
+
+[[routes]]
+topic = "in"
+handler = "throws"
+dead-letter-topic = "in.dead"
+"#,
+            shared_artifact_cache().display()
+        );
+        let config = scratch.write("host.toml", config(brokers, "throws", &handlers, &routes));
+
+        Host::start(&scratch, "host", &config, &["--until-drained"]).wait_ok();
+
+        let dead = read_topic(brokers, "in.dead");
+        assert_eq!(dead.len(), failures.len(), "{language}: {dead:#?}");
+        for (record, (payload, detail)) in dead.iter().zip(&failures) {
+            assert_eq!(record.payload, *payload, "{language}");
+            assert_eq!(record.header("sluice-reason"), Some("trap"), "{language}");
+            let said = record.header("sluice-detail").unwrap_or_default();
+            assert!(said.contains(detail), "{language}: {said}");
+        }
+        // Every message, the ones after each trap too, is committed.
+        assert_eq!(
+            committed(brokers, "throws", "in"),
+            vec![(0, Some(inputs.len() as i64))],
+            "{language}"
+        );
+        let log = log_of(&scratch, "host");
+        for ok in inputs
+            .iter()
+            .filter(|i| !failures.iter().any(|(f, _)| f == *i))
+        {
+            assert!(
+                log.contains(&format!("sluice::handler: {ok} handler=\"throws\"")),
+                "{language}: {ok} not handled:\n{log}"
+            );
+        }
+    }
+}
