@@ -88,6 +88,13 @@ pub enum Command {
         /// Linear-memory cap, in MiB.
         #[arg(long, default_value_t = 64)]
         memory_mib: u64,
+        /// Where compiled components are cached (default: sluice/ in the
+        /// user's cache directory, `$XDG_CACHE_HOME` or `~/.cache`).
+        #[arg(long)]
+        artifact_cache: Option<PathBuf>,
+        /// Compile every component afresh; cache nothing.
+        #[arg(long, conflicts_with = "artifact_cache")]
+        no_artifact_cache: bool,
     },
     /// List every routed handler's versions and their states (active,
     /// canary, shadow, standby, rejected with the reason): a running host's,

@@ -88,6 +88,8 @@ fn execute(command: Command) -> anyhow::Result<ExitCode> {
             against,
             deadline_ms,
             memory_mib,
+            artifact_cache,
+            no_artifact_cache,
         } => {
             let limits = Limits {
                 deadline_ms,
@@ -119,11 +121,17 @@ fn execute(command: Command) -> anyhow::Result<ExitCode> {
             };
             let stdout = std::io::stdout();
             let mut out = std::io::BufWriter::new(stdout.lock());
+            let cache = match (artifact_cache, no_artifact_cache) {
+                (_, true) => None,
+                (Some(dir), false) => Some(dir),
+                (None, false) => user_cache_dir().map(|dir| dir.join("sluice")),
+            };
             let stats = replay::replay(
                 &handler,
                 &input,
                 against.as_deref(),
                 &limits,
+                cache.as_deref(),
                 &mut out,
                 &mut progress,
             )?;
@@ -308,4 +316,13 @@ fn print_handlers(statuses: &[VersionStatus]) -> std::io::Result<()> {
         )?;
     }
     Ok(())
+}
+
+/// The user's cache directory (`$XDG_CACHE_HOME`, else `~/.cache`), where
+/// commands run by hand keep compiled components, as wasmtime's own CLI does.
+fn user_cache_dir() -> Option<std::path::PathBuf> {
+    let non_empty = |name| std::env::var_os(name).filter(|v| !v.is_empty());
+    non_empty("XDG_CACHE_HOME")
+        .map(std::path::PathBuf::from)
+        .or_else(|| non_empty("HOME").map(|home| std::path::PathBuf::from(home).join(".cache")))
 }

@@ -85,15 +85,21 @@ pub enum ReplayInput {
 
 /// Runs `handler` (and `against`, if given) on every message of `input`,
 /// writing one JSON line each to `out`; `progress` hears of each message.
+/// With `artifact_cache`, compiled components are kept there, so replaying
+/// a 12-19 MB JavaScript or Python component again loads it in milliseconds.
 pub fn replay(
     handler: &Path,
     input: &ReplayInput,
     against: Option<&Path>,
     limits: &Limits,
+    artifact_cache: Option<&Path>,
     out: &mut dyn Write,
     progress: &mut dyn FnMut(Progress),
 ) -> Result<ReplayStats, ReplayError> {
-    let runtime = Runtime::new(limits)?;
+    let mut runtime = Runtime::new(limits)?;
+    if let Some(dir) = artifact_cache {
+        runtime = runtime.with_artifact_cache(dir);
+    }
     let mut served = Replayer::load(&runtime, handler)?;
     let mut other = against
         .map(|path| Replayer::load(&runtime, path))

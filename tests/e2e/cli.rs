@@ -284,3 +284,34 @@ fn the_file_source_runs_routes_from_jsonl_and_stops_at_a_bad_line() {
         .collect();
     assert_eq!(payloads, ["one", "{\"two\":2}"]);
 }
+
+#[test]
+fn replay_keeps_compiled_components_in_its_artifact_cache_unless_told_not_to() {
+    let scratch = Scratch::new();
+    let cache = scratch.path().join("cache");
+    let input = repo().join("examples/shop/messages/order-shipped.jsonl");
+    let run = |extra: &[&std::ffi::OsStr]| {
+        let output = sluice()
+            .args(["replay", "--handler"])
+            .arg(dist().join("order-shipped-email/0.1.0.wasm"))
+            .arg("--input")
+            .arg(&input)
+            .args(extra)
+            .output()
+            .unwrap();
+        assert!(output.status.success(), "{}", stderr_of(&output));
+        output.stdout
+    };
+    let uncached = run(&["--no-artifact-cache".as_ref()]);
+    let cached = run(&["--artifact-cache".as_ref(), cache.as_os_str()]);
+    let artifacts: Vec<_> = std::fs::read_dir(&cache)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .collect();
+    assert_eq!(artifacts.len(), 1, "{artifacts:?}");
+    assert!(artifacts[0].ends_with(".cwasm"), "{artifacts:?}");
+    // Loaded from the cache the second time: the same outcomes.
+    let again = run(&["--artifact-cache".as_ref(), cache.as_os_str()]);
+    assert_eq!(uncached, cached);
+    assert_eq!(cached, again);
+}

@@ -26,6 +26,8 @@ fn replay(handler: &Path, vectors: &Path) -> Output {
         .arg(handler)
         .arg("--input")
         .arg(vectors)
+        .arg("--artifact-cache")
+        .arg(shared_artifact_cache())
         .output()
         .unwrap()
 }
