@@ -9,15 +9,28 @@ const encoder = new TextEncoder();
 // serde_json refuses documents nested deeper than this (its limit of 128
 // counts down to zero).
 const MAX_DEPTH = 127;
+const SURROGATE_ESCAPE = /\\u[dD][89a-fA-F]/;
 const LONE_SURROGATE = /[\uD800-\uDBFF](?![\uDC00-\uDFFF])|(?<![\uD800-\uDBFF])[\uDC00-\uDFFF]/;
 
-class NotJson extends Error {}
-
-function depth(value) {
-  if (value === null || typeof value !== 'object') return 0;
-  let deepest = 0;
-  for (const inner of Object.values(value)) deepest = Math.max(deepest, depth(inner));
-  return deepest + 1;
+/**
+ * Whether serde_json would have read `value` too: JSON.parse takes 1e999 as
+ * Infinity and keeps lone surrogates (`"\ud800"`), and nests as deep as it
+ * likes. One walk after parsing: with a reviver, called back for every
+ * value, the shop's handlers took 1.7 times as long. Strings are looked at
+ * only when the text has a surrogate escape at all.
+ */
+function serdeWouldRead(value, strings, depth) {
+  if (typeof value === 'number') return Number.isFinite(value);
+  if (typeof value === 'string') return !strings || !LONE_SURROGATE.test(value);
+  if (value === null || typeof value !== 'object') return true;
+  if (depth > MAX_DEPTH) return false;
+  if (Array.isArray(value)) {
+    return value.every((inner) => serdeWouldRead(inner, strings, depth + 1));
+  }
+  return Object.keys(value).every(
+    (key) =>
+      !(strings && LONE_SURROGATE.test(key)) && serdeWouldRead(value[key], strings, depth + 1),
+  );
 }
 
 /** The payload as JSON, or `undefined` when serde_json would refuse it. */
@@ -25,17 +38,9 @@ export function parseJson(bytes) {
   try {
     // A BOM is kept (ignoreBOM), so that JSON.parse refuses it as serde does.
     const text = decoder.decode(bytes);
-    const value = JSON.parse(text, (key, value) => {
-      // JSON.parse takes 1e999 as Infinity and keeps lone surrogates;
-      // serde_json refuses both.
-      if (typeof value === 'number' && !Number.isFinite(value)) throw new NotJson();
-      if (LONE_SURROGATE.test(key)) throw new NotJson();
-      if (typeof value === 'string' && LONE_SURROGATE.test(value)) throw new NotJson();
-      return value;
-    });
-    if (depth(value) > MAX_DEPTH) return undefined;
-    return value;
-  } catch (e) {
+    const value = JSON.parse(text);
+    return serdeWouldRead(value, SURROGATE_ESCAPE.test(text), 1) ? value : undefined;
+  } catch {
     return undefined;
   }
 }

@@ -5,6 +5,7 @@ prints them, and the contract's shapes."""
 
 import json
 import math
+import re
 from decimal import Decimal
 
 from componentize_py_types import Err
@@ -41,27 +42,32 @@ def _int(text):
     return value
 
 
-def _depth(value):
-    if isinstance(value, dict):
-        return 1 + max(map(_depth, value.values()), default=0)
-    if isinstance(value, list):
-        return 1 + max(map(_depth, value), default=0)
-    return 0
+_SURROGATE_ESCAPE = re.compile(r"\\u[dD][89a-fA-F]")
 
 
-def _well_formed(value):
-    """Whether no string (key or value) holds a lone surrogate."""
+def _serde_would_read(value, strings, depth):
+    """Whether serde_json would have read `value` too: json.loads keeps lone
+    surrogates ("\\ud800") and nests as deep as the stack allows. Strings
+    are only looked at when the text has a surrogate escape at all."""
     if isinstance(value, str):
-        try:
-            value.encode("utf-8")
-            return True
-        except UnicodeEncodeError:
-            return False
-    if isinstance(value, dict):
-        return all(_well_formed(k) and _well_formed(v) for k, v in value.items())
+        return not strings or _well_formed(value)
     if isinstance(value, list):
-        return all(map(_well_formed, value))
+        return depth <= MAX_DEPTH and all(_serde_would_read(v, strings, depth + 1) for v in value)
+    if isinstance(value, dict):
+        return depth <= MAX_DEPTH and all(
+            (not strings or _well_formed(k)) and _serde_would_read(v, strings, depth + 1)
+            for k, v in value.items()
+        )
     return True
+
+
+def _well_formed(text):
+    """Whether `text` holds no lone surrogate."""
+    try:
+        text.encode("utf-8")
+        return True
+    except UnicodeEncodeError:
+        return False
 
 
 # What parse_json gives for a payload that is not JSON (None is JSON null).
@@ -71,15 +77,16 @@ MISSING = object()
 def parse_json(payload):
     """The payload as JSON, or `MISSING` when serde_json would refuse it."""
     try:
+        text = payload.decode("utf-8")
         value = json.loads(
-            payload.decode("utf-8"),
+            text,
             parse_constant=_refuse_constant,
             parse_float=_float,
             parse_int=_int,
         )
+        if not _serde_would_read(value, bool(_SURROGATE_ESCAPE.search(text)), 1):
+            return MISSING
     except (ValueError, NotJson, OverflowError, RecursionError):
-        return MISSING
-    if _depth(value) > MAX_DEPTH or not _well_formed(value):
         return MISSING
     return value
 
