@@ -37,12 +37,7 @@ mod page;
 /// What the endpoints read.
 #[derive(Clone)]
 pub(crate) struct State {
-    registry: Arc<Registry>,
-    telemetry: Arc<Telemetry>,
-    breakers: Arc<Breakers>,
-    health: Arc<Health>,
-    offsets: Arc<Offsets>,
-    controls: Arc<Controls>,
+    parts: Parts,
     /// What state-changing calls must carry; none: they are refused.
     token: Option<Arc<str>>,
     /// Each route's topic and handler, for the status page.
@@ -58,6 +53,7 @@ struct Sample {
 }
 
 /// What the admin server reads, and what it may change.
+#[derive(Clone)]
 pub(crate) struct Parts {
     pub(crate) registry: Arc<Registry>,
     pub(crate) telemetry: Arc<Telemetry>,
@@ -69,21 +65,8 @@ pub(crate) struct Parts {
 
 impl State {
     pub(crate) fn new(parts: Parts, token: Option<String>, routes: Vec<(String, String)>) -> Self {
-        let Parts {
-            registry,
-            telemetry,
-            breakers,
-            health,
-            offsets,
-            controls,
-        } = parts;
         State {
-            registry,
-            telemetry,
-            breakers,
-            health,
-            offsets,
-            controls,
+            parts,
             token: token.map(Arc::from),
             routes: Arc::new(routes),
             sample: Arc::new(Mutex::new(Sample {
@@ -130,10 +113,10 @@ impl State {
     /// route has a version serving: a host does not start otherwise.)
     fn unready(&self) -> Vec<String> {
         let mut reasons = Vec::new();
-        if !self.health.has_joined() {
+        if !self.parts.health.has_joined() {
             reasons.push("the consumer has not joined its group yet".to_owned());
         }
-        for target in self.breakers.not_closed() {
+        for target in self.parts.breakers.not_closed() {
             reasons.push(format!("circuit breaker open: {target}"));
         }
         reasons
@@ -245,7 +228,7 @@ fn set_paused(state: &State, topic: &str, headers: &HeaderMap, paused: bool) -> 
     if let Some(refused) = refusal(state, headers) {
         return refused;
     }
-    if !state.controls.set_paused(topic, paused) {
+    if !state.parts.controls.set_paused(topic, paused) {
         return (
             StatusCode::NOT_FOUND,
             format!("no route for topic {topic:?}\n"),
@@ -279,6 +262,7 @@ async fn unpark(
     let tp = (topic, query.partition);
     let outcome =
         state
+            .parts
             .controls
             .unpark(&tp, query.key.as_deref().map(str::as_bytes), query.through);
     let body = match outcome {
@@ -294,7 +278,8 @@ async fn unpark(
 }
 
 async fn handlers(Extract(state): Extract<State>) -> impl IntoResponse {
-    let body = serde_json::to_string_pretty(&state.registry.status()).expect("statuses serialize");
+    let body =
+        serde_json::to_string_pretty(&state.parts.registry.status()).expect("statuses serialize");
     ([(CONTENT_TYPE, "application/json")], body)
 }
 
@@ -302,7 +287,7 @@ async fn metrics(Extract(state): Extract<State>) -> impl IntoResponse {
     let mut out = String::new();
     out.push_str("# HELP sluice_handler_version_info Handler version files and their state.\n");
     out.push_str("# TYPE sluice_handler_version_info gauge\n");
-    for v in state.registry.status() {
+    for v in state.parts.registry.status() {
         let (state, reason) = match &v.state {
             VersionState::Active => ("active", None),
             VersionState::Canary { .. } => ("canary", None),
@@ -324,12 +309,16 @@ async fn metrics(Extract(state): Extract<State>) -> impl IntoResponse {
     }
     out.push_str("# HELP sluice_handler_swaps_total Handler version swaps since start.\n");
     out.push_str("# TYPE sluice_handler_swaps_total counter\n");
-    let _ = writeln!(out, "sluice_handler_swaps_total {}", state.registry.swaps());
-    state.telemetry.write_metrics(&mut out);
-    state.breakers.write_metrics(&mut out);
+    let _ = writeln!(
+        out,
+        "sluice_handler_swaps_total {}",
+        state.parts.registry.swaps()
+    );
+    state.parts.telemetry.write_metrics(&mut out);
+    state.parts.breakers.write_metrics(&mut out);
     out.push_str("# HELP sluice_instances Live instances per handler version in service.\n");
     out.push_str("# TYPE sluice_instances gauge\n");
-    let serving = state.registry.serving_handlers();
+    let serving = state.parts.registry.serving_handlers();
     let gauges = || {
         serving.iter().filter_map(|h| {
             let labels = format!(
@@ -354,14 +343,14 @@ async fn metrics(Extract(state): Extract<State>) -> impl IntoResponse {
             g.memory_bytes()
         );
     }
-    state.health.write_metrics(&mut out);
+    state.parts.health.write_metrics(&mut out);
     out.push_str("# HELP sluice_in_flight Messages received and not yet committed.\n");
     out.push_str("# TYPE sluice_in_flight gauge\n");
-    let _ = writeln!(out, "sluice_in_flight {}", state.offsets.in_flight());
+    let _ = writeln!(out, "sluice_in_flight {}", state.parts.offsets.in_flight());
     out.push_str("# HELP sluice_route_paused Whether an operator paused the route.\n");
     out.push_str("# TYPE sluice_route_paused gauge\n");
     for (topic, _) in state.routes.iter() {
-        let paused = u8::from(state.controls.is_paused(topic));
+        let paused = u8::from(state.parts.controls.is_paused(topic));
         let _ = writeln!(
             out,
             "sluice_route_paused{{topic=\"{}\"}} {paused}",
@@ -370,7 +359,7 @@ async fn metrics(Extract(state): Extract<State>) -> impl IntoResponse {
     }
     out.push_str("# HELP sluice_parked_keys Keys parked per partition assigned here.\n");
     out.push_str("# TYPE sluice_parked_keys gauge\n");
-    for ((topic, partition), keys) in state.controls.parked_keys() {
+    for ((topic, partition), keys) in state.parts.controls.parked_keys() {
         let _ = writeln!(
             out,
             "sluice_parked_keys{{topic=\"{}\",partition=\"{partition}\"}} {keys}",

@@ -55,9 +55,9 @@ pub(super) fn render(state: &State) -> String {
         "<h2>Routes</h2><table id=\"routes\"><tr><th>topic</th><th>handler</th>\
          <th>state</th><th>parked keys</th></tr>",
     );
-    let parked = state.controls.parked_keys();
+    let parked = state.parts.controls.parked_keys();
     for (topic, handler) in state.routes.iter() {
-        let (class, running) = match state.controls.is_paused(topic) {
+        let (class, running) = match state.parts.controls.is_paused(topic) {
             true => ("bad", "paused"),
             false => ("ok", "running"),
         };
@@ -79,9 +79,9 @@ pub(super) fn render(state: &State) -> String {
         "<h2>Handler versions</h2><table id=\"versions\"><tr><th>handler</th><th>version</th>\
          <th>state</th><th>handled</th><th>dead-lettered</th><th>skipped</th><th>msg/s</th></tr>",
     );
-    let counts = state.telemetry.by_version();
+    let counts = state.parts.telemetry.by_version();
     let rates = state.rates(&counts);
-    for version in state.registry.status() {
+    for version in state.parts.registry.status() {
         let (label, detail) = match &version.state {
             VersionState::Active => ("active".to_owned(), String::new()),
             VersionState::Canary { percent } => (format!("canary {percent}%"), String::new()),
@@ -114,7 +114,7 @@ pub(super) fn render(state: &State) -> String {
 
     html.push_str("<h2>Latency</h2><table id=\"latency\"><tr><th>stage</th><th>count</th><th>p50</th><th>p99</th></tr>");
     for phase in Phase::ALL {
-        let histogram = state.telemetry.phase(phase);
+        let histogram = state.parts.telemetry.phase(phase);
         let _ = write!(
             html,
             "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
@@ -127,7 +127,7 @@ pub(super) fn render(state: &State) -> String {
     html.push_str("</table>");
 
     html.push_str("<h2>Consumer lag</h2><table id=\"lag\"><tr><th>partition</th><th>lag</th></tr>");
-    for ((topic, partition), lag) in state.health.current_lags() {
+    for ((topic, partition), lag) in state.parts.health.current_lags() {
         let _ = write!(
             html,
             "<tr><td>{}[{partition}]</td><td>{lag}</td></tr>",
@@ -136,7 +136,7 @@ pub(super) fn render(state: &State) -> String {
     }
     html.push_str("</table>");
 
-    let open = state.breakers.not_closed();
+    let open = state.parts.breakers.not_closed();
     html.push_str("<h2>Open breakers</h2><ul id=\"breakers\">");
     if open.is_empty() {
         html.push_str("<li>none</li>");
@@ -150,7 +150,7 @@ pub(super) fn render(state: &State) -> String {
         "<h2>Recent dead letters</h2><table id=\"dead-letters\"><tr><th>input</th><th>stage</th>\
          <th>reason</th><th>detail</th></tr>",
     );
-    for dead in state.telemetry.recent_dead_letters() {
+    for dead in state.parts.telemetry.recent_dead_letters() {
         let _ = write!(
             html,
             "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
@@ -162,7 +162,7 @@ pub(super) fn render(state: &State) -> String {
     }
     html.push_str("</table>");
 
-    let (compared, differed) = state.telemetry.shadow_counts();
+    let (compared, differed) = state.parts.telemetry.shadow_counts();
     let _ = write!(
         html,
         "<h2>Shadow</h2><p id=\"shadow\">{compared} messages compared, {differed} differed</p></body></html>"

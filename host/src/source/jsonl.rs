@@ -273,13 +273,10 @@ mod tests {
     use super::*;
 
     fn read(text: &str) -> Vec<Result<Message, JsonlError>> {
-        let dir = std::env::temp_dir().join(format!("sluice-jsonl-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
-        let path = dir.join(format!("{:x}.jsonl", text.len() ^ text.as_ptr() as usize));
-        std::fs::write(&path, text).unwrap();
-        let out = JsonlReader::open(&path).unwrap().collect();
-        std::fs::remove_file(&path).unwrap();
-        out
+        cases(text)
+            .into_iter()
+            .map(|case| case.map(|case| case.message))
+            .collect()
     }
 
     #[test]
@@ -324,10 +321,7 @@ mod tests {
     fn cases(text: &str) -> Vec<Result<Case, JsonlError>> {
         let dir = std::env::temp_dir().join(format!("sluice-jsonl-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
-        let path = dir.join(format!(
-            "{:x}-cases.jsonl",
-            text.len() ^ text.as_ptr() as usize
-        ));
+        let path = dir.join(format!("{:x}.jsonl", text.len() ^ text.as_ptr() as usize));
         std::fs::write(&path, text).unwrap();
         let out = JsonlReader::open(&path).unwrap().cases().collect();
         std::fs::remove_file(&path).unwrap();
