@@ -30,7 +30,7 @@ fn main() {
         let bytes = support::with_custom_section(&order_email, &name);
         std::fs::write(handlers.join(&name).join("1.0.0.wasm"), bytes).unwrap();
         routes.push_str(&format!(
-            "[[routes]]\ntopic = \"in-{n}\"\nhandler = \"{name}\"\n\n"
+            "[[routes]]\ntopic = \"in-{n}\"\nhandler = \"{name}\"\npublish-to = [\"email-requests\"]\n\n"
         ));
     }
     let cache = scratch.path().join("cache");

@@ -128,6 +128,7 @@ handlers-dir = "{}"
 [[routes]]
 topic = "order-shipped"
 handler = "order-shipped-email"
+publish-to = ["email-requests"]
 "#,
         handlers.display()
     );

@@ -42,6 +42,7 @@ file = "{}"
 [[routes]]
 topic = "order-shipped"
 handler = "order-shipped-email"
+publish-to = ["email-requests"]
 "#,
         broker.bootstrap_servers(),
         handlers.display(),

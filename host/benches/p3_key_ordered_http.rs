@@ -116,6 +116,7 @@ handlers-dir = "{}"
 [[routes]]
 topic = "{topic}"
 handler = "test-faults"
+publish-to = ["echo"]
 ordering = "{ordering}"
 concurrency = {CONCURRENCY}
 

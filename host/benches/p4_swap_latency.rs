@@ -161,6 +161,7 @@ handler-settle-ms = 100
 [[routes]]
 topic = "in"
 handler = "test-echo"
+publish-to = ["echo"]
 "#,
         handlers.display(),
         scratch.join("cache").display()

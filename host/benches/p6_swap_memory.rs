@@ -114,6 +114,7 @@ handler-settle-ms = 50
 [[routes]]
 topic = "in"
 handler = "test-echo"
+publish-to = ["echo"]
 "#,
         handlers.display(),
         scratch.join("cache").display()

@@ -98,7 +98,8 @@ pub enum Command {
     },
     /// List every routed handler's versions and their states (active,
     /// canary, shadow, standby, rejected with the reason): a running host's,
-    /// asked over its admin server, or else what a host started now would do.
+    /// asked over its admin server, or else what a host started now would
+    /// do; then what each route lets its handler reach.
     Handlers {
         /// The TOML config file.
         #[arg(long, short)]
@@ -145,9 +146,13 @@ pub enum Command {
         dir: PathBuf,
     },
     /// Show a component's contract, exports and imports, and whether it
-    /// instantiates under the host's sandbox.
+    /// instantiates under the host's sandbox; with a config, also what the
+    /// routes of its handler (named by the file's path) let it reach.
     Inspect {
         /// The component file.
         file: PathBuf,
+        /// A TOML config: its limits apply, and its routes are shown.
+        #[arg(long, short)]
+        config: Option<PathBuf>,
     },
 }

@@ -7,6 +7,8 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
+use crate::topics::{self, ReservedTopics, TopicPattern};
+
 /// What `brokers = "embedded"` means: an in-process Kafka-protocol broker.
 pub const EMBEDDED: &str = "embedded";
 
@@ -80,6 +82,11 @@ pub struct Config {
     /// partitions are paused.
     #[serde(default = "default_host_max_in_flight")]
     pub max_in_flight: usize,
+    /// MiB of handler outputs this host holds while their effects run, over
+    /// all partitions; at the cap, lanes stop calling handlers (and pause
+    /// their partitions) until effects finish and give bytes back.
+    #[serde(default = "default_max_in_flight_mib")]
+    pub max_in_flight_mib: u64,
     /// Sandbox limits applied to every handler.
     #[serde(default)]
     pub limits: Limits,
@@ -150,8 +157,8 @@ pub struct Limits {
     /// headers, texts, URLs, bodies).
     #[serde(default = "default_max_output_bytes")]
     pub max_output_bytes: u64,
-    /// Guest stdout/stderr lines logged per second per handler version;
-    /// lines over it are dropped and counted.
+    /// Guest log lines (stdout, stderr and `log` outputs together) logged
+    /// per second per handler version; lines over it are dropped and counted.
     #[serde(default = "default_stdio_lines_per_second")]
     pub stdio_lines_per_second: u32,
     /// One instance per worker, reused (`reuse`), or a new one per message (`fresh`).
@@ -167,6 +174,10 @@ pub struct Limits {
     /// Worker threads running handler calls; 0 means one per CPU (host-wide only).
     #[serde(default)]
     pub workers: usize,
+    /// The largest component file loaded, in MiB: compiling takes memory in
+    /// proportion to size, so a larger file is refused before it is read.
+    #[serde(default = "default_max_component_mib")]
+    pub max_component_mib: u64,
 }
 
 /// How instances of a handler are kept.
@@ -197,6 +208,7 @@ impl Default for Limits {
             recycle_after: default_recycle_after(),
             deterministic: default_deterministic(),
             workers: 0,
+            max_component_mib: default_max_component_mib(),
         }
     }
 }
@@ -210,6 +222,11 @@ impl Limits {
     /// The memory cap in bytes.
     pub fn memory_bytes(&self) -> usize {
         (self.memory_mib as usize) << 20
+    }
+
+    /// The largest component file loaded, in bytes.
+    pub fn max_component_bytes(&self) -> u64 {
+        self.max_component_mib << 20
     }
 
     /// Number of worker threads to start.
@@ -264,6 +281,7 @@ impl Limits {
             1_000_000,
         )?;
         check_range(&key("recycle-after"), self.recycle_after, 1, u64::MAX)?;
+        check_range(&key("max-component-mib"), self.max_component_mib, 1, 4096)?;
         check_range(&key("workers"), self.workers as u64, 0, 1024)
     }
 }
@@ -404,6 +422,11 @@ pub struct Route {
     pub version: Option<String>,
     /// Dead-letter topic (default: `<topic>.dlq`).
     pub dead_letter_topic: Option<String>,
+    /// Topics the route's handler may publish to: names, or prefixes that
+    /// end in `*` (`"orders.*"`; `"*"` alone for any). Required (`[]` for a
+    /// handler that publishes nothing). Dead-letter, shadow-diff and
+    /// Kafka-internal topics stay out of reach whatever this says.
+    pub publish_to: Option<Vec<String>>,
     /// Dead-letter or skip messages the handler cannot decode.
     #[serde(default)]
     pub on_invalid_input: OnInvalidInput,
@@ -436,6 +459,11 @@ pub struct Route {
 }
 
 impl Route {
+    /// The topics (and `*` prefixes) its handler may publish to.
+    pub fn publish_to(&self) -> &[String] {
+        self.publish_to.as_deref().unwrap_or_default()
+    }
+
     /// The topic this route dead-letters to.
     pub fn dead_letter_topic(&self) -> String {
         self.dead_letter_topic
@@ -604,6 +632,9 @@ pub struct DeciderSettings {
     /// Streams whose state is kept in memory (0: none).
     #[serde(default = "default_cache_streams")]
     pub cache_streams: usize,
+    /// MiB of states kept in memory, all streams together (0: none).
+    #[serde(default = "default_cache_mib")]
+    pub cache_mib: u64,
 }
 
 impl Default for DeciderSettings {
@@ -686,6 +717,15 @@ fn default_revoke_timeout_ms() -> u64 {
 }
 fn default_host_max_in_flight() -> usize {
     10_000
+}
+fn default_max_in_flight_mib() -> u64 {
+    256
+}
+fn default_max_component_mib() -> u64 {
+    48
+}
+fn default_cache_mib() -> u64 {
+    64
 }
 fn default_partition_max_in_flight() -> usize {
     1000
@@ -985,6 +1025,12 @@ impl Config {
                     format!("{version:?} is not a semantic version like \"1.2.0\""),
                 );
             }
+            if let Some(problem) = topics::name_problem(&route.topic) {
+                return invalid(&key("topic"), problem);
+            }
+            if let Some(problem) = topics::name_problem(&route.dead_letter_topic()) {
+                return invalid(&key("dead-letter-topic"), problem);
+            }
             if route.dead_letter_topic() == route.topic {
                 return invalid(
                     &key("dead-letter-topic"),
@@ -1072,6 +1118,9 @@ impl Config {
             }
         }
         self.validate_handlers()?;
+        self.validate_publish_to()?;
+        check_range("max-in-flight-mib", self.max_in_flight_mib, 1, 1 << 20)?;
+        check_range("decider.cache-mib", self.decider.cache_mib, 0, 1 << 20)?;
         check_range("handler-settle-ms", self.handler_settle_ms, 0, 600_000)?;
         if let Some(listen) = &self.admin.listen
             && self.admin.address().is_none()
@@ -1159,6 +1208,63 @@ impl Config {
             .filter(|(_, settings)| settings.limits.is_some())
             .map(|(name, _)| (name.clone(), self.limits_for(name)))
             .collect()
+    }
+
+    /// Where a handler's shadow differences are published.
+    pub fn shadow_diff_topic(&self, handler: &str) -> String {
+        self.handler_settings(handler)
+            .shadow_diff_topic
+            .unwrap_or_else(|| format!("{handler}.shadow-diffs"))
+    }
+
+    /// The topics no handler may publish to: every route's dead-letter
+    /// topic and every handler's shadow-diff topic, besides the reserved
+    /// prefix and suffixes (`topics::ReservedTopics`).
+    pub(crate) fn reserved_topics(&self) -> ReservedTopics {
+        let dead_letters: Vec<String> = self.routes.iter().map(Route::dead_letter_topic).collect();
+        let shadow_diffs: Vec<String> = self
+            .routes
+            .iter()
+            .map(|r| self.shadow_diff_topic(&r.handler))
+            .collect();
+        ReservedTopics::new(
+            dead_letters.iter().map(String::as_str),
+            shadow_diffs.iter().map(String::as_str),
+        )
+    }
+
+    /// Every route says where its handler may publish, in patterns that
+    /// can match something a handler may reach.
+    fn validate_publish_to(&self) -> Result<(), (String, String)> {
+        let reserved = self.reserved_topics();
+        for (i, route) in self.routes.iter().enumerate() {
+            let key = format!("routes[{i}].publish-to");
+            let Some(entries) = &route.publish_to else {
+                return Err((
+                    key,
+                    "missing: list the topics this route's handler may publish to, as names or prefixes (\"orders.*\"; \"*\" for any), or [] if it publishes nothing".into(),
+                ));
+            };
+            for entry in entries {
+                let pattern =
+                    TopicPattern::parse(entry).map_err(|problem| (key.clone(), problem))?;
+                if let TopicPattern::Exact(topic) = &pattern
+                    && let Some(why) = reserved.reason(topic)
+                {
+                    return Err((
+                        key,
+                        format!("{topic:?} is {why}: no handler may publish there"),
+                    ));
+                }
+            }
+        }
+        for name in self.routes.iter().map(|r| &r.handler) {
+            let topic = self.shadow_diff_topic(name);
+            if let Some(problem) = topics::name_problem(&topic) {
+                return Err((format!("handlers.{name}.shadow-diff-topic"), problem));
+            }
+        }
+        Ok(())
     }
 
     fn validate_handlers(&self) -> Result<(), (String, String)> {
@@ -1304,6 +1410,7 @@ brokers = "embedded"
 [[routes]]
 topic = "in"
 handler = "echo"
+publish-to = ["*"]
 "#;
 
     #[test]
@@ -1342,24 +1449,27 @@ handler = "echo"
     #[test]
     fn route_errors_name_the_route() {
         let err = error_of(
-            "brokers = \"embedded\"\n[[routes]]\ntopic = \"a\"\nhandler = \"x\"\n[[routes]]\ntopic = \"a\"\nhandler = \"y\"\n",
+            "brokers = \"embedded\"\n[[routes]]\ntopic = \"a\"\nhandler = \"x\"\npublish-to = [\"*\"]\n[[routes]]\ntopic = \"a\"\nhandler = \"y\"\npublish-to = [\"*\"]\n",
         );
         assert!(err.contains("routes[1].topic"), "{err}");
-        let err =
-            error_of("brokers = \"embedded\"\n[[routes]]\ntopic = \"a\"\nhandler = \"Bad Name\"\n");
+        let err = error_of(
+            "brokers = \"embedded\"\n[[routes]]\ntopic = \"a\"\nhandler = \"Bad Name\"\npublish-to = [\"*\"]\n",
+        );
         assert!(err.contains("routes[0].handler"), "{err}");
         let err = error_of(
-            "brokers = \"embedded\"\n[[routes]]\ntopic = \"a\"\nhandler = \"x\"\nversion = \"one\"\n",
+            "brokers = \"embedded\"\n[[routes]]\ntopic = \"a\"\nhandler = \"x\"\npublish-to = [\"*\"]\nversion = \"one\"\n",
         );
         assert!(err.contains("routes[0].version"), "{err}");
     }
 
     #[test]
     fn brokers_must_be_embedded_or_host_port() {
-        let err = error_of("brokers = \"localhost\"\n[[routes]]\ntopic = \"a\"\nhandler = \"x\"\n");
+        let err = error_of(
+            "brokers = \"localhost\"\n[[routes]]\ntopic = \"a\"\nhandler = \"x\"\npublish-to = [\"*\"]\n",
+        );
         assert!(err.contains("brokers"), "{err}");
         assert!(
-            parse("brokers = \"a:9092,b:9093\"\n[[routes]]\ntopic = \"a\"\nhandler = \"x\"\n")
+            parse("brokers = \"a:9092,b:9093\"\n[[routes]]\ntopic = \"a\"\nhandler = \"x\"\npublish-to = [\"*\"]\n")
                 .is_ok()
         );
     }
@@ -1392,7 +1502,7 @@ handler = "echo"
 
     #[test]
     fn exactly_once_routes_only_publish_on_a_broker_with_transactions() {
-        let route = "[[routes]]\ntopic = \"a\"\nhandler = \"x\"\ndelivery = \"exactly-once\"\n";
+        let route = "[[routes]]\ntopic = \"a\"\nhandler = \"x\"\npublish-to = [\"*\"]\ndelivery = \"exactly-once\"\n";
         let err = error_of(&format!("brokers = \"embedded\"\n{route}"));
         assert!(err.contains("routes[0].delivery"), "{err}");
         let err = error_of(&format!(
@@ -1438,6 +1548,68 @@ handler = "echo"
         assert!(err.contains("routes[0].version"), "{err}");
         let err = error_of(&format!("{MINIMAL}[admin]\nlisten = \"localhost\"\n"));
         assert!(err.contains("admin.listen"), "{err}");
+    }
+
+    #[test]
+    fn every_route_says_where_its_handler_may_publish() {
+        let route = |publish_to: &str| {
+            format!(
+                "brokers = \"embedded\"\n[[routes]]\ntopic = \"in\"\nhandler = \"h\"\n{publish_to}\n"
+            )
+        };
+        let err = error_of(&route(""));
+        assert!(err.contains("routes[0].publish-to: missing"), "{err}");
+        assert!(err.contains("[] if it publishes nothing"), "{err}");
+        let config = parse(&route("publish-to = [\"emails\", \"orders.*\"]")).unwrap();
+        assert_eq!(config.routes[0].publish_to(), ["emails", "orders.*"]);
+        assert!(parse(&route("publish-to = []")).is_ok());
+        for (entry, why) in [
+            ("in.dlq", "\"in.dlq\" is a dead-letter topic"),
+            ("other.dlq", "is a dead-letter topic"),
+            ("h.shadow-diffs", "is a shadow-diff topic"),
+            ("__consumer_offsets", "is a Kafka-internal topic"),
+            ("a b", "' ' is not allowed"),
+            ("or*ders", "'*' is not allowed"),
+            ("", "cannot be empty"),
+        ] {
+            let err = error_of(&route(&format!("publish-to = [\"{entry}\"]")));
+            assert!(
+                err.contains("routes[0].publish-to") && err.contains(why),
+                "{entry}: {err}"
+            );
+        }
+        // A configured dead-letter topic is reserved whatever it is called.
+        let err = error_of(&format!(
+            "brokers = \"embedded\"\n[[routes]]\ntopic = \"in\"\nhandler = \"h\"\npublish-to = [\"errors\"]\n[[routes]]\ntopic = \"b\"\nhandler = \"g\"\npublish-to = []\ndead-letter-topic = \"errors\"\n"
+        ));
+        assert!(err.contains("\"errors\" is a dead-letter topic"), "{err}");
+    }
+
+    #[test]
+    fn topic_names_kafka_refuses_are_refused() {
+        let err = error_of(
+            "brokers = \"embedded\"\n[[routes]]\ntopic = \"a b\"\nhandler = \"h\"\npublish-to = []\n",
+        );
+        assert!(
+            err.contains("routes[0].topic") && err.contains("not allowed"),
+            "{err}"
+        );
+        let err = error_of(
+            "brokers = \"embedded\"\n[[routes]]\ntopic = \"a\"\nhandler = \"h\"\npublish-to = []\ndead-letter-topic = \"a/dlq\"\n",
+        );
+        assert!(err.contains("routes[0].dead-letter-topic"), "{err}");
+    }
+
+    #[test]
+    fn host_memory_settings_default_and_are_checked() {
+        let config = parse(MINIMAL).unwrap();
+        assert_eq!(config.max_in_flight_mib, 256);
+        assert_eq!(config.limits.max_component_mib, 48);
+        assert_eq!(config.decider.cache_mib, 64);
+        let err = error_of(&format!("max-in-flight-mib = 0\n{MINIMAL}"));
+        assert!(err.contains("max-in-flight-mib"), "{err}");
+        let err = error_of(&format!("{MINIMAL}\n[limits]\nmax-component-mib = 0\n"));
+        assert!(err.contains("limits.max-component-mib"), "{err}");
     }
 
     #[test]

@@ -31,6 +31,7 @@ mod shadow;
 pub mod source;
 pub mod store;
 pub mod telemetry;
+mod topics;
 
 pub use config::Config;
 pub use run::{RunError, RunOptions, run};

@@ -13,7 +13,7 @@ use sluice::registry::{self, VersionState, VersionStatus};
 use sluice::runtime::{Inspection, Runtime};
 use sluice::scaffold::{Language, scaffold};
 use sluice::source::range::Position;
-use sluice::telemetry::Stop;
+use sluice::telemetry::{EscapedFields, Stop};
 use sluice::{RunOptions, replay};
 use tracing_subscriber::EnvFilter;
 use tracing_subscriber::fmt::format::FmtSpan;
@@ -32,7 +32,11 @@ fn main() -> ExitCode {
         .with_env_filter(filter)
         .with_writer(std::io::stderr);
     match cli.log_format {
-        LogFormat::Text => logs.with_ansi(std::io::stderr().is_terminal()).init(),
+        // Guests supply much of what is logged: no value may break a line.
+        LogFormat::Text => logs
+            .with_ansi(std::io::stderr().is_terminal())
+            .fmt_fields(EscapedFields)
+            .init(),
         // Each span's close is a line with its fields and timings: the
         // spans of a message can be collected from the log.
         LogFormat::Json => logs
@@ -174,6 +178,7 @@ fn execute(command: Command) -> anyhow::Result<ExitCode> {
                 None => registry::evaluate(&config, Runtime::for_config(&config)?)?,
             };
             print_handlers(&statuses)?;
+            print_reach(&config, None)?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Redrive {
@@ -220,10 +225,24 @@ fn execute(command: Command) -> anyhow::Result<ExitCode> {
             );
             Ok(ExitCode::SUCCESS)
         }
-        Command::Inspect { file } => {
-            let runtime = Runtime::new(&Limits::default())?;
-            let inspection = runtime.inspect(&file)?;
+        Command::Inspect { file, config } => {
+            let config = config.map(|c| Config::load(&c)).transpose()?;
+            let runtime = match &config {
+                Some(config) => Runtime::for_config(config)?,
+                None => Runtime::new(&Limits::default())?,
+            };
+            let handler = registry::HandlerFile::from_path(&file).map(|f| f.name);
+            let inspection = runtime.inspect(&file, handler.as_deref())?;
             print_inspection(&inspection)?;
+            if let Some(config) = &config {
+                let Some(handler) = &handler else {
+                    anyhow::bail!(
+                        "{} is not named like a handler file (<name>/<version>.wasm or <name>@<version>.wasm): no route can serve it",
+                        file.display()
+                    );
+                };
+                print_reach(config, Some(handler))?;
+            }
             Ok(ExitCode::SUCCESS)
         }
     }
@@ -267,6 +286,51 @@ fn print_inspection(i: &Inspection) -> std::io::Result<()> {
         "sandbox   instantiates (compiled in {} ms, instantiated in {:.2} ms)",
         i.compile_time.as_millis(),
         i.instantiate_time.as_secs_f64() * 1000.0
+    )
+}
+
+/// What each route (of `handler`, or all) lets its handler reach through
+/// the host, and what no handler ever reaches.
+fn print_reach(config: &Config, handler: Option<&str>) -> std::io::Result<()> {
+    let mut out = std::io::stdout().lock();
+    let list = |items: &[String]| match items.is_empty() {
+        true => "nothing".to_owned(),
+        false => items.join(", "),
+    };
+    let routes: Vec<_> = config
+        .routes
+        .iter()
+        .filter(|r| handler.is_none_or(|h| r.handler == h))
+        .collect();
+    if routes.is_empty() {
+        return writeln!(
+            out,
+            "\nno route serves {}",
+            handler.unwrap_or("any handler")
+        );
+    }
+    for route in &routes {
+        writeln!(out, "\nroute {} -> {}", route.topic, route.handler)?;
+        writeln!(out, "  publish   {}", list(route.publish_to()))?;
+        writeln!(out, "  http      {}", list(&route.http.allow))?;
+    }
+    let mut dead_letters: Vec<String> = config
+        .routes
+        .iter()
+        .map(|r| r.dead_letter_topic())
+        .collect();
+    dead_letters.push("*.dlq".into());
+    let mut diffs: Vec<String> = config
+        .routes
+        .iter()
+        .map(|r| config.shadow_diff_topic(&r.handler))
+        .collect();
+    diffs.push("*.shadow-diffs".into());
+    writeln!(
+        out,
+        "never     dead-letter topics ({}), shadow-diff topics ({}), Kafka-internal topics (__*)",
+        dead_letters.join(", "),
+        diffs.join(", ")
     )
 }
 

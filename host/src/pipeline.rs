@@ -34,6 +34,7 @@ use crate::effects::{EffectError, Effects, Failure, Pending, RouteEffects, drive
 use crate::policy::{self, DeadLetter, Disposition, Stage};
 use crate::registry::Selection;
 use crate::runtime::{CallError, Handler, HandlerKind, WorkerPool};
+use crate::schedule::budget::{ByteBudget, HeldBytes};
 use crate::schedule::chains::{Chains, Link};
 use crate::schedule::{PartitionState, Slot};
 use crate::shadow::Shadows;
@@ -83,6 +84,8 @@ pub(crate) struct Pipeline {
     /// Headers whose value is a message's correlation id, first found wins.
     correlation_headers: Vec<String>,
     pool: Arc<WorkerPool>,
+    /// Bytes held for handlers, host-wide.
+    budget: Arc<ByteBudget>,
     decider: Arc<Decider>,
     effects: Effects,
     shadows: Arc<Shadows>,
@@ -99,6 +102,8 @@ struct InFlight {
     work: Work,
     link: Link,
     slot: Slot,
+    /// The bytes its outputs hold in the host's budget.
+    held: Option<HeldBytes>,
 }
 
 /// A message whose effects are handed over, waiting for confirmations.
@@ -108,13 +113,18 @@ struct Handed {
     delivery: Delivery,
     pending: Vec<Pending>,
     slot: Slot,
+    held: Option<HeldBytes>,
 }
+
+/// A fetched message with its slot, the version serving it and its trace.
+type Prepared = ((Delivery, Slot), (Arc<dyn Handler>, MessageTrace));
 
 impl Pipeline {
     pub(crate) fn new(
         routes: Vec<RouteHandler>,
         correlation_headers: Vec<String>,
         pool: WorkerPool,
+        budget: Arc<ByteBudget>,
         decider: Arc<Decider>,
         effects: Effects,
         shadows: Arc<Shadows>,
@@ -128,6 +138,7 @@ impl Pipeline {
             routes,
             correlation_headers,
             pool: Arc::new(pool),
+            budget,
             decider,
             effects,
             shadows,
@@ -148,6 +159,10 @@ impl Pipeline {
     /// a task per message. The others (waiting on their chain, or calling
     /// HTTP) get a task each, so slow keys do not hold up the lane. Either
     /// way the acks follow the broker's confirmations.
+    ///
+    /// Handler calls wait for room in the host's byte budget: when it runs
+    /// out mid-batch, the messages called so far go on their way and the
+    /// rest wait, uncalled, until effects give bytes back.
     /// `epoch` is the lane's fetch epoch of the batch (see
     /// `PartitionState::rewind`).
     pub(crate) async fn process(
@@ -176,42 +191,85 @@ impl Pipeline {
             .zip(&handlers)
             .map(|(m, h)| MessageTrace::open(m, h.as_ref(), &self.correlation_headers))
             .collect();
-        let called = self.call(&handlers, &messages, &traces).await;
-        if let Some(shadow) = &serving.shadow
-            && shadow.handler.kind() == HandlerKind::Handler
-        {
-            // Only handlers are shadowed: a decider's outputs depend on its stream.
-            let (messages, served) = handlers
-                .iter()
-                .zip(&messages)
-                .zip(&called)
-                .filter_map(|((handler, message), called)| match called {
-                    Called::Handled(outcome) => {
-                        Some((message.clone(), (handler.clone(), outcome.clone())))
-                    }
-                    Called::Stream(_) => None,
-                })
-                .unzip();
-            self.shadows
-                .compare(&self.pool, shadow.handler.clone(), messages, served);
+        let spans: Vec<_> = traces.iter().map(|t| t.span.clone()).collect();
+        let mut work = work.into_iter().zip(handlers.iter().cloned().zip(traces));
+        let mut start = 0;
+        while start < messages.len() {
+            if start > 0 {
+                // Out of budget: the messages called so far are on their
+                // way; the rest wait for their effects to give bytes back.
+                if let Some(transaction) = &route.effects.transaction {
+                    transaction.want_commit();
+                }
+                self.budget
+                    .room_for(handlers[start].max_output_bytes())
+                    .await;
+            }
+            let range = start..;
+            let called = self
+                .call(
+                    &handlers[range.clone()],
+                    &messages[range.clone()],
+                    &spans[range],
+                )
+                .await;
+            let end = start + called.len();
+            if let Some(shadow) = &serving.shadow
+                && shadow.handler.kind() == HandlerKind::Handler
+            {
+                // Only handlers are shadowed: a decider's outputs depend on its stream.
+                let (messages, served) = handlers[start..end]
+                    .iter()
+                    .zip(&messages[start..end])
+                    .zip(&called)
+                    .filter_map(|((handler, message), (called, _))| match called {
+                        Called::Handled(outcome) => {
+                            Some((message.clone(), (handler.clone(), outcome.clone())))
+                        }
+                        Called::Stream(_) => None,
+                    })
+                    .unzip();
+                self.shadows.compare(
+                    &self.pool,
+                    &self.budget,
+                    shadow.handler.clone(),
+                    messages,
+                    served,
+                );
+            }
+            let batch = (&mut work).take(called.len()).zip(called);
+            self.dispatch(&route, partition, batch, epoch).await;
+            start = end;
         }
+    }
+
+    /// Sets each called message of a batch on its way (see `process`).
+    async fn dispatch(
+        self: &Arc<Self>,
+        route: &Arc<RouteHandler>,
+        partition: &Arc<PartitionState>,
+        batch: impl Iterator<Item = (Prepared, (Called, Option<HeldBytes>))>,
+        epoch: u64,
+    ) {
         let transactional = route.effects.transaction.is_some();
-        let work = work.into_iter().zip(handlers.into_iter().zip(traces)).zip(
-            called
-                .into_iter()
-                .map(|c| work_for(&route.route, c, transactional)),
-        );
+        let work = batch.map(|(prepared, (called, held))| {
+            (
+                prepared,
+                held,
+                work_for(&route.route, called, transactional),
+            )
+        });
         if let Some(transaction) = &route.effects.transaction {
-            let work = work.map(|(ready, work)| match work {
-                Work::Done(outcome) => (ready, outcome),
+            let work = work.map(|(prepared, held, work)| match work {
+                Work::Done(outcome) => (prepared, held, outcome),
                 Work::Decide(_) => unreachable!("work_for decides nothing in a transaction"),
             });
             return self
-                .transact(transaction, &route, partition, work, epoch)
+                .transact(transaction, route, partition, work, epoch)
                 .await;
         }
         let mut handed = Vec::new();
-        for (((delivery, slot), (handler, trace)), work) in work {
+        for (((delivery, slot), (handler, trace)), held, work) in work {
             self.telemetry.consumed();
             let link = match &work {
                 Work::Decide(stream) => route.streams.join(Ordering::Key, Some(stream.as_bytes())),
@@ -231,7 +289,7 @@ impl Pipeline {
                 };
                 let pending = self
                     .interpret(
-                        &route,
+                        route,
                         &handler,
                         partition,
                         &delivery.message,
@@ -247,6 +305,7 @@ impl Pipeline {
                     delivery,
                     pending,
                     slot,
+                    held,
                 });
             } else {
                 let in_flight = InFlight {
@@ -258,6 +317,7 @@ impl Pipeline {
                     work,
                     link,
                     slot,
+                    held,
                 };
                 tokio::spawn(self.clone().finish(in_flight));
             }
@@ -265,6 +325,7 @@ impl Pipeline {
         if !handed.is_empty() {
             let pipeline = self.clone();
             let partition = partition.clone();
+            let route = route.clone();
             tokio::spawn(async move {
                 for handed in handed {
                     let span = handed.trace.span.clone();
@@ -278,54 +339,46 @@ impl Pipeline {
     }
 
     /// Step 1 for a batch, in one trip to a worker per kind: handlers
-    /// handle their messages, deciders name their messages' streams.
+    /// handle their messages, deciders name their messages' streams. The
+    /// outcomes end before the first handler call the byte budget had no
+    /// room for; a handler's outcome comes with the bytes it holds.
     async fn call(
         &self,
         handlers: &[Arc<dyn Handler>],
         messages: &[Arc<Message>],
-        traces: &[MessageTrace],
-    ) -> Vec<Called> {
+        spans: &[tracing::Span],
+    ) -> Vec<(Called, Option<HeldBytes>)> {
         let of_kind = |kind| -> (Vec<_>, Vec<_>) {
             handlers
                 .iter()
                 .zip(messages)
-                .zip(traces)
+                .zip(spans)
                 .filter(|((h, _), _)| h.kind() == kind)
-                .map(|((h, m), t)| ((h.clone(), m.clone()), t.span.clone()))
+                .map(|((h, m), span)| ((h.clone(), m.clone()), span.clone()))
                 .unzip()
         };
         let (deciders, decider_spans) = of_kind(HandlerKind::Decider);
-        if deciders.is_empty() {
-            let calls = handlers
-                .iter()
-                .cloned()
-                .zip(messages.iter().cloned())
-                .collect();
-            let spans = traces.iter().map(|t| t.span.clone()).collect();
-            return self
-                .pool
-                .call(calls, spans)
-                .await
-                .into_iter()
-                .map(Called::Handled)
-                .collect();
+        let (calls, call_spans) = of_kind(HandlerKind::Handler);
+        let mut handled = match calls.is_empty() {
+            true => Vec::new(),
+            false => self.pool.call(calls, call_spans, self.budget.clone()).await,
         }
-        let (calls, spans) = of_kind(HandlerKind::Handler);
-        let mut handled = self.pool.call(calls, spans).await.into_iter();
-        let mut streams = self
-            .pool
-            .stream_ids(deciders, decider_spans)
-            .await
-            .into_iter();
+        .into_iter();
+        let mut streams = match deciders.is_empty() {
+            true => Vec::new(),
+            false => self.pool.stream_ids(deciders, decider_spans).await,
+        }
+        .into_iter();
         handlers
             .iter()
-            .map(|h| match h.kind() {
-                HandlerKind::Handler => {
-                    Called::Handled(handled.next().expect("one outcome per call"))
-                }
-                HandlerKind::Decider => {
-                    Called::Stream(streams.next().expect("one outcome per call"))
-                }
+            .map_while(|h| match h.kind() {
+                HandlerKind::Handler => handled
+                    .next()
+                    .map(|(outcome, held)| (Called::Handled(outcome), Some(held))),
+                HandlerKind::Decider => Some((
+                    Called::Stream(streams.next().expect("one outcome per call")),
+                    None,
+                )),
             })
             .collect()
     }
@@ -340,16 +393,11 @@ impl Pipeline {
         transaction: &Transaction,
         route: &RouteHandler,
         partition: &Arc<PartitionState>,
-        work: impl Iterator<
-            Item = (
-                ((Delivery, Slot), (Arc<dyn Handler>, MessageTrace)),
-                Result<Vec<Output>, Refusal>,
-            ),
-        >,
+        work: impl Iterator<Item = (Prepared, Option<HeldBytes>, Result<Vec<Output>, Refusal>)>,
         epoch: u64,
     ) {
         let inside = transaction.enter().await;
-        for (((delivery, slot), (handler, trace)), outcome) in work {
+        for (((delivery, slot), (handler, trace)), held, outcome) in work {
             self.telemetry.consumed();
             if !partition.is_current(epoch) || !delivery.ack.is_current() {
                 break;
@@ -372,7 +420,9 @@ impl Pipeline {
             for pending in pending {
                 transaction.enlist(&inside, partition, message.offset, pending);
             }
-            delivery.ack.finish_holding(Box::new(slot));
+            // The transaction holds the records until it commits, and so
+            // the bytes with the slot.
+            delivery.ack.finish_holding(Box::new((slot, held)));
         }
     }
 
@@ -389,17 +439,28 @@ impl Pipeline {
             work,
             mut link,
             slot,
+            mut held,
         } = in_flight;
         link.wait().await;
+        if matches!(work, Work::Decide(_)) {
+            // Room for its state and its decision, taken before a turn so
+            // that it never holds a turn others with bytes wait for.
+            held = Some(self.budget.hold(2 * handler.max_output_bytes()).await);
+        }
         let turn = partition.turn().await;
         let outcome = match work {
             Work::Done(outcome) => outcome,
             Work::Decide(stream) => {
                 let span = tracing::info_span!(parent: &trace.span, "decide", stream = %stream);
-                self.decide(&route, &handler, &partition, &delivery.message, &stream)
+                let decided = self
+                    .decide(&route, &handler, &partition, &delivery.message, &stream)
                     .instrument(span)
                     .instrument(trace.span.clone())
-                    .await
+                    .await;
+                if let (Some(held), Ok(outputs)) = (&mut held, &decided) {
+                    held.resize(outputs.iter().map(|o| o.size() as u64).sum());
+                }
+                decided
             }
         };
         let pending = Box::pin(
@@ -422,6 +483,7 @@ impl Pipeline {
             delivery,
             pending,
             slot,
+            held,
         };
         Box::pin(self.conclude(&route, &partition, handed).instrument(span)).await;
     }
@@ -562,6 +624,7 @@ impl Pipeline {
             delivery: Delivery { message, ack },
             pending,
             slot,
+            held,
         } = handed;
         let mut undelivered = None;
         for p in pending {
@@ -576,6 +639,8 @@ impl Pipeline {
                 .await;
             let _ = late.settle(&route.effects.retry, &partition.waiting).await;
         }
+        // Its records are confirmed: the bytes they held go back.
+        drop(held);
         // The slot stays taken until the offset may be committed: the work
         // a crash could make sluice redo stays within the in-flight caps.
         ack.finish_holding(Box::new(slot));

@@ -23,6 +23,7 @@ use crate::pipeline::{Pipeline, RouteHandler};
 use crate::policy::breaker::Breakers;
 use crate::registry::{self, Registry, RegistryError};
 use crate::runtime::{Handler, HandlerKind, Runtime, RuntimeError, WorkerPool};
+use crate::schedule::budget::ByteBudget;
 use crate::schedule::offsets::{Hold, Offsets};
 use crate::schedule::{Controls, Feed, Lanes, Queued};
 use crate::shadow::Shadows;
@@ -199,6 +200,7 @@ impl Host {
             health.joined();
         }
         let controls = Arc::new(Controls::new(config.routes.iter().map(|r| r.topic.clone())));
+        let budget = ByteBudget::new(config.max_in_flight_mib << 20);
         if let (Some(address), Serve::Admin) = (config.admin.address(), serve) {
             let parts = admin::Parts {
                 registry: registry.clone(),
@@ -207,6 +209,7 @@ impl Host {
                 health: health.clone(),
                 offsets: offsets.clone(),
                 controls: controls.clone(),
+                budget: budget.clone(),
             };
             let routes = config
                 .routes
@@ -243,12 +246,13 @@ impl Host {
             config.trace.correlation_headers.clone(),
             WorkerPool::start(config.limits.worker_count())
                 .timed(telemetry.phase(Phase::Handle).clone()),
+            budget.clone(),
             decider,
             Effects::new(breakers, telemetry.clone()),
             shadows.clone(),
             telemetry.clone(),
         ));
-        let lanes = Lanes::new(pipeline, controls, config.max_in_flight);
+        let lanes = Lanes::new(pipeline, controls, config.max_in_flight, budget);
         let host = Host {
             offsets,
             telemetry,
@@ -323,12 +327,14 @@ fn route_handlers(
     registry: &Registry,
     producers: Producers<'_>,
 ) -> Result<Vec<RouteHandler>, RunError> {
+    let reserved = Arc::new(config.reserved_topics());
     config
         .routes
         .iter()
         .map(|route| {
             let effects = RouteEffects::new(
                 route,
+                &reserved,
                 producers.publisher,
                 producers
                     .transaction

@@ -19,9 +19,17 @@ use crate::effects::publish::Publisher;
 use crate::policy::source_headers;
 use crate::replay::canonical;
 use crate::runtime::{CallError, Handler, WorkerPool};
+use crate::schedule::budget::ByteBudget;
 use crate::telemetry::{Telemetry, readable};
 
 type CallResult = Result<Vec<Output>, CallError>;
+
+/// The bytes a call's outputs hold.
+fn bytes(outcome: &CallResult) -> u64 {
+    outcome
+        .as_ref()
+        .map_or(0, |outputs| outputs.iter().map(|o| o.size() as u64).sum())
+}
 
 /// Compares shadow versions with the serving ones and records differences.
 pub(crate) struct Shadows {
@@ -43,10 +51,7 @@ impl Shadows {
             .routes
             .iter()
             .map(|route| {
-                let topic = config
-                    .handler_settings(&route.handler)
-                    .shadow_diff_topic
-                    .unwrap_or_else(|| format!("{}.shadow-diffs", route.handler));
+                let topic = config.shadow_diff_topic(&route.handler);
                 (route.handler.clone(), topic)
             })
             .collect();
@@ -69,26 +74,38 @@ impl Shadows {
 
     /// Runs `shadow` on `messages` in the background and records where its
     /// outcome differs from `served` (the version that handled each message
-    /// and its outcome).
+    /// and its outcome). The copies of the served outcomes and the shadow's
+    /// own count in the host's byte budget; a shadow never waits for room
+    /// (it would hold bytes while waiting): what does not fit is not
+    /// compared, and counted as skipped.
     pub(crate) fn compare(
         &self,
         pool: &Arc<WorkerPool>,
+        budget: &Arc<ByteBudget>,
         shadow: Arc<dyn Handler>,
         messages: Vec<Arc<Message>>,
         served: Vec<(Arc<dyn Handler>, CallResult)>,
     ) {
-        let pool = pool.clone();
-        let publisher = self.publisher.clone();
-        let telemetry = self.telemetry.clone();
         let Some(topic) = self.topics.get(shadow.name()).cloned() else {
             return;
         };
+        let served_bytes = served.iter().map(|(_, outcome)| bytes(outcome)).sum();
+        let Some(held) = budget.try_hold(served_bytes) else {
+            self.telemetry.shadow_skipped(messages.len() as u64);
+            return;
+        };
+        let pool = pool.clone();
+        let budget = budget.clone();
+        let publisher = self.publisher.clone();
+        let telemetry = self.telemetry.clone();
         let mut running = self.running.lock().expect("shadow tasks lock");
         while running.try_join_next().is_some() {}
         running.spawn(async move {
             let calls = messages.iter().map(|m| (shadow.clone(), m.clone())).collect();
-            let outcomes = pool.call(calls, Vec::new()).await;
-            for ((message, (version, served)), outcome) in messages.iter().zip(served).zip(outcomes) {
+            let outcomes = pool.call(calls, Vec::new(), budget).await;
+            telemetry.shadow_skipped((messages.len() - outcomes.len()) as u64);
+            let compared = messages.iter().zip(served).zip(outcomes);
+            for ((message, (version, served)), (outcome, _held)) in compared {
                 telemetry.shadow_compared();
                 let (expected, got) = (canonical(&served), canonical(&outcome));
                 if expected == got {
@@ -125,6 +142,7 @@ impl Shadows {
                     tracing::error!(%error, %topic, input = %message.id(), "cannot publish shadow difference");
                 }
             }
+            drop(held);
         });
     }
 }

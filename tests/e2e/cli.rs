@@ -201,7 +201,7 @@ fn run_refuses_bad_handler_files_with_one_line() {
         ));
         std::fs::create_dir_all(handlers.join("bad")).unwrap();
         std::fs::copy(&file, handlers.join("bad/0.1.0.wasm")).unwrap();
-        let routes = "[[routes]]\ntopic = \"in\"\nhandler = \"bad\"\n";
+        let routes = "[[routes]]\ntopic = \"in\"\nhandler = \"bad\"\npublish-to = [\"*\"]\n";
         // Nothing listens there: the handler must be refused before any connection.
         let config = scratch.write("bad.toml", config("127.0.0.1:9", "g", &handlers, routes));
         let line = error_line(&run_with(&config));
@@ -214,7 +214,7 @@ fn run_refuses_bad_handler_files_with_one_line() {
 fn config_errors_name_the_offending_key() {
     let scratch = Scratch::new();
     let handlers = dist();
-    let route = "[[routes]]\ntopic = \"order-shipped\"\nhandler = \"order-shipped-email\"\n";
+    let route = "[[routes]]\ntopic = \"order-shipped\"\nhandler = \"order-shipped-email\"\npublish-to = [\"*\"]\n";
     let cases = [
         (format!("brokerz = \"x:1\"\n{route}"), "brokerz"),
         (
@@ -236,7 +236,7 @@ fn config_errors_name_the_offending_key() {
                 "127.0.0.1:9",
                 "g",
                 &handlers,
-                "[[routes]]\ntopic = \"a\"\nhandler = \"nope\"\n",
+                "[[routes]]\ntopic = \"a\"\nhandler = \"nope\"\npublish-to = [\"*\"]\n",
             ),
             "no handler named \"nope\"",
         ),
@@ -265,7 +265,7 @@ fn the_file_source_runs_routes_from_jsonl_and_stops_at_a_bad_line() {
          {\"topic\":\"local\",\"key\":\"a\",\"payload\":\"four\"}\n",
     );
     let routes = format!(
-        "[source]\nfile = \"{}\"\n\n[[routes]]\ntopic = \"local\"\nhandler = \"test-faults\"\n",
+        "[source]\nfile = \"{}\"\n\n[[routes]]\ntopic = \"local\"\nhandler = \"test-faults\"\npublish-to = [\"*\"]\n",
         input.display()
     );
     let config = scratch.write("file.toml", config(brokers, "file", &handlers, &routes));

@@ -14,6 +14,7 @@ memory-mib = 32
 [[routes]]
 topic = "faults"
 handler = "test-faults"
+publish-to = ["*"]
 dead-letter-topic = "faults.dead"
 "#;
 

@@ -172,7 +172,9 @@ fn decider_config(
     let routes: String = routes
         .iter()
         .map(|(topic, handler)| {
-            format!("[[routes]]\ntopic = \"{topic}\"\nhandler = \"{handler}\"\n\n")
+            format!(
+                "[[routes]]\ntopic = \"{topic}\"\nhandler = \"{handler}\"\npublish-to = [\"*\"]\n\n"
+            )
         })
         .collect();
     let routes = format!("{routes}{}\n{extra}", store.section());
@@ -902,7 +904,9 @@ fn a_store_that_cannot_be_opened_at_start_is_one_line_and_a_failed_run() {
     let handlers = scratch.handlers(&[("test-decider", "0.1.0", &component("test-decider"))]);
     // Nothing listens on port 1.
     let store = "[store]\nbackend = \"postgres\"\nurl = \"host=127.0.0.1 port=1 user=postgres dbname=test\"\n";
-    let routes = format!("[[routes]]\ntopic = \"in\"\nhandler = \"test-decider\"\n\n{store}");
+    let routes = format!(
+        "[[routes]]\ntopic = \"in\"\nhandler = \"test-decider\"\npublish-to = [\"*\"]\n\n{store}"
+    );
     let config = scratch.write("g.toml", config(brokers, "g", &handlers, &routes));
     let exit = Host::start(&scratch, "host", &config, &["--until-drained"]).wait();
     assert!(!exit.status.success());

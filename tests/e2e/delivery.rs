@@ -19,6 +19,7 @@ deterministic = false
 [[routes]]
 topic = "in"
 handler = "test-faults"
+publish-to = ["*"]
 "#;
 
 /// A broker with `MESSAGES` slow messages (4 ms of handler time each: the

@@ -29,7 +29,7 @@ fn test_faults(scratch: &Scratch) -> std::path::PathBuf {
 
 fn route(target: &HttpTarget, extra: &str) -> String {
     format!(
-        "[[routes]]\ntopic = \"in\"\nhandler = \"test-faults\"\n{extra}\n[routes.http]\nallow = [\"{}\"]\n",
+        "[[routes]]\ntopic = \"in\"\nhandler = \"test-faults\"\npublish-to = [\"*\"]\n{extra}\n[routes.http]\nallow = [\"{}\"]\n",
         target.host()
     )
 }
@@ -50,7 +50,7 @@ fn a_component_built_for_contract_0_1_still_loads_and_runs() {
     broker.produce(&messages).unwrap();
     let scratch = Scratch::new();
     let handlers = scratch.handlers(&[("legacy", "0.1.0", &component("test-v0-1"))]);
-    let routes = "[[routes]]\ntopic = \"legacy\"\nhandler = \"legacy\"\n";
+    let routes = "[[routes]]\ntopic = \"legacy\"\nhandler = \"legacy\"\npublish-to = [\"*\"]\n";
     let config = scratch.write("legacy.toml", config(brokers, "legacy", &handlers, routes));
     Host::start(&scratch, "legacy", &config, &["--until-drained"]).wait_ok();
     let echoed: Vec<String> = read_topic(brokers, "echo-v0-1")
@@ -301,8 +301,7 @@ fn park_key_dead_letters_the_rest_of_a_failed_key_in_order_across_restarts() {
     let brokers = broker.bootstrap_servers();
     let scratch = Scratch::new();
     let handlers = test_faults(&scratch);
-    let routes =
-        "[[routes]]\ntopic = \"in\"\nhandler = \"test-faults\"\non-dead-letter = \"park-key\"\n";
+    let routes = "[[routes]]\ntopic = \"in\"\nhandler = \"test-faults\"\npublish-to = [\"*\"]\non-dead-letter = \"park-key\"\n";
     let config = scratch.write("park.toml", config(brokers, "park", &handlers, routes));
     Host::start(&scratch, "park", &config, &["--until-drained"]).wait_ok();
 

@@ -27,6 +27,7 @@ stdio-lines-per-second = 1_000_000
 [[routes]]
 topic = "in"
 handler = "test-faults"
+publish-to = ["*"]
 delivery = "exactly-once"
 "#;
 

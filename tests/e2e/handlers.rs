@@ -41,6 +41,7 @@ listen = "127.0.0.1:0"
 [[routes]]
 topic = "in"
 handler = "test-echo"
+publish-to = ["*"]
 
 {extra}"#
     );

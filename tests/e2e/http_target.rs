@@ -32,12 +32,23 @@ pub struct Received {
     pub path: String,
     pub body: String,
     pub headers: HashMap<String, String>,
+    /// Every header as sent, repeated names included, names lowercase.
+    pub all_headers: Vec<(String, String)>,
     pub status: u16,
 }
 
 impl Received {
     pub fn header(&self, name: &str) -> Option<&str> {
         self.headers.get(name).map(String::as_str)
+    }
+
+    /// Every value sent for a header (names are lowercase).
+    pub fn header_values(&self, name: &str) -> Vec<&str> {
+        self.all_headers
+            .iter()
+            .filter(|(n, _)| n == name)
+            .map(|(_, v)| v.as_str())
+            .collect()
     }
 }
 
@@ -205,19 +216,21 @@ async fn answer(
 
     shared.in_progress.fetch_sub(1, Ordering::SeqCst);
     shared.concurrency.lock().unwrap().get_mut(&key).unwrap().0 -= 1;
+    let all_headers: Vec<(String, String)> = headers
+        .iter()
+        .map(|(k, v)| {
+            (
+                k.to_string(),
+                String::from_utf8_lossy(v.as_bytes()).into_owned(),
+            )
+        })
+        .collect();
     shared.received.lock().unwrap().push(Received {
         method: method.to_string(),
         path,
         body: String::from_utf8_lossy(&body).into_owned(),
-        headers: headers
-            .iter()
-            .map(|(k, v)| {
-                (
-                    k.to_string(),
-                    String::from_utf8_lossy(v.as_bytes()).into_owned(),
-                )
-            })
-            .collect(),
+        headers: all_headers.iter().cloned().collect(),
+        all_headers,
         status,
     });
     StatusCode::from_u16(status).unwrap()

@@ -2,6 +2,7 @@
 //! through the same client code the host uses), real `sluice` processes and
 //! real guest components built from guests/.
 
+mod boundary;
 mod cli;
 mod dead_letters;
 mod deciders;

@@ -34,7 +34,7 @@ fn readiness_is_lost_while_a_breaker_is_open_and_comes_back_with_the_target() {
     let scratch = Scratch::new();
     let handlers = scratch.handlers(&[("test-faults", "0.1.0", &component("test-faults"))]);
     let routes = format!(
-        "[[routes]]\ntopic = \"in\"\nhandler = \"test-faults\"\n\
+        "[[routes]]\ntopic = \"in\"\nhandler = \"test-faults\"\npublish-to = [\"*\"]\n\
          [routes.retry]\ninitial-ms = 5\nmax-interval-ms = 50\n\
          [routes.breaker]\nfailures = 3\nopen-ms = 200\n\
          [routes.http]\nallow = [\"{}\"]\n\n[admin]\nlisten = \"0\"\n",
@@ -101,8 +101,7 @@ fn metrics_count_a_known_run_exactly() {
     broker.produce(&messages).unwrap();
     let scratch = Scratch::new();
     let handlers = scratch.handlers(&[("test-faults", "0.1.0", &component("test-faults"))]);
-    let routes =
-        "[[routes]]\ntopic = \"in\"\nhandler = \"test-faults\"\n\n[admin]\nlisten = \"0\"\n";
+    let routes = "[[routes]]\ntopic = \"in\"\nhandler = \"test-faults\"\npublish-to = [\"*\"]\n\n[admin]\nlisten = \"0\"\n";
     let config = scratch.write("m.toml", config(brokers, "m", &handlers, routes));
     let host = Host::start(&scratch, "host", &config, &[]);
     let admin = admin_address(&scratch, "host");
@@ -377,8 +376,8 @@ fn state_changing_calls_need_the_token_and_a_paused_route_fetches_nothing_until_
     broker.create_topic("side", 1).unwrap();
     let scratch = Scratch::new();
     let handlers = scratch.handlers(&[("test-echo", "0.1.0", &component("test-echo"))]);
-    let routes = "[[routes]]\ntopic = \"in\"\nhandler = \"test-echo\"\n\
-                  [[routes]]\ntopic = \"side\"\nhandler = \"test-echo\"\n\n[admin]\nlisten = \"0\"\n";
+    let routes = "[[routes]]\ntopic = \"in\"\nhandler = \"test-echo\"\npublish-to = [\"*\"]\n\
+                  [[routes]]\ntopic = \"side\"\nhandler = \"test-echo\"\npublish-to = [\"*\"]\n\n[admin]\nlisten = \"0\"\n";
 
     // Without a configured token, nothing that changes state is allowed.
     let open = scratch.write("open.toml", config(brokers, "open", &handlers, routes));

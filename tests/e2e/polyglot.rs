@@ -142,6 +142,7 @@ fn a_python_build_swaps_in_for_the_rust_one_under_load_with_nothing_lost_or_chan
 [[routes]]
 topic = "order-shipped"
 handler = "order-shipped-email"
+publish-to = ["*"]
 "#,
         shared_artifact_cache().display()
     );
@@ -240,6 +241,7 @@ fn an_uncaught_exception_is_dead_lettered_with_its_text_and_the_partition_goes_o
 [[routes]]
 topic = "in"
 handler = "throws"
+publish-to = ["*"]
 dead-letter-topic = "in.dead"
 "#,
             shared_artifact_cache().display()

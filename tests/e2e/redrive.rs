@@ -53,7 +53,7 @@ fn redrive_shows_then_runs_dead_letters_through_the_fixed_version_and_unparks_th
     // 0.1.0 fails on `fail-next…` payloads; 0.2.0, the fix, echoes them.
     let handlers = scratch.handlers(&[("svc", "0.1.0", &component("test-echo-next"))]);
     let routes = format!(
-        "[[routes]]\ntopic = \"in\"\nhandler = \"svc\"\non-dead-letter = \"park-key\"\n\n\
+        "[[routes]]\ntopic = \"in\"\nhandler = \"svc\"\npublish-to = [\"*\"]\non-dead-letter = \"park-key\"\n\n\
          [admin]\nlisten = \"0\"\ntoken = \"{TOKEN}\"\n"
     );
     let config = scratch.write("redrive.toml", config(brokers, "rd", &handlers, &routes));
@@ -198,7 +198,7 @@ fn redrive_refuses_a_topic_no_route_dead_letters_to_and_skips_foreign_records() 
     broker.create_topic("in.dlq", 1).unwrap();
     let scratch = Scratch::new();
     let handlers = scratch.handlers(&[("svc", "0.1.0", &component("test-echo"))]);
-    let routes = "[[routes]]\ntopic = \"other\"\nhandler = \"svc\"\n";
+    let routes = "[[routes]]\ntopic = \"other\"\nhandler = \"svc\"\npublish-to = [\"*\"]\n";
     let other = scratch.write("other.toml", config(brokers, "rf", &handlers, routes));
     let (ok, _, stderr) = redrive(&other, &["--dry-run"]);
     assert!(!ok);
@@ -209,7 +209,7 @@ fn redrive_refuses_a_topic_no_route_dead_letters_to_and_skips_foreign_records() 
 
     // A record someone else wrote to the dead-letter topic is said and
     // left there; the dead letter behind it still runs.
-    let routes = "[[routes]]\ntopic = \"in\"\nhandler = \"svc\"\n";
+    let routes = "[[routes]]\ntopic = \"in\"\nhandler = \"svc\"\npublish-to = [\"*\"]\n";
     let config = scratch.write("in.toml", config(brokers, "rf", &handlers, routes));
     let mut letter = message("in.dlq", 0, "K", "payload");
     letter.headers = [

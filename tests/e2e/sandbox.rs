@@ -56,7 +56,7 @@ fn serve(component: &std::path::Path, inputs: &[&str], limits: &str) -> Attacked
     let scratch = Scratch::new();
     let handlers = scratch.handlers(&[("hostile", "1.0.0", component)]);
     let routes = format!(
-        "[limits]\nworkers = 1\n\n[[routes]]\ntopic = \"in\"\nhandler = \"hostile\"\n\n[handlers.hostile.limits]\n{limits}\n"
+        "[limits]\nworkers = 1\n\n[[routes]]\ntopic = \"in\"\nhandler = \"hostile\"\npublish-to = [\"*\"]\n\n[handlers.hostile.limits]\n{limits}\n"
     );
     let config = scratch.write("host.toml", config(brokers, "attacked", &handlers, &routes));
     let host = Host::start(&scratch, "host", &config, &[]);
@@ -271,7 +271,7 @@ fn a_deterministic_guest_gives_byte_identical_outputs_on_every_replay() {
     let mut runs: Vec<Vec<Record>> = Vec::new();
     for (group, instances) in [("first", "reuse"), ("second", "fresh")] {
         let routes = format!(
-            "[limits]\nworkers = 2\ninstances = \"{instances}\"\n\n[[routes]]\ntopic = \"in\"\nhandler = \"clock\"\n"
+            "[limits]\nworkers = 2\ninstances = \"{instances}\"\n\n[[routes]]\ntopic = \"in\"\nhandler = \"clock\"\npublish-to = [\"*\"]\n"
         );
         let config = scratch.write(
             &format!("{group}.toml"),
@@ -431,7 +431,7 @@ fn a_fresh_instance_serves_each_message_when_asked() {
         .map(|i| message("also", 0, "k", &format!("m{i}")))
         .collect();
     broker.produce(&also).unwrap();
-    let routes = "[limits]\nworkers = 1\n\n[[routes]]\ntopic = \"in\"\nhandler = \"reused\"\n\n[[routes]]\ntopic = \"also\"\nhandler = \"fresh\"\n\n[handlers.fresh.limits]\ninstances = \"fresh\"\n";
+    let routes = "[limits]\nworkers = 1\n\n[[routes]]\ntopic = \"in\"\nhandler = \"reused\"\npublish-to = [\"*\"]\n\n[[routes]]\ntopic = \"also\"\nhandler = \"fresh\"\npublish-to = [\"*\"]\n\n[handlers.fresh.limits]\ninstances = \"fresh\"\n";
     let config = scratch.write("host.toml", config(brokers, "fresh", &handlers, routes));
     Host::start(&scratch, "host", &config, &["--until-drained"]).wait_ok();
     let calls = |handler: &str| -> Vec<u32> {
@@ -455,7 +455,7 @@ fn table_and_instance_caps_refuse_a_component_when_it_is_loaded() {
         let scratch = Scratch::new();
         let handlers = scratch.handlers(&[("capped", "1.0.0", &component("test-echo"))]);
         let routes = format!(
-            "[[routes]]\ntopic = \"a\"\nhandler = \"capped\"\n\n[handlers.capped.limits]\n{limits}\n"
+            "[[routes]]\ntopic = \"a\"\nhandler = \"capped\"\npublish-to = [\"*\"]\n\n[handlers.capped.limits]\n{limits}\n"
         );
         let config = scratch.write(
             "host.toml",

@@ -23,15 +23,18 @@ pub const ROUTES: &str = r#"
 [[routes]]
 topic = "order-shipped"
 handler = "order-shipped-email"
+publish-to = ["email-requests"]
 dead-letter-topic = "order-shipped.dlq"
 
 [[routes]]
 topic = "order-cancel-requests"
 handler = "cancel-order"
+publish-to = ["order-events"]
 
 [[routes]]
 topic = "sku-commands"
 handler = "sku-coupon"
+publish-to = ["sku-events"]
 "#;
 
 /// Seeds the shop messages the way the demo does: four partitions, by key.

@@ -80,7 +80,7 @@ fn spans_follow_a_message_into_its_outputs_and_traceparent_crosses_services() {
     let scratch = Scratch::new();
     let handlers = scratch.handlers(&[("test-faults", "0.1.0", &component("test-faults"))]);
     let routes = format!(
-        "[[routes]]\ntopic = \"in\"\nhandler = \"test-faults\"\n[routes.http]\nallow = [\"{}\"]\n",
+        "[[routes]]\ntopic = \"in\"\nhandler = \"test-faults\"\npublish-to = [\"*\"]\n[routes.http]\nallow = [\"{}\"]\n",
         target.host()
     );
     let config = scratch.write("t.toml", config(brokers, "t", &handlers, &routes));

@@ -4,7 +4,9 @@
 //! `add:<x>` appends an event `Added` with data `x`; `slow:<ms>:<x>` says
 //! `deciding slowly` on stdout, sleeps `ms` (really, if the host is not
 //! deterministic), then does `add:<x>`; `noop` appends nothing; `fail` and `reject` return that error from `decide`; `panic`
-//! traps in `decide`; `poison` appends an event `Poison` that traps `fold`.
+//! traps in `decide`; `poison` appends an event `Poison` that traps `fold`;
+//! `fat:<mib>` appends an event `Fat` that `fold` turns into that many MiB
+//! of state (a state larger than 4 KiB is published as its size).
 //! Every decision publishes `<state>|<action>` to topic `decided`, keyed by
 //! the stream.
 
@@ -46,6 +48,11 @@ impl Guest for TestDecider {
             if event.type_ == "Poison" {
                 panic!("fold met a poison event");
             }
+            if event.type_ == "Fat" {
+                let mib: usize = String::from_utf8_lossy(&event.data).parse().unwrap_or(1);
+                state.resize(state.len() + (mib << 20), b'f');
+                continue;
+            }
             if !state.is_empty() {
                 state.push(b',');
             }
@@ -58,6 +65,7 @@ impl Guest for TestDecider {
         let (stream, action) = parse(&msg)?;
         let events = match action.split_once(':') {
             Some(("add", x)) => vec![event("Added", x)],
+            Some(("fat", mib)) => vec![event("Fat", mib)],
             Some(("slow", rest)) => {
                 let (ms, x) = rest.split_once(':').unwrap_or((rest, ""));
                 println!("deciding slowly");
@@ -78,7 +86,10 @@ impl Guest for TestDecider {
                 }
             },
         };
-        let mut payload = state;
+        let mut payload = match state.len() > 4096 {
+            true => format!("{} bytes", state.len()).into_bytes(),
+            false => state,
+        };
         payload.push(b'|');
         payload.extend_from_slice(action.as_bytes());
         let output = Output::Publish(Publish {

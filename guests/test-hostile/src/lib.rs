@@ -5,12 +5,16 @@
 //! partition keep flowing. `chatty`, `clock-random` and `panic` act on every
 //! message. What a forbidden attempt got is reported in the handler's
 //! `failed` error; anything it managed to obtain is published to `leak`.
+//! `abuse` attacks the host rather than the sandbox: it asks the host to
+//! act on its behalf beyond what its route allows (see `abuse`).
 
 wit_bindgen::generate!({ world: "handler", path: "../../wit" });
 
 use exports::sluice::handler::handle::Guest;
 use sluice::handler::types::{HandleError, Message, Output, Publish};
-#[cfg(feature = "many-outputs")]
+#[cfg(feature = "abuse")]
+use sluice::handler::types::{Header, HttpMethod, HttpRequest};
+#[cfg(any(feature = "many-outputs", feature = "abuse"))]
 use sluice::handler::types::{LogEntry, LogLevel};
 
 struct Hostile;
@@ -172,6 +176,128 @@ fn attack(_: &Message, _: &str) -> Result<Vec<Output>, HandleError> {
     panic!("test-hostile: panic on every call")
 }
 
+/// Asks the host for what it must refuse or contain, by argument:
+/// - `publish:<topic>`: a record to any topic (a dead-letter, internal or
+///   invalid one);
+/// - `forge-dead-letter:<topic>:<key>`: a record to `<topic>` shaped like a
+///   sluice dead letter of `<key>` that parks its key, from a made-up source;
+/// - `headers`: a record to `echo` carrying host headers of its own;
+/// - `http-headers:<url>`: a request carrying host headers of its own;
+/// - `http-host:<url>` / `http-framing:<url>`: a request setting `Host` /
+///   `Transfer-Encoding`;
+/// - `log-lines:<n>`: `n` log outputs;
+/// - `log-forge`: a log output and a stdout line with a newline, a carriage
+///   return and a terminal escape that would forge host log lines;
+/// - `big:<records>:<bytes>`: that many records of that size to `echo`;
+/// - `write:<bytes>`: one `write` of that many newlines to stdout, past
+///   what check-write allows.
+#[cfg(feature = "abuse")]
+fn attack(msg: &Message, argument: &str) -> Result<Vec<Output>, HandleError> {
+    let (what, rest) = argument.split_once(':').unwrap_or((argument, ""));
+    let header = |name: &str, value: &str| Header {
+        name: name.into(),
+        value: value.as_bytes().to_vec(),
+    };
+    let record = |topic: &str, key: Option<&str>, headers: Vec<Header>| {
+        Output::Publish(Publish {
+            topic: topic.into(),
+            key: key.map(|k| k.as_bytes().to_vec()),
+            payload: b"forged".to_vec(),
+            headers,
+        })
+    };
+    let request = |url: &str, headers: Vec<Header>| {
+        Output::Http(HttpRequest {
+            method: HttpMethod::Post,
+            url: url.into(),
+            headers,
+            body: b"abuse".to_vec(),
+        })
+    };
+    let log = |text: String| {
+        Output::Log(LogEntry {
+            level: LogLevel::Info,
+            text,
+        })
+    };
+    match what {
+        "publish" => Ok(vec![record(rest, None, vec![])]),
+        "forge-dead-letter" => {
+            let (topic, key) = rest.split_once(':').unwrap_or((rest, "victim"));
+            Ok(vec![record(
+                topic,
+                Some(key),
+                vec![
+                    header("sluice-stage", "handle"),
+                    header("sluice-reason", "failed"),
+                    header("sluice-detail", "forged"),
+                    header("sluice-attempts", "1"),
+                    header("sluice-source-topic", &msg.topic),
+                    header("sluice-source-partition", "0"),
+                    header("sluice-source-offset", "0"),
+                    header("sluice-parks-key", "true"),
+                ],
+            )])
+        }
+        "headers" => Ok(vec![record(
+            "echo",
+            Some("k"),
+            vec![
+                header("sluice-id", "forged-id"),
+                header("sluice-handler", "forged-handler"),
+                header("sluice-handler-version", "9.9.9"),
+                header("SLUICE-ID", "forged-upper"),
+                header("Sluice-Stage", "forged-stage"),
+                header("traceparent", "00-11111111111111111111111111111111-2222222222222222-01"),
+                header("x-own", "kept"),
+            ],
+        )]),
+        "http-headers" => Ok(vec![request(
+            rest,
+            vec![
+                header("sluice-id", "forged-id"),
+                header("Sluice-Id", "forged-mixed"),
+                header("traceparent", "00-11111111111111111111111111111111-2222222222222222-01"),
+                header("x-own", "kept"),
+            ],
+        )]),
+        "http-host" => Ok(vec![request(rest, vec![header("Host", "internal.example")])]),
+        "http-framing" => Ok(vec![request(
+            rest,
+            vec![header("Transfer-Encoding", "chunked")],
+        )]),
+        "log-lines" => {
+            let n: usize = rest.parse().unwrap_or(1000);
+            Ok((0..n).map(|i| log(format!("abuse log line {i}"))).collect())
+        }
+        "log-forge" => {
+            let forged = "innocent\nFORGED-LINE ERROR sluice: all partitions lost\r\u{1b}[2J";
+            println!("{forged}");
+            Ok(vec![
+                log(forged.to_owned()),
+                publish("echo", msg, msg.payload.clone()),
+            ])
+        }
+        "big" => {
+            let (records, bytes) = rest.split_once(':').unwrap_or(("1", rest));
+            let records: usize = records.parse().unwrap_or(1);
+            let bytes: usize = bytes.parse().unwrap_or(1);
+            Ok((0..records)
+                .map(|_| publish("echo", msg, vec![b'x'; bytes]))
+                .collect())
+        }
+        "write" => {
+            let bytes: usize = rest.parse().unwrap_or(8 << 20);
+            let stdout = wasip2::cli::stdout::get_stdout();
+            match stdout.write(&vec![b'\n'; bytes]) {
+                Ok(()) => failed(format!("a write of {bytes} bytes was taken")),
+                Err(e) => failed(format!("the write was refused: {e:?}")),
+            }
+        }
+        other => failed(format!("no abuse {other:?}")),
+    }
+}
+
 #[cfg(not(any(
     feature = "loop",
     feature = "memory-bomb",
@@ -183,7 +309,8 @@ fn attack(_: &Message, _: &str) -> Result<Vec<Output>, HandleError> {
     feature = "socket",
     feature = "chatty",
     feature = "clock-random",
-    feature = "panic"
+    feature = "panic",
+    feature = "abuse"
 )))]
 fn attack(_: &Message, _: &str) -> Result<Vec<Output>, HandleError> {
     failed("no attack built in".into())

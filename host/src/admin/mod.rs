@@ -28,6 +28,7 @@ use tokio::sync::watch;
 use crate::policy::breaker::Breakers;
 use crate::registry::{Registry, VersionState, stopped};
 use crate::schedule::Controls;
+use crate::schedule::budget::ByteBudget;
 use crate::schedule::chains::Unpark;
 use crate::schedule::offsets::Offsets;
 use crate::telemetry::{Health, Telemetry};
@@ -61,6 +62,7 @@ pub(crate) struct Parts {
     pub(crate) health: Arc<Health>,
     pub(crate) offsets: Arc<Offsets>,
     pub(crate) controls: Arc<Controls>,
+    pub(crate) budget: Arc<ByteBudget>,
 }
 
 impl State {
@@ -343,7 +345,34 @@ async fn metrics(Extract(state): Extract<State>) -> impl IntoResponse {
             g.memory_bytes()
         );
     }
+    out.push_str("# HELP sluice_guest_log_lines_dropped_total Guest log lines (stdout, stderr, log outputs) dropped over the rate limit.\n");
+    out.push_str("# TYPE sluice_guest_log_lines_dropped_total counter\n");
+    for (labels, g) in gauges() {
+        let _ = writeln!(
+            out,
+            "sluice_guest_log_lines_dropped_total{{{labels}}} {}",
+            g.log_lines_dropped()
+        );
+    }
     state.parts.health.write_metrics(&mut out);
+    out.push_str(
+        "# HELP sluice_held_output_bytes Bytes of handler outputs held while their effects run.\n",
+    );
+    out.push_str("# TYPE sluice_held_output_bytes gauge\n");
+    let _ = writeln!(
+        out,
+        "sluice_held_output_bytes {}",
+        state.parts.budget.held()
+    );
+    out.push_str(
+        "# HELP sluice_held_output_bytes_cap The host's cap on them (max-in-flight-mib).\n",
+    );
+    out.push_str("# TYPE sluice_held_output_bytes_cap gauge\n");
+    let _ = writeln!(
+        out,
+        "sluice_held_output_bytes_cap {}",
+        state.parts.budget.cap()
+    );
     out.push_str("# HELP sluice_in_flight Messages received and not yet committed.\n");
     out.push_str("# TYPE sluice_in_flight gauge\n");
     let _ = writeln!(out, "sluice_in_flight {}", state.parts.offsets.in_flight());

@@ -1,7 +1,10 @@
 //! States in memory: (handler version, stream) → (state, version). An entry
 //! is only a starting point: every decision reads the stream's events after
 //! its version from the store, so a stale entry costs a longer fold, never a
-//! wrong decision. When full, the least recently used eighth goes.
+//! wrong decision. The cache is bounded in entries and in bytes (states and
+//! keys): when either is full, the least recently used eighth of the
+//! entries goes (more, until the bytes fit). A state larger than the whole
+//! byte budget is not kept.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -23,6 +26,7 @@ type Key = (String, String, String);
 
 pub(crate) struct StateCache {
     capacity: usize,
+    max_bytes: u64,
     entries: Mutex<Entries>,
 }
 
@@ -30,6 +34,14 @@ pub(crate) struct StateCache {
 struct Entries {
     map: HashMap<Key, (Cached, u64)>,
     clock: u64,
+    /// Bytes of the states and keys kept.
+    bytes: u64,
+}
+
+/// What an entry holds in memory, as counted against the byte budget.
+fn size(key: &Key, cached: &Cached) -> u64 {
+    let state = cached.state.as_ref().map_or(0, |s| s.len());
+    (key.0.len() + key.1.len() + key.2.len() + state) as u64
 }
 
 fn key(key: &SnapshotKey<'_>) -> Key {
@@ -41,11 +53,19 @@ fn key(key: &SnapshotKey<'_>) -> Key {
 }
 
 impl StateCache {
-    pub(crate) fn new(capacity: usize) -> Self {
+    /// At most `capacity` states, of `max_bytes` in all.
+    pub(crate) fn new(capacity: usize, max_bytes: u64) -> Self {
         StateCache {
             capacity,
+            max_bytes,
             entries: Mutex::default(),
         }
+    }
+
+    /// Bytes of the states (and keys) kept.
+    #[cfg(test)]
+    fn bytes(&self) -> u64 {
+        self.entries.lock().expect("state cache lock").bytes
     }
 
     pub(crate) fn get(&self, at: &SnapshotKey<'_>) -> Option<Cached> {
@@ -73,21 +93,46 @@ impl StateCache {
         {
             return;
         }
-        if entries.map.len() >= self.capacity && !entries.map.contains_key(&key) {
+        entries.remove(&key);
+        let bytes = size(&key, &cached);
+        if bytes > self.max_bytes {
+            return;
+        }
+        if entries.map.len() >= self.capacity {
             entries.evict(self.capacity.div_ceil(8));
         }
+        while entries.bytes + bytes > self.max_bytes {
+            let eighth = entries.map.len().div_ceil(8);
+            entries.evict(eighth);
+        }
+        entries.bytes += bytes;
         entries.map.insert(key, (cached, now));
     }
 }
 
 impl Entries {
+    fn remove(&mut self, key: &Key) {
+        if let Some((cached, _)) = self.map.remove(key) {
+            self.bytes -= size(key, &cached);
+        }
+    }
+
+    /// Drops the `count` least recently used entries (at least one).
     fn evict(&mut self, count: usize) {
         let mut uses: Vec<u64> = self.map.values().map(|(_, used)| *used).collect();
         uses.sort_unstable();
-        let Some(&cutoff) = uses.get(count.saturating_sub(1)) else {
+        let Some(&cutoff) = uses.get(count.max(1) - 1) else {
             return;
         };
-        self.map.retain(|_, (_, used)| *used > cutoff);
+        let mut freed = 0;
+        self.map.retain(|key, (cached, used)| {
+            let keep = *used > cutoff;
+            if !keep {
+                freed += size(key, cached);
+            }
+            keep
+        });
+        self.bytes -= freed;
     }
 }
 
@@ -113,7 +158,7 @@ mod tests {
 
     #[test]
     fn keeps_the_latest_version_and_evicts_the_least_recently_used() {
-        let cache = StateCache::new(8);
+        let cache = StateCache::new(8, u64::MAX);
         cache.put(&at("a"), state(5));
         cache.put(&at("a"), state(3));
         assert_eq!(
@@ -137,5 +182,34 @@ mod tests {
             cache.get(&other_version).is_none(),
             "states are per handler version"
         );
+    }
+
+    fn sized(version: u64, bytes: usize) -> Cached {
+        Cached {
+            state: Some(Arc::new(vec![7; bytes])),
+            version,
+            snapshot_version: 0,
+        }
+    }
+
+    #[test]
+    fn states_are_bounded_in_bytes_as_well_as_in_number() {
+        // Keys "h", "1" and "sN": 4 bytes each, besides the state.
+        let cache = StateCache::new(1000, 10_000);
+        for i in 0..50 {
+            cache.put(&at(&format!("s{i:02}")), sized(1, 996));
+            assert!(cache.bytes() <= 10_000, "{} bytes kept", cache.bytes());
+        }
+        assert!(cache.get(&at("s49")).is_some(), "the newest is kept");
+        assert!(cache.get(&at("s00")).is_none(), "the oldest went");
+        // Replacing a state gives its old bytes back first.
+        let before = cache.bytes();
+        cache.put(&at("s49"), sized(2, 996));
+        assert_eq!(cache.bytes(), before);
+        // A state larger than the whole budget is never kept, and the
+        // stream's older state goes with it.
+        cache.put(&at("s49"), sized(3, 20_000));
+        assert!(cache.get(&at("s49")).is_none());
+        assert!(cache.bytes() < before);
     }
 }

@@ -139,7 +139,7 @@ impl Decider {
         Decider {
             store: OnceCell::new_with(Some(store)),
             opener: None,
-            cache: StateCache::new(settings.cache_streams),
+            cache: StateCache::new(settings.cache_streams, settings.cache_mib << 20),
             settings,
             stats,
         }
@@ -156,7 +156,7 @@ impl Decider {
         Decider {
             store: OnceCell::new(),
             opener: Some((store, base_dir)),
-            cache: StateCache::new(settings.cache_streams),
+            cache: StateCache::new(settings.cache_streams, settings.cache_mib << 20),
             settings,
             stats,
         }

@@ -2,10 +2,13 @@
 //! on the route's allow-list. A URL outside the list is a permanent failure,
 //! never a request. Redirects are not followed (a redirect could leave the
 //! list); 2xx is success, 408, 429 and 5xx are transient, any other status
-//! permanent.
+//! permanent. A handler's request may not set `Host`, the framing or the
+//! hop-by-hop headers: such a request is refused (`invalid-request`), not
+//! sent without them, so its author learns why.
 
 use std::time::Duration;
 
+use reqwest::header::{HeaderName, HeaderValue};
 use reqwest::{Method, Url};
 
 use super::EffectError;
@@ -62,6 +65,22 @@ impl HttpClient {
                 ),
             });
         }
+        for header in &request.headers {
+            if is_hop_header(&header.name) {
+                return Err(invalid(format!(
+                    "header {:?} is the host's to set (the target and the framing of the request); a handler cannot",
+                    header.name
+                )));
+            }
+            if HeaderName::from_bytes(header.name.as_bytes()).is_err()
+                || HeaderValue::from_bytes(&header.value).is_err()
+            {
+                return Err(invalid(format!(
+                    "header {:?} is not a valid HTTP header (name a token, value without control characters)",
+                    header.name
+                )));
+            }
+        }
         let target = format!("{host}:{}", port.unwrap_or_default());
         Ok((url, target))
     }
@@ -104,6 +123,25 @@ impl HttpClient {
             }),
         }
     }
+}
+
+/// Headers the client sets, never a handler: `host` (behind an ingress
+/// that routes by virtual host, a handler's own would reach a host that is
+/// not on the allow-list) and the framing and hop-by-hop headers.
+const HOP_HEADERS: [&str; 8] = [
+    "host",
+    "content-length",
+    "transfer-encoding",
+    "connection",
+    "upgrade",
+    "te",
+    "trailer",
+    "keep-alive",
+];
+
+fn is_hop_header(name: &str) -> bool {
+    let name = name.to_ascii_lowercase();
+    HOP_HEADERS.contains(&name.as_str()) || name.starts_with("proxy-")
 }
 
 fn method(method: HttpMethod) -> Method {
@@ -179,6 +217,26 @@ mod tests {
             "invalid-request"
         );
         assert_eq!(reason(c.check(&request("not a url"))), "invalid-request");
+        for header in [
+            "Host",
+            "content-length",
+            "Transfer-Encoding",
+            "connection",
+            "upgrade",
+            "te",
+            "trailer",
+            "proxy-authorization",
+            "Proxy-Connection",
+        ] {
+            let mut with = request("https://api.example.com/x");
+            with.headers.push(crate::contract::Header::new(header, "x"));
+            assert_eq!(reason(c.check(&with)), "invalid-request", "{header}");
+        }
+        let mut forged_line = request("https://api.example.com/x");
+        forged_line
+            .headers
+            .push(crate::contract::Header::new("x-a", "1\r\nx-b: 2"));
+        assert_eq!(reason(c.check(&forged_line)), "invalid-request");
         assert_eq!(
             reason(client(&[]).check(&request("http://localhost:8080/"))),
             "host-not-allowed"

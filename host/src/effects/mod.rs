@@ -7,6 +7,7 @@
 //! `Failure`, which the pipeline dead-letters. Exactly-once routes publish
 //! into a `transaction` instead, which confirms, or undoes, all at once.
 
+mod authority;
 pub(crate) mod http;
 pub(crate) mod publish;
 pub(crate) mod transaction;
@@ -21,9 +22,11 @@ use crate::contract::{Header, LogEntry, LogLevel, Message, Output, Publish};
 use crate::policy::breaker::{Admission, Breaker, Breakers, Outcome, Waiting};
 use crate::policy::retry::Retries;
 use crate::policy::{self, DeadLetter};
-use crate::runtime::Handler;
+use crate::runtime::{Handler, MAX_LINE};
 use crate::telemetry::trace::MessageTrace;
 use crate::telemetry::{Origin, RecentDeadLetter, Record, Telemetry};
+use crate::topics::ReservedTopics;
+use authority::Authority;
 use http::HttpClient;
 use publish::{Landed, Publisher};
 use tracing::Instrument;
@@ -56,6 +59,8 @@ pub(crate) struct RouteEffects {
     pub(crate) retry: RetryPolicy,
     pub(crate) breaker: BreakerPolicy,
     pub(crate) http: HttpClient,
+    /// What its handler's outputs may reach.
+    authority: Authority,
     /// Where its publishes and dead letters go.
     publisher: Arc<Publisher>,
     /// The transaction they go into, for an exactly-once route.
@@ -64,9 +69,11 @@ pub(crate) struct RouteEffects {
 
 impl RouteEffects {
     /// An at-least-once route's effects publish with `publisher`; an
-    /// exactly-once route's, inside `transaction`.
+    /// exactly-once route's, inside `transaction`. No handler publishes to
+    /// a `reserved` topic.
     pub(crate) fn new(
         route: &Route,
+        reserved: &Arc<ReservedTopics>,
         publisher: &Arc<Publisher>,
         transaction: Option<&Arc<Transaction>>,
     ) -> Result<RouteEffects, reqwest::Error> {
@@ -74,6 +81,7 @@ impl RouteEffects {
             retry: route.retry.clone(),
             breaker: route.breaker.clone(),
             http: HttpClient::new(&route.http)?,
+            authority: Authority::new(route, reserved.clone(), transaction.is_some()),
             publisher: transaction.map_or(publisher, |t| t.publisher()).clone(),
             transaction: transaction.cloned(),
         })
@@ -132,24 +140,10 @@ impl Effects {
         trace: &MessageTrace,
     ) -> (Pending, Result<(), Failure>) {
         let mut sent = Vec::new();
-        if route.transaction.is_some()
-            && let Some(http) = outputs.iter().find_map(|o| match o {
-                Output::Http(request) => Some(request),
-                _ => None,
-            })
-        {
-            // Checked before anything runs: the message's outputs are all
-            // in the transaction, or none is.
-            let failure = Failure {
-                reason: "not-transactional",
-                detail: format!(
-                    "an exactly-once route can only publish; {} {} cannot be undone by a transaction",
-                    http.method.as_str(),
-                    http.url
-                ),
-                attempts: 0,
-            };
-            return (self.pending(route, message, handler, sent), Err(failure));
+        // Checked before anything runs: a message's outputs all run, or
+        // (beyond what the route allows) none does.
+        if let Err(refused) = route.authority.check(&outputs, &route.http) {
+            return (self.pending(route, message, handler, sent), Err(refused));
         }
         let mut outcome = Ok(());
         for (index, output) in outputs.into_iter().enumerate() {
@@ -160,6 +154,7 @@ impl Effects {
                     log(message, handler, &entry);
                 }
                 Output::Publish(mut record) => {
+                    policy::drop_host_headers(&mut record.headers);
                     let span = trace.output(index, Some(&mut record.headers));
                     span.record("topic", record.topic.as_str());
                     record.headers.push(Header::new("sluice-id", id));
@@ -196,6 +191,7 @@ impl Effects {
                     });
                 }
                 Output::Http(mut request) => {
+                    policy::drop_host_headers(&mut request.headers);
                     let span = trace.output(index, Some(&mut request.headers));
                     span.record("url", request.url.as_str());
                     let result = async {
@@ -512,10 +508,26 @@ fn sluice_id(message: &Message, index: &str) -> String {
     )
 }
 
-/// The `log` effect: a `tracing` event tagged with handler and input.
+/// The `log` effect: a `tracing` event tagged with handler and input,
+/// within the version's rate limit and cut at `MAX_LINE` bytes.
 fn log(message: &Message, handler: &dyn Handler, entry: &LogEntry) {
-    let (name, version, input, text) =
-        (handler.name(), handler.version(), message.id(), &entry.text);
+    if !handler.admit_log_line() {
+        return;
+    }
+    let mut cut = entry.text.len().min(MAX_LINE);
+    while !entry.text.is_char_boundary(cut) {
+        cut -= 1;
+    }
+    let text = match cut < entry.text.len() {
+        false => std::borrow::Cow::Borrowed(entry.text.as_str()),
+        true => format!(
+            "{}... ({} bytes cut)",
+            &entry.text[..cut],
+            entry.text.len() - cut
+        )
+        .into(),
+    };
+    let (name, version, input) = (handler.name(), handler.version(), message.id());
     match entry.level {
         LogLevel::Trace => {
             tracing::trace!(target: "sluice::handler", handler = name, version, %input, "{text}")

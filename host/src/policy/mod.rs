@@ -11,6 +11,7 @@ use crate::config::{OnInvalidInput, Route};
 use crate::contract::{HandleError, Header, Message, Publish};
 use crate::runtime::CallError;
 use crate::source::parked::PARKS_KEY_HEADER;
+use crate::telemetry::trace::TRACEPARENT;
 
 /// Where in the pipeline a message failed (the `sluice-stage` header).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -85,6 +86,21 @@ pub(crate) fn on_failure(route: &Route, error: &CallError, stage: Stage) -> Disp
         parks_key: false,
     })
 }
+
+/// Drops the headers only the host sets (`sluice-*` and `traceparent`,
+/// in any case) from what a handler asked to send: the host adds its own,
+/// exactly one of each, and a consumer must be able to trust them.
+pub(crate) fn drop_host_headers(headers: &mut Vec<Header>) {
+    headers.retain(|h| {
+        let name = h.name.as_bytes();
+        !(name.len() >= HOST_PREFIX.len()
+            && name[..HOST_PREFIX.len()].eq_ignore_ascii_case(HOST_PREFIX.as_bytes()))
+            && !h.name.eq_ignore_ascii_case(TRACEPARENT)
+    });
+}
+
+/// The prefix of every header the host sets.
+const HOST_PREFIX: &str = "sluice-";
 
 /// Where a record sluice writes came from: `sluice-source-topic`,
 /// `-partition` and `-offset`.

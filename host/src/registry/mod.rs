@@ -25,7 +25,7 @@ pub(crate) use watch::{stopped, watch};
 
 use crate::config::{CanarySettings, Config, HandlerSettings};
 use crate::contract::Message;
-use crate::runtime::{Handler, LoadError, Runtime, content_hash};
+use crate::runtime::{Handler, LoadError, LoadProblem, Runtime, content_hash};
 use files::Seen;
 
 /// A routed handler with no version that can serve.
@@ -559,8 +559,24 @@ impl Registry {
                 unsettled = Some(unsettled.map_or(wait, |w| w.min(wait)));
                 continue;
             }
-            let Ok(bytes) = std::fs::read(&path) else {
-                continue; // Gone since the scan; the next scan forgets it.
+            let version = seen.file.version.to_string();
+            let bytes = match self.runtime.read(&path, name) {
+                Ok(bytes) => bytes,
+                // Gone since the scan; the next scan forgets it.
+                Err(LoadError {
+                    problem: LoadProblem::Read(_),
+                    ..
+                }) => continue,
+                Err(error) => {
+                    let entry = Entry {
+                        hash: format!("unread:{}", seen.len),
+                        seen,
+                        rejected: Some(rejection(name, &version, &error)),
+                        checked: None,
+                    };
+                    known.entries.insert(path, entry);
+                    continue;
+                }
             };
             let hash = content_hash(&bytes);
             if let Some(entry) = known.entries.get_mut(&path)
@@ -569,7 +585,6 @@ impl Registry {
                 entry.seen = seen;
                 continue;
             }
-            let version = seen.file.version.to_string();
             let (checked, rejected) = match self.runtime.load_bytes(&path, &bytes, name, &version) {
                 Ok((handler, inspection)) => {
                     tracing::info!(

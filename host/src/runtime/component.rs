@@ -2,6 +2,7 @@
 //! the contract and the host's imports, and instantiate it once under the
 //! sandbox. Every refusal is one line naming the file and the reason.
 
+use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -38,6 +39,18 @@ pub enum LoadProblem {
     /// The file cannot be read.
     #[error("cannot read: {0}")]
     Read(String),
+    /// The file is larger than the handler's `max-component-mib`: it is
+    /// refused before it is read, since compiling takes memory in
+    /// proportion to size.
+    #[error(
+        "{size} bytes, over the cap of {cap} bytes (limits.max-component-mib): not read, not compiled"
+    )]
+    TooLarge {
+        /// Its size.
+        size: u64,
+        /// The cap.
+        cap: u64,
+    },
     /// The file is not WebAssembly at all.
     #[error("not a WebAssembly file (no \\0asm header)")]
     NotWasm,
@@ -165,6 +178,14 @@ impl Handler for WasmHandler {
         Some(&self.tag.gauges)
     }
 
+    fn admit_log_line(&self) -> bool {
+        self.lines.admit_line(&self.tag)
+    }
+
+    fn max_output_bytes(&self) -> u64 {
+        self.limits.max_output_bytes
+    }
+
     fn kind(&self) -> HandlerKind {
         match self.pre {
             Pre::Handle(_) => HandlerKind::Handler,
@@ -182,16 +203,40 @@ impl Runtime {
         name: &str,
         version: &str,
     ) -> Result<Arc<WasmHandler>, LoadError> {
-        let bytes = read(path)?;
+        let bytes = self.read(path, name)?;
         self.load_bytes(path, &bytes, name, version)
             .map(|(handler, _)| handler)
     }
 
-    /// Loads and checks a component, and reports what it is.
-    pub fn inspect(&self, path: &Path) -> Result<Inspection, LoadError> {
-        let bytes = read(path)?;
-        self.load_bytes(path, &bytes, "inspect", "-")
+    /// Loads and checks a component, under the limits of `handler` (if it
+    /// is known), and reports what it is.
+    pub fn inspect(&self, path: &Path, handler: Option<&str>) -> Result<Inspection, LoadError> {
+        let name = handler.unwrap_or("inspect");
+        let bytes = self.read(path, name)?;
+        self.load_bytes(path, &bytes, name, "-")
             .map(|(_, inspection)| inspection)
+    }
+
+    /// Reads a component file of handler `name`, refusing one over its
+    /// `max-component-mib` before reading it.
+    pub(crate) fn read(&self, path: &Path, name: &str) -> Result<Vec<u8>, LoadError> {
+        let cap = self.limits(name).max_component_bytes();
+        let refuse = |problem| LoadError {
+            path: path.to_owned(),
+            problem,
+        };
+        let unreadable = |e: std::io::Error| refuse(LoadProblem::Read(e.to_string()));
+        let file = std::fs::File::open(path).map_err(unreadable)?;
+        let size = file.metadata().map_err(unreadable)?.len();
+        if size > cap {
+            return Err(refuse(LoadProblem::TooLarge { size, cap }));
+        }
+        // Bounded, should the file grow while it is read.
+        let mut bytes = Vec::with_capacity(size as usize);
+        file.take(cap + 1)
+            .read_to_end(&mut bytes)
+            .map_err(unreadable)?;
+        Ok(bytes)
     }
 
     /// Loads and checks a component already read from `path`, and reports
@@ -207,6 +252,13 @@ impl Runtime {
             path: path.to_owned(),
             problem,
         };
+        let cap = self.limits(name).max_component_bytes();
+        if bytes.len() as u64 > cap {
+            return Err(refuse(LoadProblem::TooLarge {
+                size: bytes.len() as u64,
+                cap,
+            }));
+        }
         match bytes.get(..8) {
             Some(header) if header == COMPONENT_HEADER => {}
             Some(header) if header == CORE_MODULE_HEADER => {
@@ -294,13 +346,6 @@ impl Runtime {
         };
         Ok((Arc::new(handler), inspection))
     }
-}
-
-fn read(path: &Path) -> Result<Vec<u8>, LoadError> {
-    std::fs::read(path).map_err(|e| LoadError {
-        path: path.to_owned(),
-        problem: LoadProblem::Read(e.to_string()),
-    })
 }
 
 /// Finds the handler or decider export, and the contract version it was

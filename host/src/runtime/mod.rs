@@ -29,6 +29,7 @@ use crate::config::{Config, InstanceStrategy, Limits};
 use crate::contract::{Decision, Event, HandleError, Message, Output};
 use bindings::{DeciderFuncs, HandleFunc};
 use outputs::OutputCountExceeded;
+pub(crate) use sandbox::MAX_LINE;
 use sandbox::{CapExceeded, GuestState, GuestTag, LineBudget};
 
 /// How often the engine's epoch advances; deadlines are rounded up to it.
@@ -55,6 +56,17 @@ pub trait Handler: Send + Sync + 'static {
     /// Its live instances and their memory, if it counts them.
     fn gauges(&self) -> Option<&InstanceGauges> {
         None
+    }
+    /// Whether one more of its log lines may be written now (its stdout,
+    /// stderr and `log` outputs share one rate limit).
+    fn admit_log_line(&self) -> bool {
+        true
+    }
+    /// The most bytes one call may return (outputs, or a decision's events
+    /// and outputs), held in the host's budget before each call; 0 when
+    /// not known (nothing is held before the call, what it returns after).
+    fn max_output_bytes(&self) -> u64 {
+        0
     }
 }
 
@@ -430,6 +442,20 @@ impl WasmInstance {
         Ok(())
     }
 
+    /// A state is what a decider's `initial` or `fold` returns: the host
+    /// holds it (and caches it), so it is within the byte cap too.
+    fn check_state(&self, state: Vec<u8>) -> Result<Vec<u8>, CallError> {
+        let cap = self.limits.max_output_bytes;
+        if state.len() as u64 > cap {
+            return Err(Trap::OutputBytes(format!(
+                "a state of {} bytes, over the cap of {cap} bytes per call",
+                state.len()
+            ))
+            .into());
+        }
+        Ok(state)
+    }
+
     /// Runs one guest call for `msg` under the per-call limits and turns
     /// whatever stopped it into a precise `CallError`.
     fn guarded<R>(
@@ -501,9 +527,10 @@ impl DeciderInstance for WasmInstance {
     }
 
     fn initial(&mut self, msg: &Message) -> Result<Vec<u8>, CallError> {
-        self.guarded(msg, |store, exports| {
+        let state = self.guarded(msg, |store, exports| {
             Self::decider_funcs(exports)?.initial(store).map(Ok)
-        })
+        })?;
+        self.check_state(state)
     }
 
     fn fold(
@@ -512,11 +539,12 @@ impl DeciderInstance for WasmInstance {
         state: &[u8],
         events: &[Event],
     ) -> Result<Vec<u8>, CallError> {
-        self.guarded(msg, |store, exports| {
+        let state = self.guarded(msg, |store, exports| {
             Self::decider_funcs(exports)?
                 .fold(store, state, events)
                 .map(Ok)
-        })
+        })?;
+        self.check_state(state)
     }
 
     fn decide(&mut self, msg: &Message, state: &[u8]) -> Result<Decision, CallError> {

@@ -12,6 +12,7 @@ use tokio::sync::oneshot;
 
 use super::{CallError, Handler, HandlerInstance};
 use crate::contract::{Message, Output};
+use crate::schedule::budget::{ByteBudget, HeldBytes};
 use crate::telemetry::Histogram;
 
 type CallResult = Result<Vec<Output>, CallError>;
@@ -56,20 +57,37 @@ impl WorkerPool {
     }
 
     /// Runs each message's handler on it, in order, on one worker, and
-    /// returns their outcomes. One round trip per batch keeps thread
-    /// hand-offs off the per-message cost. Each call runs in a `handle`
-    /// span, child of the message's span in `spans` (if given).
+    /// returns their outcomes with the bytes each holds in `budget`. One
+    /// round trip per batch keeps thread hand-offs off the per-message cost.
+    /// A call is made only once what it may return is held in `budget`; at
+    /// the first that does not fit, the rest are left uncalled (the outcomes
+    /// end there). Each call runs in a `handle` span, child of the
+    /// message's span in `spans` (if given).
     pub(crate) async fn call(
         &self,
         calls: Vec<(Arc<dyn Handler>, Arc<Message>)>,
         spans: Vec<tracing::Span>,
-    ) -> Vec<CallResult> {
-        self.each(
-            calls,
-            spans,
-            || tracing::info_span!("handle"),
-            |instance, message| instance.handle(message),
-        )
+        budget: Arc<ByteBudget>,
+    ) -> Vec<(CallResult, HeldBytes)> {
+        let timings = self.timings.clone();
+        self.run(move |worker| {
+            let mut outcomes = Vec::with_capacity(calls.len());
+            for (i, (handler, message)) in calls.iter().enumerate() {
+                let Some(mut held) = budget.try_hold(handler.max_output_bytes()) else {
+                    break;
+                };
+                let handle = || tracing::info_span!("handle");
+                let outcome = worker.timed(&timings, spans.get(i), handle, handler, |instance| {
+                    instance.handle(message)
+                });
+                let returned = outcome
+                    .as_ref()
+                    .map_or(0, |outputs| outputs.iter().map(|o| o.size() as u64).sum());
+                held.resize(returned);
+                outcomes.push((outcome, held));
+            }
+            outcomes
+        })
         .await
     }
 
@@ -104,13 +122,9 @@ impl WorkerPool {
                 .iter()
                 .enumerate()
                 .map(|(i, (handler, message))| {
-                    // Inside the message's span, so that the call's span closes there too.
-                    let _message = spans.get(i).map(|span| span.enter());
-                    let _call = spans.get(i).map(|_| call_span().entered());
-                    let started = Instant::now();
-                    let outcome = worker.with_instance(handler, |instance| call(instance, message));
-                    timings.observe(started.elapsed());
-                    outcome
+                    worker.timed(&timings, spans.get(i), call_span, handler, |instance| {
+                        call(instance, message)
+                    })
                 })
                 .collect()
         })
@@ -180,6 +194,25 @@ impl Worker {
             self.slots.retain(|slot| slot.handler.strong_count() > 0);
             job(&mut self);
         }
+    }
+
+    /// One call, timed, in a span (`call_span`) inside the message's span
+    /// (`span`), if it has one.
+    fn timed<R>(
+        &mut self,
+        timings: &Histogram,
+        span: Option<&tracing::Span>,
+        call_span: fn() -> tracing::Span,
+        handler: &Arc<dyn Handler>,
+        work: impl FnOnce(&mut dyn HandlerInstance) -> Result<R, CallError>,
+    ) -> Result<R, CallError> {
+        // Inside the message's span, so that the call's span closes there too.
+        let _message = span.map(|span| span.enter());
+        let _call = span.map(|_| call_span().entered());
+        let started = Instant::now();
+        let outcome = self.with_instance(handler, work);
+        timings.observe(started.elapsed());
+        outcome
     }
 
     fn with_instance<R>(

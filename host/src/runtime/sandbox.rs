@@ -6,7 +6,7 @@
 
 use std::collections::VecDeque;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicI64, Ordering as AtomicOrdering};
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering as AtomicOrdering};
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::Instant;
@@ -16,16 +16,17 @@ use tokio::io::AsyncWrite;
 use wasmtime::ResourceLimiter;
 use wasmtime::component::ResourceTable;
 use wasmtime_wasi::cli::{IsTerminal, StdoutStream};
-use wasmtime_wasi::p2::{OutputStream, Pollable, StreamResult};
+use wasmtime_wasi::p2::{OutputStream, Pollable, StreamError, StreamResult};
 use wasmtime_wasi::{WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView};
 
 use super::CallLimits;
 use super::determinism::Clocks;
 use crate::contract::Message;
 
-/// A guest line longer than this is logged in pieces, so a guest cannot make
-/// the host buffer without bound.
-const MAX_LINE: usize = 16 * 1024;
+/// A guest line longer than this is logged in pieces (a `log` output's text
+/// is cut), so a guest cannot make the host buffer or log without bound. It
+/// is also the most one `write` to stdout or stderr may hand over.
+pub(crate) const MAX_LINE: usize = 16 * 1024;
 /// How many of a call's last stderr lines are kept to explain a trap.
 const STDERR_TAIL_LINES: usize = 4;
 /// How much of each kept stderr line.
@@ -155,11 +156,13 @@ pub(crate) struct GuestTag {
     pub(crate) gauges: Arc<InstanceGauges>,
 }
 
-/// Live instances of one handler version and the linear memory they hold.
+/// Live instances of one handler version, the linear memory they hold, and
+/// the log lines of theirs dropped over the rate limit.
 #[derive(Debug, Default)]
 pub struct InstanceGauges {
     instances: AtomicI64,
     memory_bytes: AtomicI64,
+    log_lines_dropped: AtomicU64,
 }
 
 impl InstanceGauges {
@@ -171,6 +174,11 @@ impl InstanceGauges {
     /// Bytes of linear memory they hold.
     pub fn memory_bytes(&self) -> i64 {
         self.memory_bytes.load(AtomicOrdering::Relaxed)
+    }
+
+    /// Log lines (stdout, stderr, `log` outputs) dropped over the rate limit.
+    pub fn log_lines_dropped(&self) -> u64 {
+        self.log_lines_dropped.load(AtomicOrdering::Relaxed)
     }
 }
 
@@ -261,8 +269,9 @@ impl ResourceLimiter for Caps {
     }
 }
 
-/// How many guest stdout/stderr lines a handler version may log: a token
-/// bucket refilled at the configured rate, shared by all its instances.
+/// How many lines a handler version may log (stdout, stderr and `log`
+/// outputs together): a token bucket refilled at the configured rate,
+/// shared by all its instances.
 pub(crate) struct LineBudget {
     per_second: u32,
     bucket: Mutex<Bucket>,
@@ -297,6 +306,40 @@ impl LineBudget {
         }
     }
 
+    /// Whether a line of `tag`'s may be logged now. The first line dropped
+    /// is announced, and so is the count dropped once lines flow again.
+    pub(crate) fn admit_line(&self, tag: &GuestTag) -> bool {
+        let (handler, version) = (&*tag.name, &*tag.version);
+        let limit = self.per_second;
+        match self.admit() {
+            Admit::Log { dropped_before: 0 } => true,
+            Admit::Log { dropped_before } => {
+                tracing::warn!(
+                    target: "sluice::guest",
+                    handler,
+                    version,
+                    dropped = dropped_before,
+                    "guest log over {limit} lines per second: {dropped_before} lines dropped"
+                );
+                true
+            }
+            Admit::Drop { first } => {
+                tag.gauges
+                    .log_lines_dropped
+                    .fetch_add(1, AtomicOrdering::Relaxed);
+                if first {
+                    tracing::warn!(
+                        target: "sluice::guest",
+                        handler,
+                        version,
+                        "guest log over {limit} lines per second: dropping lines"
+                    );
+                }
+                false
+            }
+        }
+    }
+
     fn admit(&self) -> Admit {
         let mut bucket = self.bucket.lock().expect("line budget lock");
         let now = Instant::now();
@@ -322,6 +365,15 @@ impl LineBudget {
 enum Stream {
     Stdout,
     Stderr,
+}
+
+impl Stream {
+    fn as_str(self) -> &'static str {
+        match self {
+            Stream::Stdout => "stdout",
+            Stream::Stderr => "stderr",
+        }
+    }
 }
 
 /// A guest's stdout or stderr: complete lines become `tracing` events tagged
@@ -351,16 +403,38 @@ impl GuestOutput {
         }
     }
 
+    /// Logs the complete lines `bytes` ends, keeping a partial last one
+    /// for the next write. Each byte is looked at once: the host's work is
+    /// linear in what the guest writes, whatever its shape.
     fn write_bytes(&self, bytes: &[u8]) {
         let mut pending = self.pending.lock().expect("guest output lock");
-        pending.extend_from_slice(bytes);
-        while let Some(end) = pending.iter().position(|&b| b == b'\n') {
-            let line: Vec<u8> = pending.drain(..=end).collect();
-            self.emit(&line[..line.len() - 1]);
+        let mut rest = bytes;
+        while let Some(end) = rest.iter().position(|&b| b == b'\n') {
+            let (line, after) = (&rest[..end], &rest[end + 1..]);
+            if pending.is_empty() {
+                self.emit_pieces(line);
+            } else {
+                pending.extend_from_slice(line);
+                self.emit_pieces(&pending);
+                pending.clear();
+            }
+            rest = after;
         }
-        while pending.len() > MAX_LINE {
-            let piece: Vec<u8> = pending.drain(..MAX_LINE).collect();
-            self.emit(&piece);
+        pending.extend_from_slice(rest);
+        if pending.len() > MAX_LINE {
+            let whole = pending.len() / MAX_LINE * MAX_LINE;
+            self.emit_pieces(&pending[..whole]);
+            pending.drain(..whole);
+        }
+    }
+
+    /// Logs a line, in pieces of at most `MAX_LINE` bytes.
+    fn emit_pieces(&self, line: &[u8]) {
+        if line.is_empty() {
+            return self.emit(line);
+        }
+        for piece in line.chunks(MAX_LINE) {
+            self.emit(piece);
         }
     }
 
@@ -377,28 +451,10 @@ impl GuestOutput {
                 tail.push_back(text.chars().take(STDERR_TAIL_LINE_CHARS).collect());
             }
         }
-        let (handler, version) = (&*self.tag.name, &*self.tag.version);
-        let limit = self.lines.per_second;
-        match self.lines.admit() {
-            Admit::Drop { first: true } => {
-                tracing::warn!(
-                    target: "sluice::guest",
-                    handler,
-                    version,
-                    "guest stdout/stderr over {limit} lines per second: dropping lines"
-                );
-                return;
-            }
-            Admit::Drop { first: false } => return,
-            Admit::Log { dropped_before: 0 } => {}
-            Admit::Log { dropped_before } => tracing::warn!(
-                target: "sluice::guest",
-                handler,
-                version,
-                dropped = dropped_before,
-                "guest stdout/stderr over {limit} lines per second: {dropped_before} lines dropped"
-            ),
+        if !self.lines.admit_line(&self.tag) {
+            return;
         }
+        let (handler, version) = (&*self.tag.name, &*self.tag.version);
         let text = String::from_utf8_lossy(line);
         let text = text.trim_end_matches('\r');
         match self.stream {
@@ -447,6 +503,15 @@ impl Pollable for GuestOutput {
 
 impl OutputStream for GuestOutput {
     fn write(&mut self, bytes: Bytes) -> StreamResult<()> {
+        // More than check-write allows is the guest breaking the stream's
+        // contract; taking it would be host work no deadline can cut short.
+        if bytes.len() > MAX_LINE {
+            return Err(StreamError::Trap(wasmtime::format_err!(
+                "a write of {} bytes to {}, over the check-write budget of {MAX_LINE} bytes",
+                bytes.len(),
+                self.stream.as_str()
+            )));
+        }
         self.write_bytes(&bytes);
         Ok(())
     }
@@ -466,8 +531,9 @@ impl AsyncWrite for GuestOutput {
         _: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<std::io::Result<usize>> {
-        self.write_bytes(buf);
-        Poll::Ready(Ok(buf.len()))
+        let taken = buf.len().min(MAX_LINE);
+        self.write_bytes(&buf[..taken]);
+        Poll::Ready(Ok(taken))
     }
 
     fn poll_flush(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<std::io::Result<()>> {

@@ -6,6 +6,7 @@
 //! backlog waits in the broker, not in memory. Which in-flight messages wait
 //! for each other is the business of `chains`.
 
+pub(crate) mod budget;
 pub(crate) mod chains;
 pub(crate) mod offsets;
 
@@ -24,6 +25,7 @@ use crate::policy::retry::Backoff;
 use crate::source::Delivery;
 use crate::source::kafka::PartitionFeed;
 use crate::source::parked::ParkedKeys;
+use budget::ByteBudget;
 use chains::{Chains, Parked, Unpark};
 use offsets::{Starving, TopicPartition};
 
@@ -36,6 +38,8 @@ pub(crate) enum Pause {
     TargetDown,
     /// An operator paused its route (`POST /routes/{topic}/pause`).
     Operator,
+    /// Handlers' outputs held in this host are at `max-in-flight-mib`.
+    OutputBytes,
 }
 
 impl Pause {
@@ -44,6 +48,7 @@ impl Pause {
             Pause::InFlightCap => "in-flight cap reached",
             Pause::TargetDown => "effect target down (circuit breaker open)",
             Pause::Operator => "route paused by an operator",
+            Pause::OutputBytes => "outputs held at the host's max-in-flight-mib",
         }
     }
 }
@@ -315,6 +320,7 @@ pub(crate) struct Lanes {
     controls: Arc<Controls>,
     host_slots: Arc<Semaphore>,
     host_cap: usize,
+    budget: Arc<ByteBudget>,
     lanes: HashMap<TopicPartition, Lane>,
     tasks: JoinSet<()>,
 }
@@ -329,17 +335,20 @@ pub(crate) enum Queued {
 }
 
 impl Lanes {
-    /// Lanes with at most `max_in_flight` messages in flight over all of them.
+    /// Lanes with at most `max_in_flight` messages in flight over all of
+    /// them, which do not fetch while `budget` is full.
     pub(crate) fn new(
         pipeline: Arc<Pipeline>,
         controls: Arc<Controls>,
         max_in_flight: usize,
+        budget: Arc<ByteBudget>,
     ) -> Self {
         Lanes {
             pipeline,
             controls,
             host_slots: Arc::new(Semaphore::new(max_in_flight)),
             host_cap: max_in_flight,
+            budget,
             lanes: HashMap::new(),
             tasks: JoinSet::new(),
         }
@@ -386,6 +395,7 @@ impl Lanes {
             state,
             host_slots: self.host_slots.clone(),
             host_cap: self.host_cap,
+            budget: self.budget.clone(),
             paused,
         };
         self.tasks.spawn(lane.run(feed, stopped));
@@ -447,6 +457,7 @@ struct LaneTask {
     state: Arc<PartitionState>,
     host_slots: Arc<Semaphore>,
     host_cap: usize,
+    budget: Arc<ByteBudget>,
     /// Whether an operator paused the route (none for unrouted topics).
     paused: Option<watch::Receiver<bool>>,
 }
@@ -489,6 +500,29 @@ impl LaneTask {
                     _ = self.state.waiting.until_none() => {}
                 }
                 feed.resume();
+            }
+            if self.budget.is_full() {
+                // Fetching more would only wait for bytes to call handlers
+                // with; the backlog waits in the broker instead.
+                feed.want_commit();
+                let room = self.budget.room_for(1);
+                tokio::pin!(room);
+                let waited = tokio::select! {
+                    biased;
+                    _ = stop.wait_for(|stop| *stop) => break,
+                    _ = revoked(&mut revocation) => break,
+                    waited = tokio::time::timeout(PAUSE_AFTER, &mut room) => waited,
+                };
+                if waited.is_err() {
+                    feed.pause(Pause::OutputBytes);
+                    tokio::select! {
+                        biased;
+                        _ = stop.wait_for(|stop| *stop) => break,
+                        _ = revoked(&mut revocation) => break,
+                        _ = &mut room => {}
+                    }
+                    feed.resume();
+                }
             }
             let mut slots = tokio::select! {
                 biased;

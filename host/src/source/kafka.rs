@@ -231,7 +231,7 @@ impl PartitionFeed {
     pub(crate) fn pause(&self, why: Pause) {
         let (topic, partition, reason) = (&self.tp.0, self.tp.1, why.as_str());
         match why {
-            Pause::TargetDown | Pause::Operator => {
+            Pause::TargetDown | Pause::Operator | Pause::OutputBytes => {
                 tracing::info!(topic, partition, "partition paused: {reason}")
             }
             Pause::InFlightCap => tracing::debug!(topic, partition, "partition paused: {reason}"),

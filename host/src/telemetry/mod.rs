@@ -2,9 +2,11 @@
 //! record of each confirmed publish and dead letter, with a readable summary.
 
 mod histogram;
+mod log_format;
 pub(crate) mod trace;
 
 pub use histogram::Histogram;
+pub use log_format::EscapedFields;
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
@@ -194,6 +196,7 @@ pub(crate) struct Telemetry {
     skipped: AtomicU64,
     shadow_compared: AtomicU64,
     shadow_differences: AtomicU64,
+    shadow_skipped: AtomicU64,
     /// Messages by handler and version, counted per outcome. A short list:
     /// a run sees a few versions, and a lookup allocates nothing.
     by_version: Mutex<Vec<(String, String, [u64; Outcome::ALL.len()])>>,
@@ -359,6 +362,12 @@ impl Telemetry {
         self.shadow_differences.fetch_add(1, Ordering::Relaxed);
     }
 
+    /// Counts messages a shadow did not compare: the host's byte budget
+    /// had no room for them.
+    pub(crate) fn shadow_skipped(&self, messages: u64) {
+        self.shadow_skipped.fetch_add(messages, Ordering::Relaxed);
+    }
+
     /// Counts a message's outcome under the version that handled it.
     pub(crate) fn ended(&self, handler: &str, version: &str, outcome: Outcome) {
         let mut counts = self.by_version.lock().expect("counts lock");
@@ -420,6 +429,11 @@ impl Telemetry {
                 "sluice_shadow_differences_total",
                 "Messages where the shadow's outcome differed.",
                 &self.shadow_differences,
+            ),
+            (
+                "sluice_shadow_skipped_total",
+                "Messages a shadow did not compare: the host's byte budget had no room.",
+                &self.shadow_skipped,
             ),
         ] {
             let _ = writeln!(
@@ -614,7 +628,8 @@ impl RunReport {
                 } => format!("  dead-letter → {topic}  {reason}: {detail}"),
                 Record::Skipped { detail, .. } => format!("  skipped  {detail}"),
             };
-            let _ = writeln!(out, "{}", clip(&line, 240));
+            // Payloads and details are the handlers': none may break a line.
+            let _ = writeln!(out, "{}", log_format::Escaped(&clip(&line, 240)));
         }
         out
     }

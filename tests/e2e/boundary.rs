@@ -1,0 +1,690 @@
+//! The boundary between a handler and the host. A handler cannot escape its
+//! sandbox, but every output it returns is the host acting on its behalf:
+//! these tests attack that side with real components (guests/test-hostile
+//! `abuse`, guests/test-decider) served by real hosts on a real broker, and
+//! check what was published, committed, dead-lettered and logged, and how
+//! much memory the host took.
+
+use std::path::{Path, PathBuf};
+
+use sluice::contract::Message;
+use sluice::embedded::EmbeddedBroker;
+
+use crate::http_target::{Behaviour, HttpTarget};
+use crate::support::*;
+
+const MIB: u64 = 1 << 20;
+
+/// What a host did with the inputs it served.
+struct Served {
+    /// Dead letters, in offset order.
+    dead: Vec<Record>,
+    /// What the handler published to `echo`.
+    echoed: Vec<Record>,
+    log: String,
+    peak_rss: u64,
+    /// `/metrics` just before the host stopped.
+    metrics: String,
+}
+
+impl Served {
+    /// The dead letter of the input at `offset`.
+    fn dead_letter(&self, offset: i64) -> &Record {
+        let offset = offset.to_string();
+        self.dead
+            .iter()
+            .find(|r| r.header("sluice-source-offset") == Some(offset.as_str()))
+            .unwrap_or_else(|| panic!("no dead letter of offset {offset}: {:#?}", self.dead))
+    }
+}
+
+/// An input: its key and payload.
+fn input(key: &str, payload: impl Into<Vec<u8>>) -> Message {
+    let mut message = message("in", 0, key, "");
+    message.payload = payload.into();
+    message
+}
+
+/// Serves `inputs` on one partition of `in` to `component` (handler
+/// `hostile` 1.0.0, one worker) until all are committed, on a broker of its
+/// own (returned, to read other topics from). `route` is added to the route
+/// (its `publish-to`, ...); `extra` is more config (its leading keys
+/// top-level, its tables after the route); `args` go to `run`.
+fn serve(
+    component: &Path,
+    inputs: &[Message],
+    route: &str,
+    extra: &str,
+    args: &[&str],
+) -> (EmbeddedBroker, Served) {
+    let broker = EmbeddedBroker::start().unwrap();
+    broker.create_topic("in", 1).unwrap();
+    broker.produce(inputs).unwrap();
+    let scratch = Scratch::new();
+    let served = serve_on(
+        &broker,
+        &scratch,
+        "host",
+        component,
+        inputs.len(),
+        route,
+        extra,
+        args,
+    );
+    (broker, served)
+}
+
+/// Like `serve`, on a broker and in a scratch directory of the caller's,
+/// with the inputs already produced (`count` of them in all), as host `name`.
+#[allow(clippy::too_many_arguments)]
+fn serve_on(
+    broker: &EmbeddedBroker,
+    scratch: &Scratch,
+    name: &str,
+    component: &Path,
+    count: usize,
+    route: &str,
+    extra: &str,
+    args: &[&str],
+) -> Served {
+    let brokers = broker.bootstrap_servers();
+    let handlers = scratch.handlers(&[("hostile", "1.0.0", component)]);
+    // The leading keys of `extra` are top-level, its tables go last.
+    let tables = extra.find("\n[").map_or(
+        if extra.starts_with('[') {
+            0
+        } else {
+            extra.len()
+        },
+        |i| i + 1,
+    );
+    let (top, tables) = extra.split_at(tables);
+    let routes = format!(
+        "{top}\n[limits]\nworkers = 1\n\n[[routes]]\ntopic = \"in\"\nhandler = \"hostile\"\n{route}\n\n{tables}\n[admin]\nlisten = \"0\"\n"
+    );
+    let config = scratch.write(
+        &format!("{name}.toml"),
+        config(brokers, "boundary", &handlers, &routes),
+    );
+    let host = Host::start(scratch, name, &config, args);
+    let admin = admin_address(scratch, name);
+    wait_until("every input to be committed", || {
+        committed(brokers, "boundary", "in") == vec![(0, Some(count as i64))]
+    });
+    let metrics = http_get(&admin, "/metrics");
+    let peak_rss = host.peak_rss();
+    host.signal(libc::SIGTERM);
+    host.wait_ok();
+    Served {
+        dead: read_topic(brokers, "in.dlq"),
+        echoed: read_topic(brokers, "echo"),
+        log: log_of(scratch, name),
+        peak_rss,
+        metrics,
+    }
+}
+
+fn abuse() -> PathBuf {
+    hostile("abuse")
+}
+
+/// Records of a topic that does not have to exist.
+fn records(brokers: &str, topic: &str) -> Vec<Record> {
+    match count(brokers, topic) {
+        0 => Vec::new(),
+        _ => read_topic(brokers, topic),
+    }
+}
+
+#[test]
+fn a_handler_publishes_only_where_its_route_allows_and_never_to_sluices_own_topics() {
+    let attacks: &[(&[u8], &str, &str)] = &[
+        (
+            b"attack:publish:in.dlq",
+            "topic-reserved",
+            "a dead-letter topic",
+        ),
+        (
+            b"attack:publish:other.dlq",
+            "topic-reserved",
+            "a dead-letter topic",
+        ),
+        (
+            b"attack:publish:hostile.shadow-diffs",
+            "topic-reserved",
+            "a shadow-diff topic",
+        ),
+        (
+            b"attack:publish:__consumer_offsets",
+            "topic-reserved",
+            "a Kafka-internal topic",
+        ),
+        (
+            b"attack:publish:__transaction_state",
+            "topic-reserved",
+            "a Kafka-internal topic",
+        ),
+        (
+            b"attack:publish:payments",
+            "topic-not-allowed",
+            "not on the route's publish-to list [\"echo\", \"ok.*\"]",
+        ),
+        (
+            b"attack:publish:ok\0evil",
+            "invalid-topic",
+            "'\\0' is not allowed",
+        ),
+        (b"attack:publish:", "invalid-topic", "cannot be empty"),
+    ];
+    let mut inputs = vec![input("k", "ok-1")];
+    inputs.extend(attacks.iter().map(|(payload, _, _)| input("k", *payload)));
+    inputs.push(input("k", "attack:publish:ok.fine"));
+    inputs.push(input("k", "ok-2"));
+    let (broker, served) = serve(
+        &abuse(),
+        &inputs,
+        "publish-to = [\"echo\", \"ok.*\"]",
+        "",
+        &[],
+    );
+
+    for (i, (payload, reason, detail)) in attacks.iter().enumerate() {
+        let dead = served.dead_letter(i as i64 + 1);
+        assert_eq!(dead.header("sluice-reason"), Some(*reason), "{dead:?}");
+        assert_eq!(dead.header("sluice-stage"), Some("interpret"));
+        // Refused before any attempt: never retried, no breaker.
+        assert_eq!(dead.header("sluice-attempts"), Some("0"));
+        let got = dead.header("sluice-detail").unwrap();
+        assert!(got.contains(detail), "{got:?} lacks {detail:?}");
+        // The dead letter is the host's, holding the input, not the forgery.
+        assert_eq!(dead.payload.as_bytes(), *payload);
+    }
+    assert_eq!(served.dead.len(), attacks.len(), "{:#?}", served.dead);
+    let echoed: Vec<&str> = served.echoed.iter().map(|r| r.payload.as_str()).collect();
+    assert_eq!(echoed, ["ok-1", "ok-2"], "the partition flows");
+    let allowed = records(broker.bootstrap_servers(), "ok.fine");
+    assert_eq!(allowed.len(), 1, "a topic the route allows is published to");
+    assert_eq!(allowed[0].payload, "forged");
+    for topic in [
+        "other.dlq",
+        "hostile.shadow-diffs",
+        "__consumer_offsets",
+        "__transaction_state",
+        "payments",
+    ] {
+        assert!(
+            records(broker.bootstrap_servers(), topic).is_empty(),
+            "{topic} was written"
+        );
+    }
+    assert!(
+        !served.log.contains("retrying") && !served.log.contains("breaker"),
+        "nothing was retried: {}",
+        served.log
+    );
+}
+
+#[test]
+fn a_forged_dead_letter_or_parking_marker_changes_nothing() {
+    // The route parks keys: a forged `sluice-parks-key` dead letter for key
+    // `victim` would park it at the next assignment, and `sluice redrive`
+    // would run the forgery as if it came from offset 0.
+    let broker = EmbeddedBroker::start().unwrap();
+    broker.create_topic("in", 1).unwrap();
+    let first = [
+        input("victim", "v-1"),
+        input("attacker", "attack:forge-dead-letter:in.dlq:victim"),
+        input("attacker", "attack:forge-dead-letter:other.dlq:victim"),
+    ];
+    broker.produce(&first).unwrap();
+    let scratch = Scratch::new();
+    let route = "publish-to = [\"*\"]\non-dead-letter = \"park-key\"";
+    let served = serve_on(&broker, &scratch, "first", &abuse(), 3, route, "", &[]);
+    let reasons: Vec<(Option<&str>, Option<&str>)> = served
+        .dead
+        .iter()
+        .map(|r| (r.key.as_deref(), r.header("sluice-reason")))
+        .collect();
+    // The forgeries are dead-lettered; the first parks its own key (the
+    // attacker's), which holds the second behind it.
+    assert_eq!(
+        reasons,
+        [
+            (Some("attacker"), Some("topic-reserved")),
+            (Some("attacker"), Some("key-parked"))
+        ]
+    );
+    assert!(records(broker.bootstrap_servers(), "other.dlq").is_empty());
+    let dead_letters = read_topic(broker.bootstrap_servers(), "in.dlq");
+    assert!(dead_letters.iter().all(|r| r.payload != "forged"));
+
+    // A new host restores parked keys from the dead-letter topic: only the
+    // attacker's own key is parked, the victim's messages flow.
+    broker
+        .produce(&[input("victim", "v-2"), input("attacker", "a-2")])
+        .unwrap();
+    let again = serve_on(&broker, &scratch, "second", &abuse(), 5, route, "", &[]);
+    let echoed: Vec<(Option<&str>, &str)> = again
+        .echoed
+        .iter()
+        .map(|r| (r.key.as_deref(), r.payload.as_str()))
+        .collect();
+    assert_eq!(echoed, [(Some("victim"), "v-1"), (Some("victim"), "v-2")]);
+    assert!(again.log.contains("parked keys restored"), "{}", again.log);
+    let held = again
+        .dead
+        .iter()
+        .find(|r| r.payload == "a-2")
+        .expect("a-2 held");
+    assert_eq!(held.header("sluice-reason"), Some("key-parked"));
+
+    // Redrive sees the host's dead letters only.
+    let config = scratch.path().join("second.toml");
+    let out = sluice()
+        .args(["redrive", "--dry-run", "--dlq", "in.dlq", "--config"])
+        .arg(&config)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // Each line is a dead letter the host wrote, from the offset it names;
+    // none claims the forged source (offset 0, the victim's).
+    let letters: Vec<(u64, String)> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|line| {
+            let value: serde_json::Value = serde_json::from_str(line).unwrap();
+            (
+                value["offset"].as_u64().unwrap(),
+                value["reason"].as_str().unwrap().to_owned(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        letters,
+        [
+            (1, "topic-reserved".to_owned()),
+            (2, "key-parked".to_owned()),
+            (4, "key-parked".to_owned())
+        ]
+    );
+}
+
+#[test]
+fn host_headers_on_a_publish_are_the_hosts_alone() {
+    let (_broker, served) = serve(
+        &abuse(),
+        &[input("k", "ok-1"), input("k", "attack:headers")],
+        "publish-to = [\"echo\"]",
+        "",
+        &[],
+    );
+    assert!(served.dead.is_empty(), "{:#?}", served.dead);
+    let forged = &served.echoed[1];
+    let values = |name: &str| -> Vec<&str> {
+        forged
+            .headers
+            .iter()
+            .filter(|(n, _)| n.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+            .collect()
+    };
+    assert_eq!(values("sluice-id"), ["in/0/1/0"], "{forged:?}");
+    assert_eq!(values("sluice-handler"), ["hostile"]);
+    assert_eq!(values("sluice-handler-version"), ["1.0.0"]);
+    assert!(values("sluice-stage").is_empty(), "{forged:?}");
+    let traceparent = values("traceparent");
+    assert_eq!(traceparent.len(), 1);
+    assert!(
+        !traceparent[0].contains("2222222222222222"),
+        "{traceparent:?}"
+    );
+    assert_eq!(values("x-own"), ["kept"], "the handler's own headers stay");
+}
+
+#[test]
+fn host_headers_on_a_request_are_the_hosts_and_host_and_framing_are_refused() {
+    let target = HttpTarget::start(Behaviour::Ok {
+        max_delay: std::time::Duration::ZERO,
+    });
+    let url = target.url("/abuse");
+    let inputs = [
+        input("k", format!("attack:http-headers:{url}")),
+        input("k", format!("attack:http-host:{url}")),
+        input("k", format!("attack:http-framing:{url}")),
+        input("k", "ok-1"),
+    ];
+    let route = format!(
+        "publish-to = [\"echo\"]\n[routes.http]\nallow = [\"{}\"]",
+        target.host()
+    );
+    let (_broker, served) = serve(&abuse(), &inputs, &route, "", &[]);
+    let received = target.received();
+    assert_eq!(
+        received.len(),
+        1,
+        "only the first request was sent: {received:#?}"
+    );
+    let request = &received[0];
+    assert_eq!(request.header_values("sluice-id"), ["in/0/0/0"]);
+    let traceparent = request.header_values("traceparent");
+    assert_eq!(traceparent.len(), 1);
+    assert!(!traceparent[0].contains("2222222222222222"));
+    assert_eq!(request.header_values("x-own"), ["kept"]);
+    assert_eq!(request.header_values("host"), [target.host().as_str()]);
+    for (offset, header) in [(1, "\"Host\""), (2, "\"Transfer-Encoding\"")] {
+        let dead = served.dead_letter(offset);
+        assert_eq!(dead.header("sluice-reason"), Some("invalid-request"));
+        let detail = dead.header("sluice-detail").unwrap();
+        assert!(
+            detail.contains(header) && detail.contains("a handler cannot"),
+            "{detail}"
+        );
+    }
+    assert_eq!(served.dead.len(), 2);
+    assert_eq!(served.echoed.len(), 1);
+}
+
+#[test]
+fn log_outputs_share_the_rate_limit_and_no_guest_text_forges_a_log_line() {
+    let inputs = [
+        input("k", "attack:log-lines:2000"),
+        input("k", "attack:log-lines:2000"),
+        input("k", "attack:log-forge"),
+    ];
+    let limits = "[handlers.hostile.limits]\nstdio-lines-per-second = 20\n";
+    let (_broker, served) = serve(&abuse(), &inputs, "publish-to = [\"echo\"]", limits, &[]);
+    assert!(served.dead.is_empty(), "{:#?}", served.dead);
+    let logged = served
+        .log
+        .lines()
+        .filter(|l| l.contains("abuse log line"))
+        .count();
+    // 4000 asked for; about one second's worth (20) and a refill got through.
+    assert!(
+        (1..=100).contains(&logged),
+        "{logged} log outputs were logged"
+    );
+    assert!(
+        served
+            .log
+            .contains("guest log over 20 lines per second: dropping lines"),
+        "the drop is announced"
+    );
+    let dropped: u64 = served
+        .metrics
+        .lines()
+        .find(|l| l.starts_with("sluice_guest_log_lines_dropped_total{handler=\"hostile\""))
+        .and_then(|l| l.rsplit(' ').next()?.parse().ok())
+        .expect("dropped lines in /metrics");
+    assert!(dropped >= 3900, "{dropped} dropped");
+    // The forged text is on one escaped line, from the log output and from
+    // stdout alike; no line of the log starts with it, nothing raw gets out.
+    assert!(
+        served.log.lines().all(|l| !l.starts_with("FORGED-LINE")),
+        "{}",
+        served.log
+    );
+    let escaped = "innocent\\nFORGED-LINE ERROR sluice: all partitions lost\\r\\u{1b}[2J";
+    let lines: Vec<&str> = served.log.lines().filter(|l| l.contains(escaped)).collect();
+    assert_eq!(lines.len(), 2, "{}", served.log);
+    assert!(
+        !served.log.chars().any(|c| c.is_control() && c != '\n'),
+        "a raw control character reached the log"
+    );
+}
+
+#[test]
+fn json_logs_stay_one_valid_object_per_line_whatever_a_guest_writes() {
+    let (_broker, served) = serve(
+        &abuse(),
+        &[input("k", "attack:log-forge")],
+        "publish-to = [\"echo\"]",
+        "",
+        &["--log-format", "json"],
+    );
+    let mut forged = 0;
+    for line in served.log.lines() {
+        let value: serde_json::Value =
+            serde_json::from_str(line).unwrap_or_else(|e| panic!("{e}: {line:?}"));
+        let message = value["fields"]["message"].as_str().unwrap_or_default();
+        if message.starts_with("innocent\nFORGED-LINE") {
+            forged += 1;
+        }
+    }
+    assert_eq!(
+        forged, 2,
+        "the log output and the stdout line, decoded intact"
+    );
+}
+
+#[test]
+fn a_stdout_write_past_the_check_write_budget_traps_at_once() {
+    let inputs = [
+        input("k", "ok-1"),
+        input("k", "attack:write:8388608"),
+        input("k", "ok-2"),
+    ];
+    let (_broker, served) = serve(&abuse(), &inputs, "publish-to = [\"echo\"]", "", &[]);
+    let dead = served.dead_letter(1);
+    assert_eq!(dead.header("sluice-reason"), Some("trap"));
+    let detail = dead.header("sluice-detail").unwrap();
+    assert!(
+        detail.contains(
+            "a write of 8388608 bytes to stdout, over the check-write budget of 16384 bytes"
+        ),
+        "{detail}"
+    );
+    assert_eq!(served.dead.len(), 1);
+    let echoed: Vec<&str> = served.echoed.iter().map(|r| r.payload.as_str()).collect();
+    assert_eq!(echoed, ["ok-1", "ok-2"]);
+}
+
+#[test]
+fn outputs_held_for_their_effects_stay_within_the_hosts_byte_budget() {
+    // Each call returns 12 records of 900 kB (under max-output-bytes): a
+    // batch of 30 would hold over 300 MB (twice, with the producer's copy)
+    // before the broker confirmed them. The budget holds 32 MiB.
+    let inputs: Vec<Message> = (0..30)
+        .map(|i| input(&format!("k{i}"), "attack:big:12:900000"))
+        .collect();
+    let (_broker, served) = serve(
+        &abuse(),
+        &inputs,
+        "publish-to = [\"echo\"]",
+        "max-in-flight-mib = 32\n",
+        &[],
+    );
+    assert!(
+        served.dead.is_empty(),
+        "nothing fails for the budget: {:#?}",
+        served.dead.len()
+    );
+    assert_eq!(served.echoed.len(), 30 * 12, "every output published");
+    eprintln!("host peak RSS {} MiB", served.peak_rss / MIB);
+    // README: base + instances + 2 × (budget + one call's reservation).
+    assert!(
+        served.peak_rss < 260 * MIB,
+        "peak RSS {} MiB",
+        served.peak_rss / MIB
+    );
+    assert!(
+        served
+            .metrics
+            .contains("sluice_held_output_bytes_cap 33554432")
+    );
+}
+
+#[test]
+fn decider_states_in_memory_stay_within_their_byte_budget() {
+    // Each stream's state is 6 MiB: 60 streams would keep 360 MiB cached.
+    let broker = EmbeddedBroker::start().unwrap();
+    broker.create_topic("in", 1).unwrap();
+    let inputs: Vec<Message> = (0..60)
+        .map(|i| input(&format!("s{i}"), format!("s{i}:fat:6")))
+        .collect();
+    broker.produce(&inputs).unwrap();
+    let scratch = Scratch::new();
+    let store = scratch.path().join("events.db");
+    let extra = format!(
+        "[store]\npath = \"{}\"\n\n[decider]\ncache-mib = 24\n",
+        store.display()
+    );
+    let served = serve_on(
+        &broker,
+        &scratch,
+        "host",
+        &component("test-decider"),
+        inputs.len(),
+        "publish-to = [\"decided\"]",
+        &extra,
+        &[],
+    );
+    let decided = read_topic(broker.bootstrap_servers(), "decided");
+    assert_eq!(decided.len(), 60, "{:#?}", served.dead);
+    assert!(decided.iter().all(|r| r.payload == "6291456 bytes|fat:6"));
+    eprintln!("host peak RSS {} MiB", served.peak_rss / MIB);
+    assert!(
+        served.peak_rss < 220 * MIB,
+        "peak RSS {} MiB",
+        served.peak_rss / MIB
+    );
+}
+
+/// A valid component padded with a custom section to `size` bytes.
+fn padded(component: &Path, size: usize) -> Vec<u8> {
+    let mut bytes = std::fs::read(component).unwrap();
+    let name = b"padding";
+    let body_len = size - bytes.len() - 1 - 5;
+    bytes.push(0);
+    // A five-byte LEB128 length, so the size comes out exact.
+    let mut n = body_len;
+    for i in 0..5 {
+        let byte = (n & 0x7f) as u8;
+        n >>= 7;
+        bytes.push(if i < 4 { byte | 0x80 } else { byte });
+    }
+    bytes.push(name.len() as u8);
+    bytes.extend_from_slice(name);
+    bytes.resize(size, 0);
+    bytes
+}
+
+#[test]
+fn a_component_over_its_size_cap_is_refused_before_it_is_read() {
+    let scratch = Scratch::new();
+    let handlers = scratch.handlers(&[("hostile", "1.0.0", &abuse())]);
+    let big = handlers.join("hostile/2.0.0.wasm");
+    std::fs::write(&big, padded(&abuse(), 100 << 20)).unwrap();
+    let routes = |limits: &str| {
+        format!(
+            "[[routes]]\ntopic = \"in\"\nhandler = \"hostile\"\npublish-to = [\"echo\"]\n{limits}"
+        )
+    };
+    let verdict = |limits: &str| {
+        let config = scratch.write(
+            "handlers.toml",
+            config("127.0.0.1:9", "g", &handlers, &routes(limits)),
+        );
+        let out = sluice()
+            .args(["handlers", "--config"])
+            .arg(&config)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let refused = verdict("");
+    let line = refused.lines().find(|l| l.contains("2.0.0")).unwrap();
+    assert!(line.contains("rejected"), "{refused}");
+    assert!(
+        line.contains("104857600 bytes, over the cap of 50331648 bytes (limits.max-component-mib)"),
+        "{line}"
+    );
+    assert!(
+        refused
+            .lines()
+            .any(|l| l.contains("1.0.0") && l.contains("active"))
+    );
+    // The same file under a higher cap is a component like any other.
+    let allowed = verdict("\n[handlers.hostile.limits]\nmax-component-mib = 128\n");
+    assert!(
+        allowed
+            .lines()
+            .any(|l| l.contains("2.0.0") && l.contains("active")),
+        "{allowed}"
+    );
+    let out = sluice().arg("inspect").arg(&big).output().unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("over the cap of 50331648 bytes"));
+
+    // A host beside it serves 1.0.0, having never read the big file.
+    let broker = EmbeddedBroker::start().unwrap();
+    broker.create_topic("in", 1).unwrap();
+    broker.produce(&[input("k", "ok-1")]).unwrap();
+    let config = scratch.write(
+        "host.toml",
+        config(
+            broker.bootstrap_servers(),
+            "boundary",
+            &handlers,
+            &routes(""),
+        ),
+    );
+    let host = Host::start(&scratch, "host", &config, &[]);
+    wait_until("the input to be committed", || {
+        committed(broker.bootstrap_servers(), "boundary", "in") == vec![(0, Some(1))]
+    });
+    let peak_rss = host.peak_rss();
+    host.signal(libc::SIGTERM);
+    host.wait_ok();
+    let echoed = read_topic(broker.bootstrap_servers(), "echo");
+    assert_eq!(echoed[0].header("sluice-handler-version"), Some("1.0.0"));
+    assert!(peak_rss < 100 * MIB, "peak RSS {} MiB", peak_rss / MIB);
+}
+
+#[test]
+fn handlers_and_inspect_show_what_a_route_lets_its_handler_reach() {
+    let scratch = Scratch::new();
+    let handlers = scratch.handlers(&[("hostile", "1.0.0", &abuse())]);
+    let routes = "[[routes]]\ntopic = \"in\"\nhandler = \"hostile\"\npublish-to = [\"echo\", \"ok.*\"]\n[routes.http]\nallow = [\"api.example.com\"]\n\n[[routes]]\ntopic = \"quiet\"\nhandler = \"hostile\"\npublish-to = []\ndead-letter-topic = \"errors\"\n";
+    let config = scratch.write("reach.toml", config("127.0.0.1:9", "g", &handlers, routes));
+    let never = "never     dead-letter topics (in.dlq, errors, *.dlq), shadow-diff topics (hostile.shadow-diffs, hostile.shadow-diffs, *.shadow-diffs), Kafka-internal topics (__*)";
+    let out = sluice()
+        .args(["handlers", "--config"])
+        .arg(&config)
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    for expected in [
+        "route in -> hostile\n  publish   echo, ok.*\n  http      api.example.com\n",
+        "route quiet -> hostile\n  publish   nothing\n  http      nothing\n",
+        never,
+    ] {
+        assert!(text.contains(expected), "{expected:?} not in:\n{text}");
+    }
+    let out = sluice()
+        .arg("inspect")
+        .arg(handlers.join("hostile/1.0.0.wasm"))
+        .arg("--config")
+        .arg(&config)
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(text.contains("world     handler"), "{text}");
+    assert!(
+        text.contains("route in -> hostile\n  publish   echo, ok.*"),
+        "{text}"
+    );
+}
