@@ -1217,16 +1217,26 @@ impl Config {
             .unwrap_or_else(|| format!("{handler}.shadow-diffs"))
     }
 
+    /// Every route's dead-letter topic, each once, in route order.
+    pub fn dead_letter_topics(&self) -> Vec<String> {
+        distinct(self.routes.iter().map(Route::dead_letter_topic))
+    }
+
+    /// Every routed handler's shadow-diff topic, each once, in route order.
+    pub fn shadow_diff_topics(&self) -> Vec<String> {
+        distinct(
+            self.routes
+                .iter()
+                .map(|r| self.shadow_diff_topic(&r.handler)),
+        )
+    }
+
     /// The topics no handler may publish to: every route's dead-letter
     /// topic and every handler's shadow-diff topic, besides the reserved
     /// prefix and suffixes (`topics::ReservedTopics`).
     pub(crate) fn reserved_topics(&self) -> ReservedTopics {
-        let dead_letters: Vec<String> = self.routes.iter().map(Route::dead_letter_topic).collect();
-        let shadow_diffs: Vec<String> = self
-            .routes
-            .iter()
-            .map(|r| self.shadow_diff_topic(&r.handler))
-            .collect();
+        let dead_letters = self.dead_letter_topics();
+        let shadow_diffs = self.shadow_diff_topics();
         ReservedTopics::new(
             dead_letters.iter().map(String::as_str),
             shadow_diffs.iter().map(String::as_str),
@@ -1395,6 +1405,12 @@ fn check_range(key: &str, value: u64, min: u64, max: u64) -> Result<(), (String,
             format!("{value} is out of range; allowed: {min} to {max}"),
         ))
     }
+}
+
+/// `items` without repeats, first occurrence first.
+fn distinct(items: impl Iterator<Item = String>) -> Vec<String> {
+    let mut seen = HashSet::new();
+    items.filter(|item| seen.insert(item.clone())).collect()
 }
 
 #[cfg(test)]

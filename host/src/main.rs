@@ -314,17 +314,9 @@ fn print_reach(config: &Config, handler: Option<&str>) -> std::io::Result<()> {
         writeln!(out, "  publish   {}", list(route.publish_to()))?;
         writeln!(out, "  http      {}", list(&route.http.allow))?;
     }
-    let mut dead_letters: Vec<String> = config
-        .routes
-        .iter()
-        .map(|r| r.dead_letter_topic())
-        .collect();
+    let mut dead_letters = config.dead_letter_topics();
     dead_letters.push("*.dlq".into());
-    let mut diffs: Vec<String> = config
-        .routes
-        .iter()
-        .map(|r| config.shadow_diff_topic(&r.handler))
-        .collect();
+    let mut diffs = config.shadow_diff_topics();
     diffs.push("*.shadow-diffs".into());
     writeln!(
         out,

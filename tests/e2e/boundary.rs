@@ -19,8 +19,8 @@ const MIB: u64 = 1 << 20;
 struct Served {
     /// Dead letters, in offset order.
     dead: Vec<Record>,
-    /// What the handler published to `echo`.
-    echoed: Vec<Record>,
+    /// The broker's bootstrap servers, to read what was published.
+    brokers: String,
     log: String,
     peak_rss: u64,
     /// `/metrics` just before the host stopped.
@@ -35,6 +35,11 @@ impl Served {
             .iter()
             .find(|r| r.header("sluice-source-offset") == Some(offset.as_str()))
             .unwrap_or_else(|| panic!("no dead letter of offset {offset}: {:#?}", self.dead))
+    }
+
+    /// What the handler published to `echo`.
+    fn echoed(&self) -> Vec<Record> {
+        records(&self.brokers, "echo")
     }
 }
 
@@ -117,7 +122,7 @@ fn serve_on(
     host.wait_ok();
     Served {
         dead: read_topic(brokers, "in.dlq"),
-        echoed: read_topic(brokers, "echo"),
+        brokers: brokers.to_owned(),
         log: log_of(scratch, name),
         peak_rss,
         metrics,
@@ -200,7 +205,8 @@ fn a_handler_publishes_only_where_its_route_allows_and_never_to_sluices_own_topi
         assert_eq!(dead.payload.as_bytes(), *payload);
     }
     assert_eq!(served.dead.len(), attacks.len(), "{:#?}", served.dead);
-    let echoed: Vec<&str> = served.echoed.iter().map(|r| r.payload.as_str()).collect();
+    let echoed = served.echoed();
+    let echoed: Vec<&str> = echoed.iter().map(|r| r.payload.as_str()).collect();
     assert_eq!(echoed, ["ok-1", "ok-2"], "the partition flows");
     let allowed = records(broker.bootstrap_servers(), "ok.fine");
     assert_eq!(allowed.len(), 1, "a topic the route allows is published to");
@@ -264,8 +270,8 @@ fn a_forged_dead_letter_or_parking_marker_changes_nothing() {
         .produce(&[input("victim", "v-2"), input("attacker", "a-2")])
         .unwrap();
     let again = serve_on(&broker, &scratch, "second", &abuse(), 5, route, "", &[]);
-    let echoed: Vec<(Option<&str>, &str)> = again
-        .echoed
+    let echoed = again.echoed();
+    let echoed: Vec<(Option<&str>, &str)> = echoed
         .iter()
         .map(|r| (r.key.as_deref(), r.payload.as_str()))
         .collect();
@@ -322,7 +328,8 @@ fn host_headers_on_a_publish_are_the_hosts_alone() {
         &[],
     );
     assert!(served.dead.is_empty(), "{:#?}", served.dead);
-    let forged = &served.echoed[1];
+    let echoed = served.echoed();
+    let forged = &echoed[1];
     let values = |name: &str| -> Vec<&str> {
         forged
             .headers
@@ -384,15 +391,16 @@ fn host_headers_on_a_request_are_the_hosts_and_host_and_framing_are_refused() {
         );
     }
     assert_eq!(served.dead.len(), 2);
-    assert_eq!(served.echoed.len(), 1);
+    assert_eq!(served.echoed().len(), 1);
 }
 
 #[test]
 fn log_outputs_share_the_rate_limit_and_no_guest_text_forges_a_log_line() {
+    // The forgery first, while the budget has room for its lines.
     let inputs = [
-        input("k", "attack:log-lines:2000"),
-        input("k", "attack:log-lines:2000"),
         input("k", "attack:log-forge"),
+        input("k", "attack:log-lines:2000"),
+        input("k", "attack:log-lines:2000"),
     ];
     let limits = "[handlers.hostile.limits]\nstdio-lines-per-second = 20\n";
     let (_broker, served) = serve(&abuse(), &inputs, "publish-to = [\"echo\"]", limits, &[]);
@@ -420,16 +428,20 @@ fn log_outputs_share_the_rate_limit_and_no_guest_text_forges_a_log_line() {
         .and_then(|l| l.rsplit(' ').next()?.parse().ok())
         .expect("dropped lines in /metrics");
     assert!(dropped >= 3900, "{dropped} dropped");
-    // The forged text is on one escaped line, from the log output and from
-    // stdout alike; no line of the log starts with it, nothing raw gets out.
+    // The log output's text stays on one escaped line. Stdout is read as
+    // lines, so its newline ends a guest line: each piece is a host line of
+    // its own, escaped all the same. No line of the log starts with guest
+    // text, nothing raw gets out.
     assert!(
         served.log.lines().all(|l| !l.starts_with("FORGED-LINE")),
         "{}",
         served.log
     );
-    let escaped = "innocent\\nFORGED-LINE ERROR sluice: all partitions lost\\r\\u{1b}[2J";
-    let lines: Vec<&str> = served.log.lines().filter(|l| l.contains(escaped)).collect();
-    assert_eq!(lines.len(), 2, "{}", served.log);
+    let lines_with = |text: &str| served.log.lines().filter(|l| l.contains(text)).count();
+    let whole = "innocent\\nFORGED-LINE ERROR sluice: all partitions lost\\r\\u{1b}[2J";
+    assert_eq!(lines_with(whole), 1, "{}", served.log);
+    let tail = "FORGED-LINE ERROR sluice: all partitions lost\\r\\u{1b}[2J";
+    assert_eq!(lines_with(tail), 2, "{}", served.log);
     assert!(
         !served.log.chars().any(|c| c.is_control() && c != '\n'),
         "a raw control character reached the log"
@@ -445,19 +457,23 @@ fn json_logs_stay_one_valid_object_per_line_whatever_a_guest_writes() {
         "",
         &["--log-format", "json"],
     );
-    let mut forged = 0;
-    for line in served.log.lines() {
-        let value: serde_json::Value =
-            serde_json::from_str(line).unwrap_or_else(|e| panic!("{e}: {line:?}"));
-        let message = value["fields"]["message"].as_str().unwrap_or_default();
-        if message.starts_with("innocent\nFORGED-LINE") {
-            forged += 1;
-        }
-    }
-    assert_eq!(
-        forged, 2,
-        "the log output and the stdout line, decoded intact"
-    );
+    let forged = "innocent\nFORGED-LINE ERROR sluice: all partitions lost\r\u{1b}[2J";
+    let messages: Vec<String> = served
+        .log
+        .lines()
+        .map(|line| {
+            let value: serde_json::Value =
+                serde_json::from_str(line).unwrap_or_else(|e| panic!("{e}: {line:?}"));
+            value["fields"]["message"]
+                .as_str()
+                .unwrap_or_default()
+                .to_owned()
+        })
+        .collect();
+    let count = |text: &str| messages.iter().filter(|m| *m == text).count();
+    assert_eq!(count(forged), 1, "the log output, decoded intact");
+    let (first, second) = forged.split_once('\n').unwrap();
+    assert_eq!((count(first), count(second)), (1, 1), "the stdout lines");
 }
 
 #[test]
@@ -478,7 +494,8 @@ fn a_stdout_write_past_the_check_write_budget_traps_at_once() {
         "{detail}"
     );
     assert_eq!(served.dead.len(), 1);
-    let echoed: Vec<&str> = served.echoed.iter().map(|r| r.payload.as_str()).collect();
+    let echoed = served.echoed();
+    let echoed: Vec<&str> = echoed.iter().map(|r| r.payload.as_str()).collect();
     assert_eq!(echoed, ["ok-1", "ok-2"]);
 }
 
@@ -502,7 +519,11 @@ fn outputs_held_for_their_effects_stay_within_the_hosts_byte_budget() {
         "nothing fails for the budget: {:#?}",
         served.dead.len()
     );
-    assert_eq!(served.echoed.len(), 30 * 12, "every output published");
+    assert_eq!(
+        count(&served.brokers, "echo"),
+        30 * 12,
+        "every output published"
+    );
     eprintln!("host peak RSS {} MiB", served.peak_rss / MIB);
     // README: base + instances + 2 × (budget + one call's reservation).
     assert!(
@@ -522,9 +543,11 @@ fn decider_states_in_memory_stay_within_their_byte_budget() {
     // Each stream's state is 6 MiB: 60 streams would keep 360 MiB cached.
     let broker = EmbeddedBroker::start().unwrap();
     broker.create_topic("in", 1).unwrap();
-    let inputs: Vec<Message> = (0..60)
-        .map(|i| input(&format!("s{i}"), format!("s{i}:fat:6")))
-        .collect();
+    // A second pass decides on every state again, from the cache or the
+    // store.
+    let fat = (0..60).map(|i| input(&format!("s{i}"), format!("s{i}:fat:6")));
+    let add = (0..60).map(|i| input(&format!("s{i}"), format!("s{i}:add:x")));
+    let inputs: Vec<Message> = fat.chain(add).collect();
     broker.produce(&inputs).unwrap();
     let scratch = Scratch::new();
     let store = scratch.path().join("events.db");
@@ -543,8 +566,17 @@ fn decider_states_in_memory_stay_within_their_byte_budget() {
         &[],
     );
     let decided = read_topic(broker.bootstrap_servers(), "decided");
-    assert_eq!(decided.len(), 60, "{:#?}", served.dead);
-    assert!(decided.iter().all(|r| r.payload == "6291456 bytes|fat:6"));
+    assert!(served.dead.is_empty(), "{:#?}", served.dead);
+    // `decided` is keyed by stream: each stream's pair is in order.
+    for i in 0..60 {
+        let stream = format!("s{i}");
+        let payloads: Vec<&str> = decided
+            .iter()
+            .filter(|r| r.key.as_deref() == Some(stream.as_str()))
+            .map(|r| r.payload.as_str())
+            .collect();
+        assert_eq!(payloads, ["|fat:6", "6291456 bytes|add:x"], "{stream}");
+    }
     eprintln!("host peak RSS {} MiB", served.peak_rss / MIB);
     assert!(
         served.peak_rss < 220 * MIB,
@@ -655,7 +687,7 @@ fn handlers_and_inspect_show_what_a_route_lets_its_handler_reach() {
     let handlers = scratch.handlers(&[("hostile", "1.0.0", &abuse())]);
     let routes = "[[routes]]\ntopic = \"in\"\nhandler = \"hostile\"\npublish-to = [\"echo\", \"ok.*\"]\n[routes.http]\nallow = [\"api.example.com\"]\n\n[[routes]]\ntopic = \"quiet\"\nhandler = \"hostile\"\npublish-to = []\ndead-letter-topic = \"errors\"\n";
     let config = scratch.write("reach.toml", config("127.0.0.1:9", "g", &handlers, routes));
-    let never = "never     dead-letter topics (in.dlq, errors, *.dlq), shadow-diff topics (hostile.shadow-diffs, hostile.shadow-diffs, *.shadow-diffs), Kafka-internal topics (__*)";
+    let never = "never     dead-letter topics (in.dlq, errors, *.dlq), shadow-diff topics (hostile.shadow-diffs, *.shadow-diffs), Kafka-internal topics (__*)";
     let out = sluice()
         .args(["handlers", "--config"])
         .arg(&config)

@@ -445,8 +445,14 @@ pub fn admin_address(scratch: &Scratch, name: &str) -> String {
         address = log_of(scratch, name)
             .lines()
             .find(|l| l.contains("admin server listening"))
-            .and_then(|l| l.split("address=").nth(1))
-            .map(|a| a.split_whitespace().next().unwrap().to_owned());
+            .and_then(|l| {
+                // `address=A` in text logs, `"address":"A"` in JSON.
+                let (_, rest) = l
+                    .split_once("address=")
+                    .or_else(|| l.split_once("\"address\":\""))?;
+                rest.split(|c: char| c.is_whitespace() || c == '"').next()
+            })
+            .map(str::to_owned);
         address.is_some()
     });
     address.unwrap()

@@ -89,7 +89,7 @@ impl Authority {
             });
         }
         if !self.publish_to.iter().any(|p| p.matches(topic)) {
-            let allowed: Vec<String> = self.publish_to.iter().map(|p| format!("{p:?}")).collect();
+            let allowed: Vec<String> = self.publish_to.iter().map(|p| format!("\"{p}\"")).collect();
             return Err(EffectError::Permanent {
                 reason: "topic-not-allowed",
                 detail: format!(
