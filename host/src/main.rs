@@ -320,7 +320,7 @@ fn print_reach(config: &Config, handler: Option<&str>) -> std::io::Result<()> {
     diffs.push("*.shadow-diffs".into());
     writeln!(
         out,
-        "never     dead-letter topics ({}), shadow-diff topics ({}), Kafka-internal topics (__*)",
+        "\nnever     dead-letter topics ({}), shadow-diff topics ({}), Kafka-internal topics (__*)",
         dead_letters.join(", "),
         diffs.join(", ")
     )

@@ -120,6 +120,13 @@ fn serve_on(
     let peak_rss = host.peak_rss();
     host.signal(libc::SIGTERM);
     host.wait_ok();
+    // Whatever the attack, the host stays small (tests with a budget to
+    // check assert a tighter bound).
+    assert!(
+        peak_rss < 200 * MIB,
+        "peak RSS {} MiB under attack",
+        peak_rss / MIB
+    );
     Served {
         dead: read_topic(brokers, "in.dlq"),
         brokers: brokers.to_owned(),

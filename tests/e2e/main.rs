@@ -7,6 +7,7 @@ mod cli;
 mod dead_letters;
 mod deciders;
 mod delivery;
+mod differential;
 mod effects;
 mod exactly_once;
 mod handlers;

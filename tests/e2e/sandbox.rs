@@ -249,7 +249,7 @@ fn a_guest_printing_a_megabyte_a_call_is_rate_limited_in_the_log() {
     assert!(
         attacked
             .log
-            .contains("guest stdout/stderr over 50 lines per second: dropping lines"),
+            .contains("guest log over 50 lines per second: dropping lines"),
         "the drop is announced"
     );
 }

@@ -23,7 +23,7 @@ struct Order {
     cancelled: Option<String>,
 }
 
-#[derive(Serialize, Deserialize)]
+#[derive(Serialize)]
 struct Cancelled {
     reason: String,
 }
@@ -46,10 +46,14 @@ impl Guest for CancelOrder {
     fn fold(state: Vec<u8>, events: Vec<Event>) -> Vec<u8> {
         let mut order: Order = serde_json::from_slice(&state).expect("encoded by this version");
         for event in events {
+            // Event data is read as any JSON document is (the last of
+            // duplicate keys wins), then its `reason` must be a string:
+            // the JavaScript and Python builds read it the same way.
             if event.type_ == "OrderCancelled"
-                && let Ok(Cancelled { reason }) = serde_json::from_slice(&event.data)
+                && let Ok(data) = serde_json::from_slice::<serde_json::Value>(&event.data)
+                && let Some(reason) = data.get("reason").and_then(serde_json::Value::as_str)
             {
-                order.cancelled.get_or_insert(reason);
+                order.cancelled.get_or_insert_with(|| reason.to_owned());
             }
         }
         serde_json::to_vec(&order).expect("a state serializes")

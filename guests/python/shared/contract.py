@@ -42,22 +42,30 @@ def _int(text):
     return value
 
 
-_SURROGATE_ESCAPE = re.compile(r"\\u[dD][89a-fA-F]")
+# What json.loads reads and serde_json refuses (numbers out of range are
+# refused by _float and _int, for every value): a lone surrogate escape
+# ("\ud800") and nesting deeper than MAX_DEPTH. Either may hide in a value
+# json.loads drops unseen (the earlier of two equal keys), so the text is
+# what is checked, and only a text that could hold one: a surrogate escape,
+# more than MAX_DEPTH brackets.
+_MAY_NOT_READ = re.compile(r"\\u[dD][89a-fA-F]|(?:[^\[{]*[\[{]){%d}" % (MAX_DEPTH + 1))
+_TOKEN = re.compile(r'"(?:[^"\\]|\\.)*"|[\[\]{}]')
 
 
-def _serde_would_read(value, strings, depth):
-    """Whether serde_json would have read `value` too: json.loads keeps lone
-    surrogates ("\\ud800") and nests as deep as the stack allows. Strings
-    are only looked at when the text has a surrogate escape at all."""
-    if isinstance(value, str):
-        return not strings or _well_formed(value)
-    if isinstance(value, list):
-        return depth <= MAX_DEPTH and all(_serde_would_read(v, strings, depth + 1) for v in value)
-    if isinstance(value, dict):
-        return depth <= MAX_DEPTH and all(
-            (not strings or _well_formed(k)) and _serde_would_read(v, strings, depth + 1)
-            for k, v in value.items()
-        )
+def _serde_reads(text):
+    """Whether serde_json reads `text`, which json.loads read: every string
+    and bracket, every value included."""
+    depth = 0
+    for token in _TOKEN.finditer(text):
+        token = token.group()
+        if token in ("[", "{"):
+            depth += 1
+            if depth > MAX_DEPTH:
+                return False
+        elif token in ("]", "}"):
+            depth -= 1
+        elif "\\u" in token and not _well_formed(json.loads(token)):
+            return False
     return True
 
 
@@ -84,7 +92,7 @@ def parse_json(payload):
             parse_float=_float,
             parse_int=_int,
         )
-        if not _serde_would_read(value, bool(_SURROGATE_ESCAPE.search(text)), 1):
+        if _MAY_NOT_READ.search(text) and not _serde_reads(text):
             return MISSING
     except (ValueError, NotJson, OverflowError, RecursionError):
         return MISSING

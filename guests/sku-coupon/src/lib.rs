@@ -41,11 +41,18 @@ impl Command {
     }
 }
 
-/// The data of a `CouponApplied` event.
-#[derive(Deserialize)]
-struct Applied {
-    coupon: String,
-    percent: u32,
+/// The data of a `CouponApplied` event: read as any JSON document is (the
+/// last of duplicate keys wins), then a string `coupon` and a whole number
+/// `percent` in u32's range (`5.0` is 5: JavaScript cannot tell them
+/// apart), as the JavaScript and Python builds read it.
+fn applied(data: &[u8]) -> Option<(String, u32)> {
+    let data: Value = serde_json::from_slice(data).ok()?;
+    let coupon = data.get("coupon")?.as_str()?;
+    let percent = data
+        .get("percent")?
+        .as_f64()
+        .filter(|p| p.fract() == 0.0 && (0.0..=f64::from(u32::MAX)).contains(p))?;
+    Some((coupon.to_owned(), percent as u32))
 }
 
 /// What the stream says about a SKU. Encoded as JSON with sorted keys, so
@@ -168,7 +175,7 @@ impl Guest for SkuCoupon {
                 "SkuAddedToAssortment" => state.in_assortment = true,
                 "SkuRemovedFromAssortment" => state.in_assortment = false,
                 "CouponApplied" => {
-                    if let Ok(Applied { coupon, percent }) = serde_json::from_slice(&e.data) {
+                    if let Some((coupon, percent)) = applied(&e.data) {
                         state.coupons.insert(coupon, percent);
                     }
                 }
