@@ -39,11 +39,23 @@ pub(crate) struct Letter {
     pub(crate) parks_key: bool,
 }
 
+/// The headers sluice wrote on a record of a dead-letter topic. A dead
+/// letter's come after the message's own (from the last `sluice-stage`),
+/// and the message's own may be anything, sluice's names included: a
+/// producer's `sluice-redriven` or `sluice-parks-key` must not make a dead
+/// letter read as a marker, or park a key. A marker's are all sluice's.
+pub(crate) fn written_by_sluice<H>(headers: &[H], name: impl Fn(&H) -> &str) -> &[H] {
+    match headers.iter().rposition(|h| name(h) == FIRST_ADDED) {
+        Some(first_added) => &headers[first_added..],
+        None => headers,
+    }
+}
+
 /// Reads one record of a dead-letter topic.
 pub(crate) fn entry(record: &Message) -> Entry {
+    let written = written_by_sluice(&record.headers, |h| &h.name);
     let find = |name: &str| {
-        record
-            .headers
+        written
             .iter()
             .rev()
             .find(|h| h.name == name)
@@ -115,7 +127,7 @@ pub(crate) fn marker(
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use crate::policy::{DeadLetter, Stage, dead_letter_record};
 
@@ -135,7 +147,7 @@ mod tests {
         }
     }
 
-    fn as_record(publish: crate::contract::Publish) -> Message {
+    pub(crate) fn as_record(publish: crate::contract::Publish) -> Message {
         Message {
             topic: publish.topic,
             partition: 0,
@@ -185,5 +197,102 @@ mod tests {
         assert!(why.contains("not a sluice dead letter"), "{why}");
         record.headers = vec![Header::new("sluice-stage", "handle")];
         assert!(matches!(entry(&record), Entry::Foreign(_)));
+    }
+
+    pub(crate) mod properties {
+        use proptest::prelude::*;
+
+        use super::*;
+
+        /// Header names, sluice's own among them: a message may carry any.
+        fn header_name() -> impl Strategy<Value = String> {
+            prop_oneof![
+                Just("sluice-stage".to_owned()),
+                Just("sluice-reason".to_owned()),
+                Just("sluice-source-topic".to_owned()),
+                Just("sluice-source-offset".to_owned()),
+                Just("sluice-redriven".to_owned()),
+                Just("sluice-unparks-key".to_owned()),
+                Just("sluice-parks-key".to_owned()),
+                "[a-z-]{1,12}",
+            ]
+        }
+
+        pub(crate) fn any_message() -> impl Strategy<Value = Message> {
+            (
+                "[a-zA-Z0-9._-]{1,20}",
+                0..1000i32,
+                0..i64::MAX,
+                proptest::option::of(proptest::collection::vec(any::<u8>(), 0..16)),
+                proptest::collection::vec(any::<u8>(), 0..64),
+                proptest::collection::vec(
+                    (header_name(), proptest::collection::vec(any::<u8>(), 0..16)),
+                    0..6,
+                ),
+                any::<u64>(),
+            )
+                .prop_map(
+                    |(topic, partition, offset, key, payload, headers, timestamp)| Message {
+                        topic,
+                        partition,
+                        offset,
+                        key,
+                        payload,
+                        headers: headers
+                            .into_iter()
+                            .map(|(name, value)| Header { name, value })
+                            .collect(),
+                        timestamp,
+                    },
+                )
+        }
+
+        pub(crate) fn any_dead_letter() -> impl Strategy<Value = DeadLetter> {
+            (
+                prop_oneof![
+                    Just(Stage::Decode),
+                    Just(Stage::Handle),
+                    Just(Stage::Decide),
+                    Just(Stage::Interpret),
+                    Just(Stage::Schedule),
+                ],
+                prop_oneof![Just("rejected"), Just("trap"), Just("key-parked")],
+                ".{0,40}",
+                0..100u32,
+                any::<bool>(),
+            )
+                .prop_map(|(stage, reason, detail, attempts, parks_key)| DeadLetter {
+                    topic: "in.dlq".into(),
+                    stage,
+                    reason,
+                    detail,
+                    attempts,
+                    parks_key,
+                })
+        }
+
+        proptest! {
+            /// Whatever a message carries, its dead letter gives it back
+            /// whole, with the host's reason and parking, never a marker.
+            #[test]
+            fn every_dead_letter_gives_back_its_message(
+                message in any_message(),
+                dead in any_dead_letter(),
+            ) {
+                let record = as_record(dead_letter_record(&message, &dead, "h", "1.0.0"));
+                let Entry::Letter(letter) = entry(&record) else {
+                    panic!("read as something else: {:?}", entry(&record));
+                };
+                prop_assert_eq!(letter.message, message);
+                prop_assert_eq!(letter.reason, dead.reason);
+                prop_assert_eq!(letter.parks_key, dead.parks_key);
+            }
+
+            /// Any headers at all are read as something, never a panic.
+            #[test]
+            fn any_record_is_read_without_a_panic(message in any_message()) {
+                let _ = entry(&message);
+            }
+        }
     }
 }

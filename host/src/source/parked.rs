@@ -16,6 +16,7 @@ use rdkafka::message::{Headers, Message};
 use rdkafka::{Offset, TopicPartitionList};
 
 use crate::schedule::offsets::TopicPartition;
+use crate::source::dead_letters::written_by_sluice;
 
 /// Header of the dead letters that park their key or are held behind it.
 pub(crate) const PARKS_KEY_HEADER: &str = "sluice-parks-key";
@@ -124,13 +125,14 @@ enum Mark {
 
 /// What a record of a dead-letter topic says of parking in `source`.
 fn marked(record: &impl Message, source: &TopicPartition) -> Option<Mark> {
-    let headers = record.headers()?;
+    let headers: Vec<(&str, Option<&[u8]>)> =
+        record.headers()?.iter().map(|h| (h.key, h.value)).collect();
+    let written = written_by_sluice(&headers, |h| h.0);
     let header = |name: &str| {
-        headers
+        written
             .iter()
-            .filter(|h| h.key == name)
-            .last()
-            .and_then(|h| h.value)
+            .rfind(|h| h.0 == name)
+            .and_then(|h| h.1)
             .and_then(|v| std::str::from_utf8(v).ok())
     };
     let same_source = header("sluice-source-topic")? == source.0
@@ -146,4 +148,49 @@ fn marked(record: &impl Message, source: &TopicPartition) -> Option<Mark> {
         .parse()
         .ok()
         .map(Mark::Parks)
+}
+
+#[cfg(test)]
+mod tests {
+    use proptest::prelude::*;
+    use rdkafka::Timestamp;
+    use rdkafka::message::{Header, OwnedHeaders, OwnedMessage};
+
+    use super::*;
+    use crate::policy::dead_letter_record;
+    use crate::source::dead_letters::tests::properties::{any_dead_letter, any_message};
+
+    proptest! {
+        /// A dead letter parks its key exactly when the host said so,
+        /// whatever headers the message it holds came with (a producer's
+        /// `sluice-parks-key` or `sluice-unparks-key` among them).
+        #[test]
+        fn a_dead_letter_parks_its_key_only_when_the_host_said_so(
+            message in any_message(),
+            dead in any_dead_letter(),
+        ) {
+            let record = dead_letter_record(&message, &dead, "h", "1.0.0");
+            let headers = record.headers.iter().fold(OwnedHeaders::new(), |headers, h| {
+                headers.insert(Header { key: &h.name, value: Some(&h.value) })
+            });
+            let record = OwnedMessage::new(
+                Some(record.payload),
+                record.key,
+                record.topic,
+                Timestamp::NotAvailable,
+                0,
+                0,
+                Some(headers),
+            );
+            let source = (message.topic.clone(), message.partition);
+            match marked(&record, &source) {
+                Some(Mark::Parks(offset)) => {
+                    prop_assert!(dead.parks_key);
+                    prop_assert_eq!(offset, message.offset);
+                }
+                Some(Mark::Unparks(_)) => prop_assert!(false, "a dead letter read as a marker"),
+                None => prop_assert!(!dead.parks_key),
+            }
+        }
+    }
 }
