@@ -1727,4 +1727,98 @@ publish-to = ["*"]
             "{err}"
         );
     }
+
+    mod properties {
+        use proptest::prelude::*;
+
+        use super::*;
+
+        /// A route's lines: topic, handler, where it publishes, its
+        /// in-flight cap.
+        fn any_route() -> impl Strategy<Value = (String, String, Vec<String>, u64)> {
+            (
+                "[a-z][a-z0-9.-]{0,12}",
+                "[a-z][a-z0-9-]{0,12}",
+                proptest::collection::vec("[a-z][a-z0-9-]{0,8}(\\.\\*)?|\\*", 0..3),
+                1..10_000u64,
+            )
+        }
+
+        fn route_text(
+            (topic, handler, publish_to, in_flight): &(String, String, Vec<String>, u64),
+        ) -> String {
+            let publish_to: Vec<String> = publish_to.iter().map(|p| format!("{p:?}")).collect();
+            format!(
+                "[[routes]]\ntopic = {topic:?}\nhandler = {handler:?}\npublish-to = [{}]\nmax-in-flight = {in_flight}\n",
+                publish_to.join(", ")
+            )
+        }
+
+        proptest! {
+            /// Routes written out are read back as written.
+            #[test]
+            fn routes_read_back_as_written(
+                routes in proptest::collection::vec(any_route(), 1..4),
+            ) {
+                // One route per topic.
+                let routes: Vec<_> = routes
+                    .into_iter()
+                    .enumerate()
+                    .map(|(i, mut r)| { r.0 = format!("{}{i}", r.0); r })
+                    .collect();
+                let text: String = std::iter::once("brokers = \"embedded\"\n".to_owned())
+                    .chain(routes.iter().map(route_text))
+                    .collect();
+                let config = parse(&text).unwrap_or_else(|e| panic!("{e}\n{text}"));
+                prop_assert_eq!(config.routes.len(), routes.len());
+                for (read, (topic, handler, publish_to, in_flight)) in config.routes.iter().zip(&routes) {
+                    prop_assert_eq!(&read.topic, topic);
+                    prop_assert_eq!(&read.handler, handler);
+                    prop_assert_eq!(read.publish_to(), publish_to.as_slice());
+                    prop_assert_eq!(read.max_in_flight as u64, *in_flight);
+                }
+            }
+
+            /// A value of the wrong type anywhere in a route is an error
+            /// that names the key.
+            #[test]
+            fn a_mistyped_value_is_an_error_naming_its_key(
+                route in any_route(),
+                which in 0..4usize,
+                wrong in prop_oneof![Just("true"), Just("1.5"), Just("{}"), Just("\"text\""), Just("[1]")],
+            ) {
+                let key = ["topic", "handler", "publish-to", "max-in-flight"][which];
+                let text = route_text(&route);
+                let text: String = text
+                    .lines()
+                    .map(|line| match line.starts_with(&format!("{key} =")) {
+                        true => format!("{key} = {wrong}\n"),
+                        false => format!("{line}\n"),
+                    })
+                    .collect();
+                // A right type may be the value picked: only wrong ones count.
+                let right = match key {
+                    "topic" | "handler" => wrong.starts_with('"'),
+                    "publish-to" => false,
+                    _ => false,
+                };
+                let result = parse(&format!("brokers = \"embedded\"\n{text}"));
+                if !right {
+                    let error = result.err().expect("a mistyped value is refused").to_string();
+                    prop_assert!(error.contains(key), "{} does not name {}", error, key);
+                }
+            }
+
+            /// Any text is a config or an error, never a panic.
+            #[test]
+            fn any_text_is_a_config_or_an_error(
+                text in prop_oneof![
+                    ".{0,80}",
+                    "(brokers = \"[a-z]{0,5}\"\n)?(\\[\\[routes\\]\\]\n)?([a-z-]{1,12} = [^\n]{0,10}\n){0,4}",
+                ],
+            ) {
+                let _ = parse(&text);
+            }
+        }
+    }
 }

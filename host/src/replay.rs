@@ -318,3 +318,102 @@ fn insert_bytes(map: &mut Map<String, Value>, field: &str, bytes: &[u8]) {
         ),
     };
 }
+
+#[cfg(test)]
+mod tests {
+    use proptest::prelude::*;
+
+    use super::*;
+    use crate::contract::{HttpMethod, HttpRequest, LogEntry, LogLevel, Publish};
+
+    fn bytes() -> impl Strategy<Value = Vec<u8>> {
+        // Mostly text, sometimes not UTF-8: both encodings get exercised.
+        prop_oneof![
+            ".{0,12}".prop_map(String::into_bytes),
+            proptest::collection::vec(any::<u8>(), 0..12),
+        ]
+    }
+
+    fn headers() -> impl Strategy<Value = Vec<Header>> {
+        proptest::collection::vec(
+            (".{0,8}", bytes()).prop_map(|(name, value)| Header { name, value }),
+            0..3,
+        )
+    }
+
+    fn output() -> impl Strategy<Value = Output> {
+        let level = prop_oneof![
+            Just(LogLevel::Trace),
+            Just(LogLevel::Debug),
+            Just(LogLevel::Info),
+            Just(LogLevel::Warn),
+            Just(LogLevel::Error),
+        ];
+        let method = prop_oneof![
+            Just(HttpMethod::Get),
+            Just(HttpMethod::Head),
+            Just(HttpMethod::Post),
+            Just(HttpMethod::Put),
+            Just(HttpMethod::Patch),
+            Just(HttpMethod::Delete),
+            Just(HttpMethod::Options),
+        ];
+        prop_oneof![
+            (".{0,8}", proptest::option::of(bytes()), bytes(), headers()).prop_map(
+                |(topic, key, payload, headers)| Output::Publish(Publish {
+                    topic,
+                    key,
+                    payload,
+                    headers,
+                })
+            ),
+            (level, ".{0,16}").prop_map(|(level, text)| Output::Log(LogEntry { level, text })),
+            (method, ".{0,16}", headers(), bytes()).prop_map(|(method, url, headers, body)| {
+                Output::Http(HttpRequest {
+                    method,
+                    url,
+                    headers,
+                    body,
+                })
+            }),
+        ]
+    }
+
+    proptest! {
+        /// Two outcomes are the same exactly when their canonical forms
+        /// are: `--against` and the vectors rely on both directions.
+        #[test]
+        fn canonical_forms_are_equal_exactly_when_outcomes_are(
+            a in proptest::collection::vec(output(), 0..4),
+            b in proptest::collection::vec(output(), 0..4),
+        ) {
+            let (ca, cb) = (canonical(&Ok(a.clone())), canonical(&Ok(b.clone())));
+            prop_assert_eq!(ca == cb, a == b);
+            // And the text written is a function of the outcome.
+            prop_assert_eq!(ca.to_string(), canonical(&Ok(a)).to_string());
+        }
+
+        /// A canonical form tells apart outcomes that differ in one byte.
+        #[test]
+        fn one_byte_changes_the_canonical_form(
+            outputs in proptest::collection::vec(output(), 1..4),
+            which in any::<prop::sample::Index>(),
+            byte in any::<u8>(),
+        ) {
+            let mut changed = outputs.clone();
+            let payload = match &mut changed[which.index(outputs.len())] {
+                Output::Publish(p) => &mut p.payload,
+                Output::Http(r) => &mut r.body,
+                Output::Log(l) => {
+                    l.text.push(char::from(byte & 0x7f));
+                    return {
+                        prop_assert_ne!(canonical(&Ok(outputs)), canonical(&Ok(changed)));
+                        Ok(())
+                    };
+                }
+            };
+            payload.push(byte);
+            prop_assert_ne!(canonical(&Ok(outputs)), canonical(&Ok(changed)));
+        }
+    }
+}

@@ -378,4 +378,86 @@ mod tests {
             errors[3]
         );
     }
+
+    mod properties {
+        use std::collections::BTreeMap;
+
+        use proptest::prelude::*;
+
+        use super::*;
+
+        fn any_message() -> impl Strategy<Value = Message> {
+            (
+                "[a-zA-Z0-9._-]{1,20}",
+                0..1000i32,
+                0..i64::MAX,
+                proptest::option::of(".{0,12}"),
+                proptest::collection::vec(any::<u8>(), 0..64),
+                // The format holds headers as an object: unique names, in
+                // order.
+                proptest::collection::btree_map(".{1,8}", ".{0,8}", 0..4),
+                0..u64::MAX / 2,
+            )
+                .prop_map(
+                    |(topic, partition, offset, key, payload, headers, timestamp)| Message {
+                        topic,
+                        partition,
+                        offset,
+                        key: key.map(String::into_bytes),
+                        payload,
+                        headers: headers
+                            .into_iter()
+                            .map(|(name, value)| Header::new(name, value))
+                            .collect(),
+                        timestamp,
+                    },
+                )
+        }
+
+        proptest! {
+            /// Any message written as a line is read back the same.
+            #[test]
+            fn a_message_written_as_a_line_reads_back_the_same(message in any_message()) {
+                let headers: BTreeMap<String, String> = message
+                    .headers
+                    .iter()
+                    .map(|h| (h.name.clone(), String::from_utf8(h.value.clone()).unwrap()))
+                    .collect();
+                let mut line = serde_json::json!({
+                    "topic": message.topic,
+                    "partition": message.partition,
+                    "offset": message.offset,
+                    "timestamp": message.timestamp,
+                    "headers": headers,
+                    "payload-base64": base64::engine::general_purpose::STANDARD.encode(&message.payload),
+                });
+                if let Some(key) = &message.key {
+                    line["key"] = String::from_utf8(key.clone()).unwrap().into();
+                }
+                let read = read(&format!("{line}\n"));
+                prop_assert_eq!(read.len(), 1);
+                prop_assert_eq!(read[0].as_ref().unwrap(), &message);
+            }
+
+            /// Any text at all is messages or errors naming their line,
+            /// never a panic.
+            #[test]
+            fn any_text_reads_as_messages_or_errors(
+                lines in proptest::collection::vec(
+                    prop_oneof![
+                        ".{0,40}",
+                        "\\{\"topic\":\"[a-z]{0,3}\",(\"payload(-base64)?\":[^,}]{0,8},?){0,2}(\"(partition|offset|key|timestamp|headers|history)\":[^,}]{0,8})?\\}",
+                    ],
+                    0..5,
+                ),
+            ) {
+                let text = lines.join("\n");
+                for result in read(&text) {
+                    if let Err(error) = result {
+                        prop_assert!(error.line >= 1, "{error}");
+                    }
+                }
+            }
+        }
+    }
 }
