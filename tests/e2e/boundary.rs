@@ -727,3 +727,319 @@ fn handlers_and_inspect_show_what_a_route_lets_its_handler_reach() {
         "{text}"
     );
 }
+
+/// The memory a `raw-outputs` guest returns: bytes laid out as the
+/// canonical ABI lays out `result<list<output>, handle-error>`, and the
+/// offsets of the words that are pointers (the guest adds its buffer's
+/// address to them).
+#[derive(Default)]
+struct Image {
+    bytes: Vec<u8>,
+    pointers: Vec<u32>,
+}
+
+impl Image {
+    fn alloc(&mut self, size: usize) -> usize {
+        while !self.bytes.len().is_multiple_of(4) {
+            self.bytes.push(0);
+        }
+        let at = self.bytes.len();
+        self.bytes.resize(at + size, 0);
+        at
+    }
+
+    fn word(&mut self, at: usize, value: u32) {
+        self.bytes[at..at + 4].copy_from_slice(&value.to_le_bytes());
+    }
+
+    /// A list or string at `at`: its bytes, pointed to, and its length.
+    fn list(&mut self, at: usize, target: usize, len: usize) {
+        self.word(at, target as u32);
+        self.pointers.push(at as u32);
+        self.word(at + 4, len as u32);
+    }
+
+    fn bytes(&mut self, at: usize, bytes: &[u8]) {
+        let target = self.alloc(bytes.len());
+        self.bytes[target..target + bytes.len()].copy_from_slice(bytes);
+        self.list(at, target, bytes.len());
+    }
+
+    fn headers(&mut self, at: usize, headers: &[(String, String)]) {
+        let target = self.alloc(16 * headers.len());
+        for (i, (name, value)) in headers.iter().enumerate() {
+            self.bytes(target + 16 * i, name.as_bytes());
+            self.bytes(target + 16 * i + 8, value.as_bytes());
+        }
+        self.list(at, target, headers.len());
+    }
+
+    /// The image of `Ok(outputs)`.
+    fn of(outputs: &[RawOutput]) -> Image {
+        let mut image = Image::default();
+        let result = image.alloc(12);
+        let list = image.alloc(40 * outputs.len());
+        image.list(result + 4, list, outputs.len());
+        for (i, output) in outputs.iter().enumerate() {
+            let at = list + 40 * i;
+            match output {
+                RawOutput::Publish {
+                    topic,
+                    key,
+                    payload,
+                    headers,
+                } => {
+                    image.bytes(at + 4, topic.as_bytes());
+                    if let Some(key) = key {
+                        image.bytes[at + 12] = 1;
+                        image.bytes(at + 16, key.as_bytes());
+                    }
+                    image.bytes(at + 24, payload.as_bytes());
+                    image.headers(at + 32, headers);
+                }
+                RawOutput::Log { level, text } => {
+                    image.bytes[at] = 1;
+                    image.bytes[at + 4] = *level;
+                    image.bytes(at + 8, text.as_bytes());
+                }
+                RawOutput::Http {
+                    method,
+                    url,
+                    headers,
+                    body,
+                } => {
+                    image.bytes[at] = 2;
+                    image.bytes[at + 4] = *method;
+                    image.bytes(at + 8, url.as_bytes());
+                    image.headers(at + 16, headers);
+                    image.bytes(at + 24, body.as_bytes());
+                }
+            }
+        }
+        image
+    }
+
+    /// The payload that makes the guest return this image.
+    fn payload(&self) -> Vec<u8> {
+        let mut payload = (self.pointers.len() as u32).to_le_bytes().to_vec();
+        for at in &self.pointers {
+            payload.extend_from_slice(&at.to_le_bytes());
+        }
+        payload.extend_from_slice(&self.bytes);
+        payload
+    }
+}
+
+#[derive(Debug, Clone)]
+enum RawOutput {
+    Publish {
+        topic: String,
+        key: Option<String>,
+        payload: String,
+        headers: Vec<(String, String)>,
+    },
+    Log {
+        level: u8,
+        text: String,
+    },
+    Http {
+        method: u8,
+        url: String,
+        headers: Vec<(String, String)>,
+        body: String,
+    },
+}
+
+impl RawOutput {
+    /// As `sluice replay` prints it.
+    fn canonical(&self) -> serde_json::Value {
+        use serde_json::json;
+        let headers = |headers: &[(String, String)]| -> Vec<serde_json::Value> {
+            headers
+                .iter()
+                .map(|(name, value)| json!({"name": name, "value": value}))
+                .collect()
+        };
+        match self {
+            RawOutput::Publish {
+                topic,
+                key,
+                payload,
+                headers: h,
+            } => {
+                let mut publish = json!({"topic": topic, "payload": payload, "headers": headers(h)});
+                if let Some(key) = key {
+                    publish["key"] = key.clone().into();
+                }
+                json!({ "publish": publish })
+            }
+            RawOutput::Log { level, text } => {
+                let level = ["trace", "debug", "info", "warn", "error"][*level as usize];
+                json!({"log": {"level": level, "text": text}})
+            }
+            RawOutput::Http {
+                method,
+                url,
+                headers: h,
+                body,
+            } => {
+                let method =
+                    ["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"][*method as usize];
+                json!({"http": {"method": method, "url": url, "headers": headers(h), "body": body}})
+            }
+        }
+    }
+}
+
+fn raw_outputs() -> impl proptest::strategy::Strategy<Value = Vec<RawOutput>> {
+    use proptest::prelude::*;
+    let text = || ".{0,12}";
+    let headers = move || proptest::collection::vec((text(), text()), 0..3);
+    let output = prop_oneof![
+        (text(), proptest::option::of(text()), text(), headers()).prop_map(
+            |(topic, key, payload, headers)| RawOutput::Publish {
+                topic,
+                key,
+                payload,
+                headers
+            }
+        ),
+        (0..5u8, text()).prop_map(|(level, text)| RawOutput::Log { level, text }),
+        (0..7u8, text(), headers(), text()).prop_map(|(method, url, headers, body)| {
+            RawOutput::Http {
+                method,
+                url,
+                headers,
+                body,
+            }
+        }),
+    ];
+    proptest::collection::vec(output, 0..5)
+}
+
+/// One way to spoil an image: what a guest may return instead of outputs.
+#[derive(Debug, Clone)]
+enum Spoil {
+    /// A byte of the image replaced.
+    Byte { at: usize, value: u8 },
+    /// A word replaced (a pointer, a length or a discriminant).
+    Word { at: usize, value: u32 },
+    /// The image cut short.
+    Cut { len: usize },
+    /// A pointer left as an offset (pointing into the guest's low memory).
+    Unrelocated { which: usize },
+}
+
+fn spoils() -> impl proptest::strategy::Strategy<Value = Vec<Spoil>> {
+    use proptest::prelude::*;
+    let words = prop_oneof![
+        Just(0u32),
+        Just(1),
+        Just(3),
+        Just(u32::MAX),
+        Just(0x7fff_ffff),
+        Just(10_001),
+        Just(1 << 20),
+        any::<u32>()
+    ];
+    let spoil = prop_oneof![
+        (0..512usize, any::<u8>()).prop_map(|(at, value)| Spoil::Byte { at, value }),
+        (0..128usize, words).prop_map(|(at, value)| Spoil::Word { at: at * 4, value }),
+        (0..512usize).prop_map(|len| Spoil::Cut { len }),
+        (0..16usize).prop_map(|which| Spoil::Unrelocated { which }),
+    ];
+    proptest::collection::vec(spoil, 1..4)
+}
+
+#[test]
+fn the_hosts_lifting_of_outputs_takes_any_bytes_a_guest_returns() {
+    use proptest::strategy::{Strategy, ValueTree};
+    use proptest::test_runner::TestRunner;
+
+    // One replay of many calls: well-formed images must come out exactly
+    // as they went in, spoiled ones as outputs or as a clean error, and
+    // the host must answer every call.
+    let mut runner = TestRunner::deterministic();
+    let mut cases = String::new();
+    let mut expected = Vec::new();
+    for i in 0..600 {
+        let outputs = raw_outputs().new_tree(&mut runner).unwrap().current();
+        let mut image = Image::of(&outputs);
+        let spoiled = i % 3 != 0;
+        if spoiled {
+            for spoil in spoils().new_tree(&mut runner).unwrap().current() {
+                match spoil {
+                    Spoil::Byte { at, value } if at < image.bytes.len() => image.bytes[at] = value,
+                    Spoil::Word { at, value } if at + 4 <= image.bytes.len() => {
+                        image.pointers.retain(|p| *p as usize != at);
+                        image.word(at, value);
+                    }
+                    Spoil::Cut { len } if len < image.bytes.len() => image.bytes.truncate(len),
+                    Spoil::Unrelocated { which } if which < image.pointers.len() => {
+                        image.pointers.remove(which);
+                    }
+                    _ => {}
+                }
+            }
+        }
+        let payload = base64::Engine::encode(
+            &base64::engine::general_purpose::STANDARD,
+            image.payload(),
+        );
+        cases.push_str(&format!(
+            "{{\"topic\":\"in\",\"payload-base64\":\"{payload}\"}}\n"
+        ));
+        expected.push((!spoiled).then(|| {
+            outputs
+                .iter()
+                .map(RawOutput::canonical)
+                .collect::<Vec<_>>()
+        }));
+    }
+    let scratch = Scratch::new();
+    let input = scratch.write("raw.jsonl", cases);
+    let out = sluice()
+        .args(["replay", "--handler"])
+        .arg(hostile("raw-outputs"))
+        .arg("--input")
+        .arg(&input)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    let outcomes: Vec<serde_json::Value> = String::from_utf8(out.stdout)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(outcomes.len(), expected.len(), "one outcome per call");
+    let mut kinds = std::collections::BTreeMap::<String, usize>::new();
+    for (i, (outcome, expected)) in outcomes.iter().zip(&expected).enumerate() {
+        match expected {
+            Some(outputs) => assert_eq!(
+                outcome["outputs"].as_array(),
+                Some(outputs),
+                "case {i}: {outcome}"
+            ),
+            None => {
+                let kind = match outcome.get("error") {
+                    Some(error) => error["kind"].as_str().unwrap().to_owned(),
+                    None => {
+                        assert!(outcome["outputs"].is_array(), "case {i}: {outcome}");
+                        "outputs".to_owned()
+                    }
+                };
+                *kinds.entry(kind).or_default() += 1;
+            }
+        }
+    }
+    eprintln!("spoiled images: {kinds:?}");
+    // The spoiling reaches the host's refusals, not only harmless bytes.
+    assert!(kinds.get("trap").copied().unwrap_or(0) >= 50, "{kinds:?}");
+    for kind in kinds.keys() {
+        assert!(
+            ["outputs", "trap", "output-count", "output-bytes"].contains(&kind.as_str()),
+            "{kind}: {kinds:?}"
+        );
+    }
+}

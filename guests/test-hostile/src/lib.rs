@@ -316,4 +316,67 @@ fn attack(_: &Message, _: &str) -> Result<Vec<Output>, HandleError> {
     failed("no attack built in".into())
 }
 
+#[cfg(not(feature = "raw-outputs"))]
 export!(Hostile);
+
+/// `raw-outputs`: `handle` returns whatever bytes the payload holds, as the
+/// memory the host lifts its result from, so a test can feed the host's
+/// lifting of outputs arbitrary bytes. The payload is
+/// `[n: u32][n offsets: u32][image]`: the image is copied to a fixed buffer
+/// and the base address of the buffer added to the word at each offset (its
+/// pointers), and the result is read from the image's first 12 bytes
+/// (discriminant, list pointer, list length). Nothing is checked: that is
+/// the host's job.
+#[cfg(feature = "raw-outputs")]
+mod raw {
+    const SIZE: usize = 1 << 20;
+
+    #[repr(C, align(8))]
+    struct Image([u8; SIZE]);
+
+    static mut IMAGE: Image = Image([0; SIZE]);
+
+    /// The core function the canonical ABI lifts as `handle`: the message's
+    /// twelve flat values in, a pointer to the result's bytes out.
+    #[allow(clippy::too_many_arguments)]
+    #[unsafe(export_name = "sluice:handler/handle@0.3.0#handle")]
+    unsafe extern "C" fn handle(
+        _topic: *const u8,
+        _topic_len: usize,
+        _partition: i32,
+        _offset: i64,
+        _key_present: i32,
+        _key: *const u8,
+        _key_len: usize,
+        payload: *const u8,
+        payload_len: usize,
+        _headers: *const u8,
+        _headers_len: usize,
+        _timestamp: i64,
+    ) -> *mut u8 {
+        wit_bindgen::rt::maybe_link_cabi_realloc();
+        // SAFETY: the host lowered the payload there; one call at a time.
+        let input = unsafe { std::slice::from_raw_parts(payload, payload_len) };
+        let image = unsafe { &mut (*std::ptr::addr_of_mut!(IMAGE)).0 };
+        image.fill(0);
+        let word = |at: usize| {
+            input
+                .get(at..at + 4)
+                .map(|b| u32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+        };
+        let count = (word(0).unwrap_or(0) as usize).min(input.len() / 4);
+        let body = input.get(4 + 4 * count..).unwrap_or(&[]);
+        let len = body.len().min(SIZE);
+        image[..len].copy_from_slice(&body[..len]);
+        let base = image.as_ptr() as u32;
+        for i in 0..count {
+            let Some(at) = word(4 + 4 * i) else { break };
+            let at = at as usize;
+            if let Some(slot) = image.get_mut(at..at.saturating_add(4)) {
+                let value = u32::from_le_bytes([slot[0], slot[1], slot[2], slot[3]]);
+                slot.copy_from_slice(&value.wrapping_add(base).to_le_bytes());
+            }
+        }
+        image.as_mut_ptr()
+    }
+}
