@@ -1595,9 +1595,9 @@ publish-to = ["*"]
             );
         }
         // A configured dead-letter topic is reserved whatever it is called.
-        let err = error_of(&format!(
-            "brokers = \"embedded\"\n[[routes]]\ntopic = \"in\"\nhandler = \"h\"\npublish-to = [\"errors\"]\n[[routes]]\ntopic = \"b\"\nhandler = \"g\"\npublish-to = []\ndead-letter-topic = \"errors\"\n"
-        ));
+        let err = error_of(
+            "brokers = \"embedded\"\n[[routes]]\ntopic = \"in\"\nhandler = \"h\"\npublish-to = [\"errors\"]\n[[routes]]\ntopic = \"b\"\nhandler = \"g\"\npublish-to = []\ndead-letter-topic = \"errors\"\n",
+        );
         assert!(err.contains("\"errors\" is a dead-letter topic"), "{err}");
     }
 
@@ -1804,7 +1804,7 @@ publish-to = ["*"]
                 };
                 let result = parse(&format!("brokers = \"embedded\"\n{text}"));
                 if !right {
-                    let error = result.err().expect("a mistyped value is refused").to_string();
+                    let error = result.expect_err("a mistyped value is refused").to_string();
                     prop_assert!(error.contains(key), "{} does not name {}", error, key);
                 }
             }

@@ -124,7 +124,6 @@ impl Pipeline {
         routes: Vec<RouteHandler>,
         correlation_headers: Vec<String>,
         pool: WorkerPool,
-        budget: Arc<ByteBudget>,
         decider: Arc<Decider>,
         effects: Effects,
         shadows: Arc<Shadows>,
@@ -137,8 +136,8 @@ impl Pipeline {
         Pipeline {
             routes,
             correlation_headers,
+            budget: pool.budget().clone(),
             pool: Arc::new(pool),
-            budget,
             decider,
             effects,
             shadows,
@@ -229,13 +228,8 @@ impl Pipeline {
                         Called::Stream(_) => None,
                     })
                     .unzip();
-                self.shadows.compare(
-                    &self.pool,
-                    &self.budget,
-                    shadow.handler.clone(),
-                    messages,
-                    served,
-                );
+                self.shadows
+                    .compare(&self.pool, shadow.handler.clone(), messages, served);
             }
             let batch = (&mut work).take(called.len()).zip(called);
             self.dispatch(&route, partition, batch, epoch).await;
@@ -361,7 +355,7 @@ impl Pipeline {
         let (calls, call_spans) = of_kind(HandlerKind::Handler);
         let mut handled = match calls.is_empty() {
             true => Vec::new(),
-            false => self.pool.call(calls, call_spans, self.budget.clone()).await,
+            false => self.pool.call(calls, call_spans).await,
         }
         .into_iter();
         let mut streams = match deciders.is_empty() {

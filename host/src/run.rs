@@ -245,8 +245,8 @@ impl Host {
             routes,
             config.trace.correlation_headers.clone(),
             WorkerPool::start(config.limits.worker_count())
-                .timed(telemetry.phase(Phase::Handle).clone()),
-            budget.clone(),
+                .timed(telemetry.phase(Phase::Handle).clone())
+                .within(budget.clone()),
             decider,
             Effects::new(breakers, telemetry.clone()),
             shadows.clone(),

@@ -19,7 +19,6 @@ use crate::effects::publish::Publisher;
 use crate::policy::source_headers;
 use crate::replay::canonical;
 use crate::runtime::{CallError, Handler, WorkerPool};
-use crate::schedule::budget::ByteBudget;
 use crate::telemetry::{Telemetry, readable};
 
 type CallResult = Result<Vec<Output>, CallError>;
@@ -81,7 +80,6 @@ impl Shadows {
     pub(crate) fn compare(
         &self,
         pool: &Arc<WorkerPool>,
-        budget: &Arc<ByteBudget>,
         shadow: Arc<dyn Handler>,
         messages: Vec<Arc<Message>>,
         served: Vec<(Arc<dyn Handler>, CallResult)>,
@@ -90,19 +88,18 @@ impl Shadows {
             return;
         };
         let served_bytes = served.iter().map(|(_, outcome)| bytes(outcome)).sum();
-        let Some(held) = budget.try_hold(served_bytes) else {
+        let Some(held) = pool.budget().try_hold(served_bytes) else {
             self.telemetry.shadow_skipped(messages.len() as u64);
             return;
         };
         let pool = pool.clone();
-        let budget = budget.clone();
         let publisher = self.publisher.clone();
         let telemetry = self.telemetry.clone();
         let mut running = self.running.lock().expect("shadow tasks lock");
         while running.try_join_next().is_some() {}
         running.spawn(async move {
             let calls = messages.iter().map(|m| (shadow.clone(), m.clone())).collect();
-            let outcomes = pool.call(calls, Vec::new(), budget).await;
+            let outcomes = pool.call(calls, Vec::new()).await;
             telemetry.shadow_skipped((messages.len() - outcomes.len()) as u64);
             let compared = messages.iter().zip(served).zip(outcomes);
             for ((message, (version, served)), (outcome, _held)) in compared {

@@ -867,7 +867,8 @@ impl RawOutput {
                 payload,
                 headers: h,
             } => {
-                let mut publish = json!({"topic": topic, "payload": payload, "headers": headers(h)});
+                let mut publish =
+                    json!({"topic": topic, "payload": payload, "headers": headers(h)});
                 if let Some(key) = key {
                     publish["key"] = key.clone().into();
                 }
@@ -982,19 +983,13 @@ fn the_hosts_lifting_of_outputs_takes_any_bytes_a_guest_returns() {
                 }
             }
         }
-        let payload = base64::Engine::encode(
-            &base64::engine::general_purpose::STANDARD,
-            image.payload(),
-        );
+        let payload =
+            base64::Engine::encode(&base64::engine::general_purpose::STANDARD, image.payload());
         cases.push_str(&format!(
             "{{\"topic\":\"in\",\"payload-base64\":\"{payload}\"}}\n"
         ));
-        expected.push((!spoiled).then(|| {
-            outputs
-                .iter()
-                .map(RawOutput::canonical)
-                .collect::<Vec<_>>()
-        }));
+        expected
+            .push((!spoiled).then(|| outputs.iter().map(RawOutput::canonical).collect::<Vec<_>>()));
     }
     let scratch = Scratch::new();
     let input = scratch.write("raw.jsonl", cases);

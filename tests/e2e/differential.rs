@@ -278,7 +278,7 @@ fn mutate(rng: &mut Rng, base: &Value, plausible: &[String], utf8: bool) -> Vec<
         1 => bytes.splice(0..0, "\u{feff}".bytes()).for_each(drop),
         2 => {
             let tails: &[&[u8]] = &[b" \n\t", b"x", b",", b"{}"];
-            let tail: &[u8] = *rng.pick::<&[u8]>(tails);
+            let tail: &[u8] = rng.pick::<&[u8]>(tails);
             bytes.extend_from_slice(tail);
         }
         _ => {}

@@ -248,7 +248,10 @@ fn attack(msg: &Message, argument: &str) -> Result<Vec<Output>, HandleError> {
                 header("sluice-handler-version", "9.9.9"),
                 header("SLUICE-ID", "forged-upper"),
                 header("Sluice-Stage", "forged-stage"),
-                header("traceparent", "00-11111111111111111111111111111111-2222222222222222-01"),
+                header(
+                    "traceparent",
+                    "00-11111111111111111111111111111111-2222222222222222-01",
+                ),
                 header("x-own", "kept"),
             ],
         )]),
@@ -257,11 +260,17 @@ fn attack(msg: &Message, argument: &str) -> Result<Vec<Output>, HandleError> {
             vec![
                 header("sluice-id", "forged-id"),
                 header("Sluice-Id", "forged-mixed"),
-                header("traceparent", "00-11111111111111111111111111111111-2222222222222222-01"),
+                header(
+                    "traceparent",
+                    "00-11111111111111111111111111111111-2222222222222222-01",
+                ),
                 header("x-own", "kept"),
             ],
         )]),
-        "http-host" => Ok(vec![request(rest, vec![header("Host", "internal.example")])]),
+        "http-host" => Ok(vec![request(
+            rest,
+            vec![header("Host", "internal.example")],
+        )]),
         "http-framing" => Ok(vec![request(
             rest,
             vec![header("Transfer-Encoding", "chunked")],

@@ -92,10 +92,12 @@ pub(crate) fn on_failure(route: &Route, error: &CallError, stage: Stage) -> Disp
 /// exactly one of each, and a consumer must be able to trust them.
 pub(crate) fn drop_host_headers(headers: &mut Vec<Header>) {
     headers.retain(|h| {
-        let name = h.name.as_bytes();
-        !(name.len() >= HOST_PREFIX.len()
-            && name[..HOST_PREFIX.len()].eq_ignore_ascii_case(HOST_PREFIX.as_bytes()))
-            && !h.name.eq_ignore_ascii_case(TRACEPARENT)
+        let sluices = h
+            .name
+            .as_bytes()
+            .get(..HOST_PREFIX.len())
+            .is_some_and(|prefix| prefix.eq_ignore_ascii_case(HOST_PREFIX.as_bytes()));
+        !sluices && !h.name.eq_ignore_ascii_case(TRACEPARENT)
     });
 }
 

@@ -27,6 +27,8 @@ pub struct WorkerPool {
     threads: Vec<JoinHandle<()>>,
     /// Where the time of each `handle` and `stream-id` call goes.
     timings: Arc<Histogram>,
+    /// What the outputs of `handle` calls may hold (unbounded unless set).
+    budget: Arc<ByteBudget>,
 }
 
 impl WorkerPool {
@@ -47,7 +49,19 @@ impl WorkerPool {
             jobs: Some(jobs),
             threads,
             timings: Arc::default(),
+            budget: ByteBudget::new(u64::MAX),
         }
+    }
+
+    /// Makes `handle` calls only within `budget` (see `call`).
+    pub(crate) fn within(mut self, budget: Arc<ByteBudget>) -> Self {
+        self.budget = budget;
+        self
+    }
+
+    /// The budget the outputs of its calls are held in.
+    pub(crate) fn budget(&self) -> &Arc<ByteBudget> {
+        &self.budget
     }
 
     /// Records the time of every `handle` and `stream-id` call in `timings`.
@@ -57,9 +71,10 @@ impl WorkerPool {
     }
 
     /// Runs each message's handler on it, in order, on one worker, and
-    /// returns their outcomes with the bytes each holds in `budget`. One
-    /// round trip per batch keeps thread hand-offs off the per-message cost.
-    /// A call is made only once what it may return is held in `budget`; at
+    /// returns their outcomes with the bytes each holds in the pool's
+    /// budget. One round trip per batch keeps thread hand-offs off the
+    /// per-message cost. A call is made only once what it may return is
+    /// held in the budget; at
     /// the first that does not fit, the rest are left uncalled (the outcomes
     /// end there). Each call runs in a `handle` span, child of the
     /// message's span in `spans` (if given).
@@ -67,9 +82,9 @@ impl WorkerPool {
         &self,
         calls: Vec<(Arc<dyn Handler>, Arc<Message>)>,
         spans: Vec<tracing::Span>,
-        budget: Arc<ByteBudget>,
     ) -> Vec<(CallResult, HeldBytes)> {
         let timings = self.timings.clone();
+        let budget = self.budget.clone();
         self.run(move |worker| {
             let mut outcomes = Vec::with_capacity(calls.len());
             for (i, (handler, message)) in calls.iter().enumerate() {
