@@ -47,8 +47,10 @@ def _int(text):
 # ("\ud800") and nesting deeper than MAX_DEPTH. Either may hide in a value
 # json.loads drops unseen (the earlier of two equal keys), so the text is
 # what is checked, and only a text that could hold one: a surrogate escape,
-# more than MAX_DEPTH brackets.
-_MAY_NOT_READ = re.compile(r"\\u[dD][89a-fA-F]|(?:[^\[{]*[\[{]){%d}" % (MAX_DEPTH + 1))
+# more than MAX_DEPTH brackets. The bracket count is matched at the start
+# only: searched from every position, it took time quadratic in the text.
+_SURROGATE_ESCAPE = re.compile(r"\\u[dD][89a-fA-F]")
+_MANY_BRACKETS = re.compile(r"(?:[^\[{]*[\[{]){%d}" % (MAX_DEPTH + 1))
 _TOKEN = re.compile(r'"(?:[^"\\]|\\.)*"|[\[\]{}]')
 
 
@@ -92,7 +94,8 @@ def parse_json(payload):
             parse_float=_float,
             parse_int=_int,
         )
-        if _MAY_NOT_READ.search(text) and not _serde_reads(text):
+        suspect = _SURROGATE_ESCAPE.search(text) or _MANY_BRACKETS.match(text)
+        if suspect and not _serde_reads(text):
             return MISSING
     except (ValueError, NotJson, OverflowError, RecursionError):
         return MISSING
