@@ -293,19 +293,14 @@ fn a_forged_dead_letter_or_parking_marker_changes_nothing() {
 
     // Redrive sees the host's dead letters only.
     let config = scratch.path().join("second.toml");
-    let out = sluice()
-        .args(["redrive", "--dry-run", "--dlq", "in.dlq", "--config"])
-        .arg(&config)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
+    let out = succeed(
+        sluice()
+            .args(["redrive", "--dry-run", "--dlq", "in.dlq", "--config"])
+            .arg(&config),
     );
     // Each line is a dead letter the host wrote, from the offset it names;
     // none claims the forged source (offset 0, the victim's).
-    let letters: Vec<(u64, String)> = String::from_utf8_lossy(&out.stdout)
+    let letters: Vec<(u64, String)> = out
         .lines()
         .map(|line| {
             let value: serde_json::Value = serde_json::from_str(line).unwrap();
@@ -627,17 +622,7 @@ fn a_component_over_its_size_cap_is_refused_before_it_is_read() {
             "handlers.toml",
             config("127.0.0.1:9", "g", &handlers, &routes(limits)),
         );
-        let out = sluice()
-            .args(["handlers", "--config"])
-            .arg(&config)
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8_lossy(&out.stdout).into_owned()
+        succeed(sluice().args(["handlers", "--config"]).arg(&config))
     };
     let refused = verdict("");
     let line = refused.lines().find(|l| l.contains("2.0.0")).unwrap();
@@ -695,12 +680,7 @@ fn handlers_and_inspect_show_what_a_route_lets_its_handler_reach() {
     let routes = "[[routes]]\ntopic = \"in\"\nhandler = \"hostile\"\npublish-to = [\"echo\", \"ok.*\"]\n[routes.http]\nallow = [\"api.example.com\"]\n\n[[routes]]\ntopic = \"quiet\"\nhandler = \"hostile\"\npublish-to = []\ndead-letter-topic = \"errors\"\n";
     let config = scratch.write("reach.toml", config("127.0.0.1:9", "g", &handlers, routes));
     let never = "never     dead-letter topics (in.dlq, errors, *.dlq), shadow-diff topics (hostile.shadow-diffs, *.shadow-diffs), Kafka-internal topics (__*)";
-    let out = sluice()
-        .args(["handlers", "--config"])
-        .arg(&config)
-        .output()
-        .unwrap();
-    let text = String::from_utf8_lossy(&out.stdout);
+    let text = succeed(sluice().args(["handlers", "--config"]).arg(&config));
     for expected in [
         "route in -> hostile\n  publish   echo, ok.*\n  http      api.example.com\n",
         "route quiet -> hostile\n  publish   nothing\n  http      nothing\n",
@@ -708,18 +688,12 @@ fn handlers_and_inspect_show_what_a_route_lets_its_handler_reach() {
     ] {
         assert!(text.contains(expected), "{expected:?} not in:\n{text}");
     }
-    let out = sluice()
-        .arg("inspect")
-        .arg(handlers.join("hostile/1.0.0.wasm"))
-        .arg("--config")
-        .arg(&config)
-        .output()
-        .unwrap();
-    let text = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
+    let text = succeed(
+        sluice()
+            .arg("inspect")
+            .arg(handlers.join("hostile/1.0.0.wasm"))
+            .arg("--config")
+            .arg(&config),
     );
     assert!(text.contains("world     handler"), "{text}");
     assert!(
@@ -993,17 +967,14 @@ fn the_hosts_lifting_of_outputs_takes_any_bytes_a_guest_returns() {
     }
     let scratch = Scratch::new();
     let input = scratch.write("raw.jsonl", cases);
-    let out = sluice()
-        .args(["replay", "--handler"])
-        .arg(hostile("raw-outputs"))
-        .arg("--input")
-        .arg(&input)
-        .output()
-        .unwrap();
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(out.status.success(), "{stderr}");
-    let outcomes: Vec<serde_json::Value> = String::from_utf8(out.stdout)
-        .unwrap()
+    let out = succeed(
+        sluice()
+            .args(["replay", "--handler"])
+            .arg(hostile("raw-outputs"))
+            .arg("--input")
+            .arg(&input),
+    );
+    let outcomes: Vec<serde_json::Value> = out
         .lines()
         .map(|l| serde_json::from_str(l).unwrap())
         .collect();

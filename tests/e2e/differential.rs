@@ -371,25 +371,18 @@ fn cases(name: &str, rng: &mut Rng, count: usize) -> String {
 }
 
 fn replay(handler: &Path, input: &Path) -> String {
-    let output = sluice()
-        .args(["replay", "--handler"])
-        .arg(handler)
-        .arg("--input")
-        .arg(input)
-        .arg("--artifact-cache")
-        .arg(shared_artifact_cache())
-        // What is compared is meaning, not speed: a first call on a busy
-        // machine may take more than the default second.
-        .args(["--deadline-ms", "30000"])
-        .output()
-        .unwrap();
-    assert!(
-        output.status.success(),
-        "{}: {}",
-        handler.display(),
-        String::from_utf8_lossy(&output.stderr)
-    );
-    String::from_utf8(output.stdout).unwrap()
+    succeed(
+        sluice()
+            .args(["replay", "--handler"])
+            .arg(handler)
+            .arg("--input")
+            .arg(input)
+            .arg("--artifact-cache")
+            .arg(shared_artifact_cache())
+            // What is compared is meaning, not speed: a first call on a
+            // busy machine may take more than the default second.
+            .args(["--deadline-ms", "30000"]),
+    )
 }
 
 fn env_or(name: &str, default: u64) -> u64 {

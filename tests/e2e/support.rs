@@ -134,6 +134,18 @@ pub fn sluice() -> Command {
     Command::new(env!("CARGO_BIN_EXE_sluice"))
 }
 
+/// Runs `command`, which must succeed (else its stderr is the failure):
+/// its stdout.
+pub fn succeed(command: &mut Command) -> String {
+    let out = command.output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap()
+}
+
 /// A `sluice run` child process; killed if the test ends first.
 pub struct Host {
     child: Option<Child>,

@@ -355,27 +355,25 @@ async fn metrics(Extract(state): Extract<State>) -> impl IntoResponse {
         );
     }
     state.parts.health.write_metrics(&mut out);
-    out.push_str(
-        "# HELP sluice_held_output_bytes Bytes of handler outputs held while their effects run.\n",
+    let budget = &state.parts.budget;
+    gauge(
+        &mut out,
+        "sluice_held_output_bytes",
+        "Bytes of handler outputs held while their effects run.",
+        budget.held(),
     );
-    out.push_str("# TYPE sluice_held_output_bytes gauge\n");
-    let _ = writeln!(
-        out,
-        "sluice_held_output_bytes {}",
-        state.parts.budget.held()
+    gauge(
+        &mut out,
+        "sluice_held_output_bytes_cap",
+        "The host's cap on them (max-in-flight-mib).",
+        budget.cap(),
     );
-    out.push_str(
-        "# HELP sluice_held_output_bytes_cap The host's cap on them (max-in-flight-mib).\n",
+    gauge(
+        &mut out,
+        "sluice_in_flight",
+        "Messages received and not yet committed.",
+        state.parts.offsets.in_flight(),
     );
-    out.push_str("# TYPE sluice_held_output_bytes_cap gauge\n");
-    let _ = writeln!(
-        out,
-        "sluice_held_output_bytes_cap {}",
-        state.parts.budget.cap()
-    );
-    out.push_str("# HELP sluice_in_flight Messages received and not yet committed.\n");
-    out.push_str("# TYPE sluice_in_flight gauge\n");
-    let _ = writeln!(out, "sluice_in_flight {}", state.parts.offsets.in_flight());
     out.push_str("# HELP sluice_route_paused Whether an operator paused the route.\n");
     out.push_str("# TYPE sluice_route_paused gauge\n");
     for (topic, _) in state.routes.iter() {
@@ -404,4 +402,11 @@ pub(crate) fn label(value: &str) -> String {
         .replace('\\', "\\\\")
         .replace('"', "\\\"")
         .replace('\n', "\\n")
+}
+/// One unlabelled gauge, with its help and type lines.
+fn gauge(out: &mut String, name: &str, help: &str, value: impl std::fmt::Display) {
+    let _ = writeln!(
+        out,
+        "# HELP {name} {help}\n# TYPE {name} gauge\n{name} {value}"
+    );
 }
