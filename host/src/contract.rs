@@ -237,15 +237,6 @@ pub enum HandleError {
 }
 
 impl HandleError {
-    /// The error's kind, as named in the WIT contract.
-    pub fn kind(&self) -> &'static str {
-        match self {
-            HandleError::InvalidInput(_) => "invalid-input",
-            HandleError::Rejected(_) => "rejected",
-            HandleError::Failed(_) => "failed",
-        }
-    }
-
     /// The handler's own explanation.
     pub fn detail(&self) -> &str {
         match self {

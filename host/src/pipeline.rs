@@ -31,7 +31,7 @@ use crate::contract::{Message, Output};
 use crate::decider::{DecideError, Decider};
 use crate::effects::transaction::Transaction;
 use crate::effects::{EffectError, Effects, Failure, Pending, RouteEffects, drive};
-use crate::policy::{self, DeadLetter, Disposition, Stage};
+use crate::policy::{self, DeadLetter, Disposition, Reason, Stage};
 use crate::registry::Selection;
 use crate::runtime::{CallError, Handler, HandlerKind, WorkerPool};
 use crate::schedule::budget::{ByteBudget, HeldBytes};
@@ -519,7 +519,7 @@ impl Pipeline {
                 Err(Refusal::DeadLetter(DeadLetter {
                     topic: route.route.dead_letter_topic(),
                     stage: Stage::Decide,
-                    reason: "conflict",
+                    reason: Reason::Conflict,
                     detail,
                     attempts,
                     parks_key: false,
@@ -683,7 +683,7 @@ fn work_for(route: &Route, called: Called, transactional: bool) -> Work {
         Called::Stream(Ok(_)) if transactional => Work::Done(Err(Refusal::DeadLetter(DeadLetter {
             topic: route.dead_letter_topic(),
             stage: Stage::Decide,
-            reason: "not-transactional",
+            reason: Reason::NotTransactional,
             detail: "an exactly-once route cannot run a decider: its appends are not part of the Kafka transaction".into(),
             attempts: 0,
             parks_key: false,
@@ -711,7 +711,7 @@ fn parked(route: &Route, message: &Message) -> DeadLetter {
     DeadLetter {
         topic: route.dead_letter_topic(),
         stage: Stage::Schedule,
-        reason: "key-parked",
+        reason: Reason::KeyParked,
         detail: format!(
             "key parked in partition {} after an earlier message was dead-lettered",
             message.partition
@@ -739,7 +739,7 @@ mod tests {
         };
         assert_eq!(
             (dead.stage, dead.reason),
-            (Stage::Decide, "not-transactional")
+            (Stage::Decide, Reason::NotTransactional)
         );
         assert_eq!(dead.topic, "in.dlq");
         // No stream: handled, with nothing to do; a failing stream-id: refused at `decide`.

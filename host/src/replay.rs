@@ -18,6 +18,7 @@ use serde_json::{Map, Value, json};
 
 use crate::config::Limits;
 use crate::contract::{Event, Header, Output};
+use crate::policy::Reason;
 use crate::registry::HandlerFile;
 use crate::runtime::{
     CallError, Handler, HandlerInstance, HandlerKind, LoadError, Runtime, RuntimeError, WasmHandler,
@@ -267,7 +268,7 @@ pub(crate) fn canonical(outcome: &Result<Vec<Output>, CallError>) -> Value {
                 CallError::Handler(e) => e.detail().to_owned(),
                 CallError::Trap(trap) => trap.to_string(),
             };
-            json!({ "error": { "kind": error.kind(), "detail": detail } })
+            json!({ "error": { "kind": Reason::of(error).as_str(), "detail": detail } })
         }
     }
 }

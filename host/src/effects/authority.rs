@@ -14,6 +14,7 @@ use super::http::HttpClient;
 use super::{EffectError, Failure};
 use crate::config::Route;
 use crate::contract::Output;
+use crate::policy::Reason;
 use crate::topics::{self, ReservedTopics, TopicPattern};
 
 /// A route's grants.
@@ -57,7 +58,7 @@ impl Authority {
                 Output::Publish(record) => self.publish(&record.topic).map_err(refused)?,
                 Output::Http(request) if self.transactional => {
                     return Err(Failure {
-                        reason: "not-transactional",
+                        reason: Reason::NotTransactional,
                         detail: format!(
                             "an exactly-once route can only publish; {} {} cannot be undone by a transaction",
                             request.method.as_str(),
@@ -78,20 +79,20 @@ impl Authority {
     fn publish(&self, topic: &str) -> Result<(), EffectError> {
         if let Some(problem) = topics::name_problem(topic) {
             return Err(EffectError::Permanent {
-                reason: "invalid-topic",
+                reason: Reason::InvalidTopic,
                 detail: format!("topic {topic:?}: {problem}"),
             });
         }
         if let Some(why) = self.reserved.reason(topic) {
             return Err(EffectError::Permanent {
-                reason: "topic-reserved",
+                reason: Reason::TopicReserved,
                 detail: format!("{topic:?} is {why}: no handler may publish there"),
             });
         }
         if !self.publish_to.iter().any(|p| p.matches(topic)) {
             let allowed: Vec<String> = self.publish_to.iter().map(|p| format!("\"{p}\"")).collect();
             return Err(EffectError::Permanent {
-                reason: "topic-not-allowed",
+                reason: Reason::TopicNotAllowed,
                 detail: format!(
                     "{topic:?} is not on the route's publish-to list [{}]",
                     allowed.join(", ")
@@ -142,7 +143,11 @@ mod tests {
     }
 
     fn reason(authority: &Authority, outputs: &[Output]) -> &'static str {
-        authority.check(outputs, &client()).unwrap_err().reason
+        authority
+            .check(outputs, &client())
+            .unwrap_err()
+            .reason
+            .as_str()
     }
 
     #[test]
@@ -197,7 +202,7 @@ mod tests {
         let failure = authority(&[], false)
             .check(&[publish("emails")], &client())
             .unwrap_err();
-        assert_eq!(failure.reason, "topic-not-allowed");
+        assert_eq!(failure.reason, Reason::TopicNotAllowed);
         assert!(
             failure.detail.contains("publish-to list []"),
             "{}",

@@ -14,6 +14,7 @@ use reqwest::{Method, Url};
 use super::EffectError;
 use crate::config::HttpPolicy;
 use crate::contract::{HttpMethod, HttpRequest};
+use crate::policy::Reason;
 
 /// A route's HTTP client and allow-list.
 pub(crate) struct HttpClient {
@@ -42,7 +43,7 @@ impl HttpClient {
     /// Checks a request against the allow-list; its URL and `host:port` if allowed.
     pub(crate) fn check(&self, request: &HttpRequest) -> Result<(Url, String), EffectError> {
         let invalid = |detail: String| EffectError::Permanent {
-            reason: "invalid-request",
+            reason: Reason::InvalidRequest,
             detail,
         };
         let url = Url::parse(&request.url)
@@ -58,7 +59,7 @@ impl HttpClient {
             .any(|(h, p)| *h == host && (p.is_none() || *p == port));
         if !allowed {
             return Err(EffectError::Permanent {
-                reason: "host-not-allowed",
+                reason: Reason::HostNotAllowed,
                 detail: format!(
                     "{host}:{} is not on the route's http.allow list",
                     port.unwrap_or_default()
@@ -103,7 +104,7 @@ impl HttpClient {
         let response = builder.send().await.map_err(|e| {
             if e.is_builder() {
                 EffectError::Permanent {
-                    reason: "invalid-request",
+                    reason: Reason::InvalidRequest,
                     detail: e.to_string(),
                 }
             } else {
@@ -118,7 +119,7 @@ impl HttpClient {
                 Err(EffectError::Transient(format!("HTTP {status} from {url}")))
             }
             _ => Err(EffectError::Permanent {
-                reason: "http-status",
+                reason: Reason::HttpStatus,
                 detail: format!("HTTP {status} from {url}"),
             }),
         }
@@ -192,7 +193,7 @@ mod tests {
 
     fn reason(result: Result<(Url, String), EffectError>) -> &'static str {
         match result {
-            Err(EffectError::Permanent { reason, .. }) => reason,
+            Err(EffectError::Permanent { reason, .. }) => reason.as_str(),
             other => panic!("expected a permanent failure, got {other:?}"),
         }
     }

@@ -21,7 +21,7 @@ use crate::config::{BreakerPolicy, RetryPolicy, Route};
 use crate::contract::{Header, LogEntry, LogLevel, Message, Output, Publish};
 use crate::policy::breaker::{Admission, Breaker, Breakers, Outcome, Waiting};
 use crate::policy::retry::Retries;
-use crate::policy::{self, DeadLetter};
+use crate::policy::{self, DeadLetter, Reason};
 use crate::runtime::{Handler, MAX_LINE};
 use crate::telemetry::trace::MessageTrace;
 use crate::telemetry::{Origin, RecentDeadLetter, Record, Telemetry};
@@ -40,16 +40,13 @@ pub(crate) enum EffectError {
     Transient(String),
     /// Retrying cannot help.
     #[error("{reason}: {detail}")]
-    Permanent {
-        reason: &'static str,
-        detail: String,
-    },
+    Permanent { reason: Reason, detail: String },
 }
 
 /// Why an effect was given up: the dead letter's reason, detail and attempts.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct Failure {
-    pub(crate) reason: &'static str,
+    pub(crate) reason: Reason,
     pub(crate) detail: String,
     pub(crate) attempts: u32,
 }
@@ -176,7 +173,7 @@ impl Effects {
                     {
                         // Refused before it reached the transaction.
                         outcome = Err(Failure {
-                            reason,
+                            reason: *reason,
                             detail: detail.clone(),
                             attempts: 1,
                         });
@@ -226,7 +223,7 @@ impl Effects {
             handler = handler.name(),
             version = handler.version(),
             stage = dead.stage.as_str(),
-            reason = dead.reason,
+            reason = dead.reason.as_str(),
             detail = %dead.detail,
             attempts = dead.attempts,
             topic = %dead.topic,
@@ -385,7 +382,7 @@ fn account(
             Purpose::Output(_) => telemetry.published(),
             Purpose::DeadLetter(dead) => {
                 telemetry.dead_lettered();
-                telemetry.dead_lettered_for(dead.stage.as_str(), dead.reason);
+                telemetry.dead_lettered_for(dead.stage.as_str(), dead.reason.as_str());
                 let input = record
                     .headers
                     .iter()
@@ -395,7 +392,7 @@ fn account(
                 telemetry.remember_dead_letter(RecentDeadLetter {
                     input,
                     stage: dead.stage.as_str(),
-                    reason: dead.reason,
+                    reason: dead.reason.as_str(),
                     detail: dead.detail.clone(),
                 });
             }
@@ -416,7 +413,7 @@ fn account(
             Purpose::DeadLetter(dead) => Record::DeadLettered {
                 origin,
                 topic: dead.topic,
-                reason: dead.reason.to_owned(),
+                reason: dead.reason.as_str().to_owned(),
                 detail: dead.detail,
             },
         });
@@ -464,7 +461,7 @@ where
                 breaker.record(admission, Outcome::Failed);
                 let Some(delay) = retries.next_delay() else {
                     return Err(Failure {
-                        reason: "retries-exhausted",
+                        reason: Reason::RetriesExhausted,
                         detail,
                         attempts: retries.made(),
                     });
@@ -492,7 +489,7 @@ fn failure(error: EffectError, attempts: u32) -> Failure {
             attempts,
         },
         EffectError::Transient(detail) => Failure {
-            reason: "retries-exhausted",
+            reason: Reason::RetriesExhausted,
             detail,
             attempts,
         },

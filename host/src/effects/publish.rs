@@ -16,6 +16,7 @@ use rdkafka::{Offset, TopicPartitionList};
 use super::EffectError;
 use crate::config::Config;
 use crate::contract::Publish;
+use crate::policy::Reason;
 use crate::policy::retry::Backoff;
 use crate::schedule::offsets::TopicPartition;
 
@@ -277,7 +278,7 @@ pub(crate) async fn delivered(delivery: DeliveryFuture) -> Result<Landed, Effect
 pub(crate) fn classify(error: &KafkaError) -> EffectError {
     use RDKafkaErrorCode as Code;
     let permanent = match error.rdkafka_error_code() {
-        Some(Code::MessageSizeTooLarge | Code::InvalidMessageSize) => Some("record-too-large"),
+        Some(Code::MessageSizeTooLarge | Code::InvalidMessageSize) => Some(Reason::RecordTooLarge),
         Some(
             Code::InvalidMessage
             | Code::InvalidRecord
@@ -286,7 +287,7 @@ pub(crate) fn classify(error: &KafkaError) -> EffectError {
             | Code::ClusterAuthorizationFailed
             | Code::UnsupportedForMessageFormat
             | Code::InvalidArgument,
-        ) => Some("publish-rejected"),
+        ) => Some(Reason::PublishRejected),
         _ => None,
     };
     match permanent {

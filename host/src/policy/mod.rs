@@ -9,7 +9,7 @@ pub(crate) mod retry;
 
 use crate::config::{OnInvalidInput, Route};
 use crate::contract::{HandleError, Header, Message, Publish};
-use crate::runtime::CallError;
+use crate::runtime::{CallError, Trap};
 use crate::source::parked::PARKS_KEY_HEADER;
 use crate::telemetry::trace::TRACEPARENT;
 
@@ -41,12 +41,120 @@ impl Stage {
     }
 }
 
+/// Why a message was dead-lettered: every value its `sluice-reason`
+/// header can take, so that none is misspelled where it is set.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub(crate) enum Reason {
+    /// The handler said the input is not one it reads.
+    InvalidInput,
+    /// The handler refused the input.
+    Rejected,
+    /// The handler failed.
+    Failed,
+    /// A call ran past its deadline.
+    Deadline,
+    /// A call ran out of fuel.
+    Fuel,
+    /// An instance passed its memory cap.
+    Memory,
+    /// The guest's stack overflowed.
+    Stack,
+    /// A call returned more outputs than its cap.
+    OutputCount,
+    /// A call returned (or folded) more bytes than its cap.
+    OutputBytes,
+    /// An instance could not be created.
+    Instantiate,
+    /// The guest trapped.
+    Trap,
+    /// A publish to a topic name Kafka refuses.
+    InvalidTopic,
+    /// A publish to a topic no handler may publish to.
+    TopicReserved,
+    /// A publish to a topic the route does not allow.
+    TopicNotAllowed,
+    /// An effect an exactly-once route cannot undo.
+    NotTransactional,
+    /// An HTTP request the host will not send as asked.
+    InvalidRequest,
+    /// An HTTP request to a host the route does not allow.
+    HostNotAllowed,
+    /// An HTTP status that retrying cannot change.
+    HttpStatus,
+    /// A record the broker refuses for its size.
+    RecordTooLarge,
+    /// A record the broker refuses otherwise.
+    PublishRejected,
+    /// An effect's retries ran out.
+    RetriesExhausted,
+    /// A decider's appends kept conflicting.
+    Conflict,
+    /// Held behind an earlier dead letter of its key.
+    KeyParked,
+}
+
+impl Reason {
+    /// The reason of a failed handler call.
+    pub(crate) fn of(error: &CallError) -> Reason {
+        match error {
+            CallError::Handler(HandleError::InvalidInput(_)) => Reason::InvalidInput,
+            CallError::Handler(HandleError::Rejected(_)) => Reason::Rejected,
+            CallError::Handler(HandleError::Failed(_)) => Reason::Failed,
+            CallError::Trap(trap) => match trap {
+                Trap::Deadline(_) => Reason::Deadline,
+                Trap::Fuel(_) => Reason::Fuel,
+                Trap::Memory(_) => Reason::Memory,
+                Trap::OutputCount { .. } => Reason::OutputCount,
+                Trap::OutputBytes(_) => Reason::OutputBytes,
+                Trap::Stack => Reason::Stack,
+                Trap::Instantiate(_) => Reason::Instantiate,
+                Trap::Guest(_) => Reason::Trap,
+            },
+        }
+    }
+
+    /// As the `sluice-reason` header, logs and metrics say it.
+    pub(crate) fn as_str(self) -> &'static str {
+        match self {
+            Reason::InvalidInput => "invalid-input",
+            Reason::Rejected => "rejected",
+            Reason::Failed => "failed",
+            Reason::Deadline => "deadline",
+            Reason::Fuel => "fuel",
+            Reason::Memory => "memory",
+            Reason::Stack => "stack",
+            Reason::OutputCount => "output-count",
+            Reason::OutputBytes => "output-bytes",
+            Reason::Instantiate => "instantiate",
+            Reason::Trap => "trap",
+            Reason::InvalidTopic => "invalid-topic",
+            Reason::TopicReserved => "topic-reserved",
+            Reason::TopicNotAllowed => "topic-not-allowed",
+            Reason::NotTransactional => "not-transactional",
+            Reason::InvalidRequest => "invalid-request",
+            Reason::HostNotAllowed => "host-not-allowed",
+            Reason::HttpStatus => "http-status",
+            Reason::RecordTooLarge => "record-too-large",
+            Reason::PublishRejected => "publish-rejected",
+            Reason::RetriesExhausted => "retries-exhausted",
+            Reason::Conflict => "conflict",
+            Reason::KeyParked => "key-parked",
+        }
+    }
+}
+
+impl std::fmt::Display for Reason {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
 /// A message to send to the dead-letter topic, and why.
 #[derive(Debug, Clone)]
 pub(crate) struct DeadLetter {
     pub(crate) topic: String,
     pub(crate) stage: Stage,
-    pub(crate) reason: &'static str,
+    pub(crate) reason: Reason,
     pub(crate) detail: String,
     /// Attempts made at the failed effect (1 for handler failures).
     pub(crate) attempts: u32,
@@ -80,7 +188,7 @@ pub(crate) fn on_failure(route: &Route, error: &CallError, stage: Stage) -> Disp
     Disposition::DeadLetter(DeadLetter {
         topic: route.dead_letter_topic(),
         stage,
-        reason: error.kind(),
+        reason: Reason::of(error),
         detail,
         attempts: 1,
         parks_key: false,
@@ -134,7 +242,7 @@ pub(crate) fn dead_letter_record(
     let mut headers = message.headers.clone();
     headers.extend([
         Header::new("sluice-stage", dead.stage.as_str()),
-        Header::new("sluice-reason", dead.reason),
+        Header::new("sluice-reason", dead.reason.as_str()),
         Header::new("sluice-detail", dead.detail.as_str()),
         Header::new("sluice-attempts", dead.attempts.to_string()),
     ]);
@@ -203,7 +311,7 @@ mod tests {
             let Disposition::DeadLetter(dead) = on_failure(&r, &error, Stage::Handle) else {
                 panic!("{error} should dead-letter");
             };
-            assert_eq!((dead.stage.as_str(), dead.reason), (stage, reason));
+            assert_eq!((dead.stage.as_str(), dead.reason.as_str()), (stage, reason));
             assert_eq!(dead.topic, "in.dlq");
         }
     }

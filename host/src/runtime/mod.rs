@@ -159,32 +159,6 @@ pub enum Trap {
     Guest(String),
 }
 
-impl Trap {
-    /// A short, stable name for the kind of trap (dead-letter `sluice-reason`).
-    pub fn kind(&self) -> &'static str {
-        match self {
-            Trap::Deadline(_) => "deadline",
-            Trap::Fuel(_) => "fuel",
-            Trap::Memory(_) => "memory",
-            Trap::OutputCount { .. } => "output-count",
-            Trap::OutputBytes(_) => "output-bytes",
-            Trap::Stack => "stack",
-            Trap::Instantiate(_) => "instantiate",
-            Trap::Guest(_) => "trap",
-        }
-    }
-}
-
-impl CallError {
-    /// A short, stable name for the kind of failure (dead-letter `sluice-reason`).
-    pub fn kind(&self) -> &'static str {
-        match self {
-            CallError::Handler(e) => e.kind(),
-            CallError::Trap(t) => t.kind(),
-        }
-    }
-}
-
 /// Errors setting up the engine itself.
 #[derive(Debug, thiserror::Error)]
 #[error("cannot set up the Wasm engine: {0}")]

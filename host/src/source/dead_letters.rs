@@ -129,7 +129,7 @@ pub(crate) fn marker(
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
-    use crate::policy::{DeadLetter, Stage, dead_letter_record};
+    use crate::policy::{DeadLetter, Reason, Stage, dead_letter_record};
 
     fn message() -> Message {
         Message {
@@ -164,7 +164,7 @@ pub(crate) mod tests {
         let dead = DeadLetter {
             topic: "orders.dlq".into(),
             stage: Stage::Handle,
-            reason: "rejected",
+            reason: Reason::Rejected,
             detail: "no".into(),
             attempts: 1,
             parks_key: true,
@@ -256,7 +256,11 @@ pub(crate) mod tests {
                     Just(Stage::Interpret),
                     Just(Stage::Schedule),
                 ],
-                prop_oneof![Just("rejected"), Just("trap"), Just("key-parked")],
+                prop_oneof![
+                    Just(Reason::Rejected),
+                    Just(Reason::Trap),
+                    Just(Reason::KeyParked)
+                ],
                 ".{0,40}",
                 0..100u32,
                 any::<bool>(),
@@ -284,7 +288,7 @@ pub(crate) mod tests {
                     panic!("read as something else: {:?}", entry(&record));
                 };
                 prop_assert_eq!(letter.message, message);
-                prop_assert_eq!(letter.reason, dead.reason);
+                prop_assert_eq!(letter.reason, dead.reason.as_str());
                 prop_assert_eq!(letter.parks_key, dead.parks_key);
             }
 
