@@ -32,6 +32,7 @@ pub mod source;
 pub mod store;
 pub mod telemetry;
 mod topics;
+mod wire;
 
 pub use config::Config;
 pub use run::{RunError, RunOptions, run};

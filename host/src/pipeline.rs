@@ -23,6 +23,8 @@
 //! `decider` loads, folds, decides and appends before its outputs run.
 
 use std::collections::HashMap;
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -31,16 +33,17 @@ use crate::contract::{Message, Output};
 use crate::decider::{DecideError, Decider};
 use crate::effects::transaction::Transaction;
 use crate::effects::{EffectError, Effects, Failure, Pending, RouteEffects, drive};
-use crate::policy::{self, DeadLetter, Disposition, Reason, Stage};
+use crate::policy::{self, Disposition};
 use crate::registry::Selection;
 use crate::runtime::{CallError, Handler, HandlerKind, WorkerPool};
 use crate::schedule::budget::{ByteBudget, HeldBytes};
 use crate::schedule::chains::{Chains, Link};
-use crate::schedule::{PartitionState, Slot};
+use crate::schedule::{LaneSettings, PartitionState, Sink, Slot};
 use crate::shadow::Shadows;
 use crate::source::Delivery;
 use crate::telemetry::trace::MessageTrace;
 use crate::telemetry::{Outcome, Phase, Telemetry};
+use crate::wire::{DeadLetter, Reason, Stage};
 use tracing::Instrument;
 
 /// A route with the versions of its handler and its effects' settings.
@@ -143,11 +146,6 @@ impl Pipeline {
             shadows,
             telemetry,
         }
-    }
-
-    /// The route of a topic.
-    pub(crate) fn route(&self, topic: &str) -> Option<&Arc<RouteHandler>> {
-        self.routes.get(topic)
     }
 
     /// Handles a batch of one lane's messages and sets each on its way.
@@ -669,6 +667,27 @@ impl Pipeline {
         self.effects
             .dead_letter(&route.effects, message, handler.as_ref(), dead)
             .await
+    }
+}
+
+impl Sink for Pipeline {
+    fn lane(&self, topic: &str) -> Option<LaneSettings> {
+        let route = &self.routes.get(topic)?.route;
+        Some(LaneSettings {
+            max_in_flight: route.max_in_flight,
+            concurrency: route.concurrency,
+            parked_from: (route.on_dead_letter == OnDeadLetter::ParkKey)
+                .then(|| route.dead_letter_topic()),
+        })
+    }
+
+    fn batch(
+        self: Arc<Self>,
+        partition: Arc<PartitionState>,
+        batch: Vec<(Delivery, Slot)>,
+        epoch: u64,
+    ) -> Pin<Box<dyn Future<Output = ()> + Send>> {
+        Box::pin(async move { self.process(&partition, batch, epoch).await })
     }
 }
 

@@ -40,9 +40,9 @@ use crate::replay::canonical;
 use crate::run::{Host, RunError, RunOptions, Serve, finish};
 use crate::runtime::{CallError, HandlerKind, Runtime};
 use crate::schedule::Queued;
-use crate::schedule::offsets::Hold;
 use crate::source::Delivery;
 use crate::source::dead_letters::{self, Entry, Letter};
+use crate::source::offsets::Hold;
 use crate::source::range::{Position, TopicRange};
 use crate::telemetry::{RunReport, Stop};
 
@@ -496,7 +496,7 @@ async fn mark(
         topic: dlq.to_owned(),
         key: done.message.key.clone(),
         payload: Vec::new(),
-        headers: dead_letters::marker(&done.message, done.below, unparks),
+        headers: crate::wire::marker(&done.message, done.below, unparks),
     };
     host.publisher
         .publish_to(&record, done.dlq_partition)

@@ -18,13 +18,13 @@ use serde_json::{Map, Value, json};
 
 use crate::config::Limits;
 use crate::contract::{Event, Header, Output};
-use crate::policy::Reason;
 use crate::registry::HandlerFile;
 use crate::runtime::{
     CallError, Handler, HandlerInstance, HandlerKind, LoadError, Runtime, RuntimeError, WasmHandler,
 };
 use crate::source::jsonl::{Case, JsonlError, JsonlReader};
 use crate::source::range::{Position, TopicRange};
+use crate::wire::Reason;
 
 /// Why a replay could not run to the end.
 #[derive(Debug, thiserror::Error)]

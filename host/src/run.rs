@@ -24,12 +24,12 @@ use crate::policy::breaker::Breakers;
 use crate::registry::{self, Registry, RegistryError};
 use crate::runtime::{Handler, HandlerKind, Runtime, RuntimeError, WorkerPool};
 use crate::schedule::budget::ByteBudget;
-use crate::schedule::offsets::{Hold, Offsets};
 use crate::schedule::{Controls, Feed, Lanes, Queued};
 use crate::shadow::Shadows;
 use crate::source::Delivery;
 use crate::source::jsonl::{JsonlError, JsonlReader};
 use crate::source::kafka::{Committer, KafkaSource, SourceEvent, UnsplitMessage};
+use crate::source::offsets::{Hold, Offsets};
 use crate::store::StoreError;
 use crate::telemetry::{Health, Phase, RunReport, Stop, Telemetry};
 

@@ -16,10 +16,10 @@ use serde_json::json;
 use crate::config::Config;
 use crate::contract::{Header, Message, Output, Publish};
 use crate::effects::publish::Publisher;
-use crate::policy::source_headers;
 use crate::replay::canonical;
 use crate::runtime::{CallError, Handler, WorkerPool};
 use crate::telemetry::{Telemetry, readable};
+use crate::wire::source_headers;
 
 type CallResult = Result<Vec<Output>, CallError>;
 

@@ -160,9 +160,15 @@ fn shop_publishes_exactly_the_expected_records_and_commits_to_the_end() {
 /// from Python, publish the very same records (deciders included).
 #[test]
 fn shop_publishes_the_same_records_from_its_javascript_and_python_builds() {
-    let cache = format!("artifact-cache = \"{}\"", shared_artifact_cache().display());
+    // A deadline for meaning, not speed: a CI machine busy with other
+    // tests once took over a second for a JavaScript decider's first calls,
+    // and dead-lettered them.
+    let settings = format!(
+        "artifact-cache = \"{}\"\n[limits]\ndeadline-ms = 30000",
+        shared_artifact_cache().display()
+    );
     for (language, handlers) in &dists()[1..] {
-        let (broker, _scratch, _config) = run_shop_and_compare(handlers, &cache);
+        let (broker, _scratch, _config) = run_shop_and_compare(handlers, &settings);
         assert!(
             count(broker.bootstrap_servers(), "sku-events") > 0,
             "{language}"

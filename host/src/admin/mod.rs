@@ -30,8 +30,8 @@ use crate::registry::{Registry, VersionState, stopped};
 use crate::schedule::Controls;
 use crate::schedule::budget::ByteBudget;
 use crate::schedule::chains::Unpark;
-use crate::schedule::offsets::Offsets;
-use crate::telemetry::{Health, Telemetry};
+use crate::source::offsets::Offsets;
+use crate::telemetry::{Health, Telemetry, label};
 
 mod page;
 
@@ -396,13 +396,6 @@ async fn metrics(Extract(state): Extract<State>) -> impl IntoResponse {
     ([(CONTENT_TYPE, "text/plain; version=0.0.4")], out)
 }
 
-/// A Prometheus label value: backslash, quote and newline escaped.
-pub(crate) fn label(value: &str) -> String {
-    value
-        .replace('\\', "\\\\")
-        .replace('"', "\\\"")
-        .replace('\n', "\\n")
-}
 /// One unlabelled gauge, with its help and type lines.
 fn gauge(out: &mut String, name: &str, help: &str, value: impl std::fmt::Display) {
     let _ = writeln!(

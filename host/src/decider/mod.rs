@@ -24,57 +24,11 @@ use crate::contract::{Decision, Event, Message, Output};
 use crate::policy::retry::Backoff;
 use crate::runtime::{CallError, DeciderInstance, Handler, HandlerInstance, Trap, WorkerPool};
 use crate::store::{self, Cause, EventStore, Snapshot, SnapshotKey, StoreError, StoredEvent};
+pub use crate::telemetry::decider::DeciderStats;
 use cache::{Cached, StateCache};
 
 /// Events handed to one `fold` call.
 const FOLD_BATCH: usize = 256;
-
-/// Counters of what deciders did, for metrics and the run report.
-#[derive(Debug, Default)]
-pub struct DeciderStats {
-    decisions: AtomicU64,
-    appends: AtomicU64,
-    events: AtomicU64,
-    conflicts: AtomicU64,
-    redeliveries: AtomicU64,
-    snapshots: AtomicU64,
-    cache_hits: AtomicU64,
-}
-
-/// A reading of `DeciderStats`.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct DeciderCounts {
-    /// Decisions made (each attempt counts).
-    pub decisions: u64,
-    /// Successful appends.
-    pub appends: u64,
-    /// Events appended.
-    pub events: u64,
-    /// Appends refused by a version conflict.
-    pub conflicts: u64,
-    /// Messages found already appended (redeliveries).
-    pub redeliveries: u64,
-    /// Snapshots persisted.
-    pub snapshots: u64,
-    /// Decisions that started from the in-memory state.
-    pub cache_hits: u64,
-}
-
-impl DeciderStats {
-    /// The counters now.
-    pub fn counts(&self) -> DeciderCounts {
-        let read = |c: &AtomicU64| c.load(Ordering::Relaxed);
-        DeciderCounts {
-            decisions: read(&self.decisions),
-            appends: read(&self.appends),
-            events: read(&self.events),
-            conflicts: read(&self.conflicts),
-            redeliveries: read(&self.redeliveries),
-            snapshots: read(&self.snapshots),
-            cache_hits: read(&self.cache_hits),
-        }
-    }
-}
 
 fn bump(counter: &AtomicU64, by: u64) {
     counter.fetch_add(by, Ordering::Relaxed);

@@ -14,8 +14,8 @@ use super::http::HttpClient;
 use super::{EffectError, Failure};
 use crate::config::Route;
 use crate::contract::Output;
-use crate::policy::Reason;
 use crate::topics::{self, ReservedTopics, TopicPattern};
+use crate::wire::Reason;
 
 /// A route's grants.
 pub(crate) struct Authority {

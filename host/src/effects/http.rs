@@ -14,7 +14,7 @@ use reqwest::{Method, Url};
 use super::EffectError;
 use crate::config::HttpPolicy;
 use crate::contract::{HttpMethod, HttpRequest};
-use crate::policy::Reason;
+use crate::wire::Reason;
 
 /// A route's HTTP client and allow-list.
 pub(crate) struct HttpClient {
@@ -96,7 +96,7 @@ impl HttpClient {
         let mut builder = self
             .client
             .request(method(request.method), url.clone())
-            .header("sluice-id", sluice_id)
+            .header(crate::wire::ID, sluice_id)
             .body(request.body.clone());
         for h in &request.headers {
             builder = builder.header(h.name.as_str(), h.value.as_slice());

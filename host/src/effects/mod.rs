@@ -21,11 +21,11 @@ use crate::config::{BreakerPolicy, RetryPolicy, Route};
 use crate::contract::{Header, LogEntry, LogLevel, Message, Output, Publish};
 use crate::policy::breaker::{Admission, Breaker, Breakers, Outcome, Waiting};
 use crate::policy::retry::Retries;
-use crate::policy::{self, DeadLetter, Reason};
 use crate::runtime::{Handler, MAX_LINE};
 use crate::telemetry::trace::MessageTrace;
 use crate::telemetry::{Origin, RecentDeadLetter, Record, Telemetry};
 use crate::topics::ReservedTopics;
+use crate::wire::{self, DeadLetter, Reason};
 use authority::Authority;
 use http::HttpClient;
 use publish::{Landed, Publisher};
@@ -94,7 +94,8 @@ pub(crate) struct Effects {
 /// What a published record is for, to account for it once confirmed.
 enum Purpose {
     Output(usize),
-    DeadLetter(DeadLetter),
+    /// A dead letter of the input with this id.
+    DeadLetter(DeadLetter, String),
 }
 
 /// A record handed to the producer, with its first attempt under way.
@@ -151,13 +152,13 @@ impl Effects {
                     log(message, handler, &entry);
                 }
                 Output::Publish(mut record) => {
-                    policy::drop_host_headers(&mut record.headers);
+                    wire::drop_host_headers(&mut record.headers);
                     let span = trace.output(index, Some(&mut record.headers));
                     span.record("topic", record.topic.as_str());
-                    record.headers.push(Header::new("sluice-id", id));
+                    record.headers.push(Header::new(wire::ID, id));
                     record
                         .headers
-                        .extend(policy::handler_headers(handler.name(), handler.version()));
+                        .extend(wire::handler_headers(handler.name(), handler.version()));
                     // A transaction retries as a whole; no breaker in between.
                     let breaker = route
                         .transaction
@@ -188,7 +189,7 @@ impl Effects {
                     });
                 }
                 Output::Http(mut request) => {
-                    policy::drop_host_headers(&mut request.headers);
+                    wire::drop_host_headers(&mut request.headers);
                     let span = trace.output(index, Some(&mut request.headers));
                     span.record("url", request.url.as_str());
                     let result = async {
@@ -230,14 +231,14 @@ impl Effects {
             "dead-lettering message"
         );
         let mut record =
-            policy::dead_letter_record(message, &dead, handler.name(), handler.version());
+            wire::dead_letter_record(message, &dead, handler.name(), handler.version());
         record
             .headers
-            .push(Header::new("sluice-id", sluice_id(message, "dead-letter")));
+            .push(Header::new(wire::ID, sluice_id(message, "dead-letter")));
         let delivery = route.publisher.send(&record).await;
         let sent = Sent {
             record,
-            purpose: Purpose::DeadLetter(dead),
+            purpose: Purpose::DeadLetter(dead, input_id(message)),
             breaker: None,
             admission: None,
             delivery,
@@ -380,17 +381,11 @@ fn account(
     {
         match &purpose {
             Purpose::Output(_) => telemetry.published(),
-            Purpose::DeadLetter(dead) => {
+            Purpose::DeadLetter(dead, input) => {
                 telemetry.dead_lettered();
                 telemetry.dead_lettered_for(dead.stage.as_str(), dead.reason.as_str());
-                let input = record
-                    .headers
-                    .iter()
-                    .find(|h| h.name == "sluice-id")
-                    .map(|h| String::from_utf8_lossy(&h.value).replace("/dead-letter", ""))
-                    .unwrap_or_default();
                 telemetry.remember_dead_letter(RecentDeadLetter {
-                    input,
+                    input: input.clone(),
                     stage: dead.stage.as_str(),
                     reason: dead.reason.as_str(),
                     detail: dead.detail.clone(),
@@ -410,7 +405,7 @@ fn account(
                 key: record.key.clone(),
                 payload: record.payload.clone(),
             },
-            Purpose::DeadLetter(dead) => Record::DeadLettered {
+            Purpose::DeadLetter(dead, _) => Record::DeadLettered {
                 origin,
                 topic: dead.topic,
                 reason: dead.reason.as_str().to_owned(),
@@ -499,10 +494,12 @@ fn failure(error: EffectError, attempts: u32) -> Failure {
 /// The `sluice-id` of an output (`<topic>/<partition>/<offset>/<index>`):
 /// the same on every redelivery, so downstream consumers can drop duplicates.
 fn sluice_id(message: &Message, index: &str) -> String {
-    format!(
-        "{}/{}/{}/{index}",
-        message.topic, message.partition, message.offset
-    )
+    format!("{}/{index}", input_id(message))
+}
+
+/// An input's own id, as its records' `sluice-id` starts.
+fn input_id(message: &Message) -> String {
+    format!("{}/{}/{}", message.topic, message.partition, message.offset)
 }
 
 /// The `log` effect: a `tracing` event tagged with handler and input,

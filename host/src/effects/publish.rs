@@ -16,9 +16,9 @@ use rdkafka::{Offset, TopicPartitionList};
 use super::EffectError;
 use crate::config::Config;
 use crate::contract::Publish;
-use crate::policy::Reason;
 use crate::policy::retry::Backoff;
-use crate::schedule::offsets::TopicPartition;
+use crate::source::offsets::TopicPartition;
+use crate::wire::Reason;
 
 /// How long to wait for room when the producer's queue is full.
 const QUEUE_FULL_WAIT: Duration = Duration::from_millis(2);

@@ -33,8 +33,8 @@ use super::publish::{CommitError, Publisher};
 use super::{Failure, Pending};
 use crate::policy::retry::Backoff;
 use crate::schedule::PartitionState;
-use crate::schedule::offsets::{Offsets, TopicPartition};
 use crate::source::kafka::Committer;
+use crate::source::offsets::{Offsets, TopicPartition};
 
 /// Backoff between attempts while transactions keep failing.
 const RETRY_INITIAL: Duration = Duration::from_millis(100);

@@ -304,13 +304,13 @@ impl Breakers {
                 BreakerState::Open { .. } => 1,
                 BreakerState::HalfOpen { .. } => 2,
             };
-            let target = crate::admin::label(&breaker.target.to_string());
+            let target = crate::telemetry::label(&breaker.target.to_string());
             let _ = writeln!(out, "sluice_breaker_state{{target=\"{target}\"}} {state}");
         }
         out.push_str("# HELP sluice_retries_total Effect attempts retried after a transient failure, per target.\n");
         out.push_str("# TYPE sluice_retries_total counter\n");
         for breaker in &all {
-            let target = crate::admin::label(&breaker.target.to_string());
+            let target = crate::telemetry::label(&breaker.target.to_string());
             let retries = breaker.retries.load(AtomicOrdering::Relaxed);
             let _ = writeln!(out, "sluice_retries_total{{target=\"{target}\"}} {retries}");
         }

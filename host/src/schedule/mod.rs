@@ -8,9 +8,10 @@
 
 pub(crate) mod budget;
 pub(crate) mod chains;
-pub(crate) mod offsets;
 
 use std::collections::HashMap;
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
@@ -18,40 +19,14 @@ use rdkafka::error::KafkaResult;
 use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore, mpsc, watch};
 use tokio::task::JoinSet;
 
-use crate::config::OnDeadLetter;
-use crate::pipeline::Pipeline;
 use crate::policy::breaker::Waiting;
 use crate::policy::retry::Backoff;
-use crate::source::Delivery;
 use crate::source::kafka::PartitionFeed;
+use crate::source::offsets::{Starving, TopicPartition};
 use crate::source::parked::ParkedKeys;
+use crate::source::{Delivery, Pause};
 use budget::ByteBudget;
 use chains::{Chains, Parked, Unpark};
-use offsets::{Starving, TopicPartition};
-
-/// Why a lane pauses its partition.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Pause {
-    /// Its messages in flight are at the cap, and have been for a while.
-    InFlightCap,
-    /// A message waits for an open circuit breaker.
-    TargetDown,
-    /// An operator paused its route (`POST /routes/{topic}/pause`).
-    Operator,
-    /// Handlers' outputs held in this host are at `max-in-flight-mib`.
-    OutputBytes,
-}
-
-impl Pause {
-    pub(crate) fn as_str(self) -> &'static str {
-        match self {
-            Pause::InFlightCap => "in-flight cap reached",
-            Pause::TargetDown => "effect target down (circuit breaker open)",
-            Pause::Operator => "route paused by an operator",
-            Pause::OutputBytes => "outputs held at the host's max-in-flight-mib",
-        }
-    }
-}
 
 /// Messages a channel-fed lane holds before its source has to wait.
 const CHANNEL_CAPACITY: usize = 256;
@@ -66,6 +41,35 @@ const PAUSE_AFTER: Duration = Duration::from_millis(100);
 /// Backoff while the dead-letter topic cannot be read back.
 const RESTORE_RETRY_INITIAL: Duration = Duration::from_millis(200);
 const RESTORE_RETRY_MAX: Duration = Duration::from_secs(10);
+
+/// What a lane needs to know of its partition's route.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct LaneSettings {
+    /// The partition's cap of messages in flight.
+    pub(crate) max_in_flight: usize,
+    /// How many of its messages may run their effects at once, if capped.
+    pub(crate) concurrency: Option<usize>,
+    /// The dead-letter topic its parked keys are read back from, on a
+    /// `park-key` route.
+    pub(crate) parked_from: Option<String>,
+}
+
+/// Where lanes hand their batches (the pipeline): lanes know nothing of
+/// what happens to a message after that, only that its ack comes back.
+pub(crate) trait Sink: Send + Sync + 'static {
+    /// The settings of a topic's lanes; `None` for a topic with no route.
+    fn lane(&self, topic: &str) -> Option<LaneSettings>;
+
+    /// Takes a batch of one partition's messages, in offset order, each
+    /// with its slot; `epoch` is the lane's fetch epoch of the batch (see
+    /// `PartitionState::rewind`). Resolves once the batch is under way.
+    fn batch(
+        self: Arc<Self>,
+        partition: Arc<PartitionState>,
+        batch: Vec<(Delivery, Slot)>,
+        epoch: u64,
+    ) -> Pin<Box<dyn Future<Output = ()> + Send>>;
+}
 
 /// Where a lane's messages come from.
 pub(crate) enum Feed {
@@ -316,7 +320,7 @@ struct Lane {
 
 /// One ordered lane per partition.
 pub(crate) struct Lanes {
-    pipeline: Arc<Pipeline>,
+    sink: Arc<dyn Sink>,
     controls: Arc<Controls>,
     host_slots: Arc<Semaphore>,
     host_cap: usize,
@@ -338,13 +342,13 @@ impl Lanes {
     /// Lanes with at most `max_in_flight` messages in flight over all of
     /// them, which do not fetch while `budget` is full.
     pub(crate) fn new(
-        pipeline: Arc<Pipeline>,
+        sink: Arc<dyn Sink>,
         controls: Arc<Controls>,
         max_in_flight: usize,
         budget: Arc<ByteBudget>,
     ) -> Self {
         Lanes {
-            pipeline,
+            sink,
             controls,
             host_slots: Arc::new(Semaphore::new(max_in_flight)),
             host_cap: max_in_flight,
@@ -359,9 +363,9 @@ impl Lanes {
         &self.controls
     }
 
-    /// Whether the pipeline has a route for a topic.
+    /// Whether the sink has a route for a topic.
     pub(crate) fn routes(&self, topic: &str) -> bool {
-        self.pipeline.route(topic).is_some()
+        self.sink.lane(topic).is_some()
     }
 
     /// Starts a lane for a partition on the given feed.
@@ -370,9 +374,10 @@ impl Lanes {
     }
 
     fn start(&mut self, tp: TopicPartition, feed: Feed, sender: Option<mpsc::Sender<Delivery>>) {
-        let route = self.pipeline.route(&tp.0).map(|route| &route.route);
-        let cap = route.map_or(1, |route| route.max_in_flight);
-        let concurrency = route.and_then(|route| route.concurrency);
+        let settings = self.sink.lane(&tp.0);
+        let cap = settings.as_ref().map_or(1, |s| s.max_in_flight);
+        let concurrency = settings.as_ref().and_then(|s| s.concurrency);
+        let parked_from = settings.and_then(|s| s.parked_from);
         let state = Arc::new(PartitionState {
             tp: tp.clone(),
             chains: Arc::default(),
@@ -391,8 +396,9 @@ impl Lanes {
             previous.stop.send_replace(true);
         }
         let lane = LaneTask {
-            pipeline: self.pipeline.clone(),
+            sink: self.sink.clone(),
             state,
+            parked_from,
             host_slots: self.host_slots.clone(),
             host_cap: self.host_cap,
             budget: self.budget.clone(),
@@ -453,8 +459,10 @@ impl Lanes {
 
 /// What a lane works with.
 struct LaneTask {
-    pipeline: Arc<Pipeline>,
+    sink: Arc<dyn Sink>,
     state: Arc<PartitionState>,
+    /// Where its parked keys are read back from (`park-key` routes).
+    parked_from: Option<String>,
     host_slots: Arc<Semaphore>,
     host_cap: usize,
     budget: Arc<ByteBudget>,
@@ -548,7 +556,10 @@ impl LaneTask {
             }
             slots.truncate(received);
             let work = std::mem::take(&mut batch).into_iter().zip(slots).collect();
-            self.pipeline.process(&self.state, work, epoch).await;
+            self.sink
+                .clone()
+                .batch(self.state.clone(), work, epoch)
+                .await;
         }
         // Deliveries still queued drop here with their acks unfinished.
     }
@@ -556,16 +567,12 @@ impl LaneTask {
     /// Before the first message of a `park-key` route's partition: its keys
     /// parked by earlier runs, read back until that works.
     async fn restore_parked(&self, feed: &Feed) {
-        let Some(route) = self.pipeline.route(&self.state.tp.0) else {
+        let Some(dead_letters) = &self.parked_from else {
             return;
         };
-        if route.route.on_dead_letter != OnDeadLetter::ParkKey {
-            return;
-        }
-        let dead_letters = route.route.dead_letter_topic();
         let mut backoff = Backoff::new(RESTORE_RETRY_INITIAL, RESTORE_RETRY_MAX);
         loop {
-            match feed.parked_keys(&dead_letters).await {
+            match feed.parked_keys(dead_letters).await {
                 Ok(keys) => {
                     if !keys.is_empty() {
                         tracing::info!(

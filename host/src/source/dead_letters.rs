@@ -2,16 +2,8 @@
 //! letter (whose original message is restored from it), a marker a re-drive
 //! left, or something sluice did not write.
 
-use crate::contract::{Header, Message};
-use crate::policy::source_headers;
-use crate::source::parked::{PARKS_KEY_HEADER, UNPARKS_KEY_HEADER};
-
-/// Header of a re-drive's marker: the key's dead letters in the marker's
-/// partition below this offset were re-driven.
-pub(crate) const REDRIVEN_HEADER: &str = "sluice-redriven";
-
-/// The first header a dead letter adds after the original message's own.
-const FIRST_ADDED: &str = "sluice-stage";
+use crate::contract::Message;
+use crate::wire::Stamp;
 
 /// What a record of a dead-letter topic is.
 #[derive(Debug)]
@@ -33,103 +25,62 @@ pub(crate) struct Letter {
     /// The message as it first arrived (topic, partition, offset, key,
     /// payload, its own headers, timestamp).
     pub(crate) message: Message,
-    /// Why it was dead-lettered (`sluice-reason`).
+    /// Why it was dead-lettered (`sluice-reason`, as written).
     pub(crate) reason: String,
     /// Whether it parked its key, or was held behind it.
     pub(crate) parks_key: bool,
 }
 
-/// The headers sluice wrote on a record of a dead-letter topic. A dead
-/// letter's come after the message's own (from the last `sluice-stage`),
-/// and the message's own may be anything, sluice's names included: a
-/// producer's `sluice-redriven` or `sluice-parks-key` must not make a dead
-/// letter read as a marker, or park a key. A marker's are all sluice's.
-pub(crate) fn written_by_sluice<H>(headers: &[H], name: impl Fn(&H) -> &str) -> &[H] {
-    match headers.iter().rposition(|h| name(h) == FIRST_ADDED) {
-        Some(first_added) => &headers[first_added..],
-        None => headers,
-    }
-}
-
 /// Reads one record of a dead-letter topic.
 pub(crate) fn entry(record: &Message) -> Entry {
-    let written = written_by_sluice(&record.headers, |h| &h.name);
-    let find = |name: &str| {
-        written
-            .iter()
-            .rev()
-            .find(|h| h.name == name)
-            .map(|h| String::from_utf8_lossy(&h.value).into_owned())
-    };
-    if find(UNPARKS_KEY_HEADER).is_some() || find(REDRIVEN_HEADER).is_some() {
-        return match find(REDRIVEN_HEADER).and_then(|v| v.parse().ok()) {
-            Some(redriven_below) => Entry::Marker { redriven_below },
-            None => Entry::Foreign(format!("a marker without a valid {REDRIVEN_HEADER} header")),
-        };
-    }
-    // The headers a dead letter adds come after the message's own, which
-    // may hold sluice headers of their own (from an upstream host).
-    let Some(first_added) = record.headers.iter().rposition(|h| h.name == FIRST_ADDED) else {
-        return Entry::Foreign(format!("no {FIRST_ADDED} header: not a sluice dead letter"));
-    };
-    let added = &record.headers[first_added..];
-    let value = |name: &str| {
-        added
-            .iter()
-            .find(|h| h.name == name)
-            .and_then(|h| std::str::from_utf8(&h.value).ok())
-    };
-    let source = (
-        value("sluice-source-topic"),
-        value("sluice-source-partition").and_then(|p| p.parse().ok()),
-        value("sluice-source-offset").and_then(|o| o.parse().ok()),
-    );
-    let (Some(topic), Some(partition), Some(offset)) = source else {
-        return Entry::Foreign(
+    let headers = record.headers.iter();
+    match Stamp::read(headers.map(|h| (h.name.as_str(), Some(h.value.as_slice())))) {
+        Stamp::Marker {
+            redriven_below: Some(redriven_below),
+            ..
+        } => Entry::Marker { redriven_below },
+        Stamp::Marker { .. } => {
+            Entry::Foreign("a marker without a valid sluice-redriven header".to_owned())
+        }
+        Stamp::Foreign => {
+            Entry::Foreign("no sluice-stage header: not a sluice dead letter".to_owned())
+        }
+        Stamp::Letter {
+            partition: None, ..
+        }
+        | Stamp::Letter { offset: None, .. } => Entry::Foreign(
             "its sluice-source-topic, -partition or -offset header is missing or bad".to_owned(),
-        );
-    };
-    // Dead letters written before the header existed: the record's own
-    // time is the closest there is.
-    let timestamp = value("sluice-source-timestamp")
-        .and_then(|t| t.parse().ok())
-        .unwrap_or(record.timestamp);
-    Entry::Letter(Letter {
-        message: Message {
-            topic: topic.to_owned(),
-            partition,
-            offset,
-            key: record.key.clone(),
-            payload: record.payload.clone(),
-            headers: record.headers[..first_added].to_vec(),
+        ),
+        Stamp::Letter {
+            own,
+            partition: Some((topic, partition)),
+            offset: Some(offset),
             timestamp,
-        },
-        reason: value("sluice-reason").unwrap_or("unknown").to_owned(),
-        parks_key: value(PARKS_KEY_HEADER).is_some(),
-    })
-}
-
-/// The marker a re-drive leaves after a key's dead letters: those of the
-/// key below `redriven_below` in this partition are done, and, with
-/// `unparks_through`, the key is no longer parked in its source partition.
-/// `source` is the last of them (its source offset is only informative).
-pub(crate) fn marker(
-    source: &Message,
-    redriven_below: i64,
-    unparks_through: Option<i64>,
-) -> Vec<Header> {
-    let mut headers = vec![Header::new(REDRIVEN_HEADER, redriven_below.to_string())];
-    headers.extend(source_headers(source));
-    if let Some(through) = unparks_through {
-        headers.push(Header::new(UNPARKS_KEY_HEADER, through.to_string()));
+            reason,
+            parks_key,
+        } => Entry::Letter(Letter {
+            message: Message {
+                topic,
+                partition,
+                offset,
+                key: record.key.clone(),
+                payload: record.payload.clone(),
+                headers: record.headers[..own].to_vec(),
+                // Dead letters written before the header existed: the
+                // record's own time is the closest there is.
+                timestamp: timestamp.unwrap_or(record.timestamp),
+            },
+            reason: reason.unwrap_or_else(|| "unknown".to_owned()),
+            parks_key,
+        }),
     }
-    headers
 }
 
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
-    use crate::policy::{DeadLetter, Reason, Stage, dead_letter_record};
+    use crate::contract::Header;
+    use crate::wire::{DeadLetter, Reason, Stage, dead_letter_record, marker};
 
     fn message() -> Message {
         Message {

@@ -28,11 +28,11 @@ use rdkafka::{ClientContext, Offset, TopicPartitionList};
 use tokio::sync::{mpsc, watch};
 
 use super::Delivery;
+use super::Pause;
+use super::offsets::{Offsets, Starving, TopicPartition};
 use super::parked::{self, ParkedKeys};
 use crate::config::Config;
 use crate::contract::{Header, Message};
-use crate::schedule::Pause;
-use crate::schedule::offsets::{Offsets, Starving, TopicPartition};
 use crate::telemetry::Health;
 
 /// How long a committed-offsets query may take before it counts as failed.

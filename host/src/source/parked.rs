@@ -15,14 +15,9 @@ use rdkafka::error::{KafkaError, KafkaResult, RDKafkaErrorCode};
 use rdkafka::message::{Headers, Message};
 use rdkafka::{Offset, TopicPartitionList};
 
-use crate::schedule::offsets::TopicPartition;
-use crate::source::dead_letters::written_by_sluice;
+use crate::source::offsets::TopicPartition;
+use crate::wire::Stamp;
 
-/// Header of the dead letters that park their key or are held behind it.
-pub(crate) const PARKS_KEY_HEADER: &str = "sluice-parks-key";
-/// Header of `sluice redrive`'s markers that un-park a key: its value is the
-/// last source offset of the key's dead letters that were re-driven.
-pub(crate) const UNPARKS_KEY_HEADER: &str = "sluice-unparks-key";
 /// How long reading the dead-letter topic back may take.
 const READ_TIMEOUT: Duration = Duration::from_secs(60);
 
@@ -125,29 +120,21 @@ enum Mark {
 
 /// What a record of a dead-letter topic says of parking in `source`.
 fn marked(record: &impl Message, source: &TopicPartition) -> Option<Mark> {
-    let headers: Vec<(&str, Option<&[u8]>)> =
-        record.headers()?.iter().map(|h| (h.key, h.value)).collect();
-    let written = written_by_sluice(&headers, |h| h.0);
-    let header = |name: &str| {
-        written
-            .iter()
-            .rfind(|h| h.0 == name)
-            .and_then(|h| h.1)
-            .and_then(|v| std::str::from_utf8(v).ok())
-    };
-    let same_source = header("sluice-source-topic")? == source.0
-        && header("sluice-source-partition")?.parse::<i32>().ok()? == source.1;
-    if !same_source {
-        return None;
+    let headers = record.headers()?;
+    match Stamp::read(headers.iter().map(|h| (h.key, h.value))) {
+        Stamp::Marker {
+            partition: Some(partition),
+            unparks_through: Some(through),
+            ..
+        } if partition == *source => Some(Mark::Unparks(through)),
+        Stamp::Letter {
+            partition: Some(partition),
+            offset: Some(offset),
+            parks_key: true,
+            ..
+        } if partition == *source => Some(Mark::Parks(offset)),
+        _ => None,
     }
-    if let Some(through) = header(UNPARKS_KEY_HEADER) {
-        return through.parse().ok().map(Mark::Unparks);
-    }
-    header(PARKS_KEY_HEADER)?;
-    header("sluice-source-offset")?
-        .parse()
-        .ok()
-        .map(Mark::Parks)
 }
 
 #[cfg(test)]
@@ -157,8 +144,8 @@ mod tests {
     use rdkafka::message::{Header, OwnedHeaders, OwnedMessage};
 
     use super::*;
-    use crate::policy::dead_letter_record;
     use crate::source::dead_letters::tests::properties::{any_dead_letter, any_message};
+    use crate::wire::dead_letter_record;
 
     proptest! {
         /// A dead letter parks its key exactly when the host said so,

@@ -1,6 +1,7 @@
 //! What a run did: counters for every run, and (for the demo and tests) a
 //! record of each confirmed publish and dead letter, with a readable summary.
 
+pub mod decider;
 mod histogram;
 mod log_format;
 pub(crate) mod trace;
@@ -16,7 +17,7 @@ use std::sync::{Arc, Mutex};
 use base64::Engine as _;
 
 use crate::contract::Message;
-use crate::decider::{DeciderCounts, DeciderStats};
+use decider::{DeciderCounts, DeciderStats};
 
 /// Where a record came from: the input message and the handler that ran it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -169,7 +170,7 @@ impl Health {
         out.push_str("# HELP sluice_consumer_lag Messages between the committed offset and the end, per assigned partition.\n");
         out.push_str("# TYPE sluice_consumer_lag gauge\n");
         for ((topic, partition), lag) in self.lags.lock().expect("lags lock").iter() {
-            let topic = crate::admin::label(topic);
+            let topic = label(topic);
             let _ = writeln!(
                 out,
                 "sluice_consumer_lag{{topic=\"{topic}\",partition=\"{partition}\"}} {lag}"
@@ -390,7 +391,6 @@ impl Telemetry {
 
     /// The counters in Prometheus text format.
     pub(crate) fn write_metrics(&self, out: &mut String) {
-        use crate::admin::label;
         out.push_str("# HELP sluice_messages_total Messages by handler version and outcome.\n");
         out.push_str("# TYPE sluice_messages_total counter\n");
         for (handler, version, counts) in self.by_version.lock().expect("counts lock").iter() {
@@ -633,4 +633,12 @@ impl RunReport {
         }
         out
     }
+}
+
+/// A Prometheus label value: backslash, quote and newline escaped.
+pub(crate) fn label(value: &str) -> String {
+    value
+        .replace('\\', "\\\\")
+        .replace('"', "\\\"")
+        .replace('\n', "\\n")
 }

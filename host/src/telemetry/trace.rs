@@ -8,6 +8,7 @@
 use sha2::{Digest, Sha256};
 
 use crate::contract::{Header, Message};
+use crate::wire::TRACEPARENT;
 
 /// A message's trace: its span's context, its correlation id (the first
 /// of the configured headers it carries), and the `tracing` span its logs
@@ -93,9 +94,6 @@ impl MessageTrace {
         )
     }
 }
-
-/// The header that carries a trace context.
-pub(crate) const TRACEPARENT: &str = "traceparent";
 
 /// A span's place in a trace.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
