@@ -4,10 +4,10 @@
 //! offset only once all of them are done.
 //!
 //! Modules in the order a message meets them: [`source`] (Kafka or a JSONL
-//! file) → `schedule` (one ordered lane per partition, offset watermarks) →
+//! file) → `schedule` (one ordered lane per partition) →
 //! [`registry`] (which handler version serves it) → `runtime` (the handler
 //! call, sandboxed) → `policy` (dead-letter a failure)
-//! → `effects` (publish, log) → back to `schedule`'s offsets for the ack.
+//! → `effects` (publish, log) → back to the source's offsets for the ack.
 //! [`run`] wires them together; [`config`] is the TOML schema. Beside a
 //! run: [`replay`] (a handler over a file or a topic range, executing
 //! nothing) and [`redrive`] (dead letters through the current version).
