@@ -118,33 +118,6 @@ pub(crate) enum Reason {
 }
 
 impl Reason {
-    /// Every reason, for reading one back.
-    const ALL: [Reason; 23] = [
-        Reason::InvalidInput,
-        Reason::Rejected,
-        Reason::Failed,
-        Reason::Deadline,
-        Reason::Fuel,
-        Reason::Memory,
-        Reason::Stack,
-        Reason::OutputCount,
-        Reason::OutputBytes,
-        Reason::Instantiate,
-        Reason::Trap,
-        Reason::InvalidTopic,
-        Reason::TopicReserved,
-        Reason::TopicNotAllowed,
-        Reason::NotTransactional,
-        Reason::InvalidRequest,
-        Reason::HostNotAllowed,
-        Reason::HttpStatus,
-        Reason::RecordTooLarge,
-        Reason::PublishRejected,
-        Reason::RetriesExhausted,
-        Reason::Conflict,
-        Reason::KeyParked,
-    ];
-
     /// The reason of a failed handler call.
     pub(crate) fn of(error: &CallError) -> Reason {
         match error {
@@ -197,17 +170,6 @@ impl Reason {
 impl std::fmt::Display for Reason {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(self.as_str())
-    }
-}
-
-impl FromStr for Reason {
-    type Err = ();
-
-    fn from_str(text: &str) -> Result<Reason, ()> {
-        Reason::ALL
-            .into_iter()
-            .find(|reason| reason.as_str() == text)
-            .ok_or(())
     }
 }
 
@@ -388,14 +350,6 @@ fn number<T: FromStr>(headers: &[(&str, Option<&[u8]>)], name: &str) -> Option<T
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn every_reason_reads_back_as_itself() {
-        for reason in Reason::ALL {
-            assert_eq!(reason.as_str().parse(), Ok(reason));
-        }
-        assert_eq!("no-such-reason".parse::<Reason>(), Err(()));
-    }
 
     #[test]
     fn headers_sluice_did_not_write_read_as_foreign() {
