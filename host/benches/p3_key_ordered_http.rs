@@ -14,30 +14,19 @@
 mod support;
 
 use std::net::SocketAddr;
-use std::path::Path;
-use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
 
-use axum::Router;
-use axum::extract::{Path as UrlPath, State};
 use sluice::contract::{Header, Message};
 use sluice::embedded::EmbeddedBroker;
+use support::wait_server::{self, WaitServer};
 
 const MESSAGES: usize = 10_000;
 const CONCURRENCY: usize = 100;
 const MAX_WAIT_MICROS: u64 = 5_000;
 
 fn main() {
-    let guests = support::handlers_dir();
     let scratch = tempfile::tempdir().unwrap();
-    let handlers = scratch.path().join("handlers");
-    std::fs::create_dir_all(handlers.join("test-faults")).unwrap();
-    std::fs::copy(
-        guests.join("../target/wasm32-wasip2/release/test_faults.wasm"),
-        handlers.join("test-faults/0.1.0.wasm"),
-    )
-    .unwrap();
-    let server = WaitServer::start();
+    let handlers = wait_server::faults_handlers(scratch.path());
+    let server = WaitServer::start(CONCURRENCY);
 
     let broker = EmbeddedBroker::start().unwrap();
     let runtime = tokio::runtime::Runtime::new().unwrap();
@@ -57,11 +46,12 @@ fn main() {
             .produce(&requests(&topic, keys, server.addr))
             .unwrap();
         server.reset();
-        let wall = runtime.block_on(sluice_run(
+        let wall = runtime.block_on(wait_server::run_http_effects(
             broker.bootstrap_servers(),
             &handlers,
             &topic,
             ordering,
+            CONCURRENCY,
         ));
         let served = server.served();
         assert_eq!(served.count, MESSAGES, "{name}: requests served");
@@ -105,114 +95,4 @@ fn requests(topic: &str, keys: usize, server: SocketAddr) -> Vec<Message> {
             }
         })
         .collect()
-}
-
-async fn sluice_run(brokers: &str, handlers: &Path, topic: &str, ordering: &str) -> Duration {
-    let text = format!(
-        r#"brokers = "{brokers}"
-group-id = "{topic}"
-handlers-dir = "{}"
-
-[[routes]]
-topic = "{topic}"
-handler = "test-faults"
-publish-to = ["echo"]
-ordering = "{ordering}"
-concurrency = {CONCURRENCY}
-
-[routes.http]
-allow = ["127.0.0.1"]
-"#,
-        handlers.display()
-    );
-    let (took, report) = support::timed_run(&text).await;
-    assert_eq!(report.dead_lettered, 0);
-    took
-}
-
-/// What the server saw of one run.
-#[derive(Default, Clone, Copy)]
-struct Served {
-    count: usize,
-    total_wait: Duration,
-    span: Duration,
-    most_at_once: usize,
-}
-
-#[derive(Default)]
-struct Log {
-    at_once: usize,
-    most_at_once: usize,
-    first: Option<Instant>,
-    last: Option<Instant>,
-    count: usize,
-    total_wait: Duration,
-}
-
-/// An HTTP server, on its own runtime, that answers `POST /wait/<µs>` after
-/// sleeping that long (on a blocking thread: tokio's timer rounds to 1 ms).
-struct WaitServer {
-    addr: SocketAddr,
-    log: Arc<Mutex<Log>>,
-    _runtime: tokio::runtime::Runtime,
-}
-
-impl WaitServer {
-    fn start() -> WaitServer {
-        let runtime = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(1)
-            .max_blocking_threads(2 * CONCURRENCY)
-            .enable_all()
-            .build()
-            .unwrap();
-        let log = Arc::new(Mutex::new(Log::default()));
-        let listener = runtime
-            .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
-            .unwrap();
-        let addr = listener.local_addr().unwrap();
-        let app = Router::new()
-            .route("/wait/{micros}", axum::routing::post(wait))
-            .with_state(log.clone());
-        runtime.spawn(async move { axum::serve(listener, app).await.unwrap() });
-        WaitServer {
-            addr,
-            log,
-            _runtime: runtime,
-        }
-    }
-
-    fn reset(&self) {
-        *self.log.lock().unwrap() = Log::default();
-    }
-
-    fn served(&self) -> Served {
-        let log = self.log.lock().unwrap();
-        Served {
-            count: log.count,
-            total_wait: log.total_wait,
-            span: log.last.unwrap() - log.first.unwrap(),
-            most_at_once: log.most_at_once,
-        }
-    }
-}
-
-async fn wait(State(log): State<Arc<Mutex<Log>>>, UrlPath(micros): UrlPath<u64>) {
-    {
-        let mut log = log.lock().unwrap();
-        log.first.get_or_insert_with(Instant::now);
-        log.at_once += 1;
-        log.most_at_once = log.most_at_once.max(log.at_once);
-    }
-    let waited = tokio::task::spawn_blocking(move || {
-        let started = Instant::now();
-        std::thread::sleep(Duration::from_micros(micros));
-        started.elapsed()
-    })
-    .await
-    .unwrap();
-    let mut log = log.lock().unwrap();
-    log.at_once -= 1;
-    log.count += 1;
-    log.total_wait += waited;
-    log.last = Some(Instant::now());
 }

@@ -200,6 +200,12 @@ pub(crate) fn drop_host_headers(headers: &mut Vec<Header>) {
     });
 }
 
+/// An input's own id (`<topic>/<partition>/<offset>`), as the `sluice-id`s
+/// of the records it made start.
+pub(crate) fn input_id(message: &Message) -> String {
+    format!("{}/{}/{}", message.topic, message.partition, message.offset)
+}
+
 /// Where a record sluice writes came from: `sluice-source-topic`,
 /// `-partition` and `-offset`.
 pub(crate) fn source_headers(message: &Message) -> [Header; 3] {

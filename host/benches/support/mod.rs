@@ -3,6 +3,10 @@
 // Each benchmark uses a different part of this module.
 #![allow(dead_code)]
 
+// The binary's allocator (host/src/main.rs), so sluice is measured as it ships.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::Arc;
@@ -17,6 +21,8 @@ use sluice::{Config, RunOptions};
 /// The guest's own logic, compiled natively: the baseline runs the same code.
 #[path = "../../../guests/order-shipped-email/src/logic.rs"]
 pub mod logic;
+
+pub mod wait_server;
 
 /// Runs sluice on config `text` until every message is handled and
 /// committed; how long that took, and what it did.

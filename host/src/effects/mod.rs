@@ -144,8 +144,8 @@ impl Effects {
             return (self.pending(route, message, handler, sent), Err(refused));
         }
         let mut outcome = Ok(());
+        let input = &trace.input;
         for (index, output) in outputs.into_iter().enumerate() {
-            let id = sluice_id(message, &index.to_string());
             match output {
                 Output::Log(entry) => {
                     let _output = trace.output(index, None).entered();
@@ -153,9 +153,13 @@ impl Effects {
                 }
                 Output::Publish(mut record) => {
                     wire::drop_host_headers(&mut record.headers);
+                    // traceparent, correlation, sluice-id, handler and version.
+                    record.headers.reserve(5);
                     let span = trace.output(index, Some(&mut record.headers));
                     span.record("topic", record.topic.as_str());
-                    record.headers.push(Header::new(wire::ID, id));
+                    record
+                        .headers
+                        .push(Header::new(wire::ID, output_id(input, index)));
                     record
                         .headers
                         .extend(wire::handler_headers(handler.name(), handler.version()));
@@ -192,6 +196,7 @@ impl Effects {
                     wire::drop_host_headers(&mut request.headers);
                     let span = trace.output(index, Some(&mut request.headers));
                     span.record("url", request.url.as_str());
+                    let id = output_id(input, index);
                     let result = async {
                         let (url, host) = route.http.check(&request).map_err(|e| failure(e, 0))?;
                         let breaker = self.breakers.host(&host, &route.breaker);
@@ -230,15 +235,16 @@ impl Effects {
             topic = %dead.topic,
             "dead-lettering message"
         );
+        let input = wire::input_id(message);
         let mut record =
             wire::dead_letter_record(message, &dead, handler.name(), handler.version());
         record
             .headers
-            .push(Header::new(wire::ID, sluice_id(message, "dead-letter")));
+            .push(Header::new(wire::ID, output_id(&input, "dead-letter")));
         let delivery = route.publisher.send(&record).await;
         let sent = Sent {
             record,
-            purpose: Purpose::DeadLetter(dead, input_id(message)),
+            purpose: Purpose::DeadLetter(dead, input),
             breaker: None,
             admission: None,
             delivery,
@@ -493,13 +499,12 @@ fn failure(error: EffectError, attempts: u32) -> Failure {
 
 /// The `sluice-id` of an output (`<topic>/<partition>/<offset>/<index>`):
 /// the same on every redelivery, so downstream consumers can drop duplicates.
-fn sluice_id(message: &Message, index: &str) -> String {
-    format!("{}/{index}", input_id(message))
-}
-
-/// An input's own id, as its records' `sluice-id` starts.
-fn input_id(message: &Message) -> String {
-    format!("{}/{}/{}", message.topic, message.partition, message.offset)
+fn output_id(input: &str, index: impl std::fmt::Display) -> String {
+    use std::fmt::Write;
+    let mut id = String::with_capacity(input.len() + 12);
+    id.push_str(input);
+    let _ = write!(id, "/{index}");
+    id
 }
 
 /// The `log` effect: a `tracing` event tagged with handler and input,

@@ -541,12 +541,22 @@ impl Telemetry {
 
 /// Bytes as text when they are UTF-8, else as `base64:...`.
 pub(crate) fn readable(bytes: &[u8]) -> String {
-    match std::str::from_utf8(bytes) {
-        Ok(text) => text.to_owned(),
-        Err(_) => format!(
-            "base64:{}",
-            base64::engine::general_purpose::STANDARD.encode(bytes)
-        ),
+    Readable(bytes).to_string()
+}
+
+/// Shows bytes as `readable` does, written only when a log or span asks.
+pub(crate) struct Readable<'a>(pub(crate) &'a [u8]);
+
+impl std::fmt::Display for Readable<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match std::str::from_utf8(self.0) {
+            Ok(text) => f.write_str(text),
+            Err(_) => write!(
+                f,
+                "base64:{}",
+                base64::engine::general_purpose::STANDARD.encode(self.0)
+            ),
+        }
     }
 }
 

@@ -8,6 +8,7 @@
 use sha2::{Digest, Sha256};
 
 use crate::contract::{Header, Message};
+use crate::telemetry::Readable;
 use crate::wire::TRACEPARENT;
 
 /// A message's trace: its span's context, its correlation id (the first
@@ -17,6 +18,8 @@ use crate::wire::TRACEPARENT;
 pub(crate) struct MessageTrace {
     /// When the pipeline took the message in (for `end-to-end` timing).
     pub(crate) started: std::time::Instant,
+    /// The input's id, as its outputs' `sluice-id`s start (`wire::input_id`).
+    pub(crate) input: String,
     pub(crate) context: TraceContext,
     pub(crate) correlation: Option<Header>,
     pub(crate) span: tracing::Span,
@@ -29,7 +32,8 @@ impl MessageTrace {
         handler: &dyn crate::runtime::Handler,
         correlation_headers: &[String],
     ) -> MessageTrace {
-        let context = TraceContext::of(message);
+        let input = crate::wire::input_id(message);
+        let context = TraceContext::at(message, &input);
         let correlation = correlation_headers.iter().find_map(|name| {
             message
                 .headers
@@ -37,11 +41,7 @@ impl MessageTrace {
                 .find(|h| h.name.eq_ignore_ascii_case(name))
                 .cloned()
         });
-        let key = message
-            .key
-            .as_deref()
-            .map(crate::telemetry::readable)
-            .unwrap_or_default();
+        let key = Readable(message.key.as_deref().unwrap_or_default());
         let span = tracing::info_span!(
             "message",
             topic = %message.topic,
@@ -59,10 +59,14 @@ impl MessageTrace {
             span.record("parent_span_id", context.parent_id());
         }
         if let Some(header) = &correlation {
-            span.record("correlation_id", crate::telemetry::readable(&header.value));
+            span.record(
+                "correlation_id",
+                tracing::field::display(Readable(&header.value)),
+            );
         }
         MessageTrace {
             started: std::time::Instant::now(),
+            input,
             context,
             correlation,
             span,
@@ -108,8 +112,14 @@ pub(crate) struct TraceContext {
 impl TraceContext {
     /// The span of handling `message`: a child of the span in its
     /// `traceparent` header, or the root of a trace of its own.
-    pub(crate) fn of(message: &Message) -> TraceContext {
-        let place = format!("{}/{}/{}", message.topic, message.partition, message.offset);
+    #[cfg(test)]
+    fn of(message: &Message) -> TraceContext {
+        Self::at(message, &crate::wire::input_id(message))
+    }
+
+    /// As `of`, given the message's `place` (`wire::input_id`), which the
+    /// ids derive from.
+    fn at(message: &Message, place: &str) -> TraceContext {
         let parent = message
             .headers
             .iter()
@@ -158,12 +168,15 @@ impl TraceContext {
 
     /// The `traceparent` header value.
     pub(crate) fn traceparent(&self) -> String {
-        format!(
-            "00-{}-{}-{:02x}",
-            hex(&self.trace_id),
-            hex(&self.span_id),
-            self.flags
-        )
+        // Written out by hand: one allocation, once per output.
+        let mut text = String::with_capacity(55);
+        text.push_str("00-");
+        push_hex(&mut text, &self.trace_id);
+        text.push('-');
+        push_hex(&mut text, &self.span_id);
+        text.push('-');
+        push_hex(&mut text, &[self.flags]);
+        text
     }
 
     /// Replaces any `traceparent` among `headers` with this span's.
@@ -224,13 +237,17 @@ fn derive<const N: usize>(parts: &[&[u8]]) -> [u8; N] {
 }
 
 fn hex(bytes: &[u8]) -> String {
-    const DIGITS: &[u8; 16] = b"0123456789abcdef";
     let mut text = String::with_capacity(bytes.len() * 2);
+    push_hex(&mut text, bytes);
+    text
+}
+
+fn push_hex(text: &mut String, bytes: &[u8]) {
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
     for b in bytes {
         text.push(DIGITS[usize::from(b >> 4)] as char);
         text.push(DIGITS[usize::from(b & 0xf)] as char);
     }
-    text
 }
 
 /// Lowercase hex only, as W3C trace context requires.
