@@ -26,8 +26,9 @@ use std::time::{Duration, Instant};
 use sluice::config::{DeciderSettings, Limits, StoreBackend, StoreConfig};
 use sluice::contract::{Event, Message};
 use sluice::decider::{Decider, DeciderStats};
-use sluice::runtime::{Handler, Runtime, WorkerPool};
+use sluice::runtime::{Handler, Runtime};
 use sluice::store::{self, Cause, EventStore};
+use sluice::workers::WorkerPool;
 
 const DECISIONS: usize = 100;
 const CONTENDED: usize = 250;

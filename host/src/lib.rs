@@ -5,9 +5,11 @@
 //!
 //! Modules in the order a message meets them: [`source`] (Kafka or a JSONL
 //! file) → `schedule` (one ordered lane per partition) →
-//! [`registry`] (which handler version serves it) → `runtime` (the handler
-//! call, sandboxed) → `policy` (dead-letter a failure)
-//! → `effects` (publish, log) → back to the source's offsets for the ack.
+//! `pipeline` (one batch's way) → [`registry`] (which handler version
+//! serves it) → [`workers`] and `runtime` (the handler call, sandboxed) →
+//! `policy` (dead-letter a failure) → `effects` (publish, HTTP, log) or
+//! `exactly_once` (inside a Kafka transaction) → back to the source's
+//! offsets for the ack.
 //! [`run`] wires them together; [`config`] is the TOML schema. Beside a
 //! run: [`replay`] (a handler over a file or a topic range, executing
 //! nothing) and [`redrive`] (dead letters through the current version).
@@ -18,6 +20,7 @@ pub mod contract;
 pub mod decider;
 mod effects;
 pub mod embedded;
+mod exactly_once;
 mod pipeline;
 mod policy;
 pub mod redrive;
@@ -33,6 +36,7 @@ pub mod store;
 pub mod telemetry;
 mod topics;
 mod wire;
+pub mod workers;
 
 pub use config::Config;
 pub use run::{RunError, RunOptions, run};

@@ -16,7 +16,7 @@
 //! 6. ack: its offset may be committed; its in-flight slot is free once it is.
 //!
 //! Exactly-once routes go through the same steps in offset order, into the
-//! open transaction (`effects::transaction`), which settles them all at once.
+//! open transaction (`exactly_once`), which settles them all at once.
 //!
 //! A message served by a decider asks it only for its stream id in step 1;
 //! its chain is its stream (across the route's partitions), and in step 3
@@ -31,12 +31,11 @@ use std::time::Instant;
 use crate::config::{OnDeadLetter, Ordering, Route};
 use crate::contract::{Message, Output};
 use crate::decider::{DecideError, Decider};
-use crate::effects::transaction::Transaction;
 use crate::effects::{EffectError, Effects, Failure, Pending, RouteEffects, drive};
+use crate::exactly_once::Transaction;
 use crate::policy::{self, Disposition};
 use crate::registry::Selection;
-use crate::runtime::{CallError, Handler, HandlerKind, WorkerPool};
-use crate::schedule::budget::{ByteBudget, HeldBytes};
+use crate::runtime::{CallError, Handler, HandlerKind};
 use crate::schedule::chains::{Chains, Link};
 use crate::schedule::{LaneSettings, PartitionState, Sink, Slot};
 use crate::shadow::Shadows;
@@ -44,6 +43,8 @@ use crate::source::Delivery;
 use crate::telemetry::trace::MessageTrace;
 use crate::telemetry::{Outcome, Phase, Telemetry};
 use crate::wire::{DeadLetter, Reason, Stage};
+use crate::workers::WorkerPool;
+use crate::workers::budget::{ByteBudget, HeldBytes};
 use tracing::Instrument;
 
 /// A route with the versions of its handler and its effects' settings.
@@ -51,6 +52,8 @@ pub(crate) struct RouteHandler {
     pub(crate) route: Route,
     pub(crate) selection: Arc<Selection>,
     pub(crate) effects: RouteEffects,
+    /// The open transaction its outputs go into, for an exactly-once route.
+    pub(crate) transaction: Option<Arc<Transaction>>,
     /// Decider messages' chains: one per stream, over all partitions.
     pub(crate) streams: Arc<Chains>,
 }
@@ -195,7 +198,7 @@ impl Pipeline {
             if start > 0 {
                 // Out of budget: the messages called so far are on their
                 // way; the rest wait for their effects to give bytes back.
-                if let Some(transaction) = &route.effects.transaction {
+                if let Some(transaction) = &route.transaction {
                     transaction.want_commit();
                 }
                 self.budget
@@ -243,7 +246,7 @@ impl Pipeline {
         batch: impl Iterator<Item = (Prepared, (Called, Option<HeldBytes>))>,
         epoch: u64,
     ) {
-        let transactional = route.effects.transaction.is_some();
+        let transactional = route.transaction.is_some();
         let work = batch.map(|(prepared, (called, held))| {
             (
                 prepared,
@@ -251,7 +254,7 @@ impl Pipeline {
                 work_for(&route.route, called, transactional),
             )
         });
-        if let Some(transaction) = &route.effects.transaction {
+        if let Some(transaction) = &route.transaction {
             let work = work.map(|(prepared, held, work)| match work {
                 Work::Done(outcome) => (prepared, held, outcome),
                 Work::Decide(_) => unreachable!("work_for decides nothing in a transaction"),
@@ -410,7 +413,7 @@ impl Pipeline {
                 }
             };
             for pending in pending {
-                transaction.enlist(&inside, partition, message.offset, pending);
+                transaction.enlist(&inside, &partition.tp, partition, message.offset, pending);
             }
             // The transaction holds the records until it commits, and so
             // the bytes with the slot.

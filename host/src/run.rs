@@ -16,14 +16,13 @@ use crate::admin;
 use crate::config::{Config, DeliveryMode, Embedded};
 use crate::decider::Decider;
 use crate::effects::publish::Publisher;
-use crate::effects::transaction::{Transaction, TransactionFailed};
 use crate::effects::{Effects, RouteEffects};
 use crate::embedded::EmbeddedBroker;
+use crate::exactly_once::{Transaction, TransactionFailed};
 use crate::pipeline::{Pipeline, RouteHandler};
 use crate::policy::breaker::Breakers;
 use crate::registry::{self, Registry, RegistryError};
-use crate::runtime::{Handler, HandlerKind, Runtime, RuntimeError, WorkerPool};
-use crate::schedule::budget::ByteBudget;
+use crate::runtime::{Handler, HandlerKind, Runtime, RuntimeError};
 use crate::schedule::{Controls, Feed, Lanes, Queued};
 use crate::shadow::Shadows;
 use crate::source::Delivery;
@@ -32,6 +31,8 @@ use crate::source::kafka::{Committer, KafkaSource, SourceEvent, UnsplitMessage};
 use crate::source::offsets::{Hold, Offsets};
 use crate::store::StoreError;
 use crate::telemetry::{Health, Phase, RunReport, Stop, Telemetry};
+use crate::workers::WorkerPool;
+use crate::workers::budget::ByteBudget;
 
 /// How often a run that stops when drained checks whether it is.
 const DRAIN_CHECK_INTERVAL: Duration = Duration::from_millis(100);
@@ -332,19 +333,21 @@ fn route_handlers(
         .routes
         .iter()
         .map(|route| {
+            let transaction = producers
+                .transaction
+                .filter(|_| route.delivery == DeliveryMode::ExactlyOnce);
             let effects = RouteEffects::new(
                 route,
                 &reserved,
                 producers.publisher,
-                producers
-                    .transaction
-                    .filter(|_| route.delivery == DeliveryMode::ExactlyOnce),
+                transaction.map(|t| t.publisher()),
             )
             .map_err(RunError::Http)?;
             Ok(RouteHandler {
                 route: route.clone(),
                 selection: registry.selection(&route.handler),
                 effects,
+                transaction: transaction.cloned(),
                 streams: Arc::default(),
             })
         })
@@ -428,9 +431,7 @@ async fn consume_kafka(
             Event::TransactionFailed(error) => {
                 tracing::error!(%error, "stopping: exactly-once routes cannot go on");
                 failure = Some(error);
-                if let Some(failed) = transactions.take() {
-                    failed.transaction.disconnect();
-                }
+                transactions = None;
                 break Stop::Requested;
             }
         }
@@ -462,16 +463,16 @@ struct Transactions {
 }
 
 impl Transactions {
-    /// Connects the transaction to the consumer, commits it before revoked
-    /// partitions are let go, and starts committing it on the interval.
+    /// Connects the transaction to the consumer's group, commits it before
+    /// revoked partitions are let go, and starts committing it on the
+    /// interval.
     fn start(transaction: Arc<Transaction>, source: &KafkaSource, every: Duration) -> Self {
-        transaction.consume_with(source.committer());
-        let runtime = tokio::runtime::Handle::current();
-        let before_release = transaction.clone();
+        transaction.commit_under(source.membership());
+        let commit = transaction.committer();
         // No timeout: revoked partitions are let go only once the
         // transaction holding their offsets is decided.
         source.before_release(Box::new(move || {
-            if let Err(error) = runtime.block_on(before_release.commit()) {
+            if let Err(error) = commit() {
                 tracing::error!(%error, "transaction failed before revoke");
             }
         }));
@@ -495,13 +496,11 @@ impl Transactions {
         }
     }
 
-    /// Stops the committing task, commits what is left, and lets go of
-    /// the consumer.
+    /// Stops the committing task and commits what is left.
     async fn close(self) -> Result<(), RunError> {
         self.stop.send_replace(true);
         let stopped = self.task.await;
         let closed = self.transaction.commit().await;
-        self.transaction.disconnect();
         if let Ok(Err(failed)) = stopped {
             return Err(failed.into());
         }

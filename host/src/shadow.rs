@@ -17,9 +17,10 @@ use crate::config::Config;
 use crate::contract::{Header, Message, Output, Publish};
 use crate::effects::publish::Publisher;
 use crate::replay::canonical;
-use crate::runtime::{CallError, Handler, WorkerPool};
+use crate::runtime::{CallError, Handler};
 use crate::telemetry::{Telemetry, readable};
 use crate::wire::source_headers;
+use crate::workers::WorkerPool;
 
 type CallResult = Result<Vec<Output>, CallError>;
 

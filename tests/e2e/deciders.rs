@@ -15,8 +15,9 @@ use sluice::config::{DeciderSettings, Limits, StoreBackend, StoreConfig};
 use sluice::contract::Event;
 use sluice::decider::Decider;
 use sluice::embedded::EmbeddedBroker;
-use sluice::runtime::{Handler, WorkerPool};
+use sluice::runtime::Handler;
 use sluice::store::{self, Cause, EventStore, Snapshot, SnapshotKey, StoreError};
+use sluice::workers::WorkerPool;
 
 use crate::support::*;
 

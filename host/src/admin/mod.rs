@@ -28,10 +28,10 @@ use tokio::sync::watch;
 use crate::policy::breaker::Breakers;
 use crate::registry::{Registry, VersionState, stopped};
 use crate::schedule::Controls;
-use crate::schedule::budget::ByteBudget;
 use crate::schedule::chains::Unpark;
 use crate::source::offsets::Offsets;
 use crate::telemetry::{Health, Telemetry, label};
+use crate::workers::budget::ByteBudget;
 
 mod page;
 

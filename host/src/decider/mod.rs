@@ -22,9 +22,10 @@ use tokio::sync::OnceCell;
 use crate::config::{DeciderSettings, StoreConfig};
 use crate::contract::{Decision, Event, Message, Output};
 use crate::policy::retry::Backoff;
-use crate::runtime::{CallError, DeciderInstance, Handler, HandlerInstance, Trap, WorkerPool};
+use crate::runtime::{CallError, DeciderInstance, Handler, decider_of};
 use crate::store::{self, Cause, EventStore, Snapshot, SnapshotKey, StoreError, StoredEvent};
 pub use crate::telemetry::decider::DeciderStats;
+use crate::workers::WorkerPool;
 use cache::{Cached, StateCache};
 
 /// Events handed to one `fold` call.
@@ -372,17 +373,6 @@ fn message_for_fold() -> Message {
         headers: Vec::new(),
         timestamp: 0,
     }
-}
-
-/// An instance's decider functions; a handler component has none.
-pub(crate) fn decider_of(
-    instance: &mut dyn HandlerInstance,
-) -> Result<&mut dyn DeciderInstance, CallError> {
-    instance.decider().ok_or_else(|| {
-        CallError::Trap(Trap::Guest(
-            "a handler component has no decider functions".into(),
-        ))
-    })
 }
 
 /// `state` (the initial one if none) with `events` folded in, in batches.

@@ -10,7 +10,6 @@
 mod authority;
 pub(crate) mod http;
 pub(crate) mod publish;
-pub(crate) mod transaction;
 
 use std::future::Future;
 use std::sync::Arc;
@@ -30,7 +29,6 @@ use authority::Authority;
 use http::HttpClient;
 use publish::{Landed, Publisher};
 use tracing::Instrument;
-use transaction::Transaction;
 
 /// How an effect attempt failed.
 #[derive(Debug, Clone, thiserror::Error)]
@@ -60,27 +58,28 @@ pub(crate) struct RouteEffects {
     authority: Authority,
     /// Where its publishes and dead letters go.
     publisher: Arc<Publisher>,
-    /// The transaction they go into, for an exactly-once route.
-    pub(crate) transaction: Option<Arc<Transaction>>,
+    /// Whether they go into an exactly-once transaction (`publisher` is
+    /// then the transactional one), which retries as a whole.
+    transactional: bool,
 }
 
 impl RouteEffects {
     /// An at-least-once route's effects publish with `publisher`; an
-    /// exactly-once route's, inside `transaction`. No handler publishes to
-    /// a `reserved` topic.
+    /// exactly-once route's with `transactional`, the producer of the open
+    /// transaction. No handler publishes to a `reserved` topic.
     pub(crate) fn new(
         route: &Route,
         reserved: &Arc<ReservedTopics>,
         publisher: &Arc<Publisher>,
-        transaction: Option<&Arc<Transaction>>,
+        transactional: Option<&Arc<Publisher>>,
     ) -> Result<RouteEffects, reqwest::Error> {
         Ok(RouteEffects {
             retry: route.retry.clone(),
             breaker: route.breaker.clone(),
             http: HttpClient::new(&route.http)?,
-            authority: Authority::new(route, reserved.clone(), transaction.is_some()),
-            publisher: transaction.map_or(publisher, |t| t.publisher()).clone(),
-            transaction: transaction.cloned(),
+            authority: Authority::new(route, reserved.clone(), transactional.is_some()),
+            publisher: transactional.unwrap_or(publisher).clone(),
+            transactional: transactional.is_some(),
         })
     }
 }
@@ -164,9 +163,7 @@ impl Effects {
                         .headers
                         .extend(wire::handler_headers(handler.name(), handler.version()));
                     // A transaction retries as a whole; no breaker in between.
-                    let breaker = route
-                        .transaction
-                        .is_none()
+                    let breaker = (!route.transactional)
                         .then(|| self.breakers.topic(&record.topic, &route.breaker));
                     let admission = match &breaker {
                         Some(breaker) => Some(breaker.admit(waiting).await),

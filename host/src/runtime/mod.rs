@@ -7,7 +7,6 @@ mod cache;
 mod component;
 mod determinism;
 mod outputs;
-mod pool;
 mod sandbox;
 
 use std::collections::BTreeMap;
@@ -22,7 +21,6 @@ use wasmtime::{Engine, InstanceAllocationStrategy, PoolingAllocationConfig, Stor
 pub use bindings::ContractVersion;
 pub(crate) use cache::content_hash;
 pub use component::{Inspection, LoadError, LoadProblem, WasmHandler};
-pub use pool::WorkerPool;
 pub use sandbox::InstanceGauges;
 
 use crate::config::{Config, InstanceStrategy, Limits};
@@ -112,6 +110,17 @@ pub trait DeciderInstance {
     -> Result<Vec<u8>, CallError>;
     /// The decision about `msg` in `state`.
     fn decide(&mut self, msg: &Message, state: &[u8]) -> Result<Decision, CallError>;
+}
+
+/// An instance's decider functions; a handler component has none.
+pub(crate) fn decider_of(
+    instance: &mut dyn HandlerInstance,
+) -> Result<&mut dyn DeciderInstance, CallError> {
+    instance.decider().ok_or_else(|| {
+        CallError::Trap(Trap::Guest(
+            "a handler component has no decider functions".into(),
+        ))
+    })
 }
 
 /// Why a call produced no outputs.

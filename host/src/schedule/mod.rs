@@ -6,7 +6,6 @@
 //! backlog waits in the broker, not in memory. Which in-flight messages wait
 //! for each other is the business of `chains`.
 
-pub(crate) mod budget;
 pub(crate) mod chains;
 
 use std::collections::HashMap;
@@ -19,13 +18,14 @@ use rdkafka::error::KafkaResult;
 use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore, mpsc, watch};
 use tokio::task::JoinSet;
 
+use crate::exactly_once;
 use crate::policy::breaker::Waiting;
 use crate::policy::retry::Backoff;
 use crate::source::kafka::PartitionFeed;
 use crate::source::offsets::{Starving, TopicPartition};
 use crate::source::parked::ParkedKeys;
 use crate::source::{Delivery, Pause};
-use budget::ByteBudget;
+use crate::workers::budget::ByteBudget;
 use chains::{Chains, Parked, Unpark};
 
 /// Messages a channel-fed lane holds before its source has to wait.
@@ -198,17 +198,6 @@ impl PartitionState {
         Turn { _permit: permit }
     }
 
-    /// Has the lane fetch again from `offset` (the transaction that held
-    /// the messages from there on was aborted). Messages fetched before no
-    /// longer count, and keys they parked are un-parked.
-    pub(crate) fn rewind(&self, offset: i64) {
-        let mut rewind = self.rewind.lock().expect("rewind lock");
-        rewind.to = Some(rewind.to.map_or(offset, |to| to.min(offset)));
-        rewind.epoch += 1;
-        self.parked.unpark_from(offset);
-        self.rewound.notify_one();
-    }
-
     /// Whether messages fetched in `epoch` still count.
     pub(crate) fn is_current(&self, epoch: u64) -> bool {
         self.rewind.lock().expect("rewind lock").epoch == epoch
@@ -224,6 +213,19 @@ impl PartitionState {
             feed.rewind(offset);
         }
         rewind.epoch
+    }
+}
+
+impl exactly_once::Rewind for PartitionState {
+    /// Has the lane fetch again from `offset` (the transaction that held
+    /// the messages from there on was aborted). Messages fetched before no
+    /// longer count, and keys they parked are un-parked.
+    fn rewind(&self, offset: i64) {
+        let mut rewind = self.rewind.lock().expect("rewind lock");
+        rewind.to = Some(rewind.to.map_or(offset, |to| to.min(offset)));
+        rewind.epoch += 1;
+        self.parked.unpark_from(offset);
+        self.rewound.notify_one();
     }
 }
 

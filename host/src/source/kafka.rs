@@ -427,9 +427,33 @@ impl KafkaSource {
         }
     }
 
+    /// The consumer's group membership, for exactly-once transactions.
+    pub(crate) fn membership(&self) -> Membership {
+        Membership {
+            consumer: Arc::downgrade(&self.consumer),
+        }
+    }
+
     /// Sets what must happen before revoked partitions are let go.
     pub(crate) fn before_release(&self, work: BeforeRelease) {
         let _ = self.consumer.context().before_release.set(work);
+    }
+}
+
+/// The group membership exactly-once transactions commit offsets under
+/// (KIP-447). It does not keep the consumer alive: the consumer holds the
+/// transaction (to commit before a revoke), and must still close when the
+/// source is dropped.
+#[derive(Clone)]
+pub(crate) struct Membership {
+    consumer: Weak<SourceConsumer>,
+}
+
+impl Membership {
+    /// The group's current generation and member id; none once the
+    /// consumer is closed or has no group.
+    pub(crate) fn group_metadata(&self) -> Option<ConsumerGroupMetadata> {
+        self.consumer.upgrade()?.group_metadata()
     }
 }
 
@@ -450,11 +474,6 @@ impl Committer {
     fn uncommitted(&self) -> Vec<(TopicPartition, i64)> {
         self.offsets
             .uncommitted(|topic| self.transactional.contains(topic))
-    }
-
-    /// The group membership the exactly-once transactions commit offsets under.
-    pub(crate) fn group_metadata(&self) -> Option<ConsumerGroupMetadata> {
-        self.consumer.group_metadata()
     }
 
     /// Whether every assigned partition is consumed and committed up to its

@@ -1,6 +1,7 @@
 //! Worker threads that run handler calls. Calls are CPU-bound and may run up
 //! to their deadline, so they get threads of their own rather than blocking
-//! the async runtime; each worker keeps one instance per handler.
+//! the async runtime; each worker keeps one instance per handler. A call
+//! first reserves, in the host-wide `budget`, the bytes its outputs may hold.
 
 use std::sync::mpsc;
 use std::sync::{Arc, Mutex, Weak};
@@ -10,10 +11,12 @@ use std::time::Instant;
 
 use tokio::sync::oneshot;
 
-use super::{CallError, Handler, HandlerInstance};
+pub(crate) mod budget;
+
 use crate::contract::{Message, Output};
-use crate::schedule::budget::{ByteBudget, HeldBytes};
+use crate::runtime::{CallError, Handler, HandlerInstance, decider_of};
 use crate::telemetry::Histogram;
+use budget::{ByteBudget, HeldBytes};
 
 type CallResult = Result<Vec<Output>, CallError>;
 
@@ -117,7 +120,7 @@ impl WorkerPool {
             calls,
             spans,
             || tracing::info_span!("stream-id"),
-            |instance, message| crate::decider::decider_of(instance)?.stream_id(message),
+            |instance, message| decider_of(instance)?.stream_id(message),
         )
         .await
     }

@@ -21,19 +21,25 @@
 //! re-run instead. A transaction whose commit could not begin well inside
 //! `transaction.timeout.ms` (a broker away for that long) is aborted rather
 //! than committed: the broker may have aborted it on its own already.
+//!
+//! It knows its surroundings through two narrow handles: a partition's lane
+//! as something to [`Rewind`], and the consumer as its group [`Membership`]
+//! (which does not keep the consumer alive). Revoked partitions wait for a
+//! commit through [`Transaction::committer`]: a request to the committing
+//! task, answered on a plain channel, so librdkafka's rebalance callback
+//! never runs the async runtime itself.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use rdkafka::error::KafkaError;
-use tokio::sync::{Notify, RwLock, RwLockReadGuard, watch};
+use tokio::sync::{Notify, RwLock, RwLockReadGuard, mpsc, watch};
 
-use super::publish::{CommitError, Publisher};
-use super::{Failure, Pending};
+use crate::effects::publish::{CommitError, Publisher};
+use crate::effects::{Failure, Pending};
 use crate::policy::retry::Backoff;
-use crate::schedule::PartitionState;
-use crate::source::kafka::Committer;
+use crate::source::kafka::Membership;
 use crate::source::offsets::{Offsets, TopicPartition};
 
 /// Backoff between attempts while transactions keep failing.
@@ -42,7 +48,7 @@ const RETRY_MAX: Duration = Duration::from_secs(10);
 
 /// The transactional producer cannot go on (fenced, or in a fatal state);
 /// the run stops and its uncommitted messages are handled again elsewhere.
-#[derive(Debug, thiserror::Error)]
+#[derive(Clone, Debug, thiserror::Error)]
 #[error("exactly-once producer failed for good: {0}")]
 pub struct TransactionFailed(KafkaError);
 
@@ -56,10 +62,12 @@ pub(crate) struct Transaction {
     /// Records the broker refused for good, by input: dead-lettered when
     /// their message comes round again.
     refused: Mutex<HashMap<(TopicPartition, i64), Failure>>,
-    /// Where the group membership comes from (the Kafka source); let go at
-    /// close, so the consumer can leave the group.
-    group: Mutex<Option<Committer>>,
+    /// The consumer group the offsets are committed under (KIP-447).
+    group: Mutex<Option<Membership>>,
     wanted: Notify,
+    /// Commits asked for by a caller that waits for the answer.
+    requests: mpsc::UnboundedSender<CommitRequest>,
+    requested: Mutex<Option<mpsc::UnboundedReceiver<CommitRequest>>>,
     backoff: Mutex<Backoff>,
 }
 
@@ -72,9 +80,20 @@ struct Open {
     began: Option<Instant>,
 }
 
+/// What a transaction needs of a partition's lane: after an abort, to
+/// start it over from an offset (the lane drops what it fetched beyond).
+pub(crate) trait Rewind: Send + Sync {
+    /// Handles the partition again from `offset`.
+    fn rewind(&self, offset: i64);
+}
+
+/// A commit asked for from outside the committing task, and where its
+/// outcome goes.
+type CommitRequest = std::sync::mpsc::Sender<Result<(), TransactionFailed>>;
+
 /// A partition's messages in the open transaction.
 struct Span {
-    lane: Arc<PartitionState>,
+    lane: Arc<dyn Rewind>,
     /// Where the transaction began for the partition.
     first: i64,
     /// One past the last message: the offset to commit.
@@ -95,6 +114,7 @@ pub(crate) struct Inside<'a> {
 
 impl Transaction {
     pub(crate) fn new(publisher: Arc<Publisher>, offsets: Arc<Offsets>) -> Self {
+        let (requests, requested) = mpsc::unbounded_channel();
         Transaction {
             publisher,
             offsets,
@@ -103,6 +123,8 @@ impl Transaction {
             refused: Mutex::default(),
             group: Mutex::default(),
             wanted: Notify::new(),
+            requests,
+            requested: Mutex::new(Some(requested)),
             backoff: Mutex::new(Backoff::new(RETRY_INITIAL, RETRY_MAX)),
         }
     }
@@ -112,15 +134,27 @@ impl Transaction {
         &self.publisher
     }
 
-    /// Connects the transaction to the consumer whose offsets it commits.
-    pub(crate) fn consume_with(&self, committer: Committer) {
-        *self.group.lock().expect("group lock") = Some(committer);
+    /// Commits offsets under `group` from now on.
+    pub(crate) fn commit_under(&self, group: Membership) {
+        *self.group.lock().expect("group lock") = Some(group);
     }
 
-    /// Lets go of the consumer (it holds this transaction: the two would
-    /// keep each other alive, and the consumer would never leave the group).
-    pub(crate) fn disconnect(&self) {
-        self.group.lock().expect("group lock").take();
+    /// A blocking call that has the committing task (`run`) commit now and
+    /// returns once the commit is decided; for threads that are not the
+    /// runtime's (librdkafka's rebalance callback). Once the task has ended,
+    /// it returns at once: the task's last commit came after the last
+    /// message could enter.
+    pub(crate) fn committer(
+        &self,
+    ) -> impl Fn() -> Result<(), TransactionFailed> + Send + Sync + use<> {
+        let requests = self.requests.clone();
+        move || {
+            let (answer, answered) = std::sync::mpsc::channel();
+            if requests.send(answer).is_err() {
+                return Ok(());
+            }
+            answered.recv().unwrap_or(Ok(()))
+        }
     }
 
     /// Waits until messages may enter the open transaction (not while it
@@ -144,25 +178,26 @@ impl Transaction {
     }
 
     /// Puts a handled message into the open transaction.
-    pub(crate) fn enlist(
+    pub(crate) fn enlist<L: Rewind + 'static>(
         &self,
         _inside: &Inside<'_>,
-        partition: &Arc<PartitionState>,
+        tp: &TopicPartition,
+        lane: &Arc<L>,
         offset: i64,
         pending: Pending,
     ) {
         let mut open = self.open.lock().expect("transaction lock");
         open.began.get_or_insert_with(Instant::now);
         open.partitions
-            .entry(partition.tp.clone())
+            .entry(tp.clone())
             .and_modify(|span| span.next = offset + 1)
             .or_insert_with(|| Span {
-                lane: partition.clone(),
+                lane: lane.clone(),
                 first: offset,
                 next: offset + 1,
             });
         open.messages.push(Enlisted {
-            tp: partition.tp.clone(),
+            tp: tp.clone(),
             offset,
             pending,
         });
@@ -179,15 +214,22 @@ impl Transaction {
         every: Duration,
         mut stop: watch::Receiver<bool>,
     ) -> Result<(), TransactionFailed> {
+        let mut requests = (self.requested.lock().expect("requests lock").take())
+            .expect("one committing task per transaction");
         let mut tick = tokio::time::interval(every);
         loop {
-            tokio::select! {
+            let answer = tokio::select! {
                 biased;
                 _ = stop.wait_for(|stop| *stop) => return Ok(()),
-                _ = tick.tick() => {}
-                _ = self.wanted.notified() => {}
+                Some(answer) = requests.recv() => Some(answer),
+                _ = tick.tick() => None,
+                _ = self.wanted.notified() => None,
+            };
+            let committed = self.commit().await;
+            if let Some(answer) = answer {
+                let _ = answer.send(committed.clone());
             }
-            self.commit().await?;
+            committed?;
         }
     }
 
@@ -215,7 +257,7 @@ impl Transaction {
             .lock()
             .expect("group lock")
             .as_ref()
-            .and_then(Committer::group_metadata);
+            .and_then(Membership::group_metadata);
         let publisher = self.publisher.clone();
         let committing = positions.clone();
         let began = open.began.unwrap_or_else(Instant::now);
