@@ -142,8 +142,9 @@ impl Transaction {
     /// A blocking call that has the committing task (`run`) commit now and
     /// returns once the commit is decided; for threads that are not the
     /// runtime's (librdkafka's rebalance callback). Once the task has ended,
-    /// it returns at once: the task's last commit came after the last
-    /// message could enter.
+    /// it returns at once: the run is closing, lanes are finished, and the
+    /// run's own last `commit` (at close) settles what is left; or the
+    /// producer failed for good and nothing can be committed.
     pub(crate) fn committer(
         &self,
     ) -> impl Fn() -> Result<(), TransactionFailed> + Send + Sync + use<> {
