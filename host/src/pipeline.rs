@@ -98,32 +98,32 @@ pub(crate) struct Pipeline {
     telemetry: Arc<Telemetry>,
 }
 
-/// A handled message on its way through its effects.
-struct InFlight {
-    route: Arc<RouteHandler>,
+/// One message of a batch, from its handler call to its ack: the message,
+/// the version serving it, its trace, and what it holds until its ack.
+struct Job {
+    delivery: Delivery,
     handler: Arc<dyn Handler>,
     trace: MessageTrace,
-    partition: Arc<PartitionState>,
-    delivery: Delivery,
-    work: Work,
-    link: Link,
     slot: Slot,
     /// The bytes its outputs hold in the host's budget.
     held: Option<HeldBytes>,
 }
 
-/// A message whose effects are handed over, waiting for confirmations.
-struct Handed {
-    handler: Arc<dyn Handler>,
-    trace: MessageTrace,
-    delivery: Delivery,
-    pending: Vec<Pending>,
-    slot: Slot,
-    held: Option<HeldBytes>,
+/// A called message that waits in a task of its own (see `finish`).
+struct InFlight {
+    route: Arc<RouteHandler>,
+    partition: Arc<PartitionState>,
+    job: Job,
+    work: Work,
+    /// Its place on its ordering chain.
+    link: Link,
 }
 
-/// A fetched message with its slot, the version serving it and its trace.
-type Prepared = ((Delivery, Slot), (Arc<dyn Handler>, MessageTrace));
+/// A message whose effects are handed over, waiting for confirmations.
+struct Handed {
+    job: Job,
+    pending: Vec<Pending>,
+}
 
 impl Pipeline {
     pub(crate) fn new(
@@ -192,7 +192,7 @@ impl Pipeline {
             .map(|(m, h)| MessageTrace::open(m, h.as_ref(), &self.correlation_headers))
             .collect();
         let spans: Vec<_> = traces.iter().map(|t| t.span.clone()).collect();
-        let mut work = work.into_iter().zip(handlers.iter().cloned().zip(traces));
+        let mut fetched = work.into_iter().zip(handlers.iter().cloned()).zip(traces);
         let mut start = 0;
         while start < messages.len() {
             if start > 0 {
@@ -232,8 +232,21 @@ impl Pipeline {
                 self.shadows
                     .compare(&self.pool, shadow.handler.clone(), messages, served);
             }
-            let batch = (&mut work).take(called.len()).zip(called);
-            self.dispatch(&route, partition, batch, epoch).await;
+            let transactional = route.transaction.is_some();
+            // `take` first: zip would pull, and drop, one message past the batch.
+            let jobs = (&mut fetched).take(called.len()).zip(called).map(
+                |((((delivery, slot), handler), trace), (called, held))| {
+                    let job = Job {
+                        delivery,
+                        handler,
+                        trace,
+                        slot,
+                        held,
+                    };
+                    (job, work_for(&route.route, called, transactional))
+                },
+            );
+            self.dispatch(&route, partition, jobs, epoch).await;
             start = end;
         }
     }
@@ -243,34 +256,26 @@ impl Pipeline {
         self: &Arc<Self>,
         route: &Arc<RouteHandler>,
         partition: &Arc<PartitionState>,
-        batch: impl Iterator<Item = (Prepared, (Called, Option<HeldBytes>))>,
+        jobs: impl Iterator<Item = (Job, Work)>,
         epoch: u64,
     ) {
-        let transactional = route.transaction.is_some();
-        let work = batch.map(|(prepared, (called, held))| {
-            (
-                prepared,
-                held,
-                work_for(&route.route, called, transactional),
-            )
-        });
         if let Some(transaction) = &route.transaction {
-            let work = work.map(|(prepared, held, work)| match work {
-                Work::Done(outcome) => (prepared, held, outcome),
+            let jobs = jobs.map(|(job, work)| match work {
+                Work::Done(outcome) => (job, outcome),
                 Work::Decide(_) => unreachable!("work_for decides nothing in a transaction"),
             });
             return self
-                .transact(transaction, route, partition, work, epoch)
+                .transact(transaction, route, partition, jobs, epoch)
                 .await;
         }
         let mut handed = Vec::new();
-        for (((delivery, slot), (handler, trace)), held, work) in work {
+        for (job, work) in jobs {
             self.telemetry.consumed();
             let link = match &work {
                 Work::Decide(stream) => route.streams.join(Ordering::Key, Some(stream.as_bytes())),
                 Work::Done(_) => partition
                     .chains
-                    .join(route.route.ordering, delivery.message.key.as_deref()),
+                    .join(route.route.ordering, job.delivery.message.key.as_deref()),
             };
             let quick = match &work {
                 Work::Done(outcome) => outcome
@@ -283,36 +288,18 @@ impl Pipeline {
                     unreachable!("only a finished outcome is quick")
                 };
                 let pending = self
-                    .interpret(
-                        route,
-                        &handler,
-                        partition,
-                        &delivery.message,
-                        outcome,
-                        &trace,
-                    )
-                    .instrument(trace.span.clone())
+                    .interpret(route, partition, &job, outcome)
+                    .instrument(job.trace.span.clone())
                     .await;
                 drop(link);
-                handed.push(Handed {
-                    handler,
-                    trace,
-                    delivery,
-                    pending,
-                    slot,
-                    held,
-                });
+                handed.push(Handed { job, pending });
             } else {
                 let in_flight = InFlight {
                     route: route.clone(),
-                    handler,
-                    trace,
                     partition: partition.clone(),
-                    delivery,
+                    job,
                     work,
                     link,
-                    slot,
-                    held,
                 };
                 tokio::spawn(self.clone().finish(in_flight));
             }
@@ -323,7 +310,7 @@ impl Pipeline {
             let route = route.clone();
             tokio::spawn(async move {
                 for handed in handed {
-                    let span = handed.trace.span.clone();
+                    let span = handed.job.trace.span.clone();
                     pipeline
                         .conclude(&route, &partition, handed)
                         .instrument(span)
@@ -388,35 +375,38 @@ impl Pipeline {
         transaction: &Transaction,
         route: &RouteHandler,
         partition: &Arc<PartitionState>,
-        work: impl Iterator<Item = (Prepared, Option<HeldBytes>, Result<Vec<Output>, Refusal>)>,
+        jobs: impl Iterator<Item = (Job, Result<Vec<Output>, Refusal>)>,
         epoch: u64,
     ) {
         let inside = transaction.enter().await;
-        for (((delivery, slot), (handler, trace)), held, outcome) in work {
+        for (job, outcome) in jobs {
             self.telemetry.consumed();
-            if !partition.is_current(epoch) || !delivery.ack.is_current() {
+            if !partition.is_current(epoch) || !job.delivery.ack.is_current() {
                 break;
             }
-            let message = &delivery.message;
-            let pending = match transaction.refused(&partition.tp, message.offset) {
+            let offset = job.delivery.message.offset;
+            let pending = match transaction.refused(&partition.tp, offset) {
                 Some(failed) => {
                     let dead = interpreted(&route.route, failed);
-                    vec![
-                        self.dead_letter(route, &handler, partition, message, dead)
-                            .await,
-                    ]
+                    vec![self.dead_letter(route, partition, &job, dead).await]
                 }
                 None => {
-                    self.interpret(route, &handler, partition, message, outcome, &trace)
-                        .instrument(trace.span.clone())
+                    self.interpret(route, partition, &job, outcome)
+                        .instrument(job.trace.span.clone())
                         .await
                 }
             };
             for pending in pending {
-                transaction.enlist(&inside, &partition.tp, partition, message.offset, pending);
+                transaction.enlist(&inside, &partition.tp, partition, offset, pending);
             }
             // The transaction holds the records until it commits, and so
             // the bytes with the slot.
+            let Job {
+                delivery,
+                slot,
+                held,
+                ..
+            } = job;
             delivery.ack.finish_holding(Box::new((slot, held)));
         }
     }
@@ -427,59 +417,41 @@ impl Pipeline {
     async fn finish(self: Arc<Self>, in_flight: InFlight) {
         let InFlight {
             route,
-            handler,
-            trace,
             partition,
-            delivery,
+            mut job,
             work,
             mut link,
-            slot,
-            mut held,
         } = in_flight;
         link.wait().await;
         if matches!(work, Work::Decide(_)) {
             // Room for its state and its decision, taken before a turn so
             // that it never holds a turn others with bytes wait for.
-            held = Some(self.budget.hold(2 * handler.max_output_bytes()).await);
+            job.held = Some(self.budget.hold(2 * job.handler.max_output_bytes()).await);
         }
         let turn = partition.turn().await;
+        let span = job.trace.span.clone();
         let outcome = match work {
             Work::Done(outcome) => outcome,
             Work::Decide(stream) => {
-                let span = tracing::info_span!(parent: &trace.span, "decide", stream = %stream);
+                let decide = tracing::info_span!(parent: &span, "decide", stream = %stream);
                 let decided = self
-                    .decide(&route, &handler, &partition, &delivery.message, &stream)
-                    .instrument(span)
-                    .instrument(trace.span.clone())
+                    .decide(&route, &partition, &job, &stream)
+                    .instrument(decide)
+                    .instrument(span.clone())
                     .await;
-                if let (Some(held), Ok(outputs)) = (&mut held, &decided) {
+                if let (Some(held), Ok(outputs)) = (&mut job.held, &decided) {
                     held.resize(outputs.iter().map(|o| o.size() as u64).sum());
                 }
                 decided
             }
         };
         let pending = Box::pin(
-            self.interpret(
-                &route,
-                &handler,
-                &partition,
-                &delivery.message,
-                outcome,
-                &trace,
-            )
-            .instrument(trace.span.clone()),
+            self.interpret(&route, &partition, &job, outcome)
+                .instrument(span.clone()),
         )
         .await;
         drop((link, turn));
-        let span = trace.span.clone();
-        let handed = Handed {
-            handler,
-            trace,
-            delivery,
-            pending,
-            slot,
-            held,
-        };
+        let handed = Handed { job, pending };
         Box::pin(self.conclude(&route, &partition, handed).instrument(span)).await;
     }
 
@@ -489,11 +461,11 @@ impl Pipeline {
     async fn decide(
         &self,
         route: &RouteHandler,
-        handler: &Arc<dyn Handler>,
         partition: &PartitionState,
-        message: &Arc<Message>,
+        job: &Job,
         stream: &str,
     ) -> Result<Vec<Output>, Refusal> {
+        let (handler, message) = (&job.handler, &job.delivery.message);
         let started = Instant::now();
         let breaker = self.effects.store_breaker(&route.effects);
         let admission = breaker.admit(&partition.waiting).await;
@@ -540,13 +512,12 @@ impl Pipeline {
     async fn interpret(
         &self,
         route: &RouteHandler,
-        served: &Arc<dyn Handler>,
         partition: &PartitionState,
-        message: &Message,
+        job: &Job,
         outcome: Result<Vec<Output>, Refusal>,
-        trace: &MessageTrace,
     ) -> Vec<Pending> {
         let started = Instant::now();
+        let (served, message) = (&job.handler, job.delivery.message.as_ref());
         let handler = served.as_ref();
         let mut pending = Vec::new();
         let mut skipped = false;
@@ -567,7 +538,7 @@ impl Pipeline {
                             message,
                             handler,
                             outputs,
-                            trace,
+                            &job.trace,
                         )
                         .await;
                     pending.push(started);
@@ -599,10 +570,7 @@ impl Pipeline {
         self.telemetry
             .ended(handler.name(), handler.version(), ended);
         if let Some(dead) = dead {
-            pending.push(
-                self.dead_letter(route, served, partition, message, dead)
-                    .await,
-            );
+            pending.push(self.dead_letter(route, partition, job, dead).await);
         }
         self.telemetry
             .phase(Phase::Interpret)
@@ -613,14 +581,7 @@ impl Pipeline {
     /// Waits for the broker's confirmations (dead-lettering the message if a
     /// publish cannot be delivered), then acknowledges it and frees its slot.
     async fn conclude(&self, route: &RouteHandler, partition: &PartitionState, handed: Handed) {
-        let Handed {
-            handler,
-            trace,
-            delivery: Delivery { message, ack },
-            pending,
-            slot,
-            held,
-        } = handed;
+        let Handed { job, pending } = handed;
         let mut undelivered = None;
         for p in pending {
             if let Err(failed) = p.settle(&route.effects.retry, &partition.waiting).await {
@@ -629,16 +590,21 @@ impl Pipeline {
         }
         if let Some(failed) = undelivered {
             let dead = interpreted(&route.route, failed);
-            let late = self
-                .dead_letter(route, &handler, partition, &message, dead)
-                .await;
+            let late = self.dead_letter(route, partition, &job, dead).await;
             let _ = late.settle(&route.effects.retry, &partition.waiting).await;
         }
+        let Job {
+            delivery,
+            trace,
+            slot,
+            held,
+            ..
+        } = job;
         // Its records are confirmed: the bytes they held go back.
         drop(held);
         // The slot stays taken until the offset may be committed: the work
         // a crash could make sluice redo stays within the in-flight caps.
-        ack.finish_holding(Box::new(slot));
+        delivery.ack.finish_holding(Box::new(slot));
         self.telemetry
             .phase(Phase::EndToEnd)
             .observe(trace.started.elapsed());
@@ -648,11 +614,11 @@ impl Pipeline {
     async fn dead_letter(
         &self,
         route: &RouteHandler,
-        handler: &Arc<dyn Handler>,
         partition: &PartitionState,
-        message: &Message,
+        job: &Job,
         mut dead: DeadLetter,
     ) -> Pending {
+        let message = &job.delivery.message;
         let parks = route.route.on_dead_letter == OnDeadLetter::ParkKey;
         // Marked, so that the parking outlives this process (source::parked).
         dead.parks_key = parks;
@@ -668,7 +634,7 @@ impl Pipeline {
             );
         }
         self.effects
-            .dead_letter(&route.effects, message, handler.as_ref(), dead)
+            .dead_letter(&route.effects, message, job.handler.as_ref(), dead)
             .await
     }
 }
