@@ -447,7 +447,10 @@ impl Registry {
         let give_up = Instant::now() + (self.settle * 10).max(Duration::from_secs(5));
         loop {
             let seen = self.seen(name)?;
-            match self.refresh(name, &mut known, seen, SystemTime::now()) {
+            match self
+                .refresh(name, &mut known, seen, SystemTime::now())
+                .settle
+            {
                 Some(wait) if Instant::now() + wait < give_up => std::thread::sleep(wait),
                 Some(_) => {
                     tracing::warn!(handler = name, "starting without files that keep changing");
@@ -541,8 +544,8 @@ impl Registry {
         known: &mut Known,
         seen: Vec<Seen>,
         now: SystemTime,
-    ) -> Option<Duration> {
-        let mut unsettled: Option<Duration> = None;
+    ) -> Rescanned {
+        let mut done = Rescanned::default();
         let present: Vec<PathBuf> = seen.iter().map(|s| s.file.path.clone()).collect();
         for seen in seen {
             let path = seen.file.path.clone();
@@ -555,8 +558,7 @@ impl Registry {
             // A file changed within the settle time may still be being written.
             let age = now.duration_since(seen.modified).unwrap_or_default();
             if age < self.settle {
-                let wait = self.settle - age;
-                unsettled = Some(unsettled.map_or(wait, |w| w.min(wait)));
+                done.settle_within(self.settle - age);
                 continue;
             }
             let version = seen.file.version.to_string();
@@ -585,6 +587,7 @@ impl Registry {
                 entry.seen = seen;
                 continue;
             }
+            done.changed = true;
             let (checked, rejected) = match self.runtime.load_bytes(&path, &bytes, name, &version) {
                 Ok((handler, inspection)) => {
                     tracing::info!(
@@ -613,6 +616,7 @@ impl Registry {
         known.entries.retain(|path, entry| {
             let kept = present.contains(path);
             if !kept {
+                done.changed = true;
                 tracing::info!(
                     handler = name,
                     version = %entry.seen.file.version,
@@ -622,7 +626,7 @@ impl Registry {
             }
             kept
         });
-        unsettled
+        done
     }
 
     /// A chosen file put in service: the handler its check made, or (a
@@ -670,10 +674,9 @@ impl Registry {
         serving.shadow = reuse_or_serve(&choice.shadow, current.shadow.as_ref());
     }
 
-    /// Rescans the directory and swaps in what changed. Returns how long to
-    /// wait for files still being written.
-    pub(crate) fn rescan(&self) -> Result<Option<Duration>, ReadDirError> {
-        let mut wait: Option<Duration> = None;
+    /// Rescans the directory and swaps in what changed.
+    pub(crate) fn rescan(&self) -> Result<Rescanned, ReadDirError> {
+        let mut done = Rescanned::default();
         let scanned = files::scan(&self.dir)?;
         for (name, selection) in &self.selections {
             let mut known = selection.known.lock().expect("registry lock");
@@ -685,12 +688,14 @@ impl Registry {
                 .filter(|s| s.file.name == *name)
                 .cloned()
                 .collect();
-            if let Some(w) = self.refresh(name, &mut known, seen, SystemTime::now()) {
-                wait = Some(wait.map_or(w, |v| v.min(w)));
+            let refreshed = self.refresh(name, &mut known, seen, SystemTime::now());
+            done.changed |= refreshed.changed;
+            if let Some(wait) = refreshed.settle {
+                done.settle_within(wait);
             }
             self.reselect(selection, &mut known);
         }
-        Ok(wait)
+        Ok(done)
     }
 
     /// Recomputes what serves `selection` and swaps it in if it changed.
@@ -741,6 +746,23 @@ impl CanarySettings {
     /// The share of keys in basis points.
     fn share(&self) -> u32 {
         (self.percent * 100.0).round() as u32
+    }
+}
+
+/// What a rescan did.
+#[derive(Debug, Default)]
+pub(crate) struct Rescanned {
+    /// How long to wait for files still being written, if any are.
+    pub(crate) settle: Option<Duration>,
+    /// Whether a file was compiled or a version forgotten: the rescans
+    /// after which freed memory is worth giving back.
+    pub(crate) changed: bool,
+}
+
+impl Rescanned {
+    /// Looks again no later than `wait` from now.
+    fn settle_within(&mut self, wait: Duration) {
+        self.settle = Some(self.settle.map_or(wait, |w| w.min(wait)));
     }
 }
 

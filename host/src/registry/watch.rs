@@ -51,8 +51,16 @@ pub(crate) async fn watch(registry: Arc<Registry>, stop: watch::Receiver<bool>) 
             _ = tokio::time::sleep(wait) => {}
         }
         let registry = registry.clone();
-        settle = match tokio::task::spawn_blocking(move || registry.rescan()).await {
-            Ok(Ok(settle)) => settle,
+        settle = match tokio::task::spawn_blocking(move || {
+            let rescanned = registry.rescan();
+            if rescanned.as_ref().is_ok_and(|r| r.changed) {
+                give_back_freed_memory();
+            }
+            rescanned
+        })
+        .await
+        {
+            Ok(Ok(rescanned)) => rescanned.settle,
             Ok(Err(error)) => {
                 tracing::error!(%error, "cannot rescan handlers directory; the loaded versions keep serving");
                 None
@@ -60,6 +68,18 @@ pub(crate) async fn watch(registry: Arc<Registry>, stop: watch::Receiver<bool>) 
             Err(panic) => std::panic::resume_unwind(panic.into_panic()),
         };
     }
+}
+
+/// Compiling a version allocates tens of MiB, on this thread and on
+/// wasmtime's compile threads, all freed once it is loaded. mimalloc (the
+/// binary's allocator) returns freed pages to the system only after a delay
+/// (1 s), and only when some thread next frees a page or collects
+/// (`_mi_arenas_collect` in its page.c and theap.c); these threads go idle
+/// right after, so without this each swap left the host a few MiB bigger
+/// (P6: 1.16× the RSS after the first swap, against 1.05× with this).
+fn give_back_freed_memory() {
+    // SAFETY: mi_collect has no preconditions; it only frees what is unused.
+    unsafe { libmimalloc_sys::mi_collect(true) }
 }
 
 /// Resolves once `stop` turns true (or its sender is gone).
