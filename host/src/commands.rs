@@ -59,7 +59,7 @@ pub(crate) fn replay(args: ReplayArgs) -> anyhow::Result<ExitCode> {
         no_artifact_cache,
     } = args;
     let limits = Limits {
-        deadline_ms,
+        deadline: std::time::Duration::from_millis(deadline_ms),
         memory_mib,
         ..Limits::default()
     };

@@ -124,7 +124,7 @@ pub async fn run(
             let source =
                 KafkaSource::connect(config, &brokers, host.offsets.clone(), host.health.clone())?;
             let pace = Pace {
-                commit_every: Duration::from_millis(config.commit_interval_ms),
+                commit_every: config.commit_interval,
                 until_drained,
                 deadline: host.deadline,
             };
@@ -263,7 +263,7 @@ impl Host {
             transaction,
             shadows,
             stop_watching,
-            deadline: Duration::from_millis(config.shutdown_timeout_ms),
+            deadline: config.shutdown_timeout,
         };
         Ok((host, lanes))
     }

@@ -15,7 +15,6 @@ mod cache;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::Duration;
 
 use tokio::sync::OnceCell;
 
@@ -142,8 +141,8 @@ impl Decider {
     ) -> Result<Decided, DecideError> {
         let attempts = self.settings.conflict_attempts.max(1);
         let mut backoff = Backoff::new(
-            Duration::from_millis(self.settings.conflict_backoff_initial_ms),
-            Duration::from_millis(self.settings.conflict_backoff_max_ms),
+            self.settings.conflict_backoff_initial,
+            self.settings.conflict_backoff_max,
         );
         let mut attempt = 1;
         loop {

@@ -6,8 +6,6 @@
 //! hop-by-hop headers: such a request is refused (`invalid-request`), not
 //! sent without them, so its author learns why.
 
-use std::time::Duration;
-
 use reqwest::header::{HeaderName, HeaderValue};
 use reqwest::{Method, Url};
 
@@ -25,8 +23,8 @@ pub(crate) struct HttpClient {
 impl HttpClient {
     pub(crate) fn new(policy: &HttpPolicy) -> Result<HttpClient, reqwest::Error> {
         let client = reqwest::Client::builder()
-            .timeout(Duration::from_millis(policy.timeout_ms))
-            .connect_timeout(Duration::from_millis(policy.connect_timeout_ms))
+            .timeout(policy.timeout)
+            .connect_timeout(policy.connect_timeout)
             .redirect(reqwest::redirect::Policy::none())
             .build()?;
         let allow = policy

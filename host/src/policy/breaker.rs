@@ -181,7 +181,7 @@ impl Breaker {
                         if Instant::now() >= until =>
                     {
                         *state = BreakerState::HalfOpen {
-                            until: Instant::now() + Duration::from_millis(self.policy.open_ms),
+                            until: Instant::now() + self.policy.open,
                         };
                         tracing::info!(target_ = %self.target, "circuit breaker half-open: probing");
                         return Admission {
@@ -231,7 +231,7 @@ impl Breaker {
                     tracing::warn!(
                         target_ = %self.target,
                         failures = failures + 1,
-                        open_ms = self.policy.open_ms,
+                        open_ms = self.policy.open.as_millis() as u64,
                         "circuit breaker open"
                     );
                     self.opened()
@@ -251,7 +251,7 @@ impl Breaker {
 
     fn opened(&self) -> BreakerState {
         BreakerState::Open {
-            until: Instant::now() + Duration::from_millis(self.policy.open_ms),
+            until: Instant::now() + self.policy.open,
         }
     }
 }
@@ -359,7 +359,10 @@ mod tests {
     fn breaker(failures: u32, open_ms: u64) -> Breaker {
         Breaker::new(
             Target::Host("example:80".into()),
-            BreakerPolicy { failures, open_ms },
+            BreakerPolicy {
+                failures,
+                open: Duration::from_millis(open_ms),
+            },
         )
     }
 

@@ -53,12 +53,9 @@ pub(crate) struct Retries {
 impl Retries {
     pub(crate) fn new(policy: &RetryPolicy) -> Self {
         Retries {
-            backoff: Backoff::new(
-                Duration::from_millis(policy.initial_ms),
-                Duration::from_millis(policy.max_interval_ms),
-            ),
+            backoff: Backoff::new(policy.initial, policy.max_interval),
             max_attempts: policy.max_attempts,
-            max_elapsed: Duration::from_millis(policy.max_elapsed_ms),
+            max_elapsed: policy.max_elapsed,
             made: 0,
             counted: 0,
             started: Instant::now(),
@@ -110,10 +107,10 @@ mod tests {
     #[test]
     fn the_budget_ends_after_max_attempts() {
         let policy = RetryPolicy {
-            initial_ms: 1,
-            max_interval_ms: 1,
+            initial: Duration::from_millis(1),
+            max_interval: Duration::from_millis(1),
             max_attempts: 3,
-            max_elapsed_ms: 60_000,
+            max_elapsed: Duration::from_millis(60_000),
         };
         let mut retries = Retries::new(&policy);
         let mut delays = 0;
@@ -138,10 +135,10 @@ mod tests {
     #[test]
     fn the_budget_ends_after_max_elapsed_unless_excused() {
         let policy = RetryPolicy {
-            initial_ms: 1,
-            max_interval_ms: 1,
+            initial: Duration::from_millis(1),
+            max_interval: Duration::from_millis(1),
             max_attempts: 1000,
-            max_elapsed_ms: 50,
+            max_elapsed: Duration::from_millis(50),
         };
         let mut retries = Retries::new(&policy);
         retries.started -= Duration::from_millis(80);

@@ -230,8 +230,7 @@ impl Selection {
     }
 
     fn new(name: String, settings: HandlerSettings, serving: Serving, known: Known) -> Selection {
-        let window =
-            canary::Window::new(Duration::from_millis(settings.canary_settings().window_ms));
+        let window = canary::Window::new(settings.canary_settings().window);
         Selection {
             name,
             settings,
@@ -275,7 +274,7 @@ impl Selection {
         let reason = format!(
             "dead-lettered {dead} of {handled} messages ({:.0}%) within {} ms, over the {:.0}% allowed",
             rate * 100.0,
-            settings.window_ms,
+            settings.window.as_millis(),
             settings.max_dead_letter_rate * 100.0
         );
         let mut known = self.known.lock().expect("registry lock");
@@ -389,7 +388,7 @@ impl Registry {
         let mut registry = Registry {
             dir: config.resolve(&config.handlers_dir),
             runtime,
-            settle: Duration::from_millis(config.handler_settle_ms),
+            settle: config.handler_settle,
             selections: BTreeMap::new(),
         };
         for name in config.routes.iter().map(|r| r.handler.as_str()) {

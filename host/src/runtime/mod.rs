@@ -319,7 +319,7 @@ struct CallLimits {
 
 impl CallLimits {
     fn new(limits: &Limits, engine_fuel: bool) -> Self {
-        let deadline = limits.deadline();
+        let deadline = limits.deadline;
         // One extra tick so a call always gets at least its full deadline.
         let ticks = deadline.as_millis().div_ceil(EPOCH_TICK.as_millis()) as u64 + 1;
         CallLimits {

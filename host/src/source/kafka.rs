@@ -378,7 +378,7 @@ impl KafkaSource {
                 consumer: OnceLock::new(),
                 events,
                 revocations: Mutex::default(),
-                revoke_timeout: Duration::from_millis(config.revoke_timeout_ms),
+                revoke_timeout: config.revoke_timeout,
                 transactional: Arc::new(config.transactional_topics()),
                 before_release: OnceLock::new(),
                 reader,

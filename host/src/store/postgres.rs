@@ -62,11 +62,11 @@ impl PostgresStore {
             .url
             .parse()
             .map_err(|e| StoreError::Unavailable(format!("postgres url {:?}: {e}", config.url)))?;
-        pg.connect_timeout(Duration::from_millis(config.connect_timeout_ms));
+        pg.connect_timeout(config.connect_timeout);
         let store = PostgresStore {
             config: pg,
             schema: config.schema.clone(),
-            timeout: Duration::from_millis(config.timeout_ms),
+            timeout: config.timeout,
             slots: (0..config.connections.max(1))
                 .map(|_| Mutex::new(None))
                 .collect(),

@@ -1,0 +1,100 @@
+//! Where messages come from: a file, the embedded broker, or Kafka (with extra properties).
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+
+use serde::Deserialize;
+
+use super::problem::{Checked, broken, check_range};
+
+/// librdkafka properties sluice sets itself; overriding them would break its
+/// delivery guarantees.
+const RESERVED_KAFKA_PROPERTIES: &[&str] = &[
+    "bootstrap.servers",
+    "group.id",
+    "enable.auto.offset.store",
+    "enable.auto.commit",
+    "auto.commit.interval.ms",
+    "enable.idempotence",
+    "transactional.id",
+    "isolation.level",
+];
+
+/// Where messages come from.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(rename_all = "kebab-case", deny_unknown_fields)]
+pub struct Source {
+    /// Read messages from this JSONL file instead of consuming the brokers.
+    pub file: Option<PathBuf>,
+}
+
+/// The embedded broker (`brokers = "embedded"`).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(rename_all = "kebab-case", deny_unknown_fields)]
+pub struct Embedded {
+    /// Partitions of each routed topic.
+    #[serde(default = "default_partitions")]
+    pub partitions: i32,
+    /// JSONL files whose messages are produced into their topics at start.
+    #[serde(default)]
+    pub seed: Vec<PathBuf>,
+}
+
+impl Embedded {
+    pub(super) fn validate(&self) -> Checked {
+        check_range("embedded.partitions", self.partitions as u64, 1, 1000)
+    }
+}
+
+impl Default for Embedded {
+    fn default() -> Self {
+        Embedded {
+            partitions: default_partitions(),
+            seed: Vec::new(),
+        }
+    }
+}
+
+/// Extra librdkafka properties, passed through as given.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(rename_all = "kebab-case", deny_unknown_fields)]
+pub struct KafkaProperties {
+    /// Properties for the consumer.
+    #[serde(default)]
+    pub consumer: BTreeMap<String, String>,
+    /// Properties for the producer.
+    #[serde(default)]
+    pub producer: BTreeMap<String, String>,
+}
+
+impl KafkaProperties {
+    pub(super) fn validate(&self) -> Checked {
+        for (section, props) in [
+            ("kafka.consumer", &self.consumer),
+            ("kafka.producer", &self.producer),
+        ] {
+            if let Some(reserved) = props
+                .keys()
+                .find(|k| RESERVED_KAFKA_PROPERTIES.contains(&k.as_str()))
+            {
+                return broken(
+                    format!("{section}.\"{reserved}\""),
+                    "is set by sluice itself and cannot be overridden",
+                );
+            }
+        }
+        // Exactly-once commits are timed against it (see effects::publish).
+        if let Some(ms) = self.producer.get("transaction.timeout.ms") {
+            let key = "kafka.producer.\"transaction.timeout.ms\"";
+            let Ok(ms) = ms.parse() else {
+                return broken(key, format!("{ms:?} is not a number of milliseconds"));
+            };
+            check_range(key, ms, 1_000, 900_000)?;
+        }
+        Ok(())
+    }
+}
+
+fn default_partitions() -> i32 {
+    4
+}
