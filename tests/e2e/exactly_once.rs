@@ -255,3 +255,54 @@ fn a_broker_outage_aborts_and_retries_transactions_without_loss_or_repeats() {
     assert_eq!(read_committed(brokers, "in.dlq", 1).len(), 0);
     assert_committed_to_the_end(brokers, "eos-outage");
 }
+
+#[test]
+fn a_host_joining_mid_transaction_takes_partitions_without_loss_or_repeats() {
+    const TOTAL: usize = 4_000;
+    // 2 ms of handler time each: the first host is mid-stream, with a
+    // transaction open, when the second one joins and takes partitions.
+    let payloads = vec!["spin:2".to_owned(); TOTAL];
+    let (broker, scratch, config) = setup(&payloads, "eos-join");
+    let brokers = broker.bootstrap_servers();
+    let text = std::fs::read_to_string(&config).unwrap();
+    let second_config = scratch.write(
+        "exactly-once-second.toml",
+        text.replace("\"test-host\"", "\"test-host-2\""),
+    );
+
+    let first = Host::start(&scratch, "first", &config, &[]);
+    wait_until("outputs committed before the join", || {
+        count(brokers, "echo") >= 400
+    });
+    let second = Host::start(&scratch, "second", &second_config, &[]);
+    wait_until("the first host to give partitions up", || {
+        log_of(&scratch, "first").contains("partitions revoked")
+    });
+    wait_until("every input's output committed", || {
+        read_committed(brokers, "echo", PARTITIONS).len() >= TOTAL
+    });
+    for host in [&first, &second] {
+        host.signal(libc::SIGTERM);
+    }
+    first.wait_ok();
+    second.wait_ok();
+
+    let first_log = log_of(&scratch, "first");
+    let second_log = log_of(&scratch, "second");
+    let handled = |log: &str| log.matches("echo ").count();
+    eprintln!(
+        "first host handled {}, second {} of {TOTAL}",
+        handled(&first_log),
+        handled(&second_log)
+    );
+    assert!(
+        handled(&second_log) > 0,
+        "the second host took no partition"
+    );
+    assert!(
+        handled(&first_log) < TOTAL,
+        "the first host kept every partition"
+    );
+    assert_each_input_once(brokers, TOTAL, &format!("{first_log}\n{second_log}"));
+    assert_committed_to_the_end(brokers, "eos-join");
+}
