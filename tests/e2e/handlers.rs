@@ -265,6 +265,18 @@ fn broken_files_are_rejected_with_their_reason_while_the_old_version_serves() {
         5,
         "{metrics}"
     );
+    // The reasons (wasmtime's words about the files) stay inside their
+    // label values: every line is a comment or one series and its value.
+    let (head, body) = metrics.split_once("\r\n\r\n").unwrap();
+    assert!(head.contains("application/openmetrics-text"), "{head}");
+    for line in body.lines().filter(|l| !l.starts_with('#')) {
+        let (series, value) = line.rsplit_once(' ').unwrap_or_default();
+        assert!(
+            series.starts_with("sluice_") && value.parse::<f64>().is_ok(),
+            "a broken exposition line {line:?} in:\n{metrics}"
+        );
+    }
+    assert!(metrics.contains("version=\"6.0.0\",state=\"rejected\",reason=\""));
 
     // The good version serves while the broken ones sit there.
     produce(&broker, 0, 100, 10, &|i| format!("m{i}"));

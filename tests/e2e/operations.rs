@@ -139,7 +139,7 @@ fn metrics_count_a_known_run_exactly() {
         ("sluice_stage_seconds_count{stage=\"interpret\"}", 9.0),
         ("sluice_stage_seconds_count{stage=\"end-to-end\"}", 9.0),
         (
-            "sluice_stage_seconds_bucket{stage=\"end-to-end\",le=\"+Inf\"}",
+            "sluice_stage_seconds_bucket{le=\"+Inf\",stage=\"end-to-end\"}",
             9.0,
         ),
         ("sluice_stage_seconds_count{stage=\"decide\"}", 0.0),
@@ -150,6 +150,9 @@ fn metrics_count_a_known_run_exactly() {
     for (series, value) in expect {
         assert_eq!(metric(&page, series), Some(value), "{series} in:\n{page}");
     }
+    // OpenMetrics text: every family typed once, and the end marked.
+    assert!(page.ends_with("# EOF\n"), "{page}");
+    assert_eq!(page.matches("# TYPE sluice_messages counter").count(), 1);
     // The worker that served keeps its instance, and the instance its memory.
     let version = "{handler=\"test-faults\",version=\"0.1.0\"}";
     let instances = metric(&page, &format!("sluice_instances{version}")).unwrap();

@@ -1,5 +1,5 @@
 //! The admin HTTP server: `/handlers` (every handler version and its state,
-//! JSON; what `sluice handlers` shows), `/metrics` (Prometheus text),
+//! JSON; what `sluice handlers` shows), `/metrics` (OpenMetrics text, metrics.rs),
 //! `/healthz` (the process serves) and `/readyz` (the group is joined and no
 //! circuit breaker is open; every route has a version serving from start),
 //! and the status page at `/`. It listens where `[admin] listen` says (a
@@ -11,7 +11,6 @@
 //! `POST /routes/{topic}/unpark?partition=P&key=K&through=O`, which
 //! `sluice redrive` calls once a parked key's dead letters are re-driven.
 
-use std::fmt::Write as _;
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
@@ -26,13 +25,14 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 
 use crate::policy::breaker::Breakers;
-use crate::registry::{Registry, VersionState, stopped};
+use crate::registry::{Registry, stopped};
 use crate::schedule::Controls;
 use crate::schedule::chains::Unpark;
 use crate::source::offsets::Offsets;
-use crate::telemetry::{Health, Telemetry, label};
+use crate::telemetry::{Health, Telemetry};
 use crate::workers::budget::ByteBudget;
 
+mod metrics;
 mod page;
 
 /// What the endpoints read.
@@ -137,7 +137,7 @@ pub(crate) async fn serve(listener: TcpListener, state: State, stop: watch::Rece
     let app = Router::new()
         .route("/", get(status_page))
         .route("/handlers", get(handlers))
-        .route("/metrics", get(metrics))
+        .route("/metrics", get(metrics::metrics))
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .route("/routes/{topic}/pause", post(pause))
@@ -283,123 +283,4 @@ async fn handlers(Extract(state): Extract<State>) -> impl IntoResponse {
     let body =
         serde_json::to_string_pretty(&state.parts.registry.status()).expect("statuses serialize");
     ([(CONTENT_TYPE, "application/json")], body)
-}
-
-async fn metrics(Extract(state): Extract<State>) -> impl IntoResponse {
-    let mut out = String::new();
-    out.push_str("# HELP sluice_handler_version_info Handler version files and their state.\n");
-    out.push_str("# TYPE sluice_handler_version_info gauge\n");
-    for v in state.parts.registry.status() {
-        let (state, reason) = match &v.state {
-            VersionState::Active => ("active", None),
-            VersionState::Canary { .. } => ("canary", None),
-            VersionState::Shadow => ("shadow", None),
-            VersionState::Standby => ("standby", None),
-            VersionState::Rejected { reason } => ("rejected", Some(reason)),
-            VersionState::RolledBack { reason } => ("rolled-back", Some(reason)),
-        };
-        let _ = write!(
-            out,
-            "sluice_handler_version_info{{handler=\"{}\",version=\"{}\",state=\"{state}\"",
-            label(&v.handler),
-            label(&v.version)
-        );
-        if let Some(reason) = reason {
-            let _ = write!(out, ",reason=\"{}\"", label(reason));
-        }
-        out.push_str("} 1\n");
-    }
-    out.push_str("# HELP sluice_handler_swaps_total Handler version swaps since start.\n");
-    out.push_str("# TYPE sluice_handler_swaps_total counter\n");
-    let _ = writeln!(
-        out,
-        "sluice_handler_swaps_total {}",
-        state.parts.registry.swaps()
-    );
-    state.parts.telemetry.write_metrics(&mut out);
-    state.parts.breakers.write_metrics(&mut out);
-    out.push_str("# HELP sluice_instances Live instances per handler version in service.\n");
-    out.push_str("# TYPE sluice_instances gauge\n");
-    let serving = state.parts.registry.serving_handlers();
-    let gauges = || {
-        serving.iter().filter_map(|h| {
-            let labels = format!(
-                "handler=\"{}\",version=\"{}\"",
-                label(h.name()),
-                label(h.version())
-            );
-            h.gauges().map(|g| (labels, g))
-        })
-    };
-    for (labels, g) in gauges() {
-        let _ = writeln!(out, "sluice_instances{{{labels}}} {}", g.instances());
-    }
-    out.push_str(
-        "# HELP sluice_guest_memory_bytes Linear memory held by a version's live instances.\n",
-    );
-    out.push_str("# TYPE sluice_guest_memory_bytes gauge\n");
-    for (labels, g) in gauges() {
-        let _ = writeln!(
-            out,
-            "sluice_guest_memory_bytes{{{labels}}} {}",
-            g.memory_bytes()
-        );
-    }
-    out.push_str("# HELP sluice_guest_log_lines_dropped_total Guest log lines (stdout, stderr, log outputs) dropped over the rate limit.\n");
-    out.push_str("# TYPE sluice_guest_log_lines_dropped_total counter\n");
-    for (labels, g) in gauges() {
-        let _ = writeln!(
-            out,
-            "sluice_guest_log_lines_dropped_total{{{labels}}} {}",
-            g.log_lines_dropped()
-        );
-    }
-    state.parts.health.write_metrics(&mut out);
-    let budget = &state.parts.budget;
-    gauge(
-        &mut out,
-        "sluice_held_output_bytes",
-        "Bytes of handler outputs held while their effects run.",
-        budget.held(),
-    );
-    gauge(
-        &mut out,
-        "sluice_held_output_bytes_cap",
-        "The host's cap on them (max-in-flight-mib).",
-        budget.cap(),
-    );
-    gauge(
-        &mut out,
-        "sluice_in_flight",
-        "Messages received and not yet committed.",
-        state.parts.offsets.in_flight(),
-    );
-    out.push_str("# HELP sluice_route_paused Whether an operator paused the route.\n");
-    out.push_str("# TYPE sluice_route_paused gauge\n");
-    for (topic, _) in state.routes.iter() {
-        let paused = u8::from(state.parts.controls.is_paused(topic));
-        let _ = writeln!(
-            out,
-            "sluice_route_paused{{topic=\"{}\"}} {paused}",
-            label(topic)
-        );
-    }
-    out.push_str("# HELP sluice_parked_keys Keys parked per partition assigned here.\n");
-    out.push_str("# TYPE sluice_parked_keys gauge\n");
-    for ((topic, partition), keys) in state.parts.controls.parked_keys() {
-        let _ = writeln!(
-            out,
-            "sluice_parked_keys{{topic=\"{}\",partition=\"{partition}\"}} {keys}",
-            label(&topic)
-        );
-    }
-    ([(CONTENT_TYPE, "text/plain; version=0.0.4")], out)
-}
-
-/// One unlabelled gauge, with its help and type lines.
-fn gauge(out: &mut String, name: &str, help: &str, value: impl std::fmt::Display) {
-    let _ = writeln!(
-        out,
-        "# HELP {name} {help}\n# TYPE {name} gauge\n{name} {value}"
-    );
 }

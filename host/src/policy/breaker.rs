@@ -9,6 +9,8 @@ use std::collections::HashMap;
 use std::fmt;
 use std::sync::atomic::{AtomicU64, Ordering as AtomicOrdering};
 use std::sync::{Arc, Mutex};
+
+use crate::telemetry::exposition::Exposition;
 use std::time::{Duration, Instant};
 
 use tokio::sync::{Notify, watch};
@@ -283,9 +285,8 @@ impl Breakers {
     }
 
     /// Each target's breaker state (0 closed, 1 open, 2 half-open) and
-    /// retries, in Prometheus text.
-    pub(crate) fn write_metrics(&self, out: &mut String) {
-        use std::fmt::Write as _;
+    /// retries, for `/metrics`.
+    pub(crate) fn encode(&self, metrics: &mut Exposition) -> std::fmt::Result {
         let all: Vec<Arc<Breaker>> = [&self.topics, &self.hosts, &self.store]
             .into_iter()
             .flat_map(|map| {
@@ -296,24 +297,29 @@ impl Breakers {
                     .collect::<Vec<_>>()
             })
             .collect();
-        out.push_str("# HELP sluice_breaker_state Circuit breaker per effect target: 0 closed, 1 open, 2 half-open.\n");
-        out.push_str("# TYPE sluice_breaker_state gauge\n");
-        for breaker in &all {
-            let state = match breaker.state() {
-                BreakerState::Closed { .. } => 0,
-                BreakerState::Open { .. } => 1,
-                BreakerState::HalfOpen { .. } => 2,
-            };
-            let target = crate::telemetry::label(&breaker.target.to_string());
-            let _ = writeln!(out, "sluice_breaker_state{{target=\"{target}\"}} {state}");
-        }
-        out.push_str("# HELP sluice_retries_total Effect attempts retried after a transient failure, per target.\n");
-        out.push_str("# TYPE sluice_retries_total counter\n");
-        for breaker in &all {
-            let target = crate::telemetry::label(&breaker.target.to_string());
-            let retries = breaker.retries.load(AtomicOrdering::Relaxed);
-            let _ = writeln!(out, "sluice_retries_total{{target=\"{target}\"}} {retries}");
-        }
+        let target = |breaker: &Breaker| vec![("target", breaker.target.to_string())];
+        metrics.gauge(
+            "sluice_breaker_state",
+            "Circuit breaker per effect target: 0 closed, 1 open, 2 half-open.",
+            all.iter().map(|breaker| {
+                let state = match breaker.state() {
+                    BreakerState::Closed { .. } => 0,
+                    BreakerState::Open { .. } => 1,
+                    BreakerState::HalfOpen { .. } => 2,
+                };
+                (target(breaker), state)
+            }),
+        )?;
+        metrics.counter(
+            "sluice_retries_total",
+            "Effect attempts retried after a transient failure, per target.",
+            all.iter().map(|breaker| {
+                (
+                    target(breaker),
+                    breaker.retries.load(AtomicOrdering::Relaxed),
+                )
+            }),
+        )
     }
 
     /// The targets whose breaker is open or half-open, by name.

@@ -1,6 +1,5 @@
 //! Latency histograms in Prometheus form: fixed buckets, lock-free.
 
-use std::fmt::Write as _;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
@@ -52,19 +51,20 @@ impl Histogram {
         Some(Duration::from_secs_f64(BOUNDS[BOUNDS.len() - 1]))
     }
 
-    /// Writes the series of metric `name` with extra `labels` (`a="b",`).
-    pub(crate) fn write(&self, out: &mut String, name: &str, labels: &str) {
-        let mut cumulative = 0;
-        for (bucket, bound) in self.buckets.iter().zip(BOUNDS) {
-            cumulative += bucket.load(Ordering::Relaxed);
-            let _ = writeln!(out, "{name}_bucket{{{labels}le=\"{bound}\"}} {cumulative}");
-        }
-        let count = self.count();
-        let _ = writeln!(out, "{name}_bucket{{{labels}le=\"+Inf\"}} {count}");
+    /// The sum of durations in seconds, their count, and each bucket's own
+    /// count by upper bound (not cumulative; `+Inf` last), as exposed.
+    pub(crate) fn snapshot(&self) -> (f64, u64, Vec<(f64, u64)>) {
+        let mut buckets: Vec<(f64, u64)> = BOUNDS
+            .iter()
+            .zip(&self.buckets)
+            .map(|(bound, n)| (*bound, n.load(Ordering::Relaxed)))
+            .collect();
+        let bounded: u64 = buckets.iter().map(|(_, n)| n).sum();
+        // `max`: an observation may be in its bucket and not yet counted.
+        let count = self.count().max(bounded);
+        buckets.push((f64::INFINITY, count - bounded));
         let sum = self.sum_micros.load(Ordering::Relaxed) as f64 / 1e6;
-        let trimmed = labels.trim_end_matches(',');
-        let _ = writeln!(out, "{name}_sum{{{trimmed}}} {sum}");
-        let _ = writeln!(out, "{name}_count{{{trimmed}}} {count}");
+        (sum, count, buckets)
     }
 }
 
@@ -78,21 +78,20 @@ mod tests {
         for ms in [1, 2, 3, 40, 900] {
             h.observe(Duration::from_millis(ms));
         }
-        let mut out = String::new();
-        h.write(&mut out, "t", "stage=\"x\",");
-        assert!(
-            out.contains("t_bucket{stage=\"x\",le=\"0.001\"} 1\n"),
-            "{out}"
-        );
-        assert!(
-            out.contains("t_bucket{stage=\"x\",le=\"0.005\"} 3\n"),
-            "{out}"
-        );
-        assert!(
-            out.contains("t_bucket{stage=\"x\",le=\"+Inf\"} 5\n"),
-            "{out}"
-        );
-        assert!(out.contains("t_count{stage=\"x\"} 5\n"), "{out}");
+        let (sum, count, buckets) = h.snapshot();
+        assert_eq!(count, 5);
+        assert!((sum - 0.946).abs() < 1e-9, "{sum}");
+        let count_under = |bound: f64| -> u64 {
+            buckets
+                .iter()
+                .filter(|(b, _)| *b <= bound)
+                .map(|(_, n)| n)
+                .sum()
+        };
+        assert_eq!(count_under(0.001), 1);
+        assert_eq!(count_under(0.005), 3);
+        assert_eq!(count_under(1.0), 5);
+        assert_eq!(buckets.last(), Some(&(f64::INFINITY, 0)));
         // The median (3 ms) lies in the bucket up to 5 ms; 2 of 5 are under 2.5 ms.
         assert_eq!(h.quantile(0.5), Some(Duration::from_secs_f64(0.005)));
         assert_eq!(h.quantile(0.4), Some(Duration::from_secs_f64(0.0025)));

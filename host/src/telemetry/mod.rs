@@ -2,6 +2,7 @@
 //! record of each confirmed publish and dead letter, with a readable summary.
 
 pub mod decider;
+pub(crate) mod exposition;
 mod histogram;
 mod log_format;
 pub(crate) mod trace;
@@ -10,7 +11,7 @@ pub use histogram::Histogram;
 pub use log_format::EscapedFields;
 
 use std::collections::BTreeMap;
-use std::fmt::Write as _;
+use std::fmt::{self, Write as _};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
@@ -18,6 +19,7 @@ use base64::Engine as _;
 
 use crate::contract::Message;
 use decider::{DeciderCounts, DeciderStats};
+use exposition::{Exposition, single};
 
 /// Where a record came from: the input message and the handler that ran it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -165,17 +167,19 @@ impl Health {
         self.lags.lock().expect("lags lock").clone()
     }
 
-    /// The lags in Prometheus text.
-    pub(crate) fn write_metrics(&self, out: &mut String) {
-        out.push_str("# HELP sluice_consumer_lag Messages between the committed offset and the end, per assigned partition.\n");
-        out.push_str("# TYPE sluice_consumer_lag gauge\n");
-        for ((topic, partition), lag) in self.lags.lock().expect("lags lock").iter() {
-            let topic = label(topic);
-            let _ = writeln!(
-                out,
-                "sluice_consumer_lag{{topic=\"{topic}\",partition=\"{partition}\"}} {lag}"
-            );
-        }
+    /// The lags, for `/metrics`.
+    pub(crate) fn encode(&self, metrics: &mut Exposition) -> fmt::Result {
+        let lags = self.current_lags();
+        metrics.gauge(
+            "sluice_consumer_lag",
+            "Messages between the committed offset and the end, per assigned partition.",
+            lags.into_iter().map(|((topic, partition), lag)| {
+                (
+                    vec![("topic", topic), ("partition", partition.to_string())],
+                    lag,
+                )
+            }),
+        )
     }
 
     pub(crate) fn joined(&self) {
@@ -389,21 +393,28 @@ impl Telemetry {
         counts[index].2[outcome as usize] += 1;
     }
 
-    /// The counters in Prometheus text format.
-    pub(crate) fn write_metrics(&self, out: &mut String) {
-        out.push_str("# HELP sluice_messages_total Messages by handler version and outcome.\n");
-        out.push_str("# TYPE sluice_messages_total counter\n");
-        for (handler, version, counts) in self.by_version.lock().expect("counts lock").iter() {
-            for (outcome, count) in Outcome::ALL.iter().zip(counts) {
-                let _ = writeln!(
-                    out,
-                    "sluice_messages_total{{handler=\"{}\",version=\"{}\",outcome=\"{}\"}} {count}",
-                    label(handler),
-                    label(version),
-                    outcome.as_str()
-                );
-            }
-        }
+    /// The counters and stage histograms, for `/metrics`.
+    pub(crate) fn encode(&self, metrics: &mut Exposition) -> fmt::Result {
+        let by_version = self.by_version();
+        metrics.counter(
+            "sluice_messages_total",
+            "Messages by handler version and outcome.",
+            by_version
+                .into_iter()
+                .flat_map(|(handler, version, counts)| {
+                    Outcome::ALL
+                        .iter()
+                        .zip(counts)
+                        .map(move |(outcome, count)| {
+                            let labels = vec![
+                                ("handler", handler.clone()),
+                                ("version", version.clone()),
+                                ("outcome", outcome.as_str().to_owned()),
+                            ];
+                            (labels, count)
+                        })
+                }),
+        )?;
         for (name, help, value) in [
             (
                 "sluice_consumed_total",
@@ -436,28 +447,33 @@ impl Telemetry {
                 &self.shadow_skipped,
             ),
         ] {
-            let _ = writeln!(
-                out,
-                "# HELP {name} {help}\n# TYPE {name} counter\n{name} {}",
-                value.load(Ordering::Relaxed)
-            );
+            metrics.counter(name, help, single(value.load(Ordering::Relaxed)))?;
         }
-        out.push_str("# HELP sluice_dead_letters_by_reason_total Dead letters confirmed, by stage and reason.\n");
-        out.push_str("# TYPE sluice_dead_letters_by_reason_total counter\n");
-        for ((stage, reason), count) in self.dead_letters.lock().expect("dead letters lock").iter()
-        {
-            let _ = writeln!(
-                out,
-                "sluice_dead_letters_by_reason_total{{stage=\"{stage}\",reason=\"{reason}\"}} {count}"
-            );
-        }
-        out.push_str("# HELP sluice_stage_seconds Time messages spend per stage.\n");
-        out.push_str("# TYPE sluice_stage_seconds histogram\n");
-        for phase in Phase::ALL {
-            let labels = format!("stage=\"{}\",", phase.as_str());
-            self.phase(phase)
-                .write(out, "sluice_stage_seconds", &labels);
-        }
+        let dead_letters: Vec<_> = self
+            .dead_letters
+            .lock()
+            .expect("dead letters lock")
+            .iter()
+            .map(|((stage, reason), count)| {
+                let labels = vec![("stage", stage.to_string()), ("reason", reason.to_string())];
+                (labels, *count)
+            })
+            .collect();
+        metrics.counter(
+            "sluice_dead_letters_by_reason_total",
+            "Dead letters confirmed, by stage and reason.",
+            dead_letters,
+        )?;
+        metrics.histogram(
+            "sluice_stage_seconds",
+            "Time messages spend per stage.",
+            Phase::ALL.into_iter().map(|phase| {
+                (
+                    vec![("stage", phase.as_str().to_owned())],
+                    self.phase(phase).as_ref(),
+                )
+            }),
+        )?;
         let decider = self.decider.counts();
         for (name, help, value) in [
             (
@@ -496,11 +512,9 @@ impl Telemetry {
                 decider.cache_hits,
             ),
         ] {
-            let _ = writeln!(
-                out,
-                "# HELP {name} {help}\n# TYPE {name} counter\n{name} {value}"
-            );
+            metrics.counter(name, help, single(value))?;
         }
+        Ok(())
     }
 
     /// Whether records are kept (so callers can skip building them).
@@ -643,12 +657,4 @@ impl RunReport {
         }
         out
     }
-}
-
-/// A Prometheus label value: backslash, quote and newline escaped.
-pub(crate) fn label(value: &str) -> String {
-    value
-        .replace('\\', "\\\\")
-        .replace('"', "\\\"")
-        .replace('\n', "\\n")
 }
