@@ -10,7 +10,7 @@ use prometheus_client::registry::Registry as Metrics;
 
 use super::State;
 use crate::registry::VersionState;
-use crate::telemetry::exposition::{Exposition, Labels, level, single};
+use crate::telemetry::exposition::{Exposition, level, partition_labels, single, version_labels};
 
 /// The exposition's media type (what Prometheus asks for first).
 const OPENMETRICS: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
@@ -50,11 +50,8 @@ impl Collector for Scrape {
                     VersionState::Rejected { reason } => ("rejected", Some(reason)),
                     VersionState::RolledBack { reason } => ("rolled-back", Some(reason)),
                 };
-                let mut labels: Labels = vec![
-                    ("handler", v.handler),
-                    ("version", v.version),
-                    ("state", state.to_owned()),
-                ];
+                let mut labels = version_labels(&v.handler, &v.version);
+                labels.push(("state", state.to_owned()));
                 labels.extend(reason.map(|reason| ("reason", reason)));
                 (labels, 1)
             }),
@@ -69,11 +66,8 @@ impl Collector for Scrape {
         let serving = parts.registry.serving_handlers();
         let gauges = || {
             serving.iter().filter_map(|h| {
-                let labels: Labels = vec![
-                    ("handler", h.name().to_owned()),
-                    ("version", h.version().to_owned()),
-                ];
-                h.gauges().map(|g| (labels, g))
+                h.gauges()
+                    .map(|g| (version_labels(h.name(), h.version()), g))
             })
         };
         metrics.gauge(
@@ -127,8 +121,7 @@ impl Collector for Scrape {
                 .parked_keys()
                 .into_iter()
                 .map(|((topic, partition), keys)| {
-                    let labels = vec![("topic", topic), ("partition", partition.to_string())];
-                    (labels, level(keys))
+                    (partition_labels(topic, partition), level(keys))
                 }),
         )
     }

@@ -9,13 +9,12 @@ use std::collections::HashMap;
 use std::fmt;
 use std::sync::atomic::{AtomicU64, Ordering as AtomicOrdering};
 use std::sync::{Arc, Mutex};
-
-use crate::telemetry::exposition::Exposition;
 use std::time::{Duration, Instant};
 
 use tokio::sync::{Notify, watch};
 
 use crate::config::BreakerPolicy;
+use crate::telemetry::exposition::Exposition;
 
 /// What an effect acts on; each has its own breaker.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]

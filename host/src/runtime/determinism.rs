@@ -178,9 +178,9 @@ struct SeededRandom {
     seed: [u8; 32],
     /// A message's place (topic, 0, partition, offset), not hashed into
     /// `seed` until the guest first asks for bytes: most handlers never do,
-    /// and the two SHA-256 it takes were a cost on every call.
+    /// and the two SHA-256 it takes were a cost on every call. Empty once
+    /// hashed (a place never is).
     place: Vec<u8>,
-    seeded: bool,
     counter: u64,
     block: [u8; 32],
     used: usize,
@@ -191,7 +191,6 @@ impl SeededRandom {
         SeededRandom {
             seed: Sha256::digest(seed).into(),
             place: Vec::new(),
-            seeded: true,
             counter: 0,
             block: [0; 32],
             used: 32,
@@ -206,15 +205,14 @@ impl SeededRandom {
         self.place.push(0);
         self.place.extend_from_slice(&msg.partition.to_be_bytes());
         self.place.extend_from_slice(&msg.offset.to_be_bytes());
-        self.seeded = false;
         self.counter = 0;
         self.used = self.block.len();
     }
 
     fn fill(&mut self, mut dst: &mut [u8]) {
-        if !self.seeded {
+        if !self.place.is_empty() {
             self.seed = Sha256::digest(Sha256::digest(&self.place)).into();
-            self.seeded = true;
+            self.place.clear();
         }
         while !dst.is_empty() {
             if self.used == self.block.len() {

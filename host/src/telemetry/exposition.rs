@@ -80,6 +80,19 @@ impl<'a> Exposition<'a> {
     }
 }
 
+/// The labels of a handler version's series.
+pub(crate) fn version_labels(handler: &str, version: &str) -> Labels {
+    vec![
+        ("handler", handler.to_owned()),
+        ("version", version.to_owned()),
+    ]
+}
+
+/// The labels of a partition's series.
+pub(crate) fn partition_labels(topic: String, partition: i32) -> Labels {
+    vec![("topic", topic), ("partition", partition.to_string())]
+}
+
 /// One unlabelled series.
 pub(crate) fn single<V>(value: V) -> [(Labels, V); 1] {
     [(Vec::new(), value)]

@@ -19,7 +19,7 @@ use base64::Engine as _;
 
 use crate::contract::Message;
 use decider::{DeciderCounts, DeciderStats};
-use exposition::{Exposition, single};
+use exposition::{Exposition, partition_labels, single, version_labels};
 
 /// Where a record came from: the input message and the handler that ran it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -173,12 +173,8 @@ impl Health {
         metrics.gauge(
             "sluice_consumer_lag",
             "Messages between the committed offset and the end, per assigned partition.",
-            lags.into_iter().map(|((topic, partition), lag)| {
-                (
-                    vec![("topic", topic), ("partition", partition.to_string())],
-                    lag,
-                )
-            }),
+            lags.into_iter()
+                .map(|((topic, partition), lag)| (partition_labels(topic, partition), lag)),
         )
     }
 
@@ -406,11 +402,8 @@ impl Telemetry {
                         .iter()
                         .zip(counts)
                         .map(move |(outcome, count)| {
-                            let labels = vec![
-                                ("handler", handler.clone()),
-                                ("version", version.clone()),
-                                ("outcome", outcome.as_str().to_owned()),
-                            ];
+                            let mut labels = version_labels(&handler, &version);
+                            labels.push(("outcome", outcome.as_str().to_owned()));
                             (labels, count)
                         })
                 }),
