@@ -286,40 +286,50 @@ impl PartitionFeed {
     /// is registered as in flight.
     pub(crate) async fn next_batch(&mut self, batch: &mut Vec<Delivery>, max: usize) -> usize {
         let mut stream = self.queue.stream();
-        let mut received = 0;
-        while received < max {
-            let next = if received == 0 {
-                stream.next().await
-            } else {
-                match stream.next().now_or_never() {
-                    Some(next) => next,
+        let mut fetched = Vec::with_capacity(max);
+        loop {
+            while fetched.len() < max {
+                let next = if fetched.is_empty() {
+                    stream.next().await
+                } else {
+                    match stream.next().now_or_never() {
+                        Some(next) => next,
+                        None => break,
+                    }
+                };
+                match next {
+                    Some(Ok(message)) => fetched.push(owned(&message)),
+                    // librdkafka recovers from fetch errors by itself.
+                    Some(Err(error)) => tracing::warn!(%error, "partition consumer error"),
                     None => break,
                 }
-            };
-            match next {
-                Some(Ok(message)) => {
-                    // None: the partition is being let go.
-                    if let Some(delivery) = delivery(&message, &self.offsets) {
-                        batch.push(delivery);
-                        received += 1;
-                    }
+            }
+            if fetched.is_empty() {
+                return 0;
+            }
+            // One trip through the offsets' lock per batch, not per message:
+            // every lane's messages begin and settle under that lock.
+            let offsets = fetched.iter().map(|m| m.offset);
+            match self.offsets.begin_all(self.tp.clone(), offsets) {
+                Some(acks) => {
+                    let received = fetched.len();
+                    batch.extend(
+                        fetched
+                            .into_iter()
+                            .zip(acks)
+                            .map(|(message, ack)| Delivery {
+                                message: Arc::new(message),
+                                ack,
+                            }),
+                    );
+                    return received;
                 }
-                // librdkafka recovers from fetch errors by itself.
-                Some(Err(error)) => tracing::warn!(%error, "partition consumer error"),
-                None => break,
+                // The partition is being let go: its messages are left for
+                // its next owner, and the lane waits for its stop.
+                None => fetched.clear(),
             }
         }
-        received
     }
-}
-
-fn delivery(borrowed: &BorrowedMessage<'_>, offsets: &Arc<Offsets>) -> Option<Delivery> {
-    let tp = (borrowed.topic().to_owned(), borrowed.partition());
-    let ack = offsets.begin(tp, borrowed.offset())?;
-    Some(Delivery {
-        message: Arc::new(owned(borrowed)),
-        ack,
-    })
 }
 
 /// A message that arrived on the main queue instead of its partition's:

@@ -113,10 +113,23 @@ impl Offsets {
     /// Records that a message was received and is now in flight; `None` if
     /// its partition is being let go (the message is left for its next owner).
     pub(crate) fn begin(self: &Arc<Self>, tp: TopicPartition, offset: i64) -> Option<Ack> {
+        self.begin_all(tp, std::iter::once(offset))?.pop()
+    }
+
+    /// `begin` for messages of one partition, under one lock: an ack per
+    /// offset, in order, or `None` if the partition is being let go.
+    pub(crate) fn begin_all(
+        self: &Arc<Self>,
+        tp: TopicPartition,
+        offsets: impl ExactSizeIterator<Item = i64>,
+    ) -> Option<Vec<Ack>> {
         let mut partitions = self.partitions.lock().expect("offsets lock");
         if partitions.closing.contains(&tp) {
             return None;
         }
+        let count = offsets.len();
+        let mut offsets = offsets.peekable();
+        let first = *offsets.peek()?;
         let state = partitions
             .offsets
             .entry(tp.clone())
@@ -124,19 +137,24 @@ impl Offsets {
                 generation: self.generations.fetch_add(1, Ordering::Relaxed),
                 in_flight: BTreeSet::new(),
                 held: BTreeMap::new(),
-                next: offset,
+                next: first,
                 committed: None,
             });
-        state.in_flight.insert(offset);
-        state.next = state.next.max(offset + 1);
-        self.in_flight.fetch_add(1, Ordering::AcqRel);
-        Some(Ack {
-            offsets: self.clone(),
-            tp,
-            generation: state.generation,
-            offset,
-            settled: false,
-        })
+        let acks = offsets
+            .map(|offset| {
+                state.in_flight.insert(offset);
+                state.next = state.next.max(offset + 1);
+                Ack {
+                    offsets: self.clone(),
+                    tp: tp.clone(),
+                    generation: state.generation,
+                    offset,
+                    settled: false,
+                }
+            })
+            .collect();
+        self.in_flight.fetch_add(count, Ordering::AcqRel);
+        Some(acks)
     }
 
     fn settle(&self, ack: &mut Ack, finished: Option<Held>) {
@@ -365,6 +383,24 @@ mod tests {
         );
         offsets.committed(&tp(), 15);
         assert!(offsets.uncommitted(|_| false).is_empty(), "committed");
+    }
+
+    #[test]
+    fn a_batch_begins_in_order_and_not_while_its_partition_is_let_go() {
+        let offsets = Arc::new(Offsets::new(Hold::UntilCommitted));
+        let acks = offsets.begin_all(tp(), [7, 8, 9].into_iter()).unwrap();
+        let begun: Vec<i64> = acks.iter().map(|a| a.offset).collect();
+        assert_eq!(begun, [7, 8, 9]);
+        assert_eq!(
+            (offsets.in_flight(), offsets.watermark(&tp())),
+            (3, Some(7))
+        );
+        let mut acks = acks.into_iter();
+        acks.next().unwrap().finish();
+        assert_eq!(offsets.watermark(&tp()), Some(8));
+        offsets.close(&tp());
+        assert!(offsets.begin_all(tp(), [10].into_iter()).is_none());
+        assert_eq!(offsets.in_flight(), 2, "nothing begun while closing");
     }
 
     #[test]
