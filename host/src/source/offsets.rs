@@ -113,7 +113,7 @@ impl Offsets {
     /// Records that a message was received and is now in flight; `None` if
     /// its partition is being let go (the message is left for its next owner).
     pub(crate) fn begin(self: &Arc<Self>, tp: TopicPartition, offset: i64) -> Option<Ack> {
-        self.begin_all(tp, std::iter::once(offset))?.pop()
+        self.begin_all(tp, [offset])?.pop()
     }
 
     /// `begin` for messages of one partition, under one lock: an ack per
@@ -121,15 +121,16 @@ impl Offsets {
     pub(crate) fn begin_all(
         self: &Arc<Self>,
         tp: TopicPartition,
-        offsets: impl ExactSizeIterator<Item = i64>,
+        offsets: impl IntoIterator<Item = i64>,
     ) -> Option<Vec<Ack>> {
         let mut partitions = self.partitions.lock().expect("offsets lock");
         if partitions.closing.contains(&tp) {
             return None;
         }
-        let count = offsets.len();
-        let mut offsets = offsets.peekable();
-        let first = *offsets.peek()?;
+        let mut offsets = offsets.into_iter().peekable();
+        let Some(&first) = offsets.peek() else {
+            return Some(Vec::new());
+        };
         let state = partitions
             .offsets
             .entry(tp.clone())
@@ -140,7 +141,7 @@ impl Offsets {
                 next: first,
                 committed: None,
             });
-        let acks = offsets
+        let acks: Vec<Ack> = offsets
             .map(|offset| {
                 state.in_flight.insert(offset);
                 state.next = state.next.max(offset + 1);
@@ -153,7 +154,7 @@ impl Offsets {
                 }
             })
             .collect();
-        self.in_flight.fetch_add(count, Ordering::AcqRel);
+        self.in_flight.fetch_add(acks.len(), Ordering::AcqRel);
         Some(acks)
     }
 
@@ -388,7 +389,7 @@ mod tests {
     #[test]
     fn a_batch_begins_in_order_and_not_while_its_partition_is_let_go() {
         let offsets = Arc::new(Offsets::new(Hold::UntilCommitted));
-        let acks = offsets.begin_all(tp(), [7, 8, 9].into_iter()).unwrap();
+        let acks = offsets.begin_all(tp(), [7, 8, 9]).unwrap();
         let begun: Vec<i64> = acks.iter().map(|a| a.offset).collect();
         assert_eq!(begun, [7, 8, 9]);
         assert_eq!(
@@ -399,7 +400,7 @@ mod tests {
         acks.next().unwrap().finish();
         assert_eq!(offsets.watermark(&tp()), Some(8));
         offsets.close(&tp());
-        assert!(offsets.begin_all(tp(), [10].into_iter()).is_none());
+        assert!(offsets.begin_all(tp(), [10]).is_none());
         assert_eq!(offsets.in_flight(), 2, "nothing begun while closing");
     }
 
