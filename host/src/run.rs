@@ -403,6 +403,7 @@ async fn consume_kafka(
             _ = commits.finished(), if commits.running() => Event::Committed,
             failed = Transactions::failed(&mut transactions) => Event::TransactionFailed(failed),
             _ = drain_tick.tick(), if until_drained => Event::CheckDrained,
+            _ = offsets.became_idle(), if until_drained => Event::CheckDrained,
             event = source.next_event() => Event::Source(event),
         };
         match event {

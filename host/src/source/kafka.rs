@@ -494,11 +494,11 @@ impl Committer {
     /// Whether every assigned partition is consumed and committed up to its
     /// end. Blocks on broker round trips.
     pub(crate) fn drained(&self) -> KafkaResult<bool> {
-        self.commit_now();
         let assignment = self.consumer.assignment()?;
-        if assignment.count() == 0 {
+        if assignment.count() == 0 || self.behind(&assignment) {
             return Ok(false);
         }
+        self.commit_now();
         let committed = self.consumer.committed_offsets(assignment, QUERY_TIMEOUT)?;
         let drained = committed.elements().iter().all(|element| {
             let Some((low, high)) = self.cached_watermarks(element.topic(), element.partition())
@@ -514,6 +514,19 @@ impl Committer {
         // Lists from the consumer must go before the consumer does (see kafka.md).
         drop(committed);
         Ok(drained)
+    }
+
+    /// Whether a partition of `assignment` is known, without a broker round
+    /// trip, to hold messages not yet finished here: its watermark is below
+    /// its high watermark. Partitions with nothing received yet are left to
+    /// the committed offsets.
+    fn behind(&self, assignment: &TopicPartitionList) -> bool {
+        assignment.elements().iter().any(|element| {
+            let tp = (element.topic().to_owned(), element.partition());
+            let watermark = self.offsets.watermark(&tp);
+            let high = self.cached_watermarks(element.topic(), element.partition());
+            matches!((watermark, high), (Some(watermark), Some((_, high))) if watermark < high)
+        })
     }
 
     /// A partition's low and high watermarks as of the latest fetch response

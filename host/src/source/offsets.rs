@@ -285,6 +285,12 @@ impl Offsets {
         }
     }
 
+    /// Resolves the next time the last message in flight settles (whatever
+    /// settled before this was called does not count).
+    pub(crate) async fn became_idle(&self) {
+        self.idle.notified().await;
+    }
+
     /// Asks for a commit soon: a lane is running short of slots, and only a
     /// commit gives back those of finished messages.
     pub(crate) fn want_commit(&self) {
@@ -402,6 +408,20 @@ mod tests {
         offsets.close(&tp());
         assert!(offsets.begin_all(tp(), [10]).is_none());
         assert_eq!(offsets.in_flight(), 2, "nothing begun while closing");
+    }
+
+    #[test]
+    fn idle_is_signalled_when_the_last_message_in_flight_settles() {
+        use futures::FutureExt;
+        let offsets = Arc::new(Offsets::new(Hold::UntilCommitted));
+        let mut acks = offsets.begin_all(tp(), [1, 2]).unwrap().into_iter();
+        let idle = offsets.became_idle();
+        futures::pin_mut!(idle);
+        assert!((&mut idle).now_or_never().is_none(), "two in flight");
+        acks.next().unwrap().finish();
+        assert!((&mut idle).now_or_never().is_none(), "one in flight");
+        drop(acks);
+        assert!(idle.now_or_never().is_some(), "none in flight");
     }
 
     #[test]
