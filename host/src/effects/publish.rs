@@ -250,6 +250,11 @@ fn until_answered(what: &str, mut call: impl FnMut() -> KafkaResult<()>) -> Kafk
 /// The producer settings every publisher shares: the user's, then sluice's.
 fn client(config: &Config, brokers: &str) -> ClientConfig {
     let mut client = ClientConfig::new();
+    // A default the user may override: a broker back from an outage is
+    // tried again within a second, as the Java client does. librdkafka's
+    // default backs off to 10 s, which kept publishes failing (and breakers
+    // probing) for up to 25 s after the broker was back.
+    client.set("reconnect.backoff.max.ms", "1000");
     for (key, value) in &config.kafka.producer {
         client.set(key, value);
     }
@@ -296,5 +301,28 @@ pub(crate) fn classify(error: &KafkaError) -> EffectError {
             detail: error.to_string(),
         },
         None => EffectError::Transient(error.to_string()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn producer_setting(extra: &str, key: &str) -> Option<String> {
+        let text = format!(
+            "brokers = \"embedded\"\n{extra}\n[[routes]]\ntopic = \"in\"\nhandler = \"echo\"\npublish-to = [\"*\"]\n"
+        );
+        let config = Config::parse(&text, "test.toml".as_ref(), ".".as_ref()).unwrap();
+        client(&config, "localhost:9092")
+            .get(key)
+            .map(str::to_owned)
+    }
+
+    #[test]
+    fn a_returning_broker_is_retried_within_a_second_unless_the_user_says_otherwise() {
+        let key = "reconnect.backoff.max.ms";
+        assert_eq!(producer_setting("", key).as_deref(), Some("1000"));
+        let own = "[kafka.producer]\n\"reconnect.backoff.max.ms\" = \"250\"";
+        assert_eq!(producer_setting(own, key).as_deref(), Some("250"));
     }
 }

@@ -372,6 +372,9 @@ impl KafkaSource {
             // lanes empty it well within a second and then sat idle, which
             // held P1 at about half the native consumer's rate.
             .set("fetch.queue.backoff.ms", "20")
+            // A broker back from an outage is tried again within a second
+            // (librdkafka's default backs off to 10 s), as the Java client does.
+            .set("reconnect.backoff.max.ms", "1000")
             // Partition lags for /metrics come from librdkafka's statistics.
             .set("statistics.interval.ms", "1000");
         for (key, value) in &config.kafka.consumer {
