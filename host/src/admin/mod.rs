@@ -191,7 +191,7 @@ fn refusal(state: &State, headers: &HeaderMap) -> Option<Response> {
     let given = headers
         .get(AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "));
+        .and_then(bearer_token);
     match given {
         Some(given) if same(given.as_bytes(), token.as_bytes()) => None,
         _ => Some(
@@ -203,6 +203,14 @@ fn refusal(state: &State, headers: &HeaderMap) -> Option<Response> {
                 .into_response(),
         ),
     }
+}
+
+/// The token of an `Authorization: Bearer <token>` value. The scheme is
+/// matched without regard to case, as HTTP auth schemes are (RFC 9110 11.1).
+fn bearer_token(value: &str) -> Option<&str> {
+    let (scheme, token) = value.split_once(' ')?;
+    let token = token.trim_start_matches(' ');
+    (scheme.eq_ignore_ascii_case("bearer") && !token.is_empty()).then_some(token)
 }
 
 /// Equal bytes, compared in time independent of where they differ.
@@ -283,4 +291,19 @@ async fn handlers(Extract(state): Extract<State>) -> impl IntoResponse {
     let body =
         serde_json::to_string_pretty(&state.parts.registry.status()).expect("statuses serialize");
     ([(CONTENT_TYPE, "application/json")], body)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::bearer_token;
+
+    #[test]
+    fn the_bearer_scheme_is_matched_without_regard_to_case() {
+        for value in ["Bearer s3cret", "bearer s3cret", "BEARER  s3cret"] {
+            assert_eq!(bearer_token(value), Some("s3cret"), "{value}");
+        }
+        for value in ["Basic s3cret", "Bearers3cret", "Bearer ", "s3cret"] {
+            assert_eq!(bearer_token(value), None, "{value}");
+        }
+    }
 }
