@@ -29,9 +29,9 @@ pub(crate) fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
     };
     let runtime = tokio::runtime::Runtime::new().context("cannot start async runtime")?;
     let report = runtime.block_on(sluice::run(&config, options, stop_signal(&runtime)))?;
-    print!("{}", report.summary());
+    summarize(&report.summary());
     if report.unfinished > 0 {
-        eprintln!(
+        tell!(
             "error: {} messages were unfinished at exit; they will be redelivered",
             report.unfinished
         );
@@ -104,14 +104,14 @@ pub(crate) fn replay(args: ReplayArgs) -> anyhow::Result<ExitCode> {
     )?;
     bar.finish_and_clear();
     if against.is_some() {
-        eprintln!(
+        tell!(
             "{} messages replayed; the other version's outcome differs on {}",
             stats.succeeded + stats.failed,
             stats.differ
         );
     }
     if stats.checked > 0 {
-        eprintln!(
+        tell!(
             "{} of {} expectations met; {} not (their lines have \"matches\": false and what was \"expected\")",
             stats.checked - stats.mismatched,
             stats.checked,
@@ -135,7 +135,7 @@ pub(crate) fn handlers(args: HandlersArgs) -> anyhow::Result<ExitCode> {
             Ok(statuses) => statuses,
             Err(error) if admin.is_some() => return Err(error),
             Err(error) => {
-                eprintln!("no running host answers ({error:#}); evaluating the handlers directory");
+                tell!("no running host answers ({error:#}); evaluating the handlers directory");
                 registry::evaluate(&config, Runtime::for_config(&config)?)?
             }
         },
@@ -161,7 +161,7 @@ pub(crate) fn redrive(args: RedriveArgs) -> anyhow::Result<ExitCode> {
         let stdout = std::io::stdout();
         let mut out = std::io::BufWriter::new(stdout.lock());
         let report = sluice::redrive::dry_run(&config, &options, &mut out)?;
-        eprint!("{}", report.summary());
+        tell!("{}", report.summary().trim_end());
         return Ok(ExitCode::SUCCESS);
     }
     let runtime = tokio::runtime::Runtime::new().context("cannot start async runtime")?;
@@ -170,13 +170,19 @@ pub(crate) fn redrive(args: RedriveArgs) -> anyhow::Result<ExitCode> {
         &options,
         stop_signal(&runtime),
     ))?;
-    print!("{}", report.summary());
+    summarize(&report.summary());
     let unfinished = report.run.as_ref().map_or(0, |run| run.unfinished);
     if unfinished > 0 {
-        eprintln!("error: {unfinished} dead letters were unfinished at exit; run redrive again");
+        tell!("error: {unfinished} dead letters were unfinished at exit; run redrive again");
         return Ok(ExitCode::FAILURE);
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// Prints a run's summary. A reader that went away (`sluice run | head`)
+/// does not change the exit status, which is the run's.
+fn summarize(summary: &str) {
+    let _ = std::io::stdout().lock().write_all(summary.as_bytes());
 }
 
 /// `sluice new`: a handler project.
@@ -189,11 +195,12 @@ pub(crate) fn new(args: NewArgs) -> anyhow::Result<ExitCode> {
         cli::Lang::Python => Language::Python,
     };
     let root = scaffold(&name, language, &dir)?;
-    println!(
+    writeln!(
+        std::io::stdout().lock(),
         "created {}; next:\n  cd {}\n  ./build\n  sluice replay --handler dist/{name}/0.1.0.wasm --input vectors.jsonl",
         root.display(),
         root.display()
-    );
+    )?;
     Ok(ExitCode::SUCCESS)
 }
 

@@ -1,9 +1,18 @@
 //! The `sluice` binary: parse arguments, set up logging, call the library.
 
+/// `eprintln!` that never panics: a line for whoever reads stderr, dropped
+/// if that reader went away (`sluice ... 2>&1 | head`).
+macro_rules! tell {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        let _ = writeln!(std::io::stderr(), $($arg)*);
+    }};
+}
+
 mod cli;
 mod commands;
 
-use std::io::IsTerminal;
+use std::io::{IsTerminal, Write};
 use std::process::ExitCode;
 
 use clap::Parser;
@@ -30,7 +39,7 @@ fn main() -> ExitCode {
         EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default_level));
     let logs = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr);
+        .with_writer(|| LogWriter);
     match cli.log_format {
         // Guests supply much of what is logged: no value may break a line.
         LogFormat::Text => logs
@@ -48,11 +57,44 @@ fn main() -> ExitCode {
     }
     match execute(cli.command) {
         Ok(code) => code,
+        // The reader of the output went away (`sluice handlers | head`):
+        // what it wanted was written; stop quietly, as Unix tools do.
+        Err(error) if is_broken_pipe(&error) => ExitCode::SUCCESS,
         Err(error) => {
-            eprintln!("error: {error:#}");
+            tell!("error: {error:#}");
             ExitCode::FAILURE
         }
     }
+}
+
+/// Where logs go: stderr, dropping what cannot be written. A host whose log
+/// reader went away goes on with its work; tracing-subscriber would report
+/// the failed write with `eprint!`, which panics on a closed stderr.
+struct LogWriter;
+
+impl Write for LogWriter {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        let _ = std::io::stderr().write_all(buf);
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        let _ = std::io::stderr().flush();
+        Ok(())
+    }
+}
+
+/// A write that failed because its reader is gone. The library wraps the
+/// output's errors (replay, redrive), so the whole chain is searched. A
+/// socket closed under a request fails the same way (EPIPE); the commands
+/// that ask a running host read its answer in one request, where a reset
+/// shows as one rather than as a broken pipe.
+fn is_broken_pipe(error: &anyhow::Error) -> bool {
+    error.chain().any(|cause| {
+        cause
+            .downcast_ref::<std::io::Error>()
+            .is_some_and(|e| e.kind() == std::io::ErrorKind::BrokenPipe)
+    })
 }
 
 /// Runs one command; its function says what the command does.

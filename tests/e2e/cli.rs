@@ -315,3 +315,54 @@ fn replay_keeps_compiled_components_in_its_artifact_cache_unless_told_not_to() {
     assert_eq!(uncached, cached);
     assert_eq!(cached, again);
 }
+
+#[test]
+fn a_reader_that_went_away_ends_a_command_quietly_with_its_own_status() {
+    // stdout and stderr both go to a pipe whose reader is already closed,
+    // as in `sluice run ... 2>&1 | head` once head has its lines.
+    let closed_pipe = || {
+        let (reader, writer) = std::io::pipe().unwrap();
+        drop(reader);
+        writer
+    };
+    let quietly = |command: &mut std::process::Command| {
+        let writer = closed_pipe();
+        command
+            .stdout(writer.try_clone().unwrap())
+            .stderr(writer)
+            .status()
+            .unwrap()
+    };
+
+    let replay = quietly(
+        sluice()
+            .args(["replay", "--handler"])
+            .arg(dist().join("order-shipped-email/0.1.0.wasm"))
+            .arg("--input")
+            .arg(repo().join("examples/shop/messages/order-shipped.jsonl")),
+    );
+    assert!(replay.success(), "replay: {replay}");
+
+    let broker = EmbeddedBroker::start().unwrap();
+    let scratch = Scratch::new();
+    let handlers = scratch.handlers(&[("test-faults", "0.1.0", &component("test-faults"))]);
+    let input = scratch.write(
+        "in.jsonl",
+        "{\"topic\":\"local\",\"key\":\"a\",\"payload\":\"one\"}\n",
+    );
+    let routes = format!(
+        "[source]\nfile = \"{}\"\n\n[[routes]]\ntopic = \"local\"\nhandler = \"test-faults\"\npublish-to = [\"*\"]\n",
+        input.display()
+    );
+    let config = scratch.write(
+        "file.toml",
+        config(broker.bootstrap_servers(), "file", &handlers, &routes),
+    );
+    let run = quietly(sluice().arg("run").arg("--config").arg(&config));
+    assert!(run.success(), "run: {run}");
+    assert_eq!(
+        read_topic(broker.bootstrap_servers(), "echo").len(),
+        1,
+        "the run's work was done"
+    );
+}
