@@ -29,7 +29,7 @@ pub(crate) fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
     };
     let runtime = tokio::runtime::Runtime::new().context("cannot start async runtime")?;
     let report = runtime.block_on(sluice::run(&config, options, stop_signal(&runtime)))?;
-    summarize(&report.summary());
+    summarize(std::io::stdout().lock(), &report.summary());
     if report.unfinished > 0 {
         tell!(
             "error: {} messages were unfinished at exit; they will be redelivered",
@@ -161,7 +161,7 @@ pub(crate) fn redrive(args: RedriveArgs) -> anyhow::Result<ExitCode> {
         let stdout = std::io::stdout();
         let mut out = std::io::BufWriter::new(stdout.lock());
         let report = sluice::redrive::dry_run(&config, &options, &mut out)?;
-        tell!("{}", report.summary().trim_end());
+        summarize(std::io::stderr(), &report.summary());
         return Ok(ExitCode::SUCCESS);
     }
     let runtime = tokio::runtime::Runtime::new().context("cannot start async runtime")?;
@@ -170,7 +170,7 @@ pub(crate) fn redrive(args: RedriveArgs) -> anyhow::Result<ExitCode> {
         &options,
         stop_signal(&runtime),
     ))?;
-    summarize(&report.summary());
+    summarize(std::io::stdout().lock(), &report.summary());
     let unfinished = report.run.as_ref().map_or(0, |run| run.unfinished);
     if unfinished > 0 {
         tell!("error: {unfinished} dead letters were unfinished at exit; run redrive again");
@@ -179,10 +179,10 @@ pub(crate) fn redrive(args: RedriveArgs) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-/// Prints a run's summary. A reader that went away (`sluice run | head`)
-/// does not change the exit status, which is the run's.
-fn summarize(summary: &str) {
-    let _ = std::io::stdout().lock().write_all(summary.as_bytes());
+/// Prints a command's summary. A reader that went away (`sluice run | head`)
+/// does not change the exit status, which is the command's.
+fn summarize(mut out: impl Write, summary: &str) {
+    let _ = out.write_all(summary.as_bytes());
 }
 
 /// `sluice new`: a handler project.

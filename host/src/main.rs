@@ -86,9 +86,8 @@ impl Write for LogWriter {
 
 /// A write that failed because its reader is gone. The library wraps the
 /// output's errors (replay, redrive), so the whole chain is searched. A
-/// socket closed under a request fails the same way (EPIPE); the commands
-/// that ask a running host read its answer in one request, where a reset
-/// shows as one rather than as a broken pipe.
+/// socket can fail with EPIPE too: a command asking a running host whose
+/// connection broke that way would also end quietly.
 fn is_broken_pipe(error: &anyhow::Error) -> bool {
     error.chain().any(|cause| {
         cause

@@ -369,8 +369,8 @@ impl KafkaSource {
             .set("queued.min.messages", "5000")
             // A partition whose prefetch is full is fetched again this soon
             // (librdkafka's default is 1 s): with a prefetch this small the
-            // lanes empty it well within a second and then sat idle, which
-            // held P1 at about half the native consumer's rate.
+            // lanes empty it well within a second and would then sit idle;
+            // that held P1 at about half the native consumer's rate.
             .set("fetch.queue.backoff.ms", "20")
             // A broker back from an outage is tried again within a second
             // (librdkafka's default backs off to 10 s), as the Java client does.
