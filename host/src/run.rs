@@ -36,6 +36,9 @@ use crate::workers::budget::ByteBudget;
 
 /// How often a run that stops when drained checks whether it is.
 const DRAIN_CHECK_INTERVAL: Duration = Duration::from_millis(100);
+/// How often each assigned partition's lag is measured (two broker round
+/// trips, on a blocking thread).
+const LAG_INTERVAL: Duration = Duration::from_secs(1);
 
 /// How a run behaves beyond its config.
 #[derive(Default)]
@@ -360,6 +363,8 @@ enum Event {
     Commit,
     Committed,
     CheckDrained,
+    MeasureLags,
+    LagsMeasured,
     Source(Result<SourceEvent, UnsplitMessage>),
     TransactionFailed(RunError),
 }
@@ -388,7 +393,15 @@ async fn consume_kafka(
         deadline,
     } = pace;
     let committer = source.committer();
-    let mut commits = Commits::default();
+    let mut commits = Serial::new({
+        let committer = committer.clone();
+        move || committer.commit_now()
+    });
+    let mut lags = Serial::new({
+        let committer = committer.clone();
+        move || committer.measure_lags()
+    });
+    let mut lag_tick = tokio::time::interval(LAG_INTERVAL);
     let mut transactions = transaction.map(|t| Transactions::start(t, &source, commit_every));
     let mut commit_tick = tokio::time::interval(commit_every);
     let mut drain_tick = tokio::time::interval(DRAIN_CHECK_INTERVAL);
@@ -404,17 +417,21 @@ async fn consume_kafka(
             failed = Transactions::failed(&mut transactions) => Event::TransactionFailed(failed),
             _ = drain_tick.tick(), if until_drained => Event::CheckDrained,
             _ = offsets.became_idle(), if until_drained => Event::CheckDrained,
+            _ = lag_tick.tick() => Event::MeasureLags,
+            _ = lags.finished(), if lags.running() => Event::LagsMeasured,
             event = source.next_event() => Event::Source(event),
         };
         match event {
             Event::Stop(stop) => break stop,
             Event::Commit => {
-                commits.start(&committer);
+                commits.start();
                 if let Some(transactions) = &transactions {
                     transactions.transaction.want_commit();
                 }
             }
-            Event::Committed => commits.finish(&committer),
+            Event::Committed => commits.finish(),
+            Event::MeasureLags => lags.start(),
+            Event::LagsMeasured => lags.finish(),
             Event::CheckDrained => {
                 if offsets.in_flight() == 0 && is_drained(&committer).await {
                     break Stop::Drained;
@@ -450,6 +467,7 @@ async fn consume_kafka(
     {
         failure.get_or_insert(error);
     }
+    lags.wait().await;
     let _ = tokio::task::spawn_blocking(move || committer.commit_now()).await;
     // Closing the consumer leaves the group, which may wait on the broker.
     let _ = tokio::task::spawn_blocking(move || drop(source)).await;
@@ -509,43 +527,58 @@ impl Transactions {
     }
 }
 
-/// Commits on a blocking thread, one at a time: a commit asked for while
-/// one runs follows when it is done.
-#[derive(Default)]
-struct Commits {
+/// A blocking job (a commit, a lag measure) on its own thread, one at a
+/// time: asked for while it runs, it runs once more when done.
+struct Serial {
+    job: Arc<dyn Fn() + Send + Sync>,
     running: Option<tokio::task::JoinHandle<()>>,
     again: bool,
 }
 
-impl Commits {
-    fn start(&mut self, committer: &Committer) {
+impl Serial {
+    fn new(job: impl Fn() + Send + Sync + 'static) -> Self {
+        Serial {
+            job: Arc::new(job),
+            running: None,
+            again: false,
+        }
+    }
+
+    fn start(&mut self) {
         if self.running.is_some() {
             self.again = true;
             return;
         }
         self.again = false;
-        let committer = committer.clone();
-        self.running = Some(tokio::task::spawn_blocking(move || committer.commit_now()));
+        let job = self.job.clone();
+        self.running = Some(tokio::task::spawn_blocking(move || job()));
     }
 
     fn running(&self) -> bool {
         self.running.is_some()
     }
 
-    /// Resolves when the running commit is done (never without one).
+    /// Resolves when the running job is done (never without one).
     async fn finished(&mut self) {
         match &mut self.running {
-            Some(commit) => {
-                let _ = commit.await;
+            Some(job) => {
+                let _ = job.await;
             }
             None => std::future::pending().await,
         }
     }
 
-    fn finish(&mut self, committer: &Committer) {
+    fn finish(&mut self) {
         self.running = None;
         if self.again {
-            self.start(committer);
+            self.start();
+        }
+    }
+
+    /// Waits for the running job, starting no other.
+    async fn wait(self) {
+        if let Some(job) = self.running {
+            let _ = job.await;
         }
     }
 }

@@ -460,3 +460,61 @@ fn state_changing_calls_need_the_token_and_a_paused_route_fetches_nothing_until_
     host.wait_ok();
     assert_committed_to_the_end(brokers, "guarded");
 }
+
+#[test]
+fn lag_counts_a_paused_routes_backlog_exactly_and_drains_after_resume() {
+    let broker = EmbeddedBroker::start().unwrap();
+    let brokers = broker.bootstrap_servers();
+    broker.create_topic("in", 2).unwrap();
+    let scratch = Scratch::new();
+    let handlers = scratch.handlers(&[("test-echo", "0.1.0", &component("test-echo"))]);
+    let routes = format!(
+        "[[routes]]\ntopic = \"in\"\nhandler = \"test-echo\"\npublish-to = [\"*\"]\n\n[admin]\nlisten = \"0\"\ntoken = \"{TOKEN}\"\n"
+    );
+    let config = scratch.write("lag.toml", config(brokers, "lag", &handlers, &routes));
+    let host = Host::start(&scratch, "host", &config, &[]);
+    let admin = admin_address(&scratch, "host");
+    let lags = || {
+        let metrics = status_of(&admin, "/metrics").1;
+        [0, 1].map(|p| {
+            metric(
+                &metrics,
+                &format!("sluice_consumer_lag{{topic=\"in\",partition=\"{p}\"}}"),
+            )
+        })
+    };
+    wait_until("both partitions assigned, with nothing behind", || {
+        lags() == [Some(0.0), Some(0.0)]
+    });
+    let (status, body) = http_post(&admin, "/routes/in/pause", Some(TOKEN));
+    assert_eq!((status, body.as_str()), (200, "paused in\n"));
+
+    // Nothing is fetched while paused, and nothing was ever committed: the
+    // backlog is counted from the broker's end offsets and the partitions'
+    // beginnings.
+    let backlog: Vec<_> = (0..3)
+        .map(|n| message("in", 0, "k", &format!("a-{n}")))
+        .chain((0..5).map(|n| message("in", 1, "k", &format!("b-{n}"))))
+        .collect();
+    broker.produce(&backlog).unwrap();
+    wait_until("the paused backlog in /metrics", || {
+        lags() == [Some(3.0), Some(5.0)]
+    });
+    let page = status_of(&admin, "/").1;
+    for row in ["in[0]</td><td>3<", "in[1]</td><td>5<"] {
+        assert!(page.contains(row), "{row} not on the status page:\n{page}");
+    }
+
+    let (status, body) = http_post(&admin, "/routes/in/resume", Some(TOKEN));
+    assert_eq!((status, body.as_str()), (200, "resumed in\n"));
+    wait_until("the backlog to drain and be committed", || {
+        lags() == [Some(0.0), Some(0.0)]
+    });
+    assert_eq!(
+        committed(brokers, "lag", "in"),
+        vec![(0, Some(3)), (1, Some(5))]
+    );
+    assert_eq!(read_topic(brokers, "echo").len(), 8);
+    host.signal(libc::SIGTERM);
+    host.wait_ok();
+}

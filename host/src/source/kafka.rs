@@ -11,7 +11,7 @@
 //! commit covers. Partitions of exactly-once routes are
 //! left out: their offsets commit inside the producer's transactions.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::{Arc, Mutex, OnceLock, Weak};
 use std::time::{Duration, Instant};
 
@@ -37,6 +37,9 @@ use crate::telemetry::Health;
 
 /// How long a committed-offsets query may take before it counts as failed.
 const QUERY_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long each lag query may take: it is asked again every second, and a
+/// stop waits for the one running.
+const LAG_QUERY_TIMEOUT: Duration = Duration::from_secs(2);
 /// How often a revoke checks whether the partition's messages are done.
 const REVOKE_POLL: Duration = Duration::from_millis(5);
 
@@ -68,22 +71,14 @@ pub(crate) struct SourceContext {
     before_release: OnceLock<BeforeRelease>,
     /// Settings for reading dead-letter topics back (`parked`).
     reader: Arc<ClientConfig>,
-    /// Told when the group is joined (readiness).
+    /// Told when the group is joined (readiness), and each partition's lag.
     health: Arc<Health>,
+    /// Where a partition with no committed offset starts: its beginning
+    /// (`auto.offset.reset` earliest, sluice's default) or its end.
+    from_beginning: bool,
 }
 
-impl ClientContext for SourceContext {
-    /// librdkafka's periodic statistics: the lag of each assigned partition.
-    fn stats(&self, statistics: rdkafka::Statistics) {
-        let lags = statistics.topics.iter().flat_map(|(topic, t)| {
-            t.partitions
-                .values()
-                .filter(|p| p.desired && p.partition >= 0 && p.consumer_lag >= 0)
-                .map(move |p| ((topic.clone(), p.partition), p.consumer_lag))
-        });
-        self.health.lags(lags.collect());
-    }
-}
+impl ClientContext for SourceContext {}
 
 impl ConsumerContext for SourceContext {
     // Runs before librdkafka (incrementally) assigns or revokes. A queue split
@@ -374,13 +369,15 @@ impl KafkaSource {
             .set("fetch.queue.backoff.ms", "20")
             // A broker back from an outage is tried again within a second
             // (librdkafka's default backs off to 10 s), as the Java client does.
-            .set("reconnect.backoff.max.ms", "1000")
-            // Partition lags for /metrics come from librdkafka's statistics.
-            .set("statistics.interval.ms", "1000");
+            .set("reconnect.backoff.max.ms", "1000");
         for (key, value) in &config.kafka.consumer {
             client.set(key, value);
         }
         client.set("bootstrap.servers", brokers);
+        let from_beginning = matches!(
+            client.get("auto.offset.reset"),
+            Some("earliest" | "smallest" | "beginning")
+        );
         let reader = Arc::new(parked::reader(&client, &config.group_id));
         client
             .set("group.id", &config.group_id)
@@ -400,6 +397,7 @@ impl KafkaSource {
                 transactional: Arc::new(config.transactional_topics()),
                 before_release: OnceLock::new(),
                 reader,
+                from_beginning,
             })?);
         let _ = consumer.context().consumer.set(Arc::downgrade(&consumer));
         let topics: Vec<&str> = config.routes.iter().map(|r| r.topic.as_str()).collect();
@@ -530,6 +528,78 @@ impl Committer {
             let high = self.cached_watermarks(element.topic(), element.partition());
             matches!((watermark, high), (Some(watermark), Some((_, high))) if watermark < high)
         })
+    }
+
+    /// Measures every assigned partition's lag (`lags`) for `/metrics` and
+    /// the status page. Blocks on broker round trips.
+    pub(crate) fn measure_lags(&self) {
+        match self.lags() {
+            Ok(lags) => self.consumer.context().health.lags(lags),
+            // The last measure stands until the broker answers again.
+            Err(error) => tracing::debug!(%error, "lag query failed; will ask again"),
+        }
+    }
+
+    /// Each assigned partition's backlog: its end (the last stable offset,
+    /// as only committed records are read) minus the group's committed
+    /// offset, which is what a restart would resume from and what Kafka's
+    /// own tools call lag. Asked of the broker, not taken from fetches, so
+    /// a partition that is paused or has not fetched yet shows what waits
+    /// in it. With nothing committed, the backlog counts from where the
+    /// consumer starts.
+    fn lags(&self) -> KafkaResult<BTreeMap<TopicPartition, i64>> {
+        let assignment = self.consumer.assignment()?;
+        if assignment.count() == 0 {
+            return Ok(BTreeMap::new());
+        }
+        // Committed first: an end read after it is never below it.
+        let mut starts = self
+            .consumer
+            .committed_offsets(assignment.clone(), LAG_QUERY_TIMEOUT)?;
+        let ends = self.offsets_at(assignment, Offset::End)?;
+        let mut uncommitted = TopicPartitionList::new();
+        for element in starts.elements() {
+            if !matches!(element.offset(), Offset::Offset(_)) {
+                uncommitted.add_partition(element.topic(), element.partition());
+            }
+        }
+        if uncommitted.count() > 0 {
+            let from = if self.consumer.context().from_beginning {
+                self.offsets_at(uncommitted, Offset::Beginning)?
+            } else {
+                ends.clone()
+            };
+            for element in from.elements() {
+                starts.set_partition_offset(
+                    element.topic(),
+                    element.partition(),
+                    element.offset(),
+                )?;
+            }
+        }
+        let mut lags = BTreeMap::new();
+        for end in ends.elements() {
+            let (topic, partition) = (end.topic(), end.partition());
+            let start = starts.find_partition(topic, partition).map(|s| s.offset());
+            if let (Offset::Offset(end), Some(Offset::Offset(start))) = (end.offset(), start) {
+                lags.insert((topic.to_owned(), partition), (end - start).max(0));
+            }
+        }
+        // Lists from the consumer must go before the consumer does (see kafka.md).
+        drop((starts, ends));
+        Ok(lags)
+    }
+
+    /// The offsets of `partitions` at their beginning or end, asked of
+    /// their leaders in one round trip each.
+    fn offsets_at(
+        &self,
+        mut partitions: TopicPartitionList,
+        place: Offset,
+    ) -> KafkaResult<TopicPartitionList> {
+        partitions.set_all_offsets(place)?;
+        self.consumer
+            .offsets_for_times(partitions, LAG_QUERY_TIMEOUT)
     }
 
     /// A partition's low and high watermarks as of the latest fetch response
