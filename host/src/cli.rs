@@ -11,7 +11,7 @@ use sluice::source::range::Position;
 pub struct Cli {
     /// How logs are written to stderr: `text`, or `json` (one object per
     /// line, with the span fields, and a line per span closed: the traces).
-    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text)]
+    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text, env = "SLUICE_LOG_FORMAT")]
     pub log_format: LogFormat,
     #[command(subcommand)]
     pub command: Command,
@@ -74,9 +74,10 @@ pub enum Command {
 /// The arguments of `sluice run`.
 #[derive(Debug, clap::Args)]
 pub struct RunArgs {
-    /// The TOML config file.
-    #[arg(long, short)]
-    pub config: PathBuf,
+    /// The TOML config file; without one, the `SLUICE_*` environment
+    /// variables are the whole config (they are layered over a file too).
+    #[arg(long, short, env = "SLUICE_CONFIG")]
+    pub config: Option<PathBuf>,
     /// Stop once every input is handled and committed (always so with
     /// `brokers = "embedded"`).
     #[arg(long)]

@@ -21,7 +21,7 @@ pub(crate) fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
         config,
         until_drained,
     } = args;
-    let config = Config::load(&config)?;
+    let config = Config::load_with_environment(config.as_deref())?;
     let options = RunOptions {
         until_drained,
         keep_records: config.is_embedded(),
@@ -128,7 +128,7 @@ pub(crate) fn replay(args: ReplayArgs) -> anyhow::Result<ExitCode> {
 /// `sluice handlers`: the handlers' versions and what they may reach.
 pub(crate) fn handlers(args: HandlersArgs) -> anyhow::Result<ExitCode> {
     let HandlersArgs { config, admin } = args;
-    let config = Config::load(&config)?;
+    let config = Config::load_with_environment(Some(&config))?;
     let configured = config.admin.address().map(|a| a.to_string());
     let statuses = match admin.as_ref().or(configured.as_ref()) {
         Some(address) => match live_handlers(address) {
@@ -155,7 +155,7 @@ pub(crate) fn redrive(args: RedriveArgs) -> anyhow::Result<ExitCode> {
         dry_run,
         admin,
     } = args;
-    let config = Config::load(&config)?;
+    let config = Config::load_with_environment(Some(&config))?;
     let options = RedriveOptions { dlq, key, admin };
     if dry_run {
         let stdout = std::io::stdout();
@@ -207,7 +207,9 @@ pub(crate) fn new(args: NewArgs) -> anyhow::Result<ExitCode> {
 /// `sluice inspect`: a component's contract, and whether it instantiates.
 pub(crate) fn inspect(args: InspectArgs) -> anyhow::Result<ExitCode> {
     let InspectArgs { file, config } = args;
-    let config = config.map(|c| Config::load(&c)).transpose()?;
+    let config = config
+        .map(|c| Config::load_with_environment(Some(&c)))
+        .transpose()?;
     let runtime = match &config {
         Some(config) => Runtime::for_config(config)?,
         None => Runtime::new(&Limits::default())?,

@@ -366,3 +366,63 @@ fn a_reader_that_went_away_ends_a_command_quietly_with_its_own_status() {
         "the run's work was done"
     );
 }
+
+#[test]
+fn a_host_runs_from_the_environment_alone_and_a_missing_secret_file_stops_it_with_one_line() {
+    let broker = EmbeddedBroker::start().unwrap();
+    let brokers = broker.bootstrap_servers();
+    broker.create_topic("in", 1).unwrap();
+    let sent = ["one", "two", "three"];
+    let messages: Vec<_> = sent.iter().map(|p| message("in", 0, "k", p)).collect();
+    broker.produce(&messages).unwrap();
+    let scratch = Scratch::new();
+    let handlers = scratch.handlers(&[("test-echo", "0.1.0", &component("test-echo"))]);
+    let token = scratch.write("token", "from-a-mounted-secret-0123\n");
+    let environment = |command: &mut std::process::Command| {
+        command
+            .args(["run", "--until-drained"])
+            .env_clear()
+            .env("SLUICE_BROKERS", brokers)
+            .env("SLUICE_GROUP_ID", "from-env")
+            .env("SLUICE_HANDLERS_DIR", &handlers)
+            .env("SLUICE_ARTIFACT_CACHE", shared_artifact_cache())
+            .env(
+                "SLUICE_ROUTES",
+                r#"[{ topic = "in", handler = "test-echo", publish-to = ["*"] }]"#,
+            )
+            .env("SLUICE_COMMIT_INTERVAL_MS", "200")
+            .env("SLUICE_KAFKA_CONSUMER_SESSION_TIMEOUT_MS", "3000")
+            .env("SLUICE_ADMIN_TOKEN_FILE", &token)
+            // What Kubernetes sets for a service named sluice: not a setting.
+            .env("SLUICE_PORT", "tcp://10.0.0.1:9464");
+    };
+    let mut command = sluice();
+    environment(&mut command);
+    let output = command.output().unwrap();
+    let stderr = stderr_of(&output);
+    assert!(output.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("SLUICE_PORT") && stderr.contains("names no setting"),
+        "{stderr}"
+    );
+    let echoed: Vec<String> = read_topic(brokers, "echo")
+        .into_iter()
+        .map(|r| r.payload)
+        .collect();
+    assert_eq!(echoed, sent);
+    assert_eq!(committed(brokers, "from-env", "in"), vec![(0, Some(3))]);
+
+    let mut command = sluice();
+    environment(&mut command);
+    let missing = scratch.path().join("no-such-secret");
+    let output = command
+        .env("SLUICE_STORE_URL_FILE", &missing)
+        .output()
+        .unwrap();
+    assert!(!output.status.success());
+    let line = error_line(&output);
+    assert!(
+        line.contains("SLUICE_STORE_URL_FILE: cannot read") && line.contains("no-such-secret"),
+        "{line}"
+    );
+}

@@ -8,6 +8,7 @@ use std::time::Duration;
 use serde::Deserialize;
 
 mod admin;
+mod environment;
 mod handlers;
 mod limits;
 mod problem;
@@ -18,6 +19,7 @@ mod store;
 mod tests;
 
 pub use admin::{ADMIN_TOKEN_ENV, Admin};
+pub use environment::SecretFileError;
 pub(crate) use handlers::is_handler_name;
 pub use handlers::{CanarySettings, HandlerSettings};
 pub use limits::{InstanceStrategy, Limits};
@@ -29,6 +31,7 @@ pub use routes::{
 pub use source::{Embedded, KafkaProperties, Source};
 pub use store::{DeciderSettings, StoreBackend, StoreConfig};
 
+use environment::Setting;
 use problem::{Checked, Invalid, check_millis, check_range, invalid, millis};
 
 /// What `brokers = "embedded"` means: an in-process Kafka-protocol broker.
@@ -53,6 +56,9 @@ pub enum ConfigError {
         /// The parser's explanation (with line and column, and the key).
         message: String,
     },
+    /// A setting's `_FILE` variable names a file that cannot be read.
+    #[error(transparent)]
+    SecretFile(#[from] SecretFileError),
     /// A value is out of range or inconsistent.
     #[error("config {path}: {key}: {problem}")]
     Invalid {
@@ -183,6 +189,86 @@ impl Config {
             .filter(|p| !p.as_os_str().is_empty())
             .unwrap_or(Path::new("."));
         Config::parse(&text, path, base_dir)
+    }
+
+    /// Reads a config file (or none: the environment alone), layers the
+    /// `SLUICE_*` settings of the environment over it (see
+    /// `environment`), and validates the result.
+    pub fn load_with_environment(path: Option<&Path>) -> Result<Config, ConfigError> {
+        let settings = environment::settings(std::env::vars())?;
+        Config::layered(path, &settings)
+    }
+
+    fn layered(path: Option<&Path>, settings: &[Setting]) -> Result<Config, ConfigError> {
+        let (text, shown, base_dir) = match path {
+            Some(path) if settings.is_empty() => return Config::load(path),
+            Some(path) => {
+                let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+                    path: path.to_owned(),
+                    source,
+                })?;
+                let base_dir = path.parent().filter(|p| !p.as_os_str().is_empty());
+                let shown = format!("{} with SLUICE_* from the environment", path.display());
+                (text, shown, base_dir.unwrap_or(Path::new(".")).to_owned())
+            }
+            None => (String::new(), "from the environment".to_owned(), ".".into()),
+        };
+        let broken = |message: String| ConfigError::Parse {
+            path: shown.clone().into(),
+            message,
+        };
+        let file: toml::Table = toml::from_str(&text)
+            .map_err(|e| broken(e.to_string().trim_end().replace('\n', " | ")))?;
+        // Each setting starts as a string; one its key refuses as a string
+        // is read as TOML, one naming no key is dropped, and the whole is
+        // deserialized again.
+        let mut typed = vec![false; settings.len()];
+        let mut ignored = vec![false; settings.len()];
+        let mut config: Config = loop {
+            let mut layered = file.clone();
+            for (n, setting) in settings.iter().enumerate() {
+                if !ignored[n] {
+                    environment::apply(&mut layered, setting, typed[n]);
+                }
+            }
+            let error = match serde_path_to_error::deserialize(toml::Value::Table(layered)) {
+                Ok(config) => break config,
+                Err(error) => error,
+            };
+            let at = error.path().to_string();
+            let problem = error.inner().to_string().trim_end().replace('\n', " | ");
+            let named = settings.iter().enumerate().position(|(n, s)| {
+                !ignored[n] && (s.dotted() == at || s.names_unknown(&at, &problem))
+            });
+            match named {
+                Some(n) if settings[n].names_unknown(&at, &problem) => ignored[n] = true,
+                Some(n)
+                    if !typed[n]
+                        && environment::apply(&mut toml::Table::new(), &settings[n], true) =>
+                {
+                    typed[n] = true
+                }
+                Some(n) => {
+                    return Err(broken(format!(
+                        "{at}: {problem} (from {})",
+                        settings[n].var
+                    )));
+                }
+                None => return Err(broken(format!("{at}: {problem}"))),
+            }
+        };
+        for setting in settings.iter().zip(&ignored).filter(|(_, i)| **i) {
+            tracing::warn!(variable = %setting.0.var, "ignored: names no setting of sluice's");
+        }
+        config.base_dir = base_dir;
+        config
+            .validate()
+            .map_err(|Invalid { key, problem }| ConfigError::Invalid {
+                path: shown.into(),
+                key,
+                problem,
+            })?;
+        Ok(config)
     }
 
     /// Parses and validates config text; `path` is only used in messages.

@@ -440,3 +440,93 @@ mod properties {
         }
     }
 }
+
+fn layered(file: Option<&str>, vars: &[(&str, &str)]) -> Result<Config, ConfigError> {
+    let dir = tempfile::tempdir().unwrap();
+    let path = file.map(|text| {
+        let path = dir.path().join("sluice.toml");
+        std::fs::write(&path, text).unwrap();
+        path
+    });
+    let vars = vars.iter().map(|(k, v)| (k.to_string(), v.to_string()));
+    Config::layered(path.as_deref(), &environment::settings(vars)?)
+}
+
+#[test]
+fn the_environment_is_layered_over_the_file_with_each_value_typed_by_its_key() {
+    let config = layered(
+        Some(&format!(
+            "group-id = \"from-file\"\nmax-in-flight = 7\n{MINIMAL}"
+        )),
+        &[
+            ("SLUICE_BROKERS", "kafka-0:9092,kafka-1:9092"),
+            ("SLUICE_GROUP_ID", "123"),
+            ("SLUICE_ADMIN_LISTEN", "9464"),
+            ("SLUICE_MAX_IN_FLIGHT", "500"),
+            ("SLUICE_COMMIT_INTERVAL_MS", "250"),
+            ("SLUICE_WATCH_HANDLERS", "false"),
+            ("SLUICE_KAFKA_CONSUMER_SECURITY_PROTOCOL", "SASL_SSL"),
+            ("SLUICE_KAFKA_PRODUCER_LINGER_MS", "5"),
+        ],
+    )
+    .unwrap();
+    assert_eq!(config.brokers, "kafka-0:9092,kafka-1:9092");
+    assert_eq!(config.group_id, "123");
+    assert_eq!(config.admin.listen.as_deref(), Some("9464"));
+    assert_eq!(config.max_in_flight, 500);
+    assert_eq!(config.commit_interval, Duration::from_millis(250));
+    assert!(!config.watch_handlers);
+    assert_eq!(config.kafka.consumer["security.protocol"], "SASL_SSL");
+    assert_eq!(config.kafka.producer["linger.ms"], "5");
+    // What the environment does not set stays the file's.
+    assert_eq!(config.routes[0].topic, "in");
+}
+
+#[test]
+fn the_environment_alone_is_enough_with_the_routes_as_toml() {
+    let config = layered(
+        None,
+        &[
+            ("SLUICE_BROKERS", "embedded"),
+            (
+                "SLUICE_ROUTES",
+                r#"[{ topic = "in", handler = "echo", publish-to = ["*"] }]"#,
+            ),
+        ],
+    )
+    .unwrap();
+    assert!(config.is_embedded());
+    assert_eq!(config.routes[0].handler, "echo");
+    let error = layered(None, &[("SLUICE_BROKERS", "embedded")])
+        .unwrap_err()
+        .to_string();
+    assert!(error.contains("routes"), "{error}");
+}
+
+#[test]
+fn a_bad_value_from_the_environment_names_its_variable_and_a_stranger_is_ignored() {
+    let error = layered(Some(MINIMAL), &[("SLUICE_WATCH_HANDLERS", "maybe")])
+        .unwrap_err()
+        .to_string();
+    assert!(error.contains("watch-handlers"), "{error}");
+    assert!(error.contains("(from SLUICE_WATCH_HANDLERS)"), "{error}");
+    let error = layered(Some(MINIMAL), &[("SLUICE_GROUP_ID", " ")])
+        .unwrap_err()
+        .to_string();
+    assert!(error.contains("group-id: must not be empty"), "{error}");
+    assert!(
+        error.contains("with SLUICE_* from the environment"),
+        "{error}"
+    );
+    // Kubernetes' service links, and a misspelt section key.
+    let config = layered(
+        Some(MINIMAL),
+        &[
+            ("SLUICE_PORT", "tcp://10.0.0.1:9464"),
+            ("SLUICE_ADMIN_LISTN", "9464"),
+            ("SLUICE_SERVICE_HOST", "10.0.0.1"),
+        ],
+    )
+    .unwrap();
+    assert_eq!(config.admin.listen, None);
+}
