@@ -69,6 +69,22 @@ pub enum Command {
     /// instantiates under the host's sandbox; with a config, also what the
     /// routes of its handler (named by the file's path) let it reach.
     Inspect(InspectArgs),
+    /// Check a config (with the environment applied) and its handlers
+    /// directory as a host would, and that the brokers and the store
+    /// answer, without starting a host: one line per thing checked, and a
+    /// failing status if any is a problem. For CI and init containers.
+    Check(CheckArgs),
+}
+
+/// The arguments of `sluice check`.
+#[derive(Debug, clap::Args)]
+pub struct CheckArgs {
+    /// The TOML config file (without one, the environment's `SLUICE_*`).
+    #[arg(long, short, env = "SLUICE_CONFIG")]
+    pub config: Option<PathBuf>,
+    /// Check only the config and the handlers: ask no broker or store.
+    #[arg(long)]
+    pub offline: bool,
 }
 
 /// The arguments of `sluice run`.

@@ -5,6 +5,7 @@ use std::process::ExitCode;
 
 use anyhow::Context;
 use sluice::RunOptions;
+use sluice::check;
 use sluice::config::{Config, Limits};
 use sluice::redrive::RedriveOptions;
 use sluice::registry::{self, VersionState, VersionStatus};
@@ -13,7 +14,9 @@ use sluice::scaffold::{Language, scaffold};
 use sluice::source::range::Position;
 use sluice::telemetry::Stop;
 
-use crate::cli::{self, HandlersArgs, InspectArgs, NewArgs, RedriveArgs, ReplayArgs, RunArgs};
+use crate::cli::{
+    self, CheckArgs, HandlersArgs, InspectArgs, NewArgs, RedriveArgs, ReplayArgs, RunArgs,
+};
 
 /// `sluice run`: the host, until stopped (or drained).
 pub(crate) fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
@@ -202,6 +205,47 @@ pub(crate) fn new(args: NewArgs) -> anyhow::Result<ExitCode> {
         root.display()
     )?;
     Ok(ExitCode::SUCCESS)
+}
+
+/// `sluice check`: the config, its handlers, and (unless offline) the
+/// brokers and the store, one line each; failing if any is a problem.
+pub(crate) fn check(args: CheckArgs) -> anyhow::Result<ExitCode> {
+    let CheckArgs { config, offline } = args;
+    let mut out = std::io::stdout().lock();
+    let config = match Config::load_with_environment(config.as_deref()) {
+        Ok(config) => config,
+        Err(error) => {
+            writeln!(out, "{}", check::Finding::Problem(format!("{error}")))?;
+            return Ok(ExitCode::FAILURE);
+        }
+    };
+    let mut findings = vec![check::Finding::Fine(format!(
+        "config ({} routes)",
+        config.routes.len()
+    ))];
+    findings.extend(check::handlers(&config));
+    if offline {
+        findings.push(check::Finding::Fine(
+            "brokers and store not asked (--offline)".into(),
+        ));
+    } else {
+        findings.extend(check::brokers(&config));
+        let runtime = tokio::runtime::Runtime::new().context("cannot start async runtime")?;
+        findings.extend(runtime.block_on(check::store(&config)));
+    }
+    for finding in &findings {
+        writeln!(out, "{finding}")?;
+    }
+    let problems = findings
+        .iter()
+        .filter(|f| matches!(f, check::Finding::Problem(_)))
+        .count();
+    Ok(if problems > 0 {
+        writeln!(out, "{problems} problems")?;
+        ExitCode::FAILURE
+    } else {
+        ExitCode::SUCCESS
+    })
 }
 
 /// `sluice inspect`: a component's contract, and whether it instantiates.

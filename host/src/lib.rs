@@ -15,6 +15,7 @@
 //! nothing) and [`redrive`] (dead letters through the current version).
 
 mod admin;
+pub mod check;
 pub mod config;
 pub mod contract;
 pub mod decider;

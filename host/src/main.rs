@@ -105,5 +105,6 @@ fn execute(command: Command) -> anyhow::Result<ExitCode> {
         Command::Redrive(args) => commands::redrive(args),
         Command::New(args) => commands::new(args),
         Command::Inspect(args) => commands::inspect(args),
+        Command::Check(args) => commands::check(args),
     }
 }

@@ -426,3 +426,114 @@ fn a_host_runs_from_the_environment_alone_and_a_missing_secret_file_stops_it_wit
         "{line}"
     );
 }
+
+/// `sluice check` with `config`: its status and its lines.
+fn check(config: &Path, extra: &[&str]) -> (bool, String) {
+    let output = sluice()
+        .args(["check", "--config"])
+        .arg(config)
+        .args(extra)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
+    (output.status.success(), stdout)
+}
+
+#[test]
+fn check_says_what_it_found_one_line_each_and_fails_on_any_problem() {
+    let broker = EmbeddedBroker::start().unwrap();
+    let brokers = broker.bootstrap_servers();
+    broker.create_topic("in", 1).unwrap();
+    let scratch = Scratch::new();
+    let handlers = scratch.handlers(&[("test-echo", "0.1.0", &component("test-echo"))]);
+    let store = "[store]\nbackend = \"postgres\"\nurl = \"host=127.0.0.1 port=5432 user=postgres dbname=test\"\nschema = \"sluice_check\"\n";
+    let route = |topic: &str| {
+        format!("[[routes]]\ntopic = \"{topic}\"\nhandler = \"test-echo\"\npublish-to = [\"*\"]\n")
+    };
+    let good = scratch.write(
+        "good.toml",
+        config(brokers, "g", &handlers, &format!("{}{store}", route("in"))),
+    );
+    let (ok, lines) = check(&good, &[]);
+    assert!(ok, "{lines}");
+    for line in [
+        "ok: config (1 routes)",
+        "ok: route in -> handler test-echo 0.1.0",
+        &format!("ok: brokers {brokers} answer (1 brokers)"),
+    ] {
+        assert!(
+            lines.lines().any(|l| l == line),
+            "{line:?} not in:\n{lines}"
+        );
+    }
+    assert!(
+        lines
+            .lines()
+            .any(|l| l.starts_with("ok: store ") && l.ends_with(" answers")),
+        "{lines}"
+    );
+    assert!(!lines.contains("problem"), "{lines}");
+
+    // A rejected version beside the served one, and a routed topic the
+    // brokers do not have: two problems, each on its line.
+    std::fs::copy(
+        scratch.write("text.wasm", "hello, not wasm"),
+        handlers.join("test-echo/0.2.0.wasm"),
+    )
+    .unwrap();
+    let absent = scratch.write(
+        "absent.toml",
+        config(
+            brokers,
+            "g",
+            &handlers,
+            &format!("{}{}", route("in"), route("absent")),
+        ),
+    );
+    let (ok, lines) = check(&absent, &[]);
+    assert!(!ok, "{lines}");
+    let problems: Vec<&str> = lines
+        .lines()
+        .filter(|l| l.starts_with("problem: "))
+        .collect();
+    assert_eq!(problems.len(), 2, "{lines}");
+    assert!(
+        problems[0].contains("handler test-echo 0.2.0")
+            && problems[0].contains("not a WebAssembly file"),
+        "{lines}"
+    );
+    assert_eq!(
+        problems[1],
+        "problem: topic absent (routed) does not exist on the brokers"
+    );
+    assert!(lines.ends_with("2 problems\n"), "{lines}");
+    std::fs::remove_file(handlers.join("test-echo/0.2.0.wasm")).unwrap();
+
+    // Brokers that do not answer; --offline does not ask them.
+    let nowhere = scratch.write(
+        "nowhere.toml",
+        config("127.0.0.1:9", "g", &handlers, &route("in")),
+    );
+    let (ok, lines) = check(&nowhere, &["--offline"]);
+    assert!(ok, "{lines}");
+    assert!(
+        lines.contains("ok: brokers and store not asked (--offline)"),
+        "{lines}"
+    );
+    let (ok, lines) = check(&nowhere, &[]);
+    assert!(!ok, "{lines}");
+    assert!(
+        lines.contains("problem: brokers 127.0.0.1:9 do not answer"),
+        "{lines}"
+    );
+
+    // A config that does not parse is one problem line.
+    let broken = scratch.write("broken.toml", format!("brokerz = 1\n{}", route("in")));
+    let (ok, lines) = check(&broken, &[]);
+    assert!(!ok);
+    assert_eq!(lines.lines().count(), 1, "{lines}");
+    assert!(
+        lines.starts_with("problem: config ") && lines.contains("brokerz"),
+        "{lines}"
+    );
+}

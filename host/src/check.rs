@@ -1,0 +1,139 @@
+//! `sluice check`: what a host started with a config would find, without
+//! starting one. For CI pipelines and init containers: every finding is one
+//! line, and any problem fails the check.
+
+use std::time::Duration;
+
+use rdkafka::config::ClientConfig;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+
+use crate::config::{Config, StoreBackend};
+use crate::registry::{self, VersionState};
+use crate::runtime::Runtime;
+
+/// How long the brokers and the store may take to answer.
+const ANSWER_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// One thing the check looked at.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Finding {
+    /// It is as a host needs it.
+    Fine(String),
+    /// It would stop a host, or keep a handler out of service.
+    Problem(String),
+}
+
+impl std::fmt::Display for Finding {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Finding::Fine(what) => write!(f, "ok: {what}"),
+            Finding::Problem(what) => write!(f, "problem: {what}"),
+        }
+    }
+}
+
+/// The handlers directory as `sluice handlers` evaluates it: each route's
+/// handler must have a version to serve, and no version may be rejected.
+pub fn handlers(config: &Config) -> Vec<Finding> {
+    let statuses = match Runtime::for_config(config)
+        .map_err(|e| e.to_string())
+        .and_then(|runtime| registry::evaluate(config, runtime).map_err(|e| e.to_string()))
+    {
+        Ok(statuses) => statuses,
+        Err(error) => return vec![Finding::Problem(format!("handlers: {error}"))],
+    };
+    let mut findings = Vec::new();
+    for status in &statuses {
+        if let VersionState::Rejected { reason } = &status.state {
+            findings.push(Finding::Problem(format!(
+                "handler {} {} ({}) is rejected: {reason}",
+                status.handler,
+                status.version,
+                status.file.display()
+            )));
+        }
+    }
+    for route in &config.routes {
+        let serving = statuses
+            .iter()
+            .find(|s| s.handler == route.handler && s.state == VersionState::Active);
+        findings.push(match serving {
+            Some(status) => Finding::Fine(format!(
+                "route {} -> handler {} {}",
+                route.topic, status.handler, status.version
+            )),
+            None => Finding::Problem(format!(
+                "route {}: handler {} has no version to serve",
+                route.topic, route.handler
+            )),
+        });
+    }
+    findings
+}
+
+/// Whether the brokers answer (with the config's consumer properties, so
+/// security settings are checked too) and hold every routed topic.
+pub fn brokers(config: &Config) -> Vec<Finding> {
+    if config.is_embedded() {
+        return vec![Finding::Fine(
+            "brokers: embedded (the host starts its own)".into(),
+        )];
+    }
+    let mut client = ClientConfig::new();
+    for (key, value) in &config.kafka.consumer {
+        client.set(key, value);
+    }
+    client.set("bootstrap.servers", &config.brokers);
+    let consumer: BaseConsumer = match client.create() {
+        Ok(consumer) => consumer,
+        Err(error) => return vec![Finding::Problem(format!("brokers: {error}"))],
+    };
+    let metadata = match consumer.fetch_metadata(None, ANSWER_TIMEOUT) {
+        Ok(metadata) => metadata,
+        Err(error) => {
+            return vec![Finding::Problem(format!(
+                "brokers {} do not answer: {error}",
+                config.brokers
+            ))];
+        }
+    };
+    let mut findings = vec![Finding::Fine(format!(
+        "brokers {} answer ({} brokers)",
+        config.brokers,
+        metadata.brokers().len()
+    ))];
+    for route in &config.routes {
+        let exists = metadata
+            .topics()
+            .iter()
+            .any(|t| t.name() == route.topic && t.error().is_none());
+        if !exists {
+            findings.push(Finding::Problem(format!(
+                "topic {} (routed) does not exist on the brokers",
+                route.topic
+            )));
+        }
+    }
+    findings
+}
+
+/// Whether a PostgreSQL store answers. A SQLite store is a file the host
+/// creates; the check does not create it.
+pub async fn store(config: &Config) -> Vec<Finding> {
+    if config.store.backend != StoreBackend::Postgres {
+        return Vec::new();
+    }
+    let opened = tokio::time::timeout(
+        ANSWER_TIMEOUT,
+        crate::store::open(&config.store, &config.base_dir),
+    )
+    .await;
+    vec![match opened {
+        Ok(Ok(store)) => Finding::Fine(format!("store {} answers", store.describe())),
+        Ok(Err(error)) => Finding::Problem(format!("store: {error}")),
+        Err(_) => Finding::Problem(format!(
+            "store: no answer within {} s",
+            ANSWER_TIMEOUT.as_secs()
+        )),
+    }]
+}
