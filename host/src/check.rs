@@ -80,7 +80,7 @@ pub fn brokers(config: &Config) -> Vec<Finding> {
         )];
     }
     let mut client = ClientConfig::new();
-    for (key, value) in &config.kafka.consumer {
+    for (key, value) in &config.kafka.for_consumer() {
         client.set(key, value);
     }
     client.set("bootstrap.servers", &config.brokers);

@@ -162,7 +162,7 @@ impl Reader {
                 RedriveError::NoRoute(options.dlq.clone(), topics.join(", "))
             })?;
         let mut client = ClientConfig::new();
-        for (key, value) in &config.kafka.consumer {
+        for (key, value) in &config.kafka.for_consumer() {
             client.set(key, value);
         }
         client

@@ -5,7 +5,7 @@
 //! One rule: `SLUICE_` then the key in capitals, `-` written `_`, and a
 //! key of a section after the section's name (`SLUICE_GROUP_ID` is
 //! `group-id`, `SLUICE_ADMIN_LISTEN` is `admin.listen`). In
-//! `[kafka.consumer]` and `[kafka.producer]`, `_` stands for librdkafka's
+//! the `[kafka.*]` sections, `_` stands for librdkafka's
 //! `.` (`SLUICE_KAFKA_CONSUMER_SASL_PASSWORD` is `sasl.password`). A
 //! variable ending in `_FILE` names a file holding the value (secrets
 //! mounted as files). A value is a string unless its key wants a number, a
@@ -16,7 +16,8 @@
 use std::path::PathBuf;
 
 /// Sections whose keys the environment may set one by one, longest first.
-const SECTIONS: [&str; 9] = [
+const SECTIONS: [&str; 10] = [
+    "kafka.common",
     "kafka.consumer",
     "kafka.producer",
     "embedded",
@@ -185,6 +186,7 @@ mod tests {
                 "SLUICE_STORE_URL",
                 "SLUICE_KAFKA_CONSUMER_SASL_PASSWORD",
                 "SLUICE_KAFKA_PRODUCER_SECURITY_PROTOCOL",
+                "SLUICE_KAFKA_COMMON_SASL_PASSWORD",
                 "SLUICE_SOURCE_FILE",
                 "SLUICE_LIMITS_MEMORY_MIB",
                 "SLUICE_MAX_IN_FLIGHT_MIB",
@@ -194,6 +196,7 @@ mod tests {
                 "brokers",
                 "group-id",
                 "handlers-dir",
+                "kafka.common.sasl.password",
                 "kafka.consumer.sasl.password",
                 "kafka.producer.security.protocol",
                 "limits.memory-mib",

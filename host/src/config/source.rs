@@ -59,6 +59,11 @@ impl Default for Embedded {
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(rename_all = "kebab-case", deny_unknown_fields)]
 pub struct KafkaProperties {
+    /// Properties for every client sluice makes (security settings: they
+    /// reach the consumer, the producers, redrive's and the parked-key
+    /// readers alike); `consumer` and `producer` override them.
+    #[serde(default)]
+    pub common: BTreeMap<String, String>,
     /// Properties for the consumer.
     #[serde(default)]
     pub consumer: BTreeMap<String, String>,
@@ -68,8 +73,19 @@ pub struct KafkaProperties {
 }
 
 impl KafkaProperties {
+    /// What every consumer gets: `common`, then `consumer` over it.
+    pub fn for_consumer(&self) -> BTreeMap<String, String> {
+        merged(&self.common, &self.consumer)
+    }
+
+    /// What every producer gets: `common`, then `producer` over it.
+    pub fn for_producer(&self) -> BTreeMap<String, String> {
+        merged(&self.common, &self.producer)
+    }
+
     pub(super) fn validate(&self) -> Checked {
         for (section, props) in [
+            ("kafka.common", &self.common),
             ("kafka.consumer", &self.consumer),
             ("kafka.producer", &self.producer),
         ] {
@@ -84,7 +100,7 @@ impl KafkaProperties {
             }
         }
         // Exactly-once commits are timed against it (see effects::publish).
-        if let Some(ms) = self.producer.get("transaction.timeout.ms") {
+        if let Some(ms) = self.for_producer().get("transaction.timeout.ms") {
             let key = "kafka.producer.\"transaction.timeout.ms\"";
             let Ok(ms) = ms.parse() else {
                 return broken(key, format!("{ms:?} is not a number of milliseconds"));
@@ -93,6 +109,15 @@ impl KafkaProperties {
         }
         Ok(())
     }
+}
+
+fn merged(
+    common: &BTreeMap<String, String>,
+    side: &BTreeMap<String, String>,
+) -> BTreeMap<String, String> {
+    let mut all = common.clone();
+    all.extend(side.iter().map(|(k, v)| (k.clone(), v.clone())));
+    all
 }
 
 fn default_partitions() -> i32 {

@@ -82,12 +82,12 @@ impl Publisher {
     /// broker aborts a crashed host's transaction after
     /// `transaction.timeout.ms`.
     pub(crate) fn transactional(config: &Config, brokers: &str) -> KafkaResult<Arc<Publisher>> {
-        let id = match config.kafka.consumer.get("group.instance.id") {
+        let id = match config.kafka.for_consumer().get("group.instance.id") {
             Some(instance) => format!("{}-{instance}", config.group_id),
             None => format!("{}-{:016x}", config.group_id, rand::random::<u64>()),
         };
         let mut client = client(config, brokers);
-        let lifetime_ms = match config.kafka.producer.get("transaction.timeout.ms") {
+        let lifetime_ms = match config.kafka.for_producer().get("transaction.timeout.ms") {
             // The config check made sure it is a number.
             Some(ms) => ms.parse().unwrap_or(TRANSACTION_LIFETIME_MS),
             None => TRANSACTION_LIFETIME_MS,
@@ -255,7 +255,7 @@ fn client(config: &Config, brokers: &str) -> ClientConfig {
     // default backs off to 10 s, which kept publishes failing (and breakers
     // probing) for up to 25 s after the broker was back.
     client.set("reconnect.backoff.max.ms", "1000");
-    for (key, value) in &config.kafka.producer {
+    for (key, value) in &config.kafka.for_producer() {
         client.set(key, value);
     }
     client
@@ -324,5 +324,23 @@ mod tests {
         assert_eq!(producer_setting("", key).as_deref(), Some("1000"));
         let own = "[kafka.producer]\n\"reconnect.backoff.max.ms\" = \"250\"";
         assert_eq!(producer_setting(own, key).as_deref(), Some("250"));
+    }
+
+    #[test]
+    fn common_kafka_properties_reach_the_producer_and_its_own_override_them() {
+        let common = "[kafka.common]\n\"sasl.mechanism\" = \"SCRAM-SHA-512\"\n\"sasl.username\" = \"shop\"\n";
+        assert_eq!(
+            producer_setting(common, "sasl.mechanism").as_deref(),
+            Some("SCRAM-SHA-512")
+        );
+        let own = format!("{common}[kafka.producer]\n\"sasl.username\" = \"shop-producer\"\n");
+        assert_eq!(
+            producer_setting(&own, "sasl.username").as_deref(),
+            Some("shop-producer")
+        );
+        assert_eq!(
+            producer_setting(&own, "sasl.mechanism").as_deref(),
+            Some("SCRAM-SHA-512")
+        );
     }
 }

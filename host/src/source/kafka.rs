@@ -353,27 +353,7 @@ impl KafkaSource {
         offsets: Arc<Offsets>,
         health: Arc<Health>,
     ) -> KafkaResult<KafkaSource> {
-        let mut client = ClientConfig::new();
-        // Defaults a user may override through [kafka.consumer]. Prefetch is
-        // kept small per partition: a backlog should wait in the broker, and
-        // a partition at its in-flight cap is paused anyway.
-        client
-            .set("auto.offset.reset", "earliest")
-            .set("partition.assignment.strategy", "cooperative-sticky")
-            .set("queued.max.messages.kbytes", "4096")
-            .set("queued.min.messages", "5000")
-            // A partition whose prefetch is full is fetched again this soon
-            // (librdkafka's default is 1 s): with a prefetch this small the
-            // lanes empty it well within a second and would then sit idle;
-            // that held P1 at about half the native consumer's rate.
-            .set("fetch.queue.backoff.ms", "20")
-            // A broker back from an outage is tried again within a second
-            // (librdkafka's default backs off to 10 s), as the Java client does.
-            .set("reconnect.backoff.max.ms", "1000");
-        for (key, value) in &config.kafka.consumer {
-            client.set(key, value);
-        }
-        client.set("bootstrap.servers", brokers);
+        let mut client = consumer_client(config, brokers);
         let from_beginning = matches!(
             client.get("auto.offset.reset"),
             Some("earliest" | "smallest" | "beginning")
@@ -625,6 +605,33 @@ impl Committer {
     }
 }
 
+/// The consumer's settings before the group's: sluice's defaults, then
+/// `[kafka.common]` and `[kafka.consumer]` over them.
+fn consumer_client(config: &Config, brokers: &str) -> ClientConfig {
+    let mut client = ClientConfig::new();
+    // Defaults a user may override through [kafka.consumer]. Prefetch is
+    // kept small per partition: a backlog should wait in the broker, and
+    // a partition at its in-flight cap is paused anyway.
+    client
+        .set("auto.offset.reset", "earliest")
+        .set("partition.assignment.strategy", "cooperative-sticky")
+        .set("queued.max.messages.kbytes", "4096")
+        .set("queued.min.messages", "5000")
+        // A partition whose prefetch is full is fetched again this soon
+        // (librdkafka's default is 1 s): with a prefetch this small the
+        // lanes empty it well within a second and would then sit idle;
+        // that held P1 at about half the native consumer's rate.
+        .set("fetch.queue.backoff.ms", "20")
+        // A broker back from an outage is tried again within a second
+        // (librdkafka's default backs off to 10 s), as the Java client does.
+        .set("reconnect.backoff.max.ms", "1000");
+    for (key, value) in &config.kafka.for_consumer() {
+        client.set(key, value);
+    }
+    client.set("bootstrap.servers", brokers);
+    client
+}
+
 /// Copies a borrowed Kafka message into the host's message type.
 fn owned(msg: &BorrowedMessage<'_>) -> Message {
     let headers = msg
@@ -691,5 +698,42 @@ fn release_committed(offsets: &Offsets, committed: &TopicPartitionList) {
         if let (Offset::Offset(offset), Ok(())) = (element.offset(), element.error()) {
             offsets.committed(&(element.topic().to_owned(), element.partition()), offset);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn consumer_setting(extra: &str, key: &str) -> Option<String> {
+        let text = format!(
+            "brokers = \"embedded\"\n{extra}\n[[routes]]\ntopic = \"in\"\nhandler = \"echo\"\npublish-to = [\"*\"]\n"
+        );
+        let config = Config::parse(&text, "test.toml".as_ref(), ".".as_ref()).unwrap();
+        consumer_client(&config, "localhost:9092")
+            .get(key)
+            .map(str::to_owned)
+    }
+
+    #[test]
+    fn common_kafka_properties_reach_the_consumer_and_its_own_override_them() {
+        let common = "[kafka.common]\n\"security.protocol\" = \"SASL_SSL\"\n\"reconnect.backoff.max.ms\" = \"500\"\n";
+        assert_eq!(
+            consumer_setting(common, "security.protocol").as_deref(),
+            Some("SASL_SSL")
+        );
+        assert_eq!(
+            consumer_setting(common, "reconnect.backoff.max.ms").as_deref(),
+            Some("500")
+        );
+        assert_eq!(
+            consumer_setting("", "reconnect.backoff.max.ms").as_deref(),
+            Some("1000")
+        );
+        let own = format!("{common}[kafka.consumer]\n\"security.protocol\" = \"SSL\"\n");
+        assert_eq!(
+            consumer_setting(&own, "security.protocol").as_deref(),
+            Some("SSL")
+        );
     }
 }
