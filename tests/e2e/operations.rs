@@ -518,3 +518,44 @@ fn lag_counts_a_paused_routes_backlog_exactly_and_drains_after_resume() {
     host.signal(libc::SIGTERM);
     host.wait_ok();
 }
+
+#[test]
+fn an_unreachable_broker_is_logged_once_per_kind_with_its_reason_not_on_every_retry() {
+    // A port nothing listens on.
+    let closed = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    let scratch = Scratch::new();
+    let handlers = scratch.handlers(&[("test-echo", "0.1.0", &component("test-echo"))]);
+    let routes = "[[routes]]\ntopic = \"in\"\nhandler = \"test-echo\"\npublish-to = [\"*\"]\n";
+    let config = scratch.write(
+        "down.toml",
+        config(&closed.to_string(), "down", &handlers, routes),
+    );
+    let host = Host::start(&scratch, "host", &config, &[]);
+    wait_until("the consumer to report the refused connection", || {
+        log_of(&scratch, "host")
+            .lines()
+            .any(|l| l.contains("client=\"consumer\"") && l.contains("Connection refused"))
+    });
+    // The measure: what three more seconds of retrying (about 60 attempts
+    // by each client, ~140 lines before) add to the log.
+    std::thread::sleep(Duration::from_secs(3));
+    host.signal(libc::SIGTERM);
+    let exit = host.wait_ok();
+    let errors = exit
+        .stderr
+        .lines()
+        .filter(|l| l.contains("kafka client error"))
+        .count();
+    // Two kinds (transport failure, all brokers down), by two clients.
+    assert!(errors <= 4, "{errors} client errors:\n{}", exit.stderr);
+    assert!(
+        exit.stderr.lines().count() < 25,
+        "{} lines:\n{}",
+        exit.stderr.lines().count(),
+        exit.stderr
+    );
+    assert!(!exit.stderr.contains("ERROR"), "{}", exit.stderr);
+}

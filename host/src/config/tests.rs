@@ -118,7 +118,9 @@ fn reserved_kafka_properties_are_refused() {
         err.contains("kafka.consumer.\"enable.auto.offset.store\""),
         "{err}"
     );
-    let err = error_of(&format!("{MINIMAL}\n[kafka.common]\n\"group.id\" = \"other\"\n"));
+    let err = error_of(&format!(
+        "{MINIMAL}\n[kafka.common]\n\"group.id\" = \"other\"\n"
+    ));
     assert!(err.contains("kafka.common.\"group.id\""), "{err}");
 }
 

@@ -11,6 +11,8 @@ use rdkafka::consumer::ConsumerGroupMetadata;
 use rdkafka::error::{KafkaError, KafkaResult, RDKafkaErrorCode};
 use rdkafka::message::{Header as KafkaHeader, OwnedHeaders};
 use rdkafka::producer::{DeliveryFuture, FutureProducer, FutureRecord, Producer};
+
+use crate::telemetry::client_logs::ProducerContext;
 use rdkafka::{Offset, TopicPartitionList};
 
 use super::EffectError;
@@ -35,7 +37,7 @@ const TRANSACTION_LIFETIME_MS: u64 = 10_000;
 
 /// The producer every publish and dead letter goes through.
 pub(crate) struct Publisher {
-    producer: FutureProducer,
+    producer: FutureProducer<ProducerContext>,
     /// `transaction.timeout.ms` of a transactional producer.
     lifetime: Duration,
 }
@@ -67,7 +69,7 @@ impl Publisher {
     /// An idempotent producer for `brokers`.
     pub(crate) fn connect(config: &Config, brokers: &str) -> KafkaResult<Arc<Publisher>> {
         Ok(Arc::new(Publisher {
-            producer: client(config, brokers).create()?,
+            producer: client(config, brokers).create_with_context(ProducerContext::default())?,
             lifetime: Duration::ZERO,
         }))
     }
@@ -93,7 +95,9 @@ impl Publisher {
             None => TRANSACTION_LIFETIME_MS,
         };
         client.set("transaction.timeout.ms", lifetime_ms.to_string());
-        let producer: FutureProducer = client.set("transactional.id", &id).create()?;
+        let producer: FutureProducer<ProducerContext> = client
+            .set("transactional.id", &id)
+            .create_with_context(ProducerContext::default())?;
         until_answered("init", || {
             producer.init_transactions(TRANSACTION_CALL_TIMEOUT)
         })?;

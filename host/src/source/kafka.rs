@@ -16,13 +16,13 @@ use std::sync::{Arc, Mutex, OnceLock, Weak};
 use std::time::{Duration, Instant};
 
 use futures::{FutureExt, StreamExt};
-use rdkafka::config::ClientConfig;
+use rdkafka::config::{ClientConfig, RDKafkaLogLevel};
 use rdkafka::consumer::stream_consumer::StreamPartitionQueue;
 use rdkafka::consumer::{
     BaseConsumer, CommitMode, Consumer, ConsumerContext, ConsumerGroupMetadata, Rebalance,
     StreamConsumer,
 };
-use rdkafka::error::KafkaResult;
+use rdkafka::error::{KafkaError, KafkaResult};
 use rdkafka::message::{BorrowedMessage, Headers, Message as _};
 use rdkafka::{ClientContext, Offset, TopicPartitionList};
 use tokio::sync::{mpsc, watch};
@@ -34,6 +34,7 @@ use super::parked::{self, ParkedKeys};
 use crate::config::Config;
 use crate::contract::{Header, Message};
 use crate::telemetry::Health;
+use crate::telemetry::client_logs::ClientLogs;
 
 /// How long a committed-offsets query may take before it counts as failed.
 const QUERY_TIMEOUT: Duration = Duration::from_secs(5);
@@ -73,12 +74,22 @@ pub(crate) struct SourceContext {
     reader: Arc<ClientConfig>,
     /// Told when the group is joined (readiness), and each partition's lag.
     health: Arc<Health>,
+    /// The consumer's logs, said once (`client_logs`).
+    logs: ClientLogs,
     /// Where a partition with no committed offset starts: its beginning
     /// (`auto.offset.reset` earliest, sluice's default) or its end.
     from_beginning: bool,
 }
 
-impl ClientContext for SourceContext {}
+impl ClientContext for SourceContext {
+    fn log(&self, level: RDKafkaLogLevel, facility: &str, message: &str) {
+        self.logs.log(level, facility, message)
+    }
+
+    fn error(&self, error: KafkaError, reason: &str) {
+        self.logs.error(&error, reason)
+    }
+}
 
 impl ConsumerContext for SourceContext {
     // Runs before librdkafka (incrementally) assigns or revokes. A queue split
@@ -378,6 +389,7 @@ impl KafkaSource {
                 before_release: OnceLock::new(),
                 reader,
                 from_beginning,
+                logs: ClientLogs::new("consumer"),
             })?);
         let _ = consumer.context().consumer.set(Arc::downgrade(&consumer));
         let topics: Vec<&str> = config.routes.iter().map(|r| r.topic.as_str()).collect();
@@ -407,7 +419,7 @@ impl KafkaSource {
                         });
                     }
                     // librdkafka recovers from broker and network errors by itself.
-                    Err(error) => tracing::warn!(%error, "consumer error"),
+                    Err(error) => self.consumer.context().logs.error(&error, ""),
                 },
             }
         }

@@ -1,6 +1,7 @@
 //! What a run did: counters for every run, and (for the demo and tests) a
 //! record of each confirmed publish and dead letter, with a readable summary.
 
+pub(crate) mod client_logs;
 pub mod decider;
 pub(crate) mod exposition;
 mod histogram;

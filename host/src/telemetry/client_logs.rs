@@ -1,0 +1,142 @@
+//! What the long-lived Kafka clients (the consumer, the producers) say,
+//! said once. librdkafka reports a broker it cannot reach three ways (a
+//! `FAIL` log line, a global error, and an error from every consumer poll)
+//! and again on every reconnect attempt, about 20 times a second: an
+//! unreachable broker wrote ~700 lines in 15 s. Here each kind of error is
+//! logged when first seen, then at most once per `REPEAT_EVERY` with the
+//! count held back meanwhile.
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use rdkafka::ClientContext;
+use rdkafka::config::RDKafkaLogLevel;
+use rdkafka::error::KafkaError;
+use rdkafka::types::RDKafkaErrorCode;
+
+/// How often a kind of error that keeps coming is logged again.
+const REPEAT_EVERY: Duration = Duration::from_secs(30);
+
+/// A client's logs, with repeats held back.
+pub(crate) struct ClientLogs {
+    /// Which client: `consumer` or `producer`.
+    client: &'static str,
+    /// When each kind was last logged, and its repeats held back since.
+    said: Mutex<HashMap<String, (Instant, u64)>>,
+}
+
+impl ClientLogs {
+    pub(crate) fn new(client: &'static str) -> Self {
+        ClientLogs {
+            client,
+            said: Mutex::default(),
+        }
+    }
+
+    /// A client error: from librdkafka's error callback, with its reason
+    /// (which broker, what failed), or from a consumer poll, without.
+    /// librdkafka recovers from all but fatal ones by itself, hence a warning.
+    pub(crate) fn error(&self, error: &KafkaError, reason: &str) {
+        let code = error.rdkafka_error_code();
+        let Some(held_back) = self.admit(format!("{code:?}")) else {
+            return;
+        };
+        if code == Some(RDKafkaErrorCode::Fatal) {
+            tracing::error!(client = self.client, %error, reason, held_back, "kafka client failed");
+        } else {
+            tracing::warn!(client = self.client, %error, reason, held_back, "kafka client error; retrying");
+        }
+    }
+
+    /// A librdkafka log line. `FAIL` lines say again what the error that
+    /// follows them says, so they are kept for debugging.
+    pub(crate) fn log(&self, level: RDKafkaLogLevel, facility: &str, message: &str) {
+        let client = self.client;
+        match level {
+            _ if facility == "FAIL" => tracing::debug!(client, facility, "{message}"),
+            RDKafkaLogLevel::Emerg
+            | RDKafkaLogLevel::Alert
+            | RDKafkaLogLevel::Critical
+            | RDKafkaLogLevel::Error => {
+                if let Some(held_back) = self.admit(facility.to_owned()) {
+                    tracing::error!(client, facility, held_back, "{message}");
+                }
+            }
+            RDKafkaLogLevel::Warning => {
+                if let Some(held_back) = self.admit(facility.to_owned()) {
+                    tracing::warn!(client, facility, held_back, "{message}");
+                }
+            }
+            RDKafkaLogLevel::Notice | RDKafkaLogLevel::Info => {
+                tracing::info!(client, facility, "{message}")
+            }
+            RDKafkaLogLevel::Debug => tracing::debug!(client, facility, "{message}"),
+        }
+    }
+
+    /// Whether `kind` is to be logged now: if so, how many of it were held
+    /// back since it last was.
+    fn admit(&self, kind: String) -> Option<u64> {
+        let now = Instant::now();
+        let mut said = self.said.lock().expect("client logs lock");
+        match said.get_mut(&kind) {
+            Some((at, held_back)) if now.duration_since(*at) < REPEAT_EVERY => {
+                *held_back += 1;
+                None
+            }
+            Some((at, held_back)) => {
+                *at = now;
+                Some(std::mem::take(held_back))
+            }
+            None => {
+                said.insert(kind, (now, 0));
+                Some(0)
+            }
+        }
+    }
+}
+
+/// A producer's client context: its logs, said once.
+pub(crate) struct ProducerContext(ClientLogs);
+
+impl Default for ProducerContext {
+    fn default() -> Self {
+        ProducerContext(ClientLogs::new("producer"))
+    }
+}
+
+impl ClientContext for ProducerContext {
+    fn log(&self, level: RDKafkaLogLevel, facility: &str, message: &str) {
+        self.0.log(level, facility, message)
+    }
+
+    fn error(&self, error: KafkaError, reason: &str) {
+        self.0.error(&error, reason)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_kind_is_said_once_then_again_with_its_repeats_after_the_interval() {
+        let logs = ClientLogs::new("consumer");
+        assert_eq!(logs.admit("AllBrokersDown".into()), Some(0));
+        for _ in 0..5 {
+            assert_eq!(logs.admit("AllBrokersDown".into()), None);
+        }
+        // Another kind is not held back by the first.
+        assert_eq!(logs.admit("BrokerTransportFailure".into()), Some(0));
+        // As if the interval had passed.
+        logs.said
+            .lock()
+            .unwrap()
+            .get_mut("AllBrokersDown")
+            .unwrap()
+            .0 -= REPEAT_EVERY;
+        assert_eq!(logs.admit("AllBrokersDown".into()), Some(5));
+        assert_eq!(logs.admit("AllBrokersDown".into()), None);
+    }
+}
