@@ -537,3 +537,49 @@ fn check_says_what_it_found_one_line_each_and_fails_on_any_problem() {
         "{lines}"
     );
 }
+
+#[test]
+fn the_kubernetes_manifests_config_and_environment_pass_check() {
+    let manifest = std::fs::read_to_string(repo().join("deploy/kubernetes.yaml")).unwrap();
+    // The ConfigMap's sluice.toml: the block under `sluice.toml: |`.
+    let toml: String = manifest
+        .split("sluice.toml: |\n")
+        .nth(1)
+        .unwrap()
+        .lines()
+        .take_while(|l| l.is_empty() || l.starts_with("    "))
+        .map(|l| format!("{}\n", l.trim_start_matches("    ")))
+        .collect();
+    let scratch = Scratch::new();
+    let config = scratch.write("sluice.toml", &toml);
+    let token = scratch.write("admin-token", "replace-with-a-long-random-token\n");
+    let password = scratch.write("sasl-password", "secret\n");
+    // The manifest's own variables, with its mounts' files here.
+    for variable in [
+        "SLUICE_GROUP_ID",
+        "SLUICE_ADMIN_TOKEN_FILE",
+        "SLUICE_KAFKA_COMMON_SASL_PASSWORD_FILE",
+    ] {
+        assert!(
+            manifest.contains(variable),
+            "{variable} not in the manifest"
+        );
+    }
+    let output = sluice()
+        .args(["check", "--offline", "--config"])
+        .arg(&config)
+        .env_clear()
+        .env("SLUICE_HANDLERS_DIR", dist())
+        .env("SLUICE_ARTIFACT_CACHE", shared_artifact_cache())
+        .env("SLUICE_GROUP_ID", "shop")
+        .env("SLUICE_ADMIN_TOKEN_FILE", &token)
+        .env("SLUICE_KAFKA_COMMON_SASL_PASSWORD_FILE", &password)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(output.status.success(), "{stdout}{}", stderr_of(&output));
+    assert!(
+        stdout.contains("ok: route order-shipped -> handler order-shipped-email"),
+        "{stdout}"
+    );
+}
