@@ -185,6 +185,18 @@ fn a_broker_outage_mid_stream_loses_nothing_and_publishes_are_retried() {
     broker.bring_up().unwrap();
     let exit = host.wait();
     assert!(exit.status.success(), "{}\n{}", exit.status, exit.stderr);
+    // The outage in the log as state changes: down, then back.
+    let consumer = |l: &&str| l.contains("client=\"consumer\"");
+    let lines: Vec<&str> = exit.stderr.lines().filter(consumer).collect();
+    let down = lines.iter().position(|l| l.contains("kafka client error"));
+    let back = lines
+        .iter()
+        .position(|l| l.contains("kafka brokers answer again"));
+    assert!(
+        matches!((down, back), (Some(down), Some(back)) if down < back),
+        "{}",
+        exit.stderr
+    );
 
     let outputs = outputs_per_input(brokers);
     assert_eq!(

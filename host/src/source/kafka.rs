@@ -525,8 +525,13 @@ impl Committer {
     /// Measures every assigned partition's lag (`lags`) for `/metrics` and
     /// the status page. Blocks on broker round trips.
     pub(crate) fn measure_lags(&self) {
+        let context = self.consumer.context();
         match self.lags() {
-            Ok(lags) => self.consumer.context().health.lags(lags),
+            Ok(Some(lags)) => {
+                context.logs.answered();
+                context.health.lags(lags)
+            }
+            Ok(None) => context.health.lags(BTreeMap::new()),
             // The last measure stands until the broker answers again.
             Err(error) => tracing::debug!(%error, "lag query failed; will ask again"),
         }
@@ -538,11 +543,11 @@ impl Committer {
     /// own tools call lag. Asked of the broker, not taken from fetches, so
     /// a partition that is paused or has not fetched yet shows what waits
     /// in it. With nothing committed, the backlog counts from where the
-    /// consumer starts.
-    fn lags(&self) -> KafkaResult<BTreeMap<TopicPartition, i64>> {
+    /// consumer starts. `None` with nothing assigned: no broker was asked.
+    fn lags(&self) -> KafkaResult<Option<BTreeMap<TopicPartition, i64>>> {
         let assignment = self.consumer.assignment()?;
         if assignment.count() == 0 {
-            return Ok(BTreeMap::new());
+            return Ok(None);
         }
         // Committed first: an end read after it is never below it.
         let mut starts = self
@@ -579,7 +584,7 @@ impl Committer {
         }
         // Lists from the consumer must go before the consumer does (see kafka.md).
         drop((starts, ends));
-        Ok(lags)
+        Ok(Some(lags))
     }
 
     /// The offsets of `partitions` at their beginning or end, asked of

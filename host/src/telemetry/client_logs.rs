@@ -4,7 +4,7 @@
 //! and again on every reconnect attempt, about 20 times a second: an
 //! unreachable broker wrote ~700 lines in 15 s. Here each kind of error is
 //! logged when first seen, then at most once per `REPEAT_EVERY` with the
-//! count held back meanwhile.
+//! count held back meanwhile, and brokers answering again are said once.
 
 use std::collections::HashMap;
 use std::sync::Mutex;
@@ -24,6 +24,8 @@ pub(crate) struct ClientLogs {
     client: &'static str,
     /// When each kind was last logged, and its repeats held back since.
     said: Mutex<HashMap<String, (Instant, u64)>>,
+    /// Since when the brokers have not answered, and the errors since.
+    down: Mutex<Option<(Instant, u64)>>,
 }
 
 impl ClientLogs {
@@ -31,7 +33,23 @@ impl ClientLogs {
         ClientLogs {
             client,
             said: Mutex::default(),
+            down: Mutex::default(),
         }
+    }
+
+    /// The brokers answered (a query of the consumer's succeeded): if they
+    /// had not been, that is said once, with how long and how many errors.
+    pub(crate) fn answered(&self) {
+        let Some((since, errors)) = self.down.lock().expect("client logs lock").take() else {
+            return;
+        };
+        self.said.lock().expect("client logs lock").clear();
+        tracing::info!(
+            client = self.client,
+            down_ms = since.elapsed().as_millis() as u64,
+            errors,
+            "kafka brokers answer again"
+        );
     }
 
     /// A client error: from librdkafka's error callback, with its reason
@@ -39,6 +57,11 @@ impl ClientLogs {
     /// librdkafka recovers from all but fatal ones by itself, hence a warning.
     pub(crate) fn error(&self, error: &KafkaError, reason: &str) {
         let code = error.rdkafka_error_code();
+        {
+            let mut down = self.down.lock().expect("client logs lock");
+            let (_, errors) = down.get_or_insert_with(|| (Instant::now(), 0));
+            *errors += 1;
+        }
         let Some(held_back) = self.admit(format!("{code:?}")) else {
             return;
         };
@@ -138,5 +161,21 @@ mod tests {
             .0 -= REPEAT_EVERY;
         assert_eq!(logs.admit("AllBrokersDown".into()), Some(5));
         assert_eq!(logs.admit("AllBrokersDown".into()), None);
+    }
+
+    #[test]
+    fn brokers_that_answer_again_are_said_once_and_errors_are_new_again() {
+        let logs = ClientLogs::new("consumer");
+        let down = KafkaError::Global(RDKafkaErrorCode::AllBrokersDown);
+        logs.error(&down, "1/1 brokers are down");
+        logs.error(&down, "1/1 brokers are down");
+        assert_eq!(logs.down.lock().unwrap().map(|(_, n)| n), Some(2));
+        logs.answered();
+        assert!(logs.down.lock().unwrap().is_none());
+        // The next outage is said at once, not held back by the last.
+        assert_eq!(
+            logs.admit(format!("{:?}", down.rdkafka_error_code())),
+            Some(0)
+        );
     }
 }
