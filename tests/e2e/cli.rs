@@ -539,8 +539,33 @@ fn check_says_what_it_found_one_line_each_and_fails_on_any_problem() {
 }
 
 #[test]
-fn the_kubernetes_manifests_config_and_environment_pass_check() {
-    let manifest = std::fs::read_to_string(repo().join("deploy/kubernetes.yaml")).unwrap();
+fn the_kubernetes_manifests_validate_and_their_config_and_environment_pass_check() {
+    let path = repo().join("deploy/kubernetes.yaml");
+    // Against Kubernetes' own schemas, rejecting unknown fields (the
+    // validator is installed by scripts/setup).
+    let validated = std::process::Command::new(
+        repo().join(".tools/kubernetes-validate/bin/kubernetes-validate"),
+    )
+    .arg("--strict")
+    .arg(&path)
+    .output()
+    .unwrap();
+    let report = String::from_utf8_lossy(&validated.stderr).into_owned()
+        + &String::from_utf8_lossy(&validated.stdout);
+    assert!(validated.status.success(), "{report}");
+    for resource in [
+        "configmap/sluice",
+        "secret/sluice",
+        "deployment/sluice",
+        "service/sluice-admin",
+        "poddisruptionbudget/sluice",
+    ] {
+        assert!(
+            report.contains(&format!("passed for resource {resource} ")),
+            "{resource}: {report}"
+        );
+    }
+    let manifest = std::fs::read_to_string(&path).unwrap();
     // The ConfigMap's sluice.toml: the block under `sluice.toml: |`.
     let toml: String = manifest
         .split("sluice.toml: |\n")
