@@ -4,10 +4,12 @@
 use std::path::{Path, PathBuf};
 
 use serde_json::{Map, Value, json};
+use sluice::contract::Message;
 use sluice::embedded::EmbeddedBroker;
 use sluice::source::jsonl::JsonlReader;
 
 use crate::support::*;
+use crate::transactional_broker::TransactionalBroker;
 
 const OUTPUT_TOPICS: [&str; 6] = [
     "email-requests",
@@ -41,14 +43,18 @@ publish-to = ["sku-events"]
 pub fn seed(broker: &EmbeddedBroker) {
     for topic in INPUT_TOPICS {
         broker.create_topic(topic, 4).unwrap();
-        let file = repo().join(format!("examples/shop/messages/{topic}.jsonl"));
-        let messages: Vec<_> = JsonlReader::open(&file)
-            .unwrap()
-            .partition_by_key(4)
-            .collect::<Result<_, _>>()
-            .unwrap();
-        broker.produce(&messages).unwrap();
+        broker.produce(&shop_messages(topic)).unwrap();
     }
+}
+
+/// The demo's sample messages of one input topic, on 4 partitions by key.
+fn shop_messages(topic: &str) -> Vec<Message> {
+    let file = repo().join(format!("examples/shop/messages/{topic}.jsonl"));
+    JsonlReader::open(&file)
+        .unwrap()
+        .partition_by_key(4)
+        .collect::<Result<_, _>>()
+        .unwrap()
 }
 
 /// A record as one canonical JSON line (topic, key, payload, headers).
@@ -80,11 +86,25 @@ fn all_outputs(brokers: &str) -> Vec<String> {
 /// drained, and checks it published exactly the expected records.
 fn run_shop_and_compare(handlers: &Path, settings: &str) -> (EmbeddedBroker, Scratch, PathBuf) {
     let broker = EmbeddedBroker::start().unwrap();
-    let brokers = broker.bootstrap_servers();
     seed(&broker);
+    let (scratch, config) = shop_on(broker.bootstrap_servers(), handlers, settings, |t| t);
+    (broker, scratch, config)
+}
+
+/// The shop's run and comparison on `brokers`, seeded by the caller; `edit`
+/// adjusts the config text for the broker.
+fn shop_on(
+    brokers: &str,
+    handlers: &Path,
+    settings: &str,
+    edit: impl Fn(String) -> String,
+) -> (Scratch, PathBuf) {
     let scratch = Scratch::new();
     let routes = format!("{settings}\n{ROUTES}");
-    let config = scratch.write("shop.toml", config(brokers, "shop", handlers, &routes));
+    let config = scratch.write(
+        "shop.toml",
+        edit(config(brokers, "shop", handlers, &routes)),
+    );
 
     Host::start(&scratch, "first", &config, &["--until-drained"]).wait_ok();
 
@@ -105,7 +125,35 @@ fn run_shop_and_compare(handlers: &Path, settings: &str) -> (EmbeddedBroker, Scr
         expected_file.display(),
         actual.join("\n")
     );
-    (broker, scratch, config)
+    (scratch, config)
+}
+
+#[test]
+fn shop_publishes_exactly_the_expected_records_on_noida_db_too() {
+    let broker = TransactionalBroker::start();
+    let brokers = broker.bootstrap_servers();
+    for topic in INPUT_TOPICS {
+        // The samples are dated January 2026: kept whatever their age.
+        broker.create_topic_with(topic, 4, &[("retention.ms", "-1")]);
+        sluice::embedded::produce(brokers, &shop_messages(topic)).unwrap();
+    }
+    for topic in OUTPUT_TOPICS {
+        broker.create_topic(topic, 1);
+    }
+    // Like Kafka, noida refuses session timeouts under 6 s.
+    shop_on(brokers, &dist(), "", |text| {
+        text.replace(
+            "\"session.timeout.ms\" = \"3000\"",
+            "\"session.timeout.ms\" = \"6000\"",
+        )
+    });
+    for topic in INPUT_TOPICS {
+        let committed = committed(brokers, "shop", topic);
+        for (partition, end) in end_offsets(brokers, topic) {
+            let done = committed.iter().find(|(p, _)| *p == partition).unwrap().1;
+            assert_eq!(done.unwrap_or(0), end, "{topic}[{partition}]");
+        }
+    }
 }
 
 #[test]

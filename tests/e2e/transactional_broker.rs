@@ -72,11 +72,19 @@ impl TransactionalBroker {
     }
 
     pub fn create_topic(&self, topic: &str, partitions: i32) {
+        self.create_topic_with(topic, partitions, &[]);
+    }
+
+    /// Creates a topic with these topic configs (`retention.ms`, ...).
+    pub fn create_topic_with(&self, topic: &str, partitions: i32, configs: &[(&str, &str)]) {
         let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
             .set("bootstrap.servers", &self.bootstrap)
             .create()
             .unwrap();
-        let topics = [NewTopic::new(topic, partitions, TopicReplication::Fixed(1))];
+        let topics = [configs.iter().fold(
+            NewTopic::new(topic, partitions, TopicReplication::Fixed(1)),
+            |new, (key, value)| new.set(key, value),
+        )];
         let options = AdminOptions::new().operation_timeout(Some(Duration::from_secs(10)));
         let runtime = tokio::runtime::Builder::new_current_thread()
             .enable_all()
