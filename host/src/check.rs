@@ -4,12 +4,12 @@
 
 use std::time::Duration;
 
-use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 
 use crate::config::{Config, StoreBackend};
 use crate::registry::{self, VersionState};
 use crate::runtime::Runtime;
+use crate::source::kafka::consumer_client;
 
 /// How long the brokers and the store may take to answer.
 const ANSWER_TIMEOUT: Duration = Duration::from_secs(10);
@@ -71,7 +71,7 @@ pub fn handlers(config: &Config) -> Vec<Finding> {
     findings
 }
 
-/// Whether the brokers answer (with the config's consumer properties, so
+/// Whether the brokers answer (with the host consumer's own settings, so
 /// security settings are checked too) and hold every routed topic.
 pub fn brokers(config: &Config) -> Vec<Finding> {
     if config.is_embedded() {
@@ -79,12 +79,7 @@ pub fn brokers(config: &Config) -> Vec<Finding> {
             "brokers: embedded (the host starts its own)".into(),
         )];
     }
-    let mut client = ClientConfig::new();
-    for (key, value) in &config.kafka.for_consumer() {
-        client.set(key, value);
-    }
-    client.set("bootstrap.servers", &config.brokers);
-    let consumer: BaseConsumer = match client.create() {
+    let consumer: BaseConsumer = match consumer_client(config, &config.brokers).create() {
         Ok(consumer) => consumer,
         Err(error) => return vec![Finding::Problem(format!("brokers: {error}"))],
     };

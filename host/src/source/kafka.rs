@@ -624,7 +624,7 @@ impl Committer {
 
 /// The consumer's settings before the group's: sluice's defaults, then
 /// `[kafka.common]` and `[kafka.consumer]` over them.
-fn consumer_client(config: &Config, brokers: &str) -> ClientConfig {
+pub(crate) fn consumer_client(config: &Config, brokers: &str) -> ClientConfig {
     let mut client = ClientConfig::new();
     // Defaults a user may override through [kafka.consumer]. Prefetch is
     // kept small per partition: a backlog should wait in the broker, and
