@@ -161,6 +161,20 @@ pub struct Config {
     pub base_dir: PathBuf,
 }
 
+/// A config file's text, and the directory its relative paths resolve
+/// against (the file's own).
+fn read(path: &Path) -> Result<(String, PathBuf), ConfigError> {
+    let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+        path: path.to_owned(),
+        source,
+    })?;
+    let base_dir = path
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    Ok((text, base_dir.to_owned()))
+}
+
 /// Tracing (`[trace]`).
 #[derive(Debug, Clone, Deserialize)]
 #[serde(rename_all = "kebab-case", deny_unknown_fields)]
@@ -180,15 +194,8 @@ impl Default for TraceSettings {
 impl Config {
     /// Reads, parses and validates a config file.
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
-            path: path.to_owned(),
-            source,
-        })?;
-        let base_dir = path
-            .parent()
-            .filter(|p| !p.as_os_str().is_empty())
-            .unwrap_or(Path::new("."));
-        Config::parse(&text, path, base_dir)
+        let (text, base_dir) = read(path)?;
+        Config::parse(&text, path, &base_dir)
     }
 
     /// Reads a config file (or none: the environment alone), layers the
@@ -203,13 +210,9 @@ impl Config {
         let (text, shown, base_dir) = match path {
             Some(path) if settings.is_empty() => return Config::load(path),
             Some(path) => {
-                let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
-                    path: path.to_owned(),
-                    source,
-                })?;
-                let base_dir = path.parent().filter(|p| !p.as_os_str().is_empty());
+                let (text, base_dir) = read(path)?;
                 let shown = format!("{} with SLUICE_* from the environment", path.display());
-                (text, shown, base_dir.unwrap_or(Path::new(".")).to_owned())
+                (text, shown, base_dir)
             }
             None => (String::new(), "from the environment".to_owned(), ".".into()),
         };

@@ -11,8 +11,6 @@ use rdkafka::consumer::ConsumerGroupMetadata;
 use rdkafka::error::{KafkaError, KafkaResult, RDKafkaErrorCode};
 use rdkafka::message::{Header as KafkaHeader, OwnedHeaders};
 use rdkafka::producer::{DeliveryFuture, FutureProducer, FutureRecord, Producer};
-
-use crate::telemetry::client_logs::ProducerContext;
 use rdkafka::{Offset, TopicPartitionList};
 
 use super::EffectError;
@@ -20,6 +18,7 @@ use crate::config::Config;
 use crate::contract::Publish;
 use crate::policy::retry::Backoff;
 use crate::source::offsets::TopicPartition;
+use crate::telemetry::client_logs::ProducerContext;
 use crate::wire::Reason;
 
 /// How long to wait for room when the producer's queue is full.
