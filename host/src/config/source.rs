@@ -101,11 +101,17 @@ impl KafkaProperties {
         }
         // Exactly-once commits are timed against it (see effects::publish).
         if let Some(ms) = self.for_producer().get("transaction.timeout.ms") {
-            let key = "kafka.producer.\"transaction.timeout.ms\"";
+            // Named where it was set: [kafka.producer] overrides [kafka.common].
+            let section = if self.producer.contains_key("transaction.timeout.ms") {
+                "kafka.producer"
+            } else {
+                "kafka.common"
+            };
+            let key = format!("{section}.\"transaction.timeout.ms\"");
             let Ok(ms) = ms.parse() else {
                 return broken(key, format!("{ms:?} is not a number of milliseconds"));
             };
-            check_range(key, ms, 1_000, 900_000)?;
+            check_range(&key, ms, 1_000, 900_000)?;
         }
         Ok(())
     }

@@ -137,6 +137,14 @@ fn transaction_timeout_must_be_milliseconds_in_range() {
     let err = with("500").unwrap_err().to_string();
     assert!(err.contains("1000 to 900000"), "{err}");
     assert!(with("30000").is_ok());
+    // Set for every client, it is checked (and named) there.
+    let err = error_of(&format!(
+        "{MINIMAL}\n[kafka.common]\n\"transaction.timeout.ms\" = \"500\"\n"
+    ));
+    assert!(
+        err.contains("kafka.common.\"transaction.timeout.ms\""),
+        "{err}"
+    );
 }
 
 #[test]
