@@ -21,6 +21,9 @@ pub enum Finding {
     Fine(String),
     /// It would stop a host, or keep a handler out of service.
     Problem(String),
+    /// A host would run, and miss something (a collector that does not
+    /// answer); it does not fail the check.
+    Warning(String),
 }
 
 impl std::fmt::Display for Finding {
@@ -28,6 +31,7 @@ impl std::fmt::Display for Finding {
         match self {
             Finding::Fine(what) => write!(f, "ok: {what}"),
             Finding::Problem(what) => write!(f, "problem: {what}"),
+            Finding::Warning(what) => write!(f, "warning: {what}"),
         }
     }
 }
@@ -131,4 +135,28 @@ pub async fn store(config: &Config) -> Vec<Finding> {
             ANSWER_TIMEOUT.as_secs()
         )),
     }]
+}
+
+/// Where the OTLP export goes, and (unless `offline`) whether the
+/// receiver takes an empty export. One that does not is a warning: a host
+/// runs without it, dropping what it cannot export.
+pub async fn otlp(config: &Config, offline: bool) -> Vec<Finding> {
+    let Ok(Some(export)) = config.otlp.export(|name| std::env::var(name).ok()) else {
+        return Vec::new();
+    };
+    let targets = [("spans", &export.traces), ("metrics", &export.metrics)];
+    let mut findings = Vec::new();
+    for (signal, url) in targets {
+        let Some(url) = url else { continue };
+        findings.push(match offline {
+            true => Finding::Fine(format!("otlp: {signal} to {url} (not asked: --offline)")),
+            false => match crate::telemetry::otlp::probe(&export, url).await {
+                Ok(()) => Finding::Fine(format!("otlp: {signal} to {url}, which answers")),
+                Err(problem) => Finding::Warning(format!(
+                    "otlp: {signal} to {url}: {problem}; a host would run and drop them"
+                )),
+            },
+        });
+    }
+    findings
 }

@@ -224,15 +224,16 @@ pub(crate) fn check(args: CheckArgs) -> anyhow::Result<ExitCode> {
         config.routes.len()
     ))];
     findings.extend(check::handlers(&config));
+    let runtime = tokio::runtime::Runtime::new().context("cannot start async runtime")?;
     if offline {
         findings.push(check::Finding::Fine(
             "brokers and store not asked (--offline)".into(),
         ));
     } else {
         findings.extend(check::brokers(&config));
-        let runtime = tokio::runtime::Runtime::new().context("cannot start async runtime")?;
         findings.extend(runtime.block_on(check::store(&config)));
     }
+    findings.extend(runtime.block_on(check::otlp(&config, offline)));
     for finding in &findings {
         writeln!(out, "{finding}")?;
     }

@@ -17,8 +17,10 @@ use std::process::ExitCode;
 
 use clap::Parser;
 use sluice::telemetry::EscapedFields;
-use tracing_subscriber::EnvFilter;
+use sluice::telemetry::otlp::span_layer;
 use tracing_subscriber::fmt::format::FmtSpan;
+use tracing_subscriber::prelude::*;
+use tracing_subscriber::{EnvFilter, Layer};
 
 use cli::{Cli, Command, LogFormat, RedriveArgs};
 
@@ -37,15 +39,13 @@ fn main() -> ExitCode {
     };
     let filter =
         EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default_level));
-    let logs = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(|| LogWriter);
-    match cli.log_format {
+    let logs = tracing_subscriber::fmt::layer().with_writer(|| LogWriter);
+    let logs = match cli.log_format {
         // Guests supply much of what is logged: no value may break a line.
         LogFormat::Text => logs
             .with_ansi(std::io::stderr().is_terminal())
             .fmt_fields(EscapedFields)
-            .init(),
+            .boxed(),
         // Each span's close is a line with its fields and timings: the
         // spans of a message can be collected from the log.
         LogFormat::Json => logs
@@ -53,8 +53,14 @@ fn main() -> ExitCode {
             .with_current_span(true)
             .with_span_list(true)
             .with_span_events(FmtSpan::CLOSE)
-            .init(),
-    }
+            .boxed(),
+    };
+    // Spans go to the OTLP export (when a run configures one) whatever
+    // level the logs are at: each layer has its own filter.
+    tracing_subscriber::registry()
+        .with(logs.with_filter(filter))
+        .with(span_layer())
+        .init();
     match execute(cli.command) {
         Ok(code) => code,
         // The reader of the output went away (`sluice handlers | head`):

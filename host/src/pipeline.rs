@@ -569,6 +569,7 @@ impl Pipeline {
         };
         self.telemetry
             .ended(handler.name(), handler.version(), ended);
+        job.trace.span.record("outcome", ended.as_str());
         if let Some(dead) = dead {
             pending.push(self.dead_letter(route, partition, job, dead).await);
         }

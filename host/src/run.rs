@@ -13,7 +13,7 @@ use tokio::sync::watch;
 use rdkafka::error::KafkaError;
 
 use crate::admin;
-use crate::config::{Config, DeliveryMode, Embedded};
+use crate::config::{Config, DeliveryMode, Embedded, OtlpExport};
 use crate::decider::Decider;
 use crate::effects::publish::Publisher;
 use crate::effects::{Effects, RouteEffects};
@@ -30,6 +30,7 @@ use crate::source::jsonl::{JsonlError, JsonlReader};
 use crate::source::kafka::{Committer, KafkaSource, SourceEvent, UnsplitMessage};
 use crate::source::offsets::{Hold, Offsets};
 use crate::store::StoreError;
+use crate::telemetry::otlp::Exporter;
 use crate::telemetry::{Health, Phase, RunReport, Stop, Telemetry};
 use crate::workers::WorkerPool;
 use crate::workers::budget::ByteBudget;
@@ -158,6 +159,8 @@ pub(crate) struct Host {
     transaction: Option<Arc<Transaction>>,
     shadows: Arc<Shadows>,
     stop_watching: watch::Sender<bool>,
+    /// The OTLP export, when one is configured.
+    otlp: Option<Exporter>,
     /// How long a stop waits for messages in flight.
     pub(crate) deadline: Duration,
 }
@@ -205,22 +208,32 @@ impl Host {
         }
         let controls = Arc::new(Controls::new(config.routes.iter().map(|r| r.topic.clone())));
         let budget = ByteBudget::new(config.max_in_flight_mib << 20);
+        let parts = admin::Parts {
+            registry: registry.clone(),
+            telemetry: telemetry.clone(),
+            breakers: breakers.clone(),
+            health: health.clone(),
+            offsets: offsets.clone(),
+            controls: controls.clone(),
+            budget: budget.clone(),
+        };
+        let route_topics = config
+            .routes
+            .iter()
+            .map(|r| (r.topic.clone(), r.handler.clone()))
+            .collect();
+        let state = admin::State::new(parts, config.admin.token(), route_topics);
+        let otlp = match serve {
+            Serve::Admin => otlp_export(config).map(|export| {
+                let state = state.clone();
+                Exporter::start(
+                    export,
+                    Arc::new(move |metrics| admin::metrics::expose(&state, metrics)),
+                )
+            }),
+            Serve::Nothing => None,
+        };
         if let (Some(address), Serve::Admin) = (config.admin.address(), serve) {
-            let parts = admin::Parts {
-                registry: registry.clone(),
-                telemetry: telemetry.clone(),
-                breakers: breakers.clone(),
-                health: health.clone(),
-                offsets: offsets.clone(),
-                controls: controls.clone(),
-                budget: budget.clone(),
-            };
-            let routes = config
-                .routes
-                .iter()
-                .map(|r| (r.topic.clone(), r.handler.clone()))
-                .collect();
-            let state = admin::State::new(parts, config.admin.token(), routes);
             let listener = admin::bind(address)
                 .await
                 .map_err(|source| RunError::Admin {
@@ -266,6 +279,7 @@ impl Host {
             transaction,
             shadows,
             stop_watching,
+            otlp,
             deadline: config.shutdown_timeout,
         };
         Ok((host, lanes))
@@ -281,6 +295,9 @@ impl Host {
         self.shadows.finish(self.deadline).await;
         self.publisher.flush(self.deadline);
         let unfinished = self.offsets.in_flight() as u64;
+        if let Some(otlp) = self.otlp {
+            otlp.finish(self.deadline).await;
+        }
         if unfinished > 0 {
             tracing::warn!(
                 unfinished,
@@ -292,6 +309,18 @@ impl Host {
                 .report(stop, unfinished, self.registry.swaps())
         })
     }
+}
+
+/// The OTLP export the config and the `OTEL_*` variables ask for. The
+/// config's validation read the same variables and refused bad ones.
+fn otlp_export(config: &Config) -> Option<OtlpExport> {
+    config
+        .otlp
+        .export(|name| std::env::var(name).ok())
+        .unwrap_or_else(|(key, rule)| {
+            tracing::warn!(key, rule, "OTLP export is off");
+            None
+        })
 }
 
 /// Starts the embedded broker, creates the routes' topics and loads the seeds.

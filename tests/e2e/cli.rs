@@ -584,6 +584,7 @@ fn the_kubernetes_manifests_validate_and_their_config_and_environment_pass_check
         "SLUICE_GROUP_ID",
         "SLUICE_ADMIN_TOKEN_FILE",
         "SLUICE_KAFKA_COMMON_SASL_PASSWORD_FILE",
+        "OTEL_EXPORTER_OTLP_ENDPOINT",
     ] {
         assert!(
             manifest.contains(variable),
@@ -599,12 +600,22 @@ fn the_kubernetes_manifests_validate_and_their_config_and_environment_pass_check
         .env("SLUICE_GROUP_ID", "shop")
         .env("SLUICE_ADMIN_TOKEN_FILE", &token)
         .env("SLUICE_KAFKA_COMMON_SASL_PASSWORD_FILE", &password)
+        .env(
+            "OTEL_EXPORTER_OTLP_ENDPOINT",
+            "http://otel-collector.observability:4318",
+        )
         .output()
         .unwrap();
     let stdout = String::from_utf8_lossy(&output.stdout);
     assert!(output.status.success(), "{stdout}{}", stderr_of(&output));
     assert!(
         stdout.contains("ok: route order-shipped -> handler order-shipped-email"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains(
+            "ok: otlp: spans to http://otel-collector.observability:4318/v1/traces (not asked: --offline)"
+        ),
         "{stdout}"
     );
 }

@@ -6,6 +6,7 @@ use std::time::Duration;
 use sluice::embedded::EmbeddedBroker;
 
 use crate::support::*;
+use crate::transactional_broker::TransactionalBroker;
 
 const PARTITIONS: i32 = 4;
 const MESSAGES: usize = 1_200;
@@ -28,6 +29,17 @@ publish-to = ["*"]
 fn slow_stream(extra: &str) -> (EmbeddedBroker, Scratch, std::path::PathBuf) {
     let broker = EmbeddedBroker::start().unwrap();
     broker.create_topic("in", PARTITIONS).unwrap();
+    let (scratch, config) = slow_stream_on(broker.bootstrap_servers(), extra, |text| text);
+    (broker, scratch, config)
+}
+
+/// The slow stream on `brokers`, whose topic `in` (of `PARTITIONS`) the
+/// caller made; `edit` adjusts the config's text to the broker.
+fn slow_stream_on(
+    brokers: &str,
+    extra: &str,
+    edit: impl Fn(String) -> String,
+) -> (Scratch, std::path::PathBuf) {
     let messages: Vec<_> = (0..MESSAGES)
         .map(|i| {
             message(
@@ -38,19 +50,34 @@ fn slow_stream(extra: &str) -> (EmbeddedBroker, Scratch, std::path::PathBuf) {
             )
         })
         .collect();
-    broker.produce(&messages).unwrap();
+    sluice::embedded::produce(brokers, &messages).unwrap();
     let scratch = Scratch::new();
     let handlers = scratch.handlers(&[("test-faults", "0.1.0", &component("test-faults"))]);
     let config = scratch.write(
         "host.toml",
-        config(
-            broker.bootstrap_servers(),
+        edit(config(
+            brokers,
             "delivery",
             &handlers,
             &format!("{ROUTES}\n{extra}"),
-        ),
+        )),
     );
-    (broker, scratch, config)
+    (scratch, config)
+}
+
+/// noida-db's topics for these tests (it creates none on first use), and
+/// the session timeout it accepts (6 s at least, like Kafka).
+fn on_noida_db(partitions: i32) -> (TransactionalBroker, impl Fn(String) -> String) {
+    let broker = TransactionalBroker::start();
+    broker.create_topic("in", partitions);
+    broker.create_topic("echo", 1);
+    let edit = |text: String| {
+        text.replace(
+            "\"session.timeout.ms\" = \"3000\"",
+            "\"session.timeout.ms\" = \"6000\"",
+        )
+    };
+    (broker, edit)
 }
 
 /// How many outputs each input (partition, offset) has on `echo`.
@@ -72,9 +99,20 @@ fn committed_map(brokers: &str, group: &str) -> HashMap<i32, i64> {
 #[test]
 fn a_killed_host_loses_nothing_and_repeats_only_what_was_not_committed() {
     let (broker, scratch, config) = slow_stream("");
-    let brokers = broker.bootstrap_servers();
+    killed_host_loses_nothing(broker.bootstrap_servers(), &scratch, &config);
+}
 
-    let first = Host::start(&scratch, "first", &config, &[]);
+#[test]
+fn on_noida_db_a_killed_host_loses_nothing_and_repeats_only_what_was_not_committed() {
+    let (broker, edit) = on_noida_db(PARTITIONS);
+    let (scratch, config) = slow_stream_on(broker.bootstrap_servers(), "", edit);
+    killed_host_loses_nothing(broker.bootstrap_servers(), &scratch, &config);
+}
+
+/// A host killed mid-stream, then a second run to the end: every input has
+/// an output, and only uncommitted ones may have two.
+fn killed_host_loses_nothing(brokers: &str, scratch: &Scratch, config: &std::path::Path) {
+    let first = Host::start(scratch, "first", config, &[]);
     wait_until("the first host to publish some outputs", || {
         count(brokers, "echo") >= 300
     });
@@ -88,7 +126,7 @@ fn a_killed_host_loses_nothing_and_repeats_only_what_was_not_committed() {
     );
     let committed = committed_map(brokers, "delivery");
 
-    Host::start(&scratch, "second", &config, &["--until-drained"]).wait_ok();
+    Host::start(scratch, "second", config, &["--until-drained"]).wait_ok();
 
     let outputs = outputs_per_input(brokers);
     let mut duplicates = 0;
@@ -283,25 +321,38 @@ fn memory_stays_flat_under_a_backlog_of_a_million_messages() {
     );
 }
 
+/// Enough work (about 6 s of handler time) to outlast the rebalance.
+const SHARED: usize = 4_000;
+
 #[test]
 fn two_hosts_share_partitions_and_one_takes_over_when_the_other_dies() {
-    // Enough work (about 6 s of handler time) to outlast the rebalance.
-    const SHARED: usize = 4_000;
-    const HOST_CAP: usize = 200;
     let broker = EmbeddedBroker::start().unwrap();
-    let brokers = broker.bootstrap_servers();
     broker.create_topic("in", 8).unwrap();
+    two_hosts_share_partitions(broker.bootstrap_servers(), |text| text);
+}
+
+#[test]
+fn on_noida_db_two_hosts_share_partitions_and_one_takes_over_when_the_other_dies() {
+    let (broker, edit) = on_noida_db(8);
+    two_hosts_share_partitions(broker.bootstrap_servers(), edit);
+}
+
+/// Two hosts of one group on `brokers` (topic `in` of 8 partitions, made
+/// by the caller): they share the partitions, and when one is killed the
+/// other finishes everything, nothing lost.
+fn two_hosts_share_partitions(brokers: &str, edit: impl Fn(String) -> String) {
+    const HOST_CAP: usize = 200;
     let messages: Vec<_> = (0..SHARED)
         .map(|i| message("in", i as i32 % 8, &format!("k{}", i % 40), "spin:3"))
         .collect();
-    broker.produce(&messages).unwrap();
+    sluice::embedded::produce(brokers, &messages).unwrap();
     let scratch = Scratch::new();
     let handlers = scratch.handlers(&[("test-faults", "0.1.0", &component("test-faults"))]);
     let text = config(brokers, "shared", &handlers, ROUTES).replace(
         "shutdown-timeout-ms = 20000",
         &format!("shutdown-timeout-ms = 20000\nmax-in-flight = {HOST_CAP}"),
     );
-    let config = scratch.write("shared.toml", text);
+    let config = scratch.write("shared.toml", edit(text));
 
     let first = Host::start(&scratch, "first", &config, &[]);
     wait_until("the first host to work", || count(brokers, "echo") >= 100);

@@ -13,6 +13,7 @@ mod exactly_once;
 mod handlers;
 mod http_target;
 mod operations;
+mod otlp;
 mod polyglot;
 mod redrive;
 mod sandbox;

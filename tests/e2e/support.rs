@@ -173,13 +173,26 @@ impl Host {
         extra: &[&str],
         log: &str,
     ) -> Host {
+        Host::start_with_env(scratch, name, config, extra, &[("RUST_LOG", log)])
+    }
+
+    /// Like `start`, with `env` added to the environment (`RUST_LOG`
+    /// "info" unless given).
+    pub fn start_with_env(
+        scratch: &Scratch,
+        name: &str,
+        config: &Path,
+        extra: &[&str],
+        env: &[(&str, &str)],
+    ) -> Host {
         let stdout = scratch.path().join(format!("{name}.stdout"));
         let stderr = scratch.path().join(format!("{name}.stderr"));
         let child = sluice()
             .args(["run", "--config"])
             .arg(config)
             .args(extra)
-            .env("RUST_LOG", log)
+            .env("RUST_LOG", "info")
+            .envs(env.iter().copied())
             .stdout(std::fs::File::create(&stdout).unwrap())
             .stderr(std::fs::File::create(&stderr).unwrap())
             .stdin(Stdio::null())

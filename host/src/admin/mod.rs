@@ -32,7 +32,7 @@ use crate::source::offsets::Offsets;
 use crate::telemetry::{Health, Telemetry};
 use crate::workers::budget::ByteBudget;
 
-mod metrics;
+pub(crate) mod metrics;
 mod page;
 
 /// What the endpoints read.

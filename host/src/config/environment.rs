@@ -16,7 +16,7 @@
 use std::path::PathBuf;
 
 /// Sections whose keys the environment may set one by one, longest first.
-const SECTIONS: [&str; 10] = [
+const SECTIONS: [&str; 11] = [
     "kafka.common",
     "kafka.consumer",
     "kafka.producer",
@@ -27,6 +27,7 @@ const SECTIONS: [&str; 10] = [
     "admin",
     "store",
     "trace",
+    "otlp",
 ];
 
 const PREFIX: &str = "SLUICE_";

@@ -11,6 +11,7 @@ mod admin;
 mod environment;
 mod handlers;
 mod limits;
+mod otlp;
 mod problem;
 mod routes;
 mod source;
@@ -23,6 +24,7 @@ pub use environment::SecretFileError;
 pub(crate) use handlers::is_handler_name;
 pub use handlers::{CanarySettings, HandlerSettings};
 pub use limits::{InstanceStrategy, Limits};
+pub use otlp::{Otlp, OtlpExport};
 pub use problem::Problem;
 pub use routes::{
     BreakerPolicy, DeliveryMode, HttpPolicy, OnDeadLetter, OnInvalidInput, Ordering, RetryPolicy,
@@ -156,6 +158,9 @@ pub struct Config {
     /// Tracing: correlation ids.
     #[serde(default)]
     pub trace: TraceSettings,
+    /// Export of spans and metrics over OTLP/HTTP.
+    #[serde(default)]
+    pub otlp: Otlp,
     /// Directory relative paths are resolved against (the config file's).
     #[serde(skip)]
     pub base_dir: PathBuf,
@@ -350,6 +355,7 @@ impl Config {
         check_range("max-in-flight-mib", self.max_in_flight_mib, 1, 1 << 20)?;
         check_millis("handler-settle-ms", self.handler_settle, 0, 600_000)?;
         self.admin.validate()?;
+        self.otlp.validate()?;
         if let Some(embedded) = &self.embedded {
             embedded.validate()?;
         }

@@ -107,7 +107,7 @@ impl HttpClient {
                 }
             } else {
                 // Timeouts, refused or reset connections: the target's trouble.
-                EffectError::Transient(error_chain(&e))
+                EffectError::Transient(crate::telemetry::with_causes(&e))
             }
         })?;
         let status = response.status();
@@ -153,18 +153,6 @@ fn method(method: HttpMethod) -> Method {
         HttpMethod::Delete => Method::DELETE,
         HttpMethod::Options => Method::OPTIONS,
     }
-}
-
-/// reqwest's error with its causes (its Display alone hides the reason).
-fn error_chain(error: &reqwest::Error) -> String {
-    let mut text = error.to_string();
-    let mut source = std::error::Error::source(error);
-    while let Some(cause) = source {
-        text.push_str(": ");
-        text.push_str(&cause.to_string());
-        source = cause.source();
-    }
-    text
 }
 
 #[cfg(test)]

@@ -6,6 +6,7 @@ pub mod decider;
 pub(crate) mod exposition;
 mod histogram;
 mod log_format;
+pub mod otlp;
 pub(crate) mod trace;
 
 pub use histogram::Histogram;
@@ -106,6 +107,19 @@ impl Record {
         };
         (&o.topic, o.partition, o.offset, index)
     }
+}
+
+/// An error with its causes, for a log line: reqwest's Display alone
+/// hides the reason ("error sending request" without "timed out").
+pub(crate) fn with_causes(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
 }
 
 /// Why a run ended.
@@ -270,7 +284,7 @@ pub(crate) enum Outcome {
 impl Outcome {
     const ALL: [Outcome; 3] = [Outcome::Handled, Outcome::DeadLettered, Outcome::Skipped];
 
-    fn as_str(self) -> &'static str {
+    pub(crate) fn as_str(self) -> &'static str {
         match self {
             Outcome::Handled => "handled",
             Outcome::DeadLettered => "dead-lettered",

@@ -54,6 +54,7 @@ impl MessageTrace {
             span_id = %context.span_id(),
             parent_span_id = tracing::field::Empty,
             correlation_id = tracing::field::Empty,
+            outcome = tracing::field::Empty,
         );
         if context.parent_id.is_some() {
             span.record("parent_span_id", context.parent_id());
