@@ -65,19 +65,27 @@ fn slow_stream_on(
     (scratch, config)
 }
 
-/// noida-db's topics for these tests (it creates none on first use), and
-/// the session timeout it accepts (6 s at least, like Kafka).
-fn on_noida_db(partitions: i32) -> (TransactionalBroker, impl Fn(String) -> String) {
+/// noida-db with the topics of these tests (it creates none on first use).
+fn noida_db(partitions: i32) -> TransactionalBroker {
     let broker = TransactionalBroker::start();
     broker.create_topic("in", partitions);
     broker.create_topic("echo", 1);
-    let edit = |text: String| {
-        text.replace(
-            "\"session.timeout.ms\" = \"3000\"",
-            "\"session.timeout.ms\" = \"6000\"",
-        )
-    };
-    (broker, edit)
+    broker.create_topic("in.dlq", 1);
+    broker
+}
+
+/// A config's text for noida-db: a session timeout it accepts (6 s at
+/// least, like Kafka) and, for a host that restarts after a kill, static
+/// membership: unlike Kafka, noida never expires a killed member's session,
+/// so only a member of the same `group.instance.id` can take its place.
+fn for_noida_db(text: String, instance: Option<&str>) -> String {
+    let member = instance.map_or(String::new(), |id| {
+        format!("\n\"group.instance.id\" = \"{id}\"")
+    });
+    text.replace(
+        "\"session.timeout.ms\" = \"3000\"",
+        &format!("\"session.timeout.ms\" = \"6000\"{member}"),
+    )
 }
 
 /// How many outputs each input (partition, offset) has on `echo`.
@@ -104,8 +112,10 @@ fn a_killed_host_loses_nothing_and_repeats_only_what_was_not_committed() {
 
 #[test]
 fn on_noida_db_a_killed_host_loses_nothing_and_repeats_only_what_was_not_committed() {
-    let (broker, edit) = on_noida_db(PARTITIONS);
-    let (scratch, config) = slow_stream_on(broker.bootstrap_servers(), "", edit);
+    let broker = noida_db(PARTITIONS);
+    let (scratch, config) = slow_stream_on(broker.bootstrap_servers(), "", |text| {
+        for_noida_db(text, Some("restarting-host"))
+    });
     killed_host_loses_nothing(broker.bootstrap_servers(), &scratch, &config);
 }
 
@@ -205,22 +215,46 @@ fn sigterm_finishes_in_flight_messages_and_commits_exactly_what_was_done() {
 
 #[test]
 fn a_broker_outage_mid_stream_loses_nothing_and_publishes_are_retried() {
-    // Deliveries give up quickly during the outage, so sluice's own retry
-    // (not only librdkafka's) has to bring them through.
-    let (broker, scratch, config) =
-        slow_stream("[kafka.producer]\n\"message.timeout.ms\" = \"500\"\n");
-    let brokers = broker.bootstrap_servers();
+    let (broker, scratch, config) = slow_stream(QUICK_DELIVERY_TIMEOUT);
+    let down = || broker.take_down().unwrap();
+    let up = || broker.bring_up().unwrap();
+    outage_loses_nothing(broker.bootstrap_servers(), &scratch, &config, down, up);
+}
 
-    let host = Host::start(&scratch, "outage", &config, &["--until-drained"]);
+#[test]
+fn on_noida_db_a_broker_outage_mid_stream_loses_nothing_and_publishes_are_retried() {
+    let broker = noida_db(PARTITIONS);
+    let (scratch, config) =
+        slow_stream_on(broker.bootstrap_servers(), QUICK_DELIVERY_TIMEOUT, |text| {
+            for_noida_db(text, None)
+        });
+    let (down, up) = (|| broker.stop(), || broker.resume());
+    outage_loses_nothing(broker.bootstrap_servers(), &scratch, &config, down, up);
+}
+
+/// Deliveries give up quickly during an outage, so sluice's own retry
+/// (not only librdkafka's) has to bring them through.
+const QUICK_DELIVERY_TIMEOUT: &str = "[kafka.producer]\n\"message.timeout.ms\" = \"500\"\n";
+
+/// The brokers go away mid-stream (`down`) and come back (`up`): nothing is
+/// lost or dead-lettered, and the log says down, then back.
+fn outage_loses_nothing(
+    brokers: &str,
+    scratch: &Scratch,
+    config: &std::path::Path,
+    down: impl Fn(),
+    up: impl Fn(),
+) {
+    let host = Host::start(scratch, "outage", config, &["--until-drained"]);
     wait_until("the host to publish some outputs", || {
         count(brokers, "echo") >= 100
     });
-    broker.take_down().unwrap();
+    down();
     let stderr = scratch.path().join("outage.stderr");
     wait_until("a publish to fail while the broker is down", || {
         std::fs::read_to_string(&stderr).is_ok_and(|log| log.contains("effect failed; retrying"))
     });
-    broker.bring_up().unwrap();
+    up();
     let exit = host.wait();
     assert!(exit.status.success(), "{}\n{}", exit.status, exit.stderr);
     // The outage in the log as state changes: down, then back.
@@ -328,19 +362,22 @@ const SHARED: usize = 4_000;
 fn two_hosts_share_partitions_and_one_takes_over_when_the_other_dies() {
     let broker = EmbeddedBroker::start().unwrap();
     broker.create_topic("in", 8).unwrap();
-    two_hosts_share_partitions(broker.bootstrap_servers(), |text| text);
+    two_hosts_share_partitions(broker.bootstrap_servers(), |text| text, libc::SIGKILL);
 }
 
+/// noida-db never expires a killed member (see `for_noida_db`): there the
+/// first host leaves the group by a stop (SIGTERM) instead.
 #[test]
-fn on_noida_db_two_hosts_share_partitions_and_one_takes_over_when_the_other_dies() {
-    let (broker, edit) = on_noida_db(8);
-    two_hosts_share_partitions(broker.bootstrap_servers(), edit);
+fn on_noida_db_two_hosts_share_partitions_and_one_takes_over_when_the_other_stops() {
+    let broker = noida_db(8);
+    let edit = |text| for_noida_db(text, None);
+    two_hosts_share_partitions(broker.bootstrap_servers(), edit, libc::SIGTERM);
 }
 
 /// Two hosts of one group on `brokers` (topic `in` of 8 partitions, made
-/// by the caller): they share the partitions, and when one is killed the
-/// other finishes everything, nothing lost.
-fn two_hosts_share_partitions(brokers: &str, edit: impl Fn(String) -> String) {
+/// by the caller): they share the partitions, and when one ends by
+/// `signal` the other finishes everything, nothing lost.
+fn two_hosts_share_partitions(brokers: &str, edit: impl Fn(String) -> String, signal: i32) {
     const HOST_CAP: usize = 200;
     let messages: Vec<_> = (0..SHARED)
         .map(|i| message("in", i as i32 % 8, &format!("k{}", i % 40), "spin:3"))
@@ -376,8 +413,8 @@ fn two_hosts_share_partitions(brokers: &str, edit: impl Fn(String) -> String) {
         "the rebalance repeated {repeated} messages; cap {HOST_CAP}"
     );
 
-    first.signal(libc::SIGKILL);
-    assert!(!first.wait().status.success());
+    first.signal(signal);
+    assert_eq!(first.wait().status.success(), signal == libc::SIGTERM);
     wait_until("the survivor to finish everything", || {
         outputs_per_input(brokers).len() == SHARED
     });
