@@ -4,7 +4,12 @@
 
 use std::time::Duration;
 
-use rdkafka::consumer::{BaseConsumer, Consumer};
+use std::sync::Mutex;
+
+use rdkafka::ClientContext;
+use rdkafka::config::RDKafkaLogLevel;
+use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext};
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 
 use crate::config::{Config, StoreBackend};
 use crate::registry::{self, VersionState};
@@ -83,15 +88,23 @@ pub fn brokers(config: &Config) -> Vec<Finding> {
             "brokers: embedded (the host starts its own)".into(),
         )];
     }
-    let consumer: BaseConsumer = match consumer_client(config, &config.brokers).create() {
+    let client = consumer_client(config, &config.brokers);
+    let consumer: BaseConsumer<Heard> = match client.create_with_context(Heard::default()) {
         Ok(consumer) => consumer,
         Err(error) => return vec![Finding::Problem(format!("brokers: {error}"))],
     };
     let metadata = match consumer.fetch_metadata(None, ANSWER_TIMEOUT) {
         Ok(metadata) => metadata,
         Err(error) => {
+            // The metadata error only says "transport failure"; the
+            // client's own last error says why (a refused connection, a
+            // failed TLS handshake, a SASL mechanism the broker lacks).
+            // Errors arrive as events, served by a poll.
+            let _ = consumer.poll(Duration::from_millis(100));
+            let heard = consumer.context().last();
+            let why = heard.map_or(String::new(), |reason| format!(" ({reason})"));
             return vec![Finding::Problem(format!(
-                "brokers {} do not answer: {error}",
+                "brokers {} do not answer: {error}{why}",
                 config.brokers
             ))];
         }
@@ -136,6 +149,32 @@ pub async fn store(config: &Config) -> Vec<Finding> {
         )),
     }]
 }
+
+/// The client's last error, kept instead of logged: `check` says it once,
+/// in its finding.
+#[derive(Default)]
+struct Heard(Mutex<Option<String>>);
+
+impl Heard {
+    fn last(&self) -> Option<String> {
+        self.0.lock().expect("heard lock").clone()
+    }
+}
+
+impl ClientContext for Heard {
+    fn log(&self, _: RDKafkaLogLevel, _: &str, _: &str) {}
+
+    fn error(&self, error: KafkaError, reason: &str) {
+        let mut heard = self.0.lock().expect("heard lock");
+        // "n/m brokers are down" says less than the error before it.
+        let summary = error.rdkafka_error_code() == Some(RDKafkaErrorCode::AllBrokersDown);
+        if !summary || heard.is_none() {
+            *heard = Some(reason.to_owned());
+        }
+    }
+}
+
+impl ConsumerContext for Heard {}
 
 /// Where the OTLP export goes, and (unless `offline`) whether the
 /// receiver takes an empty export. One that does not is a warning: a host

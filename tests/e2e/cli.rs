@@ -619,3 +619,108 @@ fn the_kubernetes_manifests_validate_and_their_config_and_environment_pass_check
         "{stdout}"
     );
 }
+
+/// TLS reaches the brokers' wire (the build links OpenSSL, and
+/// `[kafka.common]` reaches the client): against a TLS server that is not
+/// Kafka (`openssl s_server`, installed by scripts/setup), a client trusting
+/// its certificate gets through the handshake, and one trusting another CA
+/// is refused there, which `check` says.
+#[test]
+fn tls_settings_reach_the_brokers_wire_and_check_says_a_handshake_failed() {
+    let scratch = Scratch::new();
+    let certificate = |name: &str| {
+        let (cert, key) = (
+            scratch.path().join(format!("{name}.pem")),
+            scratch.path().join(format!("{name}.key")),
+        );
+        let made = std::process::Command::new("openssl")
+            .args([
+                "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
+            ])
+            .args([
+                "-subj",
+                "/CN=localhost",
+                "-addext",
+                "subjectAltName=IP:127.0.0.1",
+            ])
+            .arg("-keyout")
+            .arg(&key)
+            .arg("-out")
+            .arg(&cert)
+            .output()
+            .expect("openssl (scripts/setup installs it)");
+        assert!(made.status.success(), "{}", stderr_of(&made));
+        (cert, key)
+    };
+    let (cert, key) = certificate("broker");
+    let (other, _) = certificate("other");
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let mut server = std::process::Command::new("openssl")
+        .args([
+            "s_server",
+            "-quiet",
+            "-accept",
+            &format!("127.0.0.1:{port}"),
+        ])
+        .arg("-cert")
+        .arg(&cert)
+        .arg("-key")
+        .arg(&key)
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    wait_until("the TLS server to listen", || {
+        std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
+    });
+    let handlers = scratch.handlers(&[("test-echo", "0.1.0", &component("test-echo"))]);
+    let route = "[[routes]]\ntopic = \"in\"\nhandler = \"test-echo\"\npublish-to = [\"*\"]\n";
+    let trusting = |ca: &Path, name: &str| {
+        let text = config(&format!("127.0.0.1:{port}"), "tls", &handlers, route)
+            + &format!(
+                "\n[kafka.common]\n\"security.protocol\" = \"SSL\"\n\"ssl.ca.location\" = \"{}\"\n",
+                ca.display()
+            );
+        let config = scratch.write(name, text);
+        std::thread::spawn(move || {
+            let out = sluice()
+                .args(["check", "--config"])
+                .arg(&config)
+                .output()
+                .unwrap();
+            let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+            (out.status.success(), stdout)
+        })
+    };
+    let (right, wrong) = (
+        trusting(&cert, "right.toml"),
+        trusting(&other, "wrong.toml"),
+    );
+    let (right, wrong) = (right.join().unwrap(), wrong.join().unwrap());
+    let _ = server.kill();
+    let _ = server.wait();
+    let brokers_line = |stdout: &str| {
+        stdout
+            .lines()
+            .find(|l| l.contains(&format!("brokers 127.0.0.1:{port}")))
+            .unwrap_or_else(|| panic!("a brokers line in:\n{stdout}"))
+            .to_owned()
+    };
+    // Neither is Kafka behind its TLS: both fail the check...
+    assert!(!right.0 && !wrong.0);
+    // ...the one trusting another CA at the handshake, saying so...
+    let refused = brokers_line(&wrong.1);
+    assert!(
+        refused.contains("SSL handshake failed") && refused.contains("certificate verify failed"),
+        "{refused}"
+    );
+    // ...and the one trusting the server's certificate after it.
+    let through = brokers_line(&right.1);
+    assert!(!through.contains("SSL handshake failed"), "{through}");
+    assert!(!through.contains("OpenSSL not available"), "{through}");
+}

@@ -413,6 +413,22 @@ fn spans_and_metrics_reach_an_otlp_receiver_with_the_ids_of_traceparent() {
         sum.data_points[0].value,
         Some(number_data_point::Value::AsInt(4))
     );
+    // The export's own counts are among them: nothing dropped here.
+    let dropped = metrics
+        .iter()
+        .find(|m| m.name == "sluice_otlp_spans_dropped")
+        .expect("sluice_otlp_spans_dropped");
+    let Some(metric::Data::Sum(dropped)) = &dropped.data else {
+        panic!("a counter is a sum: {dropped:?}")
+    };
+    assert_eq!(dropped.data_points.len(), 2, "one series per reason");
+    for point in &dropped.data_points {
+        assert_eq!(
+            point.value,
+            Some(number_data_point::Value::AsInt(0)),
+            "{point:?}"
+        );
+    }
     let stages = metrics
         .iter()
         .find(|m| m.name == "sluice_stage_seconds")
