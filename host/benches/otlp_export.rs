@@ -19,7 +19,6 @@ use axum::body::Bytes;
 use axum::extract::State;
 use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
 use prost::Message as _;
-use sluice::embedded::EmbeddedBroker;
 use tracing_subscriber::prelude::*;
 use tracing_subscriber::{EnvFilter, Layer};
 
@@ -38,12 +37,8 @@ fn main() {
     let handlers = support::handlers_dir();
     let (receiver, spans) = receiver();
     let runtime = tokio::runtime::Runtime::new().unwrap();
-    let broker = EmbeddedBroker::start().unwrap();
+    let broker = support::order_shipped_broker(MESSAGES, PARTITIONS);
     let brokers = broker.bootstrap_servers().to_owned();
-    broker.create_topic("order-shipped", PARTITIONS).unwrap();
-    broker
-        .produce(&support::order_shipped(MESSAGES, PARTITIONS))
-        .unwrap();
     let config = |group: &str, otlp: &str| {
         format!(
             r#"brokers = "{brokers}"

@@ -18,7 +18,6 @@ use rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
 use rdkafka::message::{Header as KafkaHeader, Message as _, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::{Offset, TopicPartitionList};
-use sluice::embedded::EmbeddedBroker;
 use support::logic;
 
 const MESSAGES: usize = 200_000;
@@ -30,12 +29,8 @@ const ROUNDS: usize = 3;
 fn main() {
     let handlers = support::handlers_dir();
     let runtime = tokio::runtime::Runtime::new().unwrap();
-    let broker = EmbeddedBroker::start().unwrap();
+    let broker = support::order_shipped_broker(MESSAGES, PARTITIONS);
     let brokers = broker.bootstrap_servers().to_owned();
-    broker.create_topic("order-shipped", PARTITIONS).unwrap();
-    broker
-        .produce(&support::order_shipped(MESSAGES, PARTITIONS))
-        .unwrap();
 
     let (mut native, mut sluice) = (Vec::new(), Vec::new());
     let (mut native_cpu, mut sluice_cpu) = (Vec::new(), Vec::new());

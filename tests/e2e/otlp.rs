@@ -21,7 +21,6 @@ use opentelemetry_proto::tonic::metrics::v1::{metric, number_data_point};
 use opentelemetry_proto::tonic::trace::v1::Span;
 use opentelemetry_proto::tonic::trace::v1::span::SpanKind;
 use opentelemetry_proto::tonic::trace::v1::status::StatusCode as SpanStatus;
-use prost::Message as _;
 use sluice::contract::{Header, Message};
 use sluice::embedded::EmbeddedBroker;
 
@@ -104,37 +103,30 @@ fn headers_of(headers: &HeaderMap) -> HashMap<String, String> {
         .collect()
 }
 
-async fn traces(
-    State((received, answer)): State<Shared>,
-    headers: HeaderMap,
-    body: Bytes,
-) -> StatusCode {
-    if answer == Answer::Never {
-        std::future::pending::<()>().await;
-    }
-    let Ok(request) = ExportTraceServiceRequest::decode(body) else {
-        return StatusCode::BAD_REQUEST;
-    };
-    let mut received = received.lock().unwrap();
-    received.traces.push(request);
-    received.headers.push(headers_of(&headers));
-    StatusCode::OK
+async fn traces(State(shared): State<Shared>, headers: HeaderMap, body: Bytes) -> StatusCode {
+    receive(shared, &headers, body, |r, request| r.traces.push(request)).await
 }
 
-async fn metrics(
-    State((received, answer)): State<Shared>,
-    headers: HeaderMap,
+async fn metrics(State(shared): State<Shared>, headers: HeaderMap, body: Bytes) -> StatusCode {
+    receive(shared, &headers, body, |r, request| r.metrics.push(request)).await
+}
+
+/// Decodes an export request as a collector does, and keeps it.
+async fn receive<R: prost::Message + Default>(
+    (received, answer): Shared,
+    headers: &HeaderMap,
     body: Bytes,
+    keep: fn(&mut Received, R),
 ) -> StatusCode {
     if answer == Answer::Never {
         std::future::pending::<()>().await;
     }
-    let Ok(request) = ExportMetricsServiceRequest::decode(body) else {
+    let Ok(request) = R::decode(body) else {
         return StatusCode::BAD_REQUEST;
     };
     let mut received = received.lock().unwrap();
-    received.metrics.push(request);
-    received.headers.push(headers_of(&headers));
+    keep(&mut received, request);
+    received.headers.push(headers_of(headers));
     StatusCode::OK
 }
 
@@ -288,35 +280,23 @@ fn spans_and_metrics_reach_an_otlp_receiver_with_the_ids_of_traceparent() {
     assert_eq!(hex(&first.parent_span_id), INPUT_SPAN);
     assert_eq!(first.name, "process in");
     assert_eq!(first.kind, SpanKind::Consumer as i32);
-    let attributes = &first.attributes;
-    assert_eq!(
-        text(attributes, "messaging.system").as_deref(),
-        Some("kafka")
-    );
-    assert_eq!(
-        text(attributes, "messaging.destination.name").as_deref(),
-        Some("in")
-    );
-    assert_eq!(
-        text(attributes, "messaging.destination.partition.id").as_deref(),
-        Some("0")
-    );
-    assert_eq!(
-        text(attributes, "messaging.kafka.message.key").as_deref(),
-        Some("k")
-    );
-    assert_eq!(
-        text(attributes, "sluice.handler").as_deref(),
-        Some("test-faults")
-    );
-    assert_eq!(
-        text(attributes, "sluice.handler.version").as_deref(),
-        Some("0.1.0")
-    );
-    assert_eq!(
-        text(attributes, "sluice.correlation_id").as_deref(),
-        Some("order-42")
-    );
+    for (key, value) in [
+        ("messaging.system", "kafka"),
+        ("messaging.destination.name", "in"),
+        ("messaging.destination.partition.id", "0"),
+        ("messaging.kafka.message.key", "k"),
+        ("sluice.handler", "test-faults"),
+        ("sluice.handler.version", "0.1.0"),
+        ("sluice.correlation_id", "order-42"),
+        ("sluice.outcome", "handled"),
+    ] {
+        assert_eq!(
+            text(&first.attributes, key).as_deref(),
+            Some(value),
+            "{key}"
+        );
+    }
+    assert!(first.status.is_none(), "{:?}", first.status);
     assert!(
         first.start_time_unix_nano > 0 && first.start_time_unix_nano <= first.end_time_unix_nano
     );

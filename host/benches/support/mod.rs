@@ -55,6 +55,15 @@ pub fn handlers_dir() -> PathBuf {
     repo().join("guests/dist")
 }
 
+/// An embedded broker whose `order-shipped` topic holds `n` events of
+/// `order_shipped`.
+pub fn order_shipped_broker(n: usize, partitions: i32) -> sluice::embedded::EmbeddedBroker {
+    let broker = sluice::embedded::EmbeddedBroker::start().unwrap();
+    broker.create_topic("order-shipped", partitions).unwrap();
+    broker.produce(&order_shipped(n, partitions)).unwrap();
+    broker
+}
+
 /// `n` valid order-shipped events spread over `partitions` by order id.
 pub fn order_shipped(n: usize, partitions: i32) -> Vec<Message> {
     (0..n)

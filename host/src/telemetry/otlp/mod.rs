@@ -191,6 +191,7 @@ pub(crate) fn encode(metrics: &mut Exposition<'_>) -> fmt::Result {
     };
     let counts = &queue.counts;
     let load = |n: &AtomicU64| n.load(Ordering::Relaxed);
+    let by = |label, value: &str, n: &AtomicU64| (vec![(label, value.to_owned())], load(n));
     metrics.counter(
         "sluice_otlp_spans_exported_total",
         "Spans the OTLP receiver accepted.",
@@ -200,28 +201,16 @@ pub(crate) fn encode(metrics: &mut Exposition<'_>) -> fmt::Result {
         "sluice_otlp_spans_dropped_total",
         "Spans not exported: the queue was full, or the receiver refused or missed their export.",
         [
-            (
-                vec![("reason", "queue-full".to_owned())],
-                load(&counts.dropped_full),
-            ),
-            (
-                vec![("reason", "export-failed".to_owned())],
-                load(&counts.dropped_failed),
-            ),
+            by("reason", "queue-full", &counts.dropped_full),
+            by("reason", "export-failed", &counts.dropped_failed),
         ],
     )?;
     metrics.counter(
         "sluice_otlp_export_failures_total",
         "Exports the OTLP receiver refused or did not answer in time.",
         [
-            (
-                vec![("signal", "traces".to_owned())],
-                load(&counts.failed_traces),
-            ),
-            (
-                vec![("signal", "metrics".to_owned())],
-                load(&counts.failed_metrics),
-            ),
+            by("signal", "traces", &counts.failed_traces),
+            by("signal", "metrics", &counts.failed_metrics),
         ],
     )?;
     metrics.gauge(
