@@ -534,3 +534,57 @@ fn check_asks_the_receiver_and_refuses_a_protocol_sluice_does_not_speak() {
         "{said}"
     );
 }
+
+#[test]
+fn a_deciders_stream_id_and_decide_spans_are_children_of_its_message() {
+    let receiver = Receiver::start(Answer::Ok);
+    let broker = EmbeddedBroker::start().unwrap();
+    let brokers = broker.bootstrap_servers();
+    broker.create_topic("in", 1).unwrap();
+    broker
+        .produce(&[message("in", 0, "k", "s1:add:a")])
+        .unwrap();
+    let scratch = Scratch::new();
+    let handlers = scratch.handlers(&[("test-decider", "0.1.0", &component("test-decider"))]);
+    let routes = format!(
+        "[[routes]]\ntopic = \"in\"\nhandler = \"test-decider\"\npublish-to = [\"*\"]\n\n[store]\npath = {:?}\n",
+        scratch.path().join("events.db")
+    );
+    let config = scratch.write("t.toml", config(brokers, "t", &handlers, &routes));
+    let endpoint = receiver.endpoint();
+    Host::start_with_env(
+        &scratch,
+        "host",
+        &config,
+        &["--until-drained"],
+        &[("OTEL_EXPORTER_OTLP_ENDPOINT", &endpoint)],
+    )
+    .wait_ok();
+    let spans = receiver.spans();
+    let named = |name: &str| -> Vec<&Span> {
+        spans
+            .iter()
+            .filter(|s| text(&s.attributes, "sluice.span").as_deref() == Some(name))
+            .collect()
+    };
+    let messages = named("message");
+    assert_eq!(messages.len(), 1, "{spans:#?}");
+    let message = messages[0];
+    for name in ["stream-id", "decide"] {
+        let found = named(name);
+        assert_eq!(found.len(), 1, "one {name} span: {spans:#?}");
+        assert_eq!(found[0].parent_span_id, message.span_id, "{name}'s parent");
+        assert_eq!(found[0].trace_id, message.trace_id);
+    }
+    let decide = named("decide")[0];
+    assert_eq!(
+        text(&decide.attributes, "sluice.stream").as_deref(),
+        Some("s1")
+    );
+    let sends: Vec<&Span> = named("output")
+        .into_iter()
+        .filter(|s| s.kind == SpanKind::Producer as i32)
+        .collect();
+    assert_eq!(sends.len(), 1, "the decision's publish: {spans:#?}");
+    assert_eq!(sends[0].parent_span_id, message.span_id);
+}
