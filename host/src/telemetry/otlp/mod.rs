@@ -166,7 +166,8 @@ impl Exporter {
         let queue = queue();
         queue.exporting.store(false, Ordering::Relaxed);
         self.stop.notify_one();
-        let wait = deadline.min(2 * self.timeout + Duration::from_secs(1));
+        // One export that fails ends the last ones (see `Task::gone`).
+        let wait = deadline.min(self.timeout + Duration::from_secs(1));
         if tokio::time::timeout(wait, self.task).await.is_err() {
             tracing::warn!("the OTLP receiver did not take the last export in time; it is dropped");
         }
@@ -233,6 +234,8 @@ struct Task {
     /// When the cumulative metrics started counting.
     started: u64,
     failing: Failing,
+    /// The run is stopping: what is left is posted once.
+    stopping: bool,
 }
 
 /// A receiver's failures, logged once and then every `FAILURE_LOG_EVERY`.
@@ -270,6 +273,7 @@ impl Task {
             metrics,
             started: spans::now(),
             failing: Failing::default(),
+            stopping: false,
         }
     }
 
@@ -309,6 +313,7 @@ impl Task {
             }
         }
         // What was queued before the stop, then the metrics as they end.
+        self.stopping = true;
         if let Some(receiver) = &mut receiver {
             while let Ok(span) = receiver.try_recv() {
                 queue().queued.fetch_sub(1, Ordering::Relaxed);
@@ -331,6 +336,11 @@ impl Task {
         let (Some(url), false) = (self.settings.traces.clone(), spans.is_empty()) else {
             return;
         };
+        if self.gone() {
+            let dropped = &queue().counts.dropped_failed;
+            dropped.fetch_add(spans.len() as u64, Ordering::Relaxed);
+            return;
+        }
         let count = spans.len() as u64;
         let request = ExportTraceServiceRequest {
             resource_spans: vec![ResourceSpans {
@@ -358,6 +368,9 @@ impl Task {
         let Some(url) = self.settings.metrics.clone() else {
             return;
         };
+        if self.gone() {
+            return;
+        }
         let mut metrics = OtlpMetrics::new(self.started, spans::now());
         if (self.metrics)(&mut Exposition::otlp(&mut metrics)).is_err() {
             return;
@@ -380,6 +393,12 @@ impl Task {
                 .fetch_add(1, Ordering::Relaxed);
             self.failed(&url, &problem);
         }
+    }
+
+    /// Whether the run is stopping and the receiver failed: the last
+    /// exports are not tried, so a stop waits for one failure at most.
+    fn gone(&self) -> bool {
+        self.stopping && self.failing.since.is_some()
     }
 
     async fn post(&mut self, url: &Url, body: Vec<u8>) -> Result<(), String> {
