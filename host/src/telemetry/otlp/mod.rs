@@ -1,10 +1,12 @@
 //! Export of the host's spans and metrics over OTLP/HTTP (protobuf), to an
 //! OpenTelemetry collector or any backend that speaks OTLP.
 //!
-//! The message path only queues a closed span (a bounded queue: a span
-//! that does not fit is dropped and counted); one task batches the queue
-//! and posts it, and posts the metrics `/metrics` shows every interval. A
-//! receiver that is slow or gone costs the message path nothing.
+//! The message path only queues a closed span, in a bounded queue: a
+//! message is traced only if the queue has room when it starts, so a trace
+//! goes whole or not at all, and what is left out is counted. One task
+//! batches the queue and posts it, and posts the metrics `/metrics` shows
+//! every interval. A receiver that is slow or gone costs the message path
+//! nothing.
 
 mod spans;
 
@@ -116,11 +118,20 @@ fn queue() -> &'static Queue {
     })
 }
 
-/// A running export; `finish` posts what is left.
+/// A running export; `finish` posts what is left. Dropped without
+/// `finish` (a run that failed to start), it stops taking spans and posts
+/// what is left in the background.
 pub(crate) struct Exporter {
     stop: Arc<Notify>,
-    task: tokio::task::JoinHandle<()>,
+    task: Option<tokio::task::JoinHandle<()>>,
     timeout: Duration,
+}
+
+impl Drop for Exporter {
+    fn drop(&mut self) {
+        queue().exporting.store(false, Ordering::Relaxed);
+        self.stop.notify_one();
+    }
 }
 
 impl Exporter {
@@ -155,20 +166,21 @@ impl Exporter {
         let task = tokio::spawn(task.run(receiver, stop.clone()));
         Exporter {
             stop,
-            task,
+            task: Some(task),
             timeout,
         }
     }
 
     /// Stops taking spans, posts those queued and the metrics a last time.
     /// Gives up after `deadline`: a stop does not wait on a receiver.
-    pub(crate) async fn finish(self, deadline: Duration) {
+    pub(crate) async fn finish(mut self, deadline: Duration) {
         let queue = queue();
         queue.exporting.store(false, Ordering::Relaxed);
         self.stop.notify_one();
         // One export that fails ends the last ones (see `Task::gone`).
         let wait = deadline.min(self.timeout + Duration::from_secs(1));
-        if tokio::time::timeout(wait, self.task).await.is_err() {
+        let task = self.task.take().expect("finished once");
+        if tokio::time::timeout(wait, task).await.is_err() {
             tracing::warn!("the OTLP receiver did not take the last export in time; it is dropped");
         }
         let counts = &queue.counts;
