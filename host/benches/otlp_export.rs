@@ -39,20 +39,8 @@ fn main() {
     let runtime = tokio::runtime::Runtime::new().unwrap();
     let broker = support::order_shipped_broker(MESSAGES, PARTITIONS);
     let brokers = broker.bootstrap_servers().to_owned();
-    let config = |group: &str, otlp: &str| {
-        format!(
-            r#"brokers = "{brokers}"
-group-id = "{group}"
-handlers-dir = "{}"
-{otlp}
-[[routes]]
-topic = "order-shipped"
-handler = "order-shipped-email"
-publish-to = ["email-requests"]
-"#,
-            handlers.display()
-        )
-    };
+    let config =
+        |group: &str, otlp: &str| support::order_shipped_config(&brokers, &handlers, group, otlp);
     let exporting =
         format!("[otlp]\nendpoint = \"http://{receiver}\"\nmetrics-interval-ms = 1000\n");
     let (mut off, mut on) = (Vec::new(), Vec::new());

@@ -123,18 +123,7 @@ async fn native_loop(brokers: &str, group: &str) -> Duration {
 
 /// The same work as a sluice run, in process, until drained.
 async fn sluice_run(brokers: &str, handlers: &std::path::Path, group: &str) -> Duration {
-    let text = format!(
-        r#"brokers = "{brokers}"
-group-id = "{group}"
-handlers-dir = "{}"
-
-[[routes]]
-topic = "order-shipped"
-handler = "order-shipped-email"
-publish-to = ["email-requests"]
-"#,
-        handlers.display()
-    );
+    let text = support::order_shipped_config(brokers, handlers, group, "");
     let (took, report) = support::timed_run(&text).await;
     assert_eq!(report.published as usize, MESSAGES);
     took

@@ -2,9 +2,8 @@
 //! starting one. For CI pipelines and init containers: every finding is one
 //! line, and any problem fails the check.
 
-use std::time::Duration;
-
 use std::sync::Mutex;
+use std::time::Duration;
 
 use rdkafka::ClientContext;
 use rdkafka::config::RDKafkaLogLevel;
@@ -180,7 +179,7 @@ impl ConsumerContext for Heard {}
 /// receiver takes an empty export. One that does not is a warning: a host
 /// runs without it, dropping what it cannot export.
 pub async fn otlp(config: &Config, offline: bool) -> Vec<Finding> {
-    let Ok(Some(export)) = config.otlp.export(|name| std::env::var(name).ok()) else {
+    let Ok(Some(export)) = config.otlp.export_here() else {
         return Vec::new();
     };
     let targets = [("spans", &export.traces), ("metrics", &export.metrics)];

@@ -314,13 +314,10 @@ impl Host {
 /// The OTLP export the config and the `OTEL_*` variables ask for. The
 /// config's validation read the same variables and refused bad ones.
 fn otlp_export(config: &Config) -> Option<OtlpExport> {
-    config
-        .otlp
-        .export(|name| std::env::var(name).ok())
-        .unwrap_or_else(|(key, rule)| {
-            tracing::warn!(key, rule, "OTLP export is off");
-            None
-        })
+    config.otlp.export_here().unwrap_or_else(|(key, rule)| {
+        tracing::warn!(key, rule, "OTLP export is off");
+        None
+    })
 }
 
 /// Starts the embedded broker, creates the routes' topics and loads the seeds.

@@ -427,18 +427,6 @@ fn a_host_runs_from_the_environment_alone_and_a_missing_secret_file_stops_it_wit
     );
 }
 
-/// `sluice check` with `config`: its status and its lines.
-fn check(config: &Path, extra: &[&str]) -> (bool, String) {
-    let output = sluice()
-        .args(["check", "--config"])
-        .arg(config)
-        .args(extra)
-        .output()
-        .unwrap();
-    let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
-    (output.status.success(), stdout)
-}
-
 #[test]
 fn check_says_what_it_found_one_line_each_and_fails_on_any_problem() {
     let broker = EmbeddedBroker::start().unwrap();
@@ -454,7 +442,7 @@ fn check_says_what_it_found_one_line_each_and_fails_on_any_problem() {
         "good.toml",
         config(brokers, "g", &handlers, &format!("{}{store}", route("in"))),
     );
-    let (ok, lines) = check(&good, &[]);
+    let (ok, lines) = check(&good, &[], &[]);
     assert!(ok, "{lines}");
     for line in [
         "ok: config (1 routes)",
@@ -490,7 +478,7 @@ fn check_says_what_it_found_one_line_each_and_fails_on_any_problem() {
             &format!("{}{}", route("in"), route("absent")),
         ),
     );
-    let (ok, lines) = check(&absent, &[]);
+    let (ok, lines) = check(&absent, &[], &[]);
     assert!(!ok, "{lines}");
     let problems: Vec<&str> = lines
         .lines()
@@ -514,13 +502,13 @@ fn check_says_what_it_found_one_line_each_and_fails_on_any_problem() {
         "nowhere.toml",
         config("127.0.0.1:9", "g", &handlers, &route("in")),
     );
-    let (ok, lines) = check(&nowhere, &["--offline"]);
+    let (ok, lines) = check(&nowhere, &["--offline"], &[]);
     assert!(ok, "{lines}");
     assert!(
         lines.contains("ok: brokers and store not asked (--offline)"),
         "{lines}"
     );
-    let (ok, lines) = check(&nowhere, &[]);
+    let (ok, lines) = check(&nowhere, &[], &[]);
     assert!(!ok, "{lines}");
     assert!(
         lines.contains("problem: brokers 127.0.0.1:9 do not answer"),
@@ -529,7 +517,7 @@ fn check_says_what_it_found_one_line_each_and_fails_on_any_problem() {
 
     // A config that does not parse is one problem line.
     let broken = scratch.write("broken.toml", format!("brokerz = 1\n{}", route("in")));
-    let (ok, lines) = check(&broken, &[]);
+    let (ok, lines) = check(&broken, &[], &[]);
     assert!(!ok);
     assert_eq!(lines.lines().count(), 1, "{lines}");
     assert!(
@@ -687,15 +675,7 @@ fn tls_settings_reach_the_brokers_wire_and_check_says_a_handshake_failed() {
                 ca.display()
             );
         let config = scratch.write(name, text);
-        std::thread::spawn(move || {
-            let out = sluice()
-                .args(["check", "--config"])
-                .arg(&config)
-                .output()
-                .unwrap();
-            let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
-            (out.status.success(), stdout)
-        })
+        std::thread::spawn(move || check(&config, &[], &[]))
     };
     let (right, wrong) = (
         trusting(&cert, "right.toml"),

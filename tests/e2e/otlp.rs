@@ -8,6 +8,7 @@
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
 use axum::Router;
@@ -26,9 +27,7 @@ use sluice::embedded::EmbeddedBroker;
 
 use crate::http_target::{Behaviour, HttpTarget};
 use crate::support::*;
-
-const TRACE: &str = "4bf92f3577b34da6a3ce929d0e0e4736";
-const INPUT_SPAN: &str = "00f067aa0ba902b7";
+use crate::traces::{INPUT_SPAN, TRACE, input, parts};
 
 #[derive(Clone, Copy, PartialEq)]
 enum Answer {
@@ -130,6 +129,21 @@ async fn receive<R: prost::Message + Default>(
     StatusCode::OK
 }
 
+/// A config in `scratch` routing `in` on `brokers` to `handler` (the test
+/// component of that name), with `extra` config after the route.
+fn route_config(scratch: &Scratch, brokers: &str, handler: &str, extra: &str) -> PathBuf {
+    let handlers = scratch.handlers(&[(handler, "0.1.0", &component(handler))]);
+    let routes = format!(
+        "[[routes]]\ntopic = \"in\"\nhandler = \"{handler}\"\npublish-to = [\"*\"]\n{extra}"
+    );
+    scratch.write("t.toml", config(brokers, "t", &handlers, &routes))
+}
+
+/// A host on `config`, with `env`, run until every input is handled.
+fn run_to_end(scratch: &Scratch, config: &Path, env: &[(&str, &str)]) -> Exit {
+    Host::start_with_env(scratch, "host", config, &["--until-drained"], env).wait_ok()
+}
+
 fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
@@ -153,25 +167,6 @@ fn int(attributes: &[KeyValue], key: &str) -> Option<i64> {
         Some(any_value::Value::IntValue(n)) => Some(*n),
         _ => None,
     }
-}
-
-fn input(offset: i64, payload: &str, headers: Vec<Header>) -> Message {
-    Message {
-        topic: "in".into(),
-        partition: 0,
-        offset,
-        key: Some(b"k".to_vec()),
-        payload: payload.as_bytes().to_vec(),
-        headers,
-        timestamp: 0,
-    }
-}
-
-/// The trace and span id of a `traceparent` value.
-fn ids(traceparent: &str) -> (String, String) {
-    let parts: Vec<&str> = traceparent.split('-').collect();
-    assert_eq!(parts.len(), 4, "{traceparent}");
-    (parts[1].to_owned(), parts[2].to_owned())
 }
 
 #[test]
@@ -199,19 +194,13 @@ fn spans_and_metrics_reach_an_otlp_receiver_with_the_ids_of_traceparent() {
         ])
         .unwrap();
     let scratch = Scratch::new();
-    let handlers = scratch.handlers(&[("test-faults", "0.1.0", &component("test-faults"))]);
-    let routes = format!(
-        "[[routes]]\ntopic = \"in\"\nhandler = \"test-faults\"\npublish-to = [\"*\"]\n[routes.http]\nallow = [\"{}\"]\n",
-        target.host()
-    );
-    let config = scratch.write("t.toml", config(brokers, "t", &handlers, &routes));
+    let http = format!("[routes.http]\nallow = [\"{}\"]\n", target.host());
+    let config = route_config(&scratch, brokers, "test-faults", &http);
     let endpoint = receiver.endpoint();
     // Logs at `warn`: spans are exported whatever level the logs are at.
-    Host::start_with_env(
+    run_to_end(
         &scratch,
-        "host",
         &config,
-        &["--until-drained"],
         &[
             ("RUST_LOG", "warn"),
             ("OTEL_EXPORTER_OTLP_ENDPOINT", &endpoint),
@@ -220,8 +209,7 @@ fn spans_and_metrics_reach_an_otlp_receiver_with_the_ids_of_traceparent() {
             ("OTEL_EXPORTER_OTLP_HEADERS", "api-key=k1"),
             ("OTEL_METRIC_EXPORT_INTERVAL", "200"),
         ],
-    )
-    .wait_ok();
+    );
 
     let received = receiver.received.lock().unwrap();
     assert!(!received.traces.is_empty(), "spans were exported");
@@ -319,7 +307,7 @@ fn spans_and_metrics_reach_an_otlp_receiver_with_the_ids_of_traceparent() {
     assert_eq!(int(&sends[0].attributes, "sluice.output.index"), Some(0));
     let echoed = read_topic(brokers, "echo");
     let record = echoed.iter().find(|r| r.payload == "hello").unwrap();
-    let (trace, span) = ids(record.header("traceparent").unwrap());
+    let (trace, span) = parts(record.header("traceparent").unwrap());
     assert_eq!(trace, TRACE);
     assert_eq!(
         span,
@@ -331,7 +319,7 @@ fn spans_and_metrics_reach_an_otlp_receiver_with_the_ids_of_traceparent() {
     let second = message_span(1);
     assert!(second.parent_span_id.is_empty());
     let record = echoed.iter().find(|r| r.payload == "untraced").unwrap();
-    let (trace, span) = ids(record.header("traceparent").unwrap());
+    let (trace, span) = parts(record.header("traceparent").unwrap());
     assert_eq!(trace, hex(&second.trace_id));
     let send: Vec<Span> = children(&second, "output")
         .into_iter()
@@ -353,7 +341,7 @@ fn spans_and_metrics_reach_an_otlp_receiver_with_the_ids_of_traceparent() {
         Some(target.url("/hook"))
     );
     let requests = target.received();
-    let (trace, span) = ids(requests[0].header("traceparent").unwrap());
+    let (trace, span) = parts(requests[0].header("traceparent").unwrap());
     assert_eq!(
         (trace, span),
         (hex(&third.trace_id), hex(&calls[0].span_id))
@@ -432,15 +420,11 @@ fn a_receiver_that_never_answers_costs_the_run_nothing_and_drops_are_counted() {
         .collect();
     broker.produce(&inputs).unwrap();
     let scratch = Scratch::new();
-    let handlers = scratch.handlers(&[("test-faults", "0.1.0", &component("test-faults"))]);
-    let routes = "[[routes]]\ntopic = \"in\"\nhandler = \"test-faults\"\npublish-to = [\"*\"]\n";
-    let config = scratch.write("t.toml", config(brokers, "t", &handlers, routes));
+    let config = route_config(&scratch, brokers, "test-faults", "");
     let endpoint = receiver.endpoint();
-    let exit = Host::start_with_env(
+    let exit = run_to_end(
         &scratch,
-        "host",
         &config,
-        &["--until-drained"],
         &[
             // sluice's own rule for the [otlp] section, over OTEL_*.
             ("SLUICE_OTLP_ENDPOINT", &endpoint),
@@ -448,8 +432,7 @@ fn a_receiver_that_never_answers_costs_the_run_nothing_and_drops_are_counted() {
             ("SLUICE_OTLP_TIMEOUT_MS", "300"),
             ("OTEL_EXPORTER_OTLP_ENDPOINT", "http://127.0.0.1:9"),
         ],
-    )
-    .wait_ok();
+    );
     assert_eq!(count(brokers, "echo"), 400, "every input was handled");
     assert_committed_to_the_end(brokers, "t");
     let log = log_of(&scratch, "host");
@@ -483,22 +466,9 @@ fn a_receiver_that_never_answers_costs_the_run_nothing_and_drops_are_counted() {
 fn check_asks_the_receiver_and_refuses_a_protocol_sluice_does_not_speak() {
     let receiver = Receiver::start(Answer::Ok);
     let scratch = Scratch::new();
-    let handlers = scratch.handlers(&[("test-faults", "0.1.0", &component("test-faults"))]);
-    let routes = "[[routes]]\ntopic = \"in\"\nhandler = \"test-faults\"\npublish-to = [\"*\"]\n";
-    let config = scratch.write("t.toml", config("embedded", "t", &handlers, routes));
-    let check = |vars: &[(&str, &str)]| {
-        let out = sluice()
-            .args(["check", "--config"])
-            .arg(&config)
-            .envs(vars.iter().copied())
-            .output()
-            .unwrap();
-        let said = String::from_utf8_lossy(&out.stdout).to_string()
-            + &String::from_utf8_lossy(&out.stderr);
-        (out.status.success(), said)
-    };
+    let config = route_config(&scratch, "embedded", "test-faults", "");
     let endpoint = receiver.endpoint();
-    let (ok, said) = check(&[("OTEL_EXPORTER_OTLP_ENDPOINT", &endpoint)]);
+    let (ok, said) = check(&config, &[], &[("OTEL_EXPORTER_OTLP_ENDPOINT", &endpoint)]);
     assert!(ok, "{said}");
     for signal in ["spans to {e}/v1/traces", "metrics to {e}/v1/metrics"] {
         let line = format!(
@@ -515,7 +485,11 @@ fn check_asks_the_receiver_and_refuses_a_protocol_sluice_does_not_speak() {
 
     // A receiver that is not there: a warning, not a failure (a host runs
     // without it).
-    let (ok, said) = check(&[("OTEL_EXPORTER_OTLP_ENDPOINT", "http://127.0.0.1:9")]);
+    let (ok, said) = check(
+        &config,
+        &[],
+        &[("OTEL_EXPORTER_OTLP_ENDPOINT", "http://127.0.0.1:9")],
+    );
     assert!(ok, "{said}");
     assert!(
         said.lines()
@@ -524,10 +498,14 @@ fn check_asks_the_receiver_and_refuses_a_protocol_sluice_does_not_speak() {
     );
 
     // gRPC is not spoken: refused, naming the variable and what is.
-    let (ok, said) = check(&[
-        ("OTEL_EXPORTER_OTLP_ENDPOINT", "http://collector:4317"),
-        ("OTEL_EXPORTER_OTLP_PROTOCOL", "grpc"),
-    ]);
+    let (ok, said) = check(
+        &config,
+        &[],
+        &[
+            ("OTEL_EXPORTER_OTLP_ENDPOINT", "http://collector:4317"),
+            ("OTEL_EXPORTER_OTLP_PROTOCOL", "grpc"),
+        ],
+    );
     assert!(!ok);
     assert!(
         said.contains("OTEL_EXPORTER_OTLP_PROTOCOL") && said.contains("http/protobuf"),
@@ -545,21 +523,14 @@ fn a_deciders_stream_id_and_decide_spans_are_children_of_its_message() {
         .produce(&[message("in", 0, "k", "s1:add:a")])
         .unwrap();
     let scratch = Scratch::new();
-    let handlers = scratch.handlers(&[("test-decider", "0.1.0", &component("test-decider"))]);
-    let routes = format!(
-        "[[routes]]\ntopic = \"in\"\nhandler = \"test-decider\"\npublish-to = [\"*\"]\n\n[store]\npath = {:?}\n",
-        scratch.path().join("events.db")
-    );
-    let config = scratch.write("t.toml", config(brokers, "t", &handlers, &routes));
+    let store = format!("\n[store]\npath = {:?}\n", scratch.path().join("events.db"));
+    let config = route_config(&scratch, brokers, "test-decider", &store);
     let endpoint = receiver.endpoint();
-    Host::start_with_env(
+    run_to_end(
         &scratch,
-        "host",
         &config,
-        &["--until-drained"],
         &[("OTEL_EXPORTER_OTLP_ENDPOINT", &endpoint)],
-    )
-    .wait_ok();
+    );
     let spans = receiver.spans();
     let named = |name: &str| -> Vec<&Span> {
         spans

@@ -146,6 +146,20 @@ pub fn succeed(command: &mut Command) -> String {
     String::from_utf8(out.stdout).unwrap()
 }
 
+/// `sluice check` with `config`, `extra` arguments and `env` added to the
+/// environment: its status and its lines.
+pub fn check(config: &Path, extra: &[&str], env: &[(&str, &str)]) -> (bool, String) {
+    let output = sluice()
+        .args(["check", "--config"])
+        .arg(config)
+        .args(extra)
+        .envs(env.iter().copied())
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
+    (output.status.success(), stdout)
+}
+
 /// A `sluice run` child process; killed if the test ends first.
 pub struct Host {
     child: Option<Child>,

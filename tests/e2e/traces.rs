@@ -12,11 +12,13 @@ use sluice::embedded::EmbeddedBroker;
 use crate::http_target::{Behaviour, HttpTarget};
 use crate::support::*;
 
-const TRACE: &str = "4bf92f3577b34da6a3ce929d0e0e4736";
-const INPUT_SPAN: &str = "00f067aa0ba902b7";
+/// The trace and span of the `traceparent` the tests' inputs carry.
+pub(crate) const TRACE: &str = "4bf92f3577b34da6a3ce929d0e0e4736";
+pub(crate) const INPUT_SPAN: &str = "00f067aa0ba902b7";
 const HTTP_TRACE: &str = "0af7651916cd43dd8448eb211c80319c";
 
-fn input(offset: i64, payload: &str, headers: Vec<Header>) -> Message {
+/// An input on `in`, partition 0, key `k`.
+pub(crate) fn input(offset: i64, payload: &str, headers: Vec<Header>) -> Message {
     Message {
         topic: "in".into(),
         partition: 0,
@@ -42,7 +44,7 @@ fn closed_spans(log: &str) -> Vec<(Value, Vec<Value>)> {
 }
 
 /// `00-<trace>-<span>-<flags>` split into its parts.
-fn parts(traceparent: &str) -> (String, String) {
+pub(crate) fn parts(traceparent: &str) -> (String, String) {
     let fields: Vec<&str> = traceparent.split('-').collect();
     assert_eq!(fields.len(), 4, "{traceparent}");
     assert_eq!((fields[0], fields[3]), ("00", "01"), "{traceparent}");

@@ -64,6 +64,24 @@ pub fn order_shipped_broker(n: usize, partitions: i32) -> sluice::embedded::Embe
     broker
 }
 
+/// A config routing `order-shipped` on `brokers` to the order-shipped-email
+/// component in `handlers`, as group `group`, with `extra` config before
+/// the route.
+pub fn order_shipped_config(brokers: &str, handlers: &Path, group: &str, extra: &str) -> String {
+    format!(
+        r#"brokers = "{brokers}"
+group-id = "{group}"
+handlers-dir = "{}"
+{extra}
+[[routes]]
+topic = "order-shipped"
+handler = "order-shipped-email"
+publish-to = ["email-requests"]
+"#,
+        handlers.display()
+    )
+}
+
 /// `n` valid order-shipped events spread over `partitions` by order id.
 pub fn order_shipped(n: usize, partitions: i32) -> Vec<Message> {
     (0..n)

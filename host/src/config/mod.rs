@@ -296,6 +296,16 @@ impl Config {
         Ok(config)
     }
 
+    /// One route on the embedded broker, with `extra` config text: for the
+    /// tests of what a config makes of its clients.
+    #[cfg(test)]
+    pub(crate) fn with_one_route(extra: &str) -> Config {
+        let text = format!(
+            "brokers = \"embedded\"\n{extra}\n[[routes]]\ntopic = \"in\"\nhandler = \"echo\"\npublish-to = [\"*\"]\n"
+        );
+        Config::parse(&text, "test.toml".as_ref(), ".".as_ref()).unwrap()
+    }
+
     /// True when the config asks for the in-process broker.
     pub fn is_embedded(&self) -> bool {
         self.brokers == EMBEDDED

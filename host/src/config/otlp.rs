@@ -213,8 +213,13 @@ impl Otlp {
         Ok(Some(export))
     }
 
+    /// `export` with this process's environment.
+    pub fn export_here(&self) -> Result<Option<OtlpExport>, (String, String)> {
+        self.export(|name| std::env::var(name).ok())
+    }
+
     pub(super) fn validate(&self) -> Checked {
-        match self.export(|name| std::env::var(name).ok()) {
+        match self.export_here() {
             Ok(_) => Ok(()),
             Err((key, rule)) => broken(key, rule),
         }

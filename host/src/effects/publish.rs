@@ -312,11 +312,7 @@ mod tests {
     use super::*;
 
     fn producer_setting(extra: &str, key: &str) -> Option<String> {
-        let text = format!(
-            "brokers = \"embedded\"\n{extra}\n[[routes]]\ntopic = \"in\"\nhandler = \"echo\"\npublish-to = [\"*\"]\n"
-        );
-        let config = Config::parse(&text, "test.toml".as_ref(), ".".as_ref()).unwrap();
-        client(&config, "localhost:9092")
+        client(&Config::with_one_route(extra), "localhost:9092")
             .get(key)
             .map(str::to_owned)
     }

@@ -3,27 +3,27 @@
 //! `FAIL` log line, a global error, and an error from every consumer poll)
 //! and again on every reconnect attempt, about 20 times a second: an
 //! unreachable broker wrote ~700 lines in 15 s. Here each kind of error is
-//! logged when first seen, then at most once per `REPEAT_EVERY` with the
-//! count held back meanwhile, and brokers answering again are said once.
+//! logged as `Repeats` admits it (when first seen, then at most once per
+//! 30 s with the count held back meanwhile), and brokers answering again
+//! are said once.
 
 use std::collections::HashMap;
 use std::sync::Mutex;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use rdkafka::ClientContext;
 use rdkafka::config::RDKafkaLogLevel;
 use rdkafka::error::KafkaError;
 use rdkafka::types::RDKafkaErrorCode;
 
-/// How often a kind of error that keeps coming is logged again.
-const REPEAT_EVERY: Duration = Duration::from_secs(30);
+use super::repeats::Repeats;
 
 /// A client's logs, with repeats held back.
 pub(crate) struct ClientLogs {
     /// Which client: `consumer` or `producer`.
     client: &'static str,
-    /// When each kind was last logged, and its repeats held back since.
-    said: Mutex<HashMap<String, (Instant, u64)>>,
+    /// Each kind's repeats held back.
+    said: Mutex<HashMap<String, Repeats>>,
     /// Since when the brokers have not answered, and the errors since.
     down: Mutex<Option<(Instant, u64)>>,
 }
@@ -101,22 +101,8 @@ impl ClientLogs {
     /// Whether `kind` is to be logged now: if so, how many of it were held
     /// back since it last was.
     fn admit(&self, kind: String) -> Option<u64> {
-        let now = Instant::now();
         let mut said = self.said.lock().expect("client logs lock");
-        match said.get_mut(&kind) {
-            Some((at, held_back)) if now.duration_since(*at) < REPEAT_EVERY => {
-                *held_back += 1;
-                None
-            }
-            Some((at, held_back)) => {
-                *at = now;
-                Some(std::mem::take(held_back))
-            }
-            None => {
-                said.insert(kind, (now, 0));
-                Some(0)
-            }
-        }
+        said.entry(kind).or_default().admit()
     }
 }
 
@@ -142,6 +128,7 @@ impl ClientContext for ProducerContext {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::telemetry::repeats::REPEAT_EVERY;
 
     #[test]
     fn a_kind_is_said_once_then_again_with_its_repeats_after_the_interval() {
@@ -153,12 +140,10 @@ mod tests {
         // Another kind is not held back by the first.
         assert_eq!(logs.admit("BrokerTransportFailure".into()), Some(0));
         // As if the interval had passed.
-        logs.said
-            .lock()
-            .unwrap()
-            .get_mut("AllBrokersDown")
-            .unwrap()
-            .0 -= REPEAT_EVERY;
+        let mut said = logs.said.lock().unwrap();
+        let last = &mut said.get_mut("AllBrokersDown").unwrap().last;
+        *last = last.map(|at| at - REPEAT_EVERY);
+        drop(said);
         assert_eq!(logs.admit("AllBrokersDown".into()), Some(5));
         assert_eq!(logs.admit("AllBrokersDown".into()), None);
     }

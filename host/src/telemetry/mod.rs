@@ -7,6 +7,7 @@ pub(crate) mod exposition;
 mod histogram;
 mod log_format;
 pub mod otlp;
+mod repeats;
 pub(crate) mod trace;
 
 pub use histogram::Histogram;

@@ -28,14 +28,13 @@ use reqwest::Url;
 use tokio::sync::{Notify, mpsc};
 
 use super::exposition::{Exposition, Labels, OtlpMetrics};
+use super::repeats::Repeats;
 use crate::config::OtlpExport;
 
 /// Spans posted in one request at most.
 const MAX_BATCH: usize = 512;
 /// How long a closed span may wait for companions before it is posted.
 const BATCH_DELAY: Duration = Duration::from_secs(1);
-/// How often a receiver that keeps failing is logged again.
-const FAILURE_LOG_EVERY: Duration = Duration::from_secs(30);
 
 /// What the metrics export writes each time: the same series as `/metrics`.
 pub(crate) type MetricsSource = Arc<dyn Fn(&mut Exposition<'_>) -> fmt::Result + Send + Sync>;
@@ -250,12 +249,11 @@ struct Task {
     stopping: bool,
 }
 
-/// A receiver's failures, logged once and then every `FAILURE_LOG_EVERY`.
+/// A receiver's failures: since when, and their log lines held back.
 #[derive(Default)]
 struct Failing {
     since: Option<Instant>,
-    logged: Option<Instant>,
-    held_back: u64,
+    said: Repeats,
 }
 
 impl Task {
@@ -427,26 +425,17 @@ impl Task {
         outcome
     }
 
-    /// Logs a failed export: the first at once, then one line every
-    /// `FAILURE_LOG_EVERY` saying how many were held back.
+    /// Logs a failed export as `Repeats` admits it: the first at once,
+    /// then one line every 30 s saying how many were held back.
     fn failed(&mut self, url: &Url, problem: &str) {
-        let now = Instant::now();
-        self.failing.since.get_or_insert(now);
-        let due = self
-            .failing
-            .logged
-            .is_none_or(|at| now.duration_since(at) >= FAILURE_LOG_EVERY);
-        if due {
+        self.failing.since.get_or_insert_with(Instant::now);
+        if let Some(held_back) = self.failing.said.admit() {
             tracing::warn!(
                 url = url.as_str(),
                 problem,
-                held_back = self.failing.held_back,
+                held_back,
                 "OTLP export failed; spans and metrics are dropped until the receiver answers"
             );
-            self.failing.logged = Some(now);
-            self.failing.held_back = 0;
-        } else {
-            self.failing.held_back += 1;
         }
     }
 }
