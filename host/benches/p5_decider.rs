@@ -27,7 +27,7 @@ use sluice::config::{DeciderSettings, Limits, StoreBackend, StoreConfig};
 use sluice::contract::{Event, Message};
 use sluice::decider::{Decider, DeciderStats};
 use sluice::runtime::{Handler, Runtime};
-use sluice::store::{self, Cause, EventStore};
+use sluice::store::{self, Cause, EventStore, Store};
 use sluice::workers::WorkerPool;
 
 const DECISIONS: usize = 100;
@@ -82,7 +82,7 @@ async fn populate(store: &dyn EventStore, stream: &str, length: usize) {
     store.append(stream, 0, &events, &cause).await.unwrap();
 }
 
-async fn open(backend: StoreBackend, place: &str) -> Arc<dyn EventStore> {
+async fn open(backend: StoreBackend, place: &str) -> Arc<dyn Store> {
     let mut config: StoreConfig = toml::from_str("").unwrap();
     config.backend = backend;
     match backend {

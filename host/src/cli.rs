@@ -56,6 +56,9 @@ pub enum Command {
     /// asked over its admin server, or else what a host started now would
     /// do; then what each route lets its handler reach.
     Handlers(HandlersArgs),
+    /// List the pending timers (how many, and the soonest first) from the
+    /// config's store; it need not have a host running.
+    Timers(TimersArgs),
     /// Run dead-lettered messages again through their handler's current
     /// version, with the usual delivery rules; commits progress on the
     /// dead-letter topic (group `<group>-redrive`) and un-parks keys whose
@@ -150,6 +153,20 @@ pub struct HandlersArgs {
     /// The running host's admin address (default: the config's `admin.listen`).
     #[arg(long)]
     pub admin: Option<String>,
+}
+
+/// The arguments of `sluice timers`.
+#[derive(Debug, clap::Args)]
+pub struct TimersArgs {
+    /// The TOML config file (its `[store]`).
+    #[arg(long, short)]
+    pub config: PathBuf,
+    /// How many of the soonest timers to list.
+    #[arg(long, default_value_t = 20)]
+    pub limit: usize,
+    /// Print JSON (as the admin server's `/timers` does) instead of a table.
+    #[arg(long)]
+    pub json: bool,
 }
 
 /// The arguments of `sluice redrive`.

@@ -12,10 +12,13 @@ use sluice::registry::{self, VersionState, VersionStatus};
 use sluice::runtime::{Inspection, Runtime};
 use sluice::scaffold::{Language, scaffold};
 use sluice::source::range::Position;
+use sluice::store::LazyStore;
 use sluice::telemetry::Stop;
+use sluice::timers;
 
 use crate::cli::{
     self, CheckArgs, HandlersArgs, InspectArgs, NewArgs, RedriveArgs, ReplayArgs, RunArgs,
+    TimersArgs,
 };
 
 /// `sluice run`: the host, until stopped (or drained).
@@ -146,6 +149,43 @@ pub(crate) fn handlers(args: HandlersArgs) -> anyhow::Result<ExitCode> {
     };
     print_handlers(&statuses)?;
     print_reach(&config, None)?;
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `sluice timers`: the pending timers, from the store.
+pub(crate) fn timers(args: TimersArgs) -> anyhow::Result<ExitCode> {
+    let TimersArgs {
+        config,
+        limit,
+        json,
+    } = args;
+    let config = Config::load_with_environment(Some(&config))?;
+    let store = LazyStore::new(config.store.clone(), config.base_dir.clone());
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("cannot start async runtime")?;
+    let upcoming = runtime.block_on(timers::list(&store, limit))?;
+    let mut out = std::io::stdout().lock();
+    if json {
+        writeln!(out, "{}", upcoming.to_json())?;
+        return Ok(ExitCode::SUCCESS);
+    }
+    writeln!(out, "{} pending", upcoming.pending)?;
+    if !upcoming.soonest.is_empty() {
+        writeln!(out, "{:<24} {:<32} {:<26} TOPIC", "ROUTE", "ID", "DUE")?;
+    }
+    for timer in &upcoming.soonest {
+        let due = std::time::UNIX_EPOCH + std::time::Duration::from_millis(timer.due);
+        writeln!(
+            out,
+            "{:<24} {:<32} {:<26} {}",
+            timer.route,
+            timer.id,
+            humantime::format_rfc3339_millis(due).to_string(),
+            timer.topic
+        )?;
+    }
     Ok(ExitCode::SUCCESS)
 }
 

@@ -162,6 +162,18 @@ pub struct HttpRequest {
     pub body: Vec<u8>,
 }
 
+/// A record to publish later: a timer (contract 0.4 and later).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Schedule {
+    /// The handler's id for it, scoped to the route; scheduling a pending
+    /// id again replaces it.
+    pub id: String,
+    /// When to publish, in milliseconds since the Unix epoch.
+    pub due: u64,
+    /// What to publish.
+    pub publish: Publish,
+}
+
 /// A side effect a handler asked the host to execute.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Output {
@@ -171,26 +183,42 @@ pub enum Output {
     Log(LogEntry),
     /// Make an HTTP request (contract 0.2 and later).
     Http(HttpRequest),
+    /// Publish a record when it is due (contract 0.4 and later).
+    Schedule(Schedule),
+    /// Cancel the pending timer with this id (contract 0.4 and later).
+    Cancel(String),
 }
 
 impl Output {
+    /// Whether running it waits on something outside the host besides the
+    /// producer's queue (an HTTP target, the store).
+    pub(crate) fn waits(&self) -> bool {
+        matches!(
+            self,
+            Output::Http(_) | Output::Schedule(_) | Output::Cancel(_)
+        )
+    }
+
     /// The bytes of data it carries (names, keys, payloads, headers, texts,
     /// URLs, bodies), which the sandbox caps per call.
     pub fn size(&self) -> usize {
         let headers = |headers: &[Header]| -> usize {
             headers.iter().map(|h| h.name.len() + h.value.len()).sum()
         };
+        let publish = |p: &Publish| {
+            p.topic.len()
+                + p.key.as_ref().map_or(0, Vec::len)
+                + p.payload.len()
+                + headers(&p.headers)
+        };
         match self {
-            Output::Publish(p) => {
-                p.topic.len()
-                    + p.key.as_ref().map_or(0, Vec::len)
-                    + p.payload.len()
-                    + headers(&p.headers)
-            }
+            Output::Publish(p) => publish(p),
             Output::Log(entry) => entry.text.len(),
             Output::Http(request) => {
                 request.url.len() + headers(&request.headers) + request.body.len()
             }
+            Output::Schedule(schedule) => schedule.id.len() + publish(&schedule.publish),
+            Output::Cancel(id) => id.len(),
         }
     }
 }

@@ -35,6 +35,7 @@ mod shadow;
 pub mod source;
 pub mod store;
 pub mod telemetry;
+pub mod timers;
 mod topics;
 mod wire;
 pub mod workers;

@@ -108,6 +108,7 @@ fn execute(command: Command) -> anyhow::Result<ExitCode> {
         Command::Run(args) => commands::run(args),
         Command::Replay(args) => commands::replay(args),
         Command::Handlers(args) => commands::handlers(args),
+        Command::Timers(args) => commands::timers(args),
         Command::Redrive(args) => commands::redrive(args),
         Command::New(args) => commands::new(args),
         Command::Inspect(args) => commands::inspect(args),

@@ -280,7 +280,7 @@ impl Pipeline {
             let quick = match &work {
                 Work::Done(outcome) => outcome
                     .as_ref()
-                    .is_ok_and(|outputs| !outputs.iter().any(|o| matches!(o, Output::Http(_)))),
+                    .is_ok_and(|outputs| !outputs.iter().any(Output::waits)),
                 Work::Decide(_) => false,
             };
             if link.is_free() && quick {

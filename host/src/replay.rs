@@ -17,7 +17,7 @@ use base64::Engine as _;
 use serde_json::{Map, Value, json};
 
 use crate::config::Limits;
-use crate::contract::{Event, Header, Output};
+use crate::contract::{Event, Header, Output, Publish};
 use crate::registry::HandlerFile;
 use crate::runtime::{
     CallError, Handler, HandlerInstance, HandlerKind, LoadError, Runtime, RuntimeError, WasmHandler,
@@ -275,16 +275,11 @@ pub(crate) fn canonical(outcome: &Result<Vec<Output>, CallError>) -> Value {
 
 fn output(output: &Output) -> Value {
     match output {
-        Output::Publish(p) => {
-            let mut publish = Map::new();
-            publish.insert("topic".into(), json!(p.topic));
-            if let Some(key) = &p.key {
-                insert_bytes(&mut publish, "key", key);
-            }
-            insert_bytes(&mut publish, "payload", &p.payload);
-            publish.insert("headers".into(), p.headers.iter().map(header).collect());
-            json!({ "publish": publish })
+        Output::Publish(p) => json!({ "publish": publish(p) }),
+        Output::Schedule(timer) => {
+            json!({ "schedule": { "id": timer.id, "due": timer.due, "publish": publish(&timer.publish) } })
         }
+        Output::Cancel(id) => json!({ "cancel": { "id": id } }),
         Output::Log(entry) => {
             json!({ "log": { "level": entry.level.as_str(), "text": entry.text } })
         }
@@ -300,6 +295,17 @@ fn output(output: &Output) -> Value {
             json!({ "http": http })
         }
     }
+}
+
+fn publish(p: &Publish) -> Value {
+    let mut publish = Map::new();
+    publish.insert("topic".into(), json!(p.topic));
+    if let Some(key) = &p.key {
+        insert_bytes(&mut publish, "key", key);
+    }
+    insert_bytes(&mut publish, "payload", &p.payload);
+    publish.insert("headers".into(), p.headers.iter().map(header).collect());
+    Value::Object(publish)
 }
 
 fn header(h: &Header) -> Value {
@@ -325,7 +331,7 @@ mod tests {
     use proptest::prelude::*;
 
     use super::*;
-    use crate::contract::{HttpMethod, HttpRequest, LogEntry, LogLevel, Publish};
+    use crate::contract::{HttpMethod, HttpRequest, LogEntry, LogLevel, Schedule};
 
     fn bytes() -> impl Strategy<Value = Vec<u8>> {
         // Mostly text, sometimes not UTF-8: both encodings get exercised.
@@ -377,6 +383,19 @@ mod tests {
                     body,
                 })
             }),
+            (".{0,8}", any::<u64>(), ".{0,8}", bytes()).prop_map(|(id, due, topic, payload)| {
+                Output::Schedule(Schedule {
+                    id,
+                    due,
+                    publish: Publish {
+                        topic,
+                        key: None,
+                        payload,
+                        headers: vec![],
+                    },
+                })
+            }),
+            ".{0,8}".prop_map(Output::Cancel),
         ]
     }
 
@@ -405,6 +424,14 @@ mod tests {
             let payload = match &mut changed[which.index(outputs.len())] {
                 Output::Publish(p) => &mut p.payload,
                 Output::Http(r) => &mut r.body,
+                Output::Schedule(timer) => &mut timer.publish.payload,
+                Output::Cancel(id) => {
+                    id.push(char::from(byte & 0x7f));
+                    return {
+                        prop_assert_ne!(canonical(&Ok(outputs)), canonical(&Ok(changed)));
+                        Ok(())
+                    };
+                }
                 Output::Log(l) => {
                     l.text.push(char::from(byte & 0x7f));
                     return {

@@ -29,9 +29,10 @@ use crate::source::Delivery;
 use crate::source::jsonl::{JsonlError, JsonlReader};
 use crate::source::kafka::{Committer, KafkaSource, SourceEvent, UnsplitMessage};
 use crate::source::offsets::{Hold, Offsets};
-use crate::store::StoreError;
+use crate::store::{LazyStore, StoreError};
 use crate::telemetry::otlp::Exporter;
 use crate::telemetry::{Health, Phase, RunReport, Stop, Telemetry};
+use crate::timers::Timers;
 use crate::workers::WorkerPool;
 use crate::workers::budget::ByteBudget;
 
@@ -208,6 +209,19 @@ impl Host {
         }
         let controls = Arc::new(Controls::new(config.routes.iter().map(|r| r.topic.clone())));
         let budget = ByteBudget::new(config.max_in_flight_mib << 20);
+        let store = Arc::new(LazyStore::new(
+            config.store.clone(),
+            config.base_dir.clone(),
+        ));
+        let timers = Arc::new(Timers::new(
+            &config.routes,
+            config.timers.clone(),
+            store.clone(),
+            publisher.clone(),
+            breakers.clone(),
+            telemetry.clone(),
+        ));
+        tokio::spawn(timers.clone().fire(stopped.clone()));
         let parts = admin::Parts {
             registry: registry.clone(),
             telemetry: telemetry.clone(),
@@ -216,6 +230,7 @@ impl Host {
             offsets: offsets.clone(),
             controls: controls.clone(),
             budget: budget.clone(),
+            timers: timers.clone(),
         };
         let route_topics = config
             .routes
@@ -240,12 +255,11 @@ impl Host {
                     listen: address.to_string(),
                     source,
                 })?;
-            tokio::spawn(admin::serve(listener, state, stopped));
+            tokio::spawn(admin::serve(listener, state, stopped.clone()));
         }
         let shadows = Arc::new(Shadows::new(config, publisher.clone(), telemetry.clone()));
         let decider = Arc::new(Decider::lazy(
-            config.store.clone(),
-            config.base_dir.clone(),
+            store.clone(),
             config.decider.clone(),
             telemetry.decider_stats(),
         ));
@@ -265,7 +279,7 @@ impl Host {
                 .timed(telemetry.phase(Phase::Handle).clone())
                 .within(budget.clone()),
             decider,
-            Effects::new(breakers, telemetry.clone()),
+            Effects::new(breakers, timers, telemetry.clone()),
             shadows.clone(),
             telemetry.clone(),
         ));

@@ -7,6 +7,7 @@
 use std::str::FromStr;
 
 use crate::contract::{HandleError, Header, Message, Publish};
+use crate::effects::Failure;
 use crate::runtime::{CallError, Trap};
 
 /// The id of what a record came from: `topic/partition/offset` and, on a
@@ -25,6 +26,8 @@ const SOURCE_TOPIC: &str = "sluice-source-topic";
 const SOURCE_PARTITION: &str = "sluice-source-partition";
 const SOURCE_OFFSET: &str = "sluice-source-offset";
 const SOURCE_TIMESTAMP: &str = "sluice-source-timestamp";
+/// On a timer's dead letter: the topic the timer was to publish to.
+const TIMER_TOPIC: &str = "sluice-timer-topic";
 const HANDLER: &str = "sluice-handler";
 const HANDLER_VERSION: &str = "sluice-handler-version";
 /// On dead letters that park their key or are held behind it.
@@ -50,6 +53,8 @@ pub(crate) enum Stage {
     Interpret,
     /// Held behind an earlier dead letter of its key (`park-key`).
     Schedule,
+    /// A due timer's record could not be published.
+    Timer,
 }
 
 impl Stage {
@@ -61,6 +66,7 @@ impl Stage {
             Stage::Decide => "decide",
             Stage::Interpret => "interpret",
             Stage::Schedule => "schedule",
+            Stage::Timer => "timer",
         }
     }
 }
@@ -101,6 +107,8 @@ pub(crate) enum Reason {
     NotTransactional,
     /// An HTTP request the host will not send as asked.
     InvalidRequest,
+    /// A timer id the host will not keep.
+    InvalidTimer,
     /// An HTTP request to a host the route does not allow.
     HostNotAllowed,
     /// An HTTP status that retrying cannot change.
@@ -156,6 +164,7 @@ impl Reason {
             Reason::TopicNotAllowed => "topic-not-allowed",
             Reason::NotTransactional => "not-transactional",
             Reason::InvalidRequest => "invalid-request",
+            Reason::InvalidTimer => "invalid-timer",
             Reason::HostNotAllowed => "host-not-allowed",
             Reason::HttpStatus => "http-status",
             Reason::RecordTooLarge => "record-too-large",
@@ -251,6 +260,28 @@ pub(crate) fn dead_letter_record(
         topic: dead.topic.clone(),
         key: message.key.clone(),
         payload: message.payload.clone(),
+        headers,
+    }
+}
+
+/// The dead letter of a timer whose record could not be published: the
+/// record as it would have been published, to the route's dead-letter
+/// topic, with the stage, reason and detail, and where it was going. It has
+/// no source headers, so a re-drive passes it by (there is no message to
+/// run again).
+pub(crate) fn timer_dead_letter(record: Publish, topic: &str, failed: &Failure) -> Publish {
+    let mut headers = record.headers;
+    headers.extend([
+        Header::new(STAGE, Stage::Timer.as_str()),
+        Header::new(REASON, failed.reason.as_str()),
+        Header::new(DETAIL, failed.detail.as_str()),
+        Header::new(ATTEMPTS, failed.attempts.to_string()),
+        Header::new(TIMER_TOPIC, record.topic),
+    ]);
+    Publish {
+        topic: topic.to_owned(),
+        key: record.key,
+        payload: record.payload,
         headers,
     }
 }

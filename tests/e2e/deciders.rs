@@ -16,7 +16,7 @@ use sluice::contract::Event;
 use sluice::decider::Decider;
 use sluice::embedded::EmbeddedBroker;
 use sluice::runtime::Handler;
-use sluice::store::{self, Cause, EventStore, Snapshot, SnapshotKey, StoreError};
+use sluice::store::{self, Cause, EventStore, Snapshot, SnapshotKey, Store, StoreError};
 use sluice::workers::WorkerPool;
 
 use crate::support::*;
@@ -44,19 +44,19 @@ macro_rules! on_both_stores {
 const POSTGRES: &str = "host=127.0.0.1 port=5432 user=postgres dbname=test";
 
 /// One test's event store, and a runtime to drive the library's async API.
-struct TestStore {
+pub(crate) struct TestStore {
     backend: StoreBackend,
     /// The SQLite file, or the PostgreSQL schema.
     place: String,
     /// PostgreSQL connection text hosts use (may point at a proxy).
-    url: String,
+    pub(crate) url: String,
     /// `store.timeout-ms` for hosts, if not the default.
-    timeout_ms: Option<u64>,
+    pub(crate) timeout_ms: Option<u64>,
     runtime: tokio::runtime::Runtime,
 }
 
 impl TestStore {
-    fn new(backend: StoreBackend, scratch: &Scratch) -> TestStore {
+    pub(crate) fn new(backend: StoreBackend, scratch: &Scratch) -> TestStore {
         static NEXT: AtomicU64 = AtomicU64::new(0);
         let place = match backend {
             StoreBackend::Sqlite => scratch.path().join("events.db").display().to_string(),
@@ -80,7 +80,7 @@ impl TestStore {
     }
 
     /// The `[store]` section for hosts.
-    fn section(&self) -> String {
+    pub(crate) fn section(&self) -> String {
         match self.backend {
             StoreBackend::Sqlite => format!("[store]\npath = {:?}\n", self.place),
             StoreBackend::Postgres => format!(
@@ -100,7 +100,7 @@ impl TestStore {
         config
     }
 
-    fn open(&self) -> Arc<dyn EventStore> {
+    fn open(&self) -> Arc<dyn Store> {
         self.runtime
             .block_on(store::open(&self.config(), Path::new("/")))
             .unwrap()
@@ -126,7 +126,7 @@ impl TestStore {
     /// A stream's state as `component` (labelled `version`) folds it.
     fn state(
         &self,
-        store: &Arc<dyn EventStore>,
+        store: &Arc<dyn Store>,
         component: &Path,
         name: &str,
         version: &str,
@@ -631,8 +631,8 @@ on_both_stores!(appends_are_checked_against_the_expected_version);
 /// A TCP proxy to PostgreSQL that a test can cut (connections broken and
 /// refused: the server is down) or stall (bytes held: it stops answering),
 /// and restore.
-struct Proxy {
-    port: u16,
+pub(crate) struct Proxy {
+    pub(crate) port: u16,
     down: Arc<AtomicBool>,
     open: Arc<Mutex<Vec<TcpStream>>>,
     flowing: Flowing,
@@ -642,7 +642,7 @@ struct Proxy {
 type Flowing = Arc<(Mutex<bool>, Condvar)>;
 
 impl Proxy {
-    fn start(upstream: &'static str) -> Proxy {
+    pub(crate) fn start(upstream: &'static str) -> Proxy {
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
         let port = listener.local_addr().unwrap().port();
         let down = Arc::new(AtomicBool::new(false));
@@ -676,7 +676,7 @@ impl Proxy {
     }
 
     /// Breaks every connection and refuses new ones until `restore`.
-    fn cut(&self) {
+    pub(crate) fn cut(&self) {
         self.down.store(true, Ordering::SeqCst);
         for stream in self.open.lock().unwrap().drain(..) {
             let _ = stream.shutdown(Shutdown::Both);
@@ -688,7 +688,7 @@ impl Proxy {
         *self.flowing.0.lock().unwrap() = false;
     }
 
-    fn restore(&self) {
+    pub(crate) fn restore(&self) {
         self.down.store(false, Ordering::SeqCst);
         *self.flowing.0.lock().unwrap() = true;
         self.flowing.1.notify_all();

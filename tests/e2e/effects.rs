@@ -1,6 +1,6 @@
 //! Effects beyond publish: HTTP with its allow-list and failure classes,
-//! retries and circuit breakers, ordering modes, key parking, and a
-//! component built for the previous contract version.
+//! retries and circuit breakers, ordering modes, key parking, and
+//! components built for earlier contract versions.
 
 use std::collections::HashMap;
 use std::time::Duration;
@@ -58,6 +58,31 @@ fn a_component_built_for_contract_0_1_still_loads_and_runs() {
         .map(|r| r.payload)
         .collect();
     assert_eq!(echoed, ["a", "b", "c"]);
+}
+
+#[test]
+fn a_decider_built_for_contract_0_3_still_loads_and_decides() {
+    let broker = EmbeddedBroker::start().unwrap();
+    let brokers = broker.bootstrap_servers();
+    broker.create_topic("legacy", 1).unwrap();
+    let messages: Vec<_> = ["a", "b", "c"]
+        .iter()
+        .map(|p| message("legacy", 0, "s", p))
+        .collect();
+    broker.produce(&messages).unwrap();
+    let scratch = Scratch::new();
+    let handlers = scratch.handlers(&[("legacy", "0.1.0", &component("test-v0-3-decider"))]);
+    let routes = format!(
+        "[[routes]]\ntopic = \"legacy\"\nhandler = \"legacy\"\npublish-to = [\"*\"]\n\n[store]\npath = {:?}\n",
+        scratch.path().join("events.db")
+    );
+    let config = scratch.write("legacy.toml", config(brokers, "legacy", &handlers, &routes));
+    Host::start(&scratch, "legacy", &config, &["--until-drained"]).wait_ok();
+    let decided: Vec<String> = read_topic(brokers, "decided-v0-3")
+        .into_iter()
+        .map(|r| r.payload)
+        .collect();
+    assert_eq!(decided, ["+a", "a+b", "a,b+c"]);
 }
 
 #[test]

@@ -20,5 +20,6 @@ mod sandbox;
 mod scaffold;
 mod shop;
 mod support;
+mod timers;
 mod traces;
 mod transactional_broker;

@@ -8,22 +8,6 @@ use crate::http_target::{Behaviour, HttpTarget};
 use crate::support::*;
 use crate::transactional_broker::TransactionalBroker;
 
-/// The status line and body of an admin GET.
-fn status_of(admin: &str, path: &str) -> (u16, String) {
-    let response = http_get(admin, path);
-    let status = response
-        .split_whitespace()
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .unwrap_or_else(|| panic!("no status in {response:?}"));
-    let body = response
-        .split("\r\n\r\n")
-        .nth(1)
-        .unwrap_or_default()
-        .to_owned();
-    (status, body)
-}
-
 #[test]
 fn readiness_is_lost_while_a_breaker_is_open_and_comes_back_with_the_target() {
     let target = HttpTarget::start(Behaviour::Ok {

@@ -332,6 +332,8 @@ pub struct Record {
     pub key: Option<String>,
     pub payload: String,
     pub headers: Vec<(String, String)>,
+    /// Milliseconds since the epoch (the producer's clock, unless set).
+    pub timestamp: i64,
 }
 
 impl Record {
@@ -435,6 +437,7 @@ pub fn record(msg: &BorrowedMessage<'_>) -> Record {
                     .collect()
             })
             .unwrap_or_default(),
+        timestamp: msg.timestamp().to_millis().unwrap_or(-1),
     }
 }
 
@@ -504,6 +507,22 @@ pub fn http_get(admin: &str, path: &str) -> String {
     let mut response = String::new();
     stream.read_to_string(&mut response).unwrap();
     response
+}
+
+/// The status line and body of an admin GET.
+pub fn status_of(admin: &str, path: &str) -> (u16, String) {
+    let response = http_get(admin, path);
+    let status = response
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| panic!("no status in {response:?}"));
+    let body = response
+        .split("\r\n\r\n")
+        .nth(1)
+        .unwrap_or_default()
+        .to_owned();
+    (status, body)
 }
 
 /// A plain HTTP POST to the admin server, with a bearer token if given:

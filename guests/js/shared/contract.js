@@ -148,3 +148,18 @@ export function publishJson(topic, key, body) {
 export function info(text) {
   return { tag: 'log', val: { level: 'info', text } };
 }
+
+/**
+ * A `schedule` output (contract 0.4): publish `output`'s record (made by
+ * `publishJson`) at `due`, milliseconds since the Unix epoch, computed from
+ * the message (its `timestamp`, a BigInt), never from a clock. Scheduling
+ * a pending `id` again replaces it.
+ */
+export function schedule(id, due, output) {
+  return { tag: 'schedule', val: { id, due: BigInt(due), publish: output.val } };
+}
+
+/** A `cancel` output (contract 0.4): the pending timer `id` never fires. */
+export function cancel(id) {
+  return { tag: 'cancel', val: id };
+}

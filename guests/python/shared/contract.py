@@ -148,3 +148,16 @@ def publish_json(topic, key, body):
 
 def info(text):
     return types.Output_Log(types.LogEntry(types.LogLevel.INFO, text))
+
+
+def schedule(timer_id, due, output):
+    """A `schedule` output (contract 0.4): publish `output`'s record (made by
+    `publish_json`) at `due`, milliseconds since the Unix epoch, computed
+    from the message (its `timestamp`), never from a clock. Scheduling a
+    pending `timer_id` again replaces it."""
+    return types.Output_Schedule(types.Schedule(timer_id, due, output.value))
+
+
+def cancel(timer_id):
+    """A `cancel` output (contract 0.4): the pending timer never fires."""
+    return types.Output_Cancel(timer_id)

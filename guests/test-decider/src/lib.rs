@@ -6,14 +6,17 @@
 //! deterministic), then does `add:<x>`; `noop` appends nothing; `fail` and `reject` return that error from `decide`; `panic`
 //! traps in `decide`; `poison` appends an event `Poison` that traps `fold`;
 //! `fat:<mib>` appends an event `Fat` that `fold` turns into that many MiB
-//! of state (a state larger than 4 KiB is published as its size).
+//! of state (a state larger than 4 KiB is published as its size);
+//! `remind:<ms>` appends `Added` with data `remind` and also schedules timer
+//! `remind:<stream>`, which publishes `<state>|reminded` to `decided` `ms`
+//! after the message's timestamp.
 //! Every decision publishes `<state>|<action>` to topic `decided`, keyed by
 //! the stream.
 
 wit_bindgen::generate!({ world: "decider", path: "../../wit" });
 
 use exports::sluice::handler::decide::Guest;
-use sluice::handler::types::{Decision, Event, HandleError, Message, Output, Publish};
+use sluice::handler::types::{Decision, Event, HandleError, Message, Output, Publish, Schedule};
 
 fn parse(msg: &Message) -> Result<(&str, &str), HandleError> {
     std::str::from_utf8(&msg.payload)
@@ -63,8 +66,24 @@ impl Guest for TestDecider {
 
     fn decide(msg: Message, state: Vec<u8>) -> Result<Decision, HandleError> {
         let (stream, action) = parse(&msg)?;
+        let mut outputs = Vec::new();
         let events = match action.split_once(':') {
             Some(("add", x)) => vec![event("Added", x)],
+            Some(("remind", ms)) => {
+                let mut payload = state.clone();
+                payload.extend_from_slice(b"|reminded");
+                outputs.push(Output::Schedule(Schedule {
+                    id: format!("remind:{stream}"),
+                    due: msg.timestamp + ms.parse::<u64>().unwrap_or(0),
+                    publish: Publish {
+                        topic: "decided".into(),
+                        key: Some(stream.as_bytes().to_vec()),
+                        payload,
+                        headers: Vec::new(),
+                    },
+                }));
+                vec![event("Added", "remind")]
+            }
             Some(("fat", mib)) => vec![event("Fat", mib)],
             Some(("slow", rest)) => {
                 let (ms, x) = rest.split_once(':').unwrap_or((rest, ""));
@@ -98,10 +117,8 @@ impl Guest for TestDecider {
             payload,
             headers: Vec::new(),
         });
-        Ok(Decision {
-            events,
-            outputs: vec![output],
-        })
+        outputs.insert(0, output);
+        Ok(Decision { events, outputs })
     }
 }
 

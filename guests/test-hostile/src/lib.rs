@@ -8,7 +8,12 @@
 //! `abuse` attacks the host rather than the sandbox: it asks the host to
 //! act on its behalf beyond what its route allows (see `abuse`).
 
+#[cfg(not(feature = "raw-outputs"))]
 wit_bindgen::generate!({ world: "handler", path: "../../wit" });
+// The raw bytes' layout is contract 0.3's (the boundary tests encode it),
+// which the host still lifts.
+#[cfg(feature = "raw-outputs")]
+wit_bindgen::generate!({ world: "handler", path: "../../wit/archive/0.3.0" });
 
 use exports::sluice::handler::handle::Guest;
 use sluice::handler::types::{HandleError, Message, Output, Publish};

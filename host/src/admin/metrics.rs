@@ -66,6 +66,13 @@ pub(crate) fn expose(state: &State, metrics: &mut Exposition<'_>) -> std::fmt::R
         single(parts.registry.swaps()),
     )?;
     parts.telemetry.encode(metrics)?;
+    if let Some(upcoming) = parts.timers.upcoming() {
+        metrics.gauge(
+            "sluice_timers_pending",
+            "Timers pending in the store (every host's), as last counted.",
+            single(upcoming.pending as i64),
+        )?;
+    }
     parts.breakers.encode(metrics)?;
     let serving = parts.registry.serving_handlers();
     let gauges = || {

@@ -1,5 +1,7 @@
 //! The admin HTTP server: `/handlers` (every handler version and its state,
-//! JSON; what `sluice handlers` shows), `/metrics` (OpenMetrics text, metrics.rs),
+//! JSON; what `sluice handlers` shows), `/timers?limit=N` (how many timers
+//! are pending and the soonest, from the store: JSON), `/metrics`
+//! (OpenMetrics text, metrics.rs),
 //! `/healthz` (the process serves) and `/readyz` (the group is joined and no
 //! circuit breaker is open; every route has a version serving from start),
 //! and the status page at `/`. It listens where `[admin] listen` says (a
@@ -30,6 +32,7 @@ use crate::schedule::Controls;
 use crate::schedule::chains::Unpark;
 use crate::source::offsets::Offsets;
 use crate::telemetry::{Health, Telemetry};
+use crate::timers::Timers;
 use crate::workers::budget::ByteBudget;
 
 pub(crate) mod metrics;
@@ -63,6 +66,7 @@ pub(crate) struct Parts {
     pub(crate) offsets: Arc<Offsets>,
     pub(crate) controls: Arc<Controls>,
     pub(crate) budget: Arc<ByteBudget>,
+    pub(crate) timers: Arc<Timers>,
 }
 
 impl State {
@@ -137,6 +141,7 @@ pub(crate) async fn serve(listener: TcpListener, state: State, stop: watch::Rece
     let app = Router::new()
         .route("/", get(status_page))
         .route("/handlers", get(handlers))
+        .route("/timers", get(timers))
         .route("/metrics", get(metrics::metrics))
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
@@ -291,6 +296,31 @@ async fn handlers(Extract(state): Extract<State>) -> impl IntoResponse {
     let body =
         serde_json::to_string_pretty(&state.parts.registry.status()).expect("statuses serialize");
     ([(CONTENT_TYPE, "application/json")], body)
+}
+
+#[derive(Deserialize)]
+struct TimersQuery {
+    limit: Option<usize>,
+}
+
+/// The most timers `/timers` lists.
+const MAX_LISTED: usize = 10_000;
+
+async fn timers(Extract(state): Extract<State>, Query(query): Query<TimersQuery>) -> Response {
+    let limit = query.limit.unwrap_or(100).min(MAX_LISTED);
+    match state.parts.timers.list(limit).await {
+        Ok(upcoming) => (
+            [(CONTENT_TYPE, "application/json")],
+            upcoming.to_json().to_string(),
+        )
+            .into_response(),
+        Err(error) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            [(CONTENT_TYPE, "application/json")],
+            serde_json::json!({ "error": error.to_string() }).to_string(),
+        )
+            .into_response(),
+    }
 }
 
 #[cfg(test)]

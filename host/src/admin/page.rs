@@ -1,6 +1,6 @@
 //! The status page at `/`: every route and handler version with its state
-//! and counts, latency, lag, open breakers, recent dead letters and shadow
-//! differences. Plain server-rendered HTML that refreshes itself; no script,
+//! and counts, latency, lag, open breakers, recent dead letters, timers and
+//! shadow differences. Plain server-rendered HTML that refreshes itself; no script,
 //! no build step.
 
 use std::fmt::Write as _;
@@ -26,6 +26,40 @@ fn millis(duration: Option<Duration>) -> String {
         || "-".to_owned(),
         |d| format!("{:.1} ms", d.as_secs_f64() * 1000.0),
     )
+}
+
+/// The pending timers (as the firing task last counted them: the page
+/// never waits for the store) and what this host fired.
+fn timers(state: &State, html: &mut String) {
+    let (fired, lateness) = state.parts.telemetry.timers_fired();
+    let _ = write!(
+        html,
+        "<h2>Timers</h2><p id=\"timers-fired\">fired by this host: {fired}, lateness p50 {}, p99 {}</p>",
+        millis(lateness.quantile(0.5)),
+        millis(lateness.quantile(0.99)),
+    );
+    let Some(upcoming) = state.parts.timers.upcoming() else {
+        html.push_str("<p id=\"timers-pending\">no store read yet</p>");
+        return;
+    };
+    let _ = write!(
+        html,
+        "<p id=\"timers-pending\">{} pending</p><table id=\"timers\"><tr><th>route</th>\
+         <th>id</th><th>due</th><th>topic</th></tr>",
+        upcoming.pending
+    );
+    for timer in &upcoming.soonest {
+        let due = std::time::UNIX_EPOCH + Duration::from_millis(timer.due);
+        let _ = write!(
+            html,
+            "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
+            escape(&timer.route),
+            escape(&timer.id),
+            humantime::format_rfc3339_millis(due),
+            escape(&timer.topic),
+        );
+    }
+    html.push_str("</table>");
 }
 
 /// The whole page.
@@ -161,6 +195,8 @@ pub(super) fn render(state: &State) -> String {
         );
     }
     html.push_str("</table>");
+
+    timers(state, &mut html);
 
     let (compared, differed) = state.parts.telemetry.shadow_counts();
     let _ = write!(

@@ -16,12 +16,13 @@
 use std::path::PathBuf;
 
 /// Sections whose keys the environment may set one by one, longest first.
-const SECTIONS: [&str; 11] = [
+const SECTIONS: [&str; 12] = [
     "kafka.common",
     "kafka.consumer",
     "kafka.producer",
     "embedded",
     "decider",
+    "timers",
     "limits",
     "source",
     "admin",

@@ -31,7 +31,7 @@ pub use routes::{
     Route,
 };
 pub use source::{Embedded, KafkaProperties, Source};
-pub use store::{DeciderSettings, StoreBackend, StoreConfig};
+pub use store::{DeciderSettings, StoreBackend, StoreConfig, TimerSettings};
 
 use environment::Setting;
 use problem::{Checked, Invalid, check_millis, check_range, invalid, millis};
@@ -155,6 +155,9 @@ pub struct Config {
     /// How decider handlers load, decide and append.
     #[serde(default)]
     pub decider: DeciderSettings,
+    /// How timers are fired.
+    #[serde(default)]
+    pub timers: TimerSettings,
     /// Tracing: correlation ids.
     #[serde(default)]
     pub trace: TraceSettings,
@@ -359,6 +362,7 @@ impl Config {
         self.limits.validate("limits")?;
         self.store.validate()?;
         self.decider.validate()?;
+        self.timers.validate()?;
         self.validate_routes()?;
         self.validate_handlers()?;
         self.validate_publish_to()?;

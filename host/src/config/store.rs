@@ -129,6 +129,41 @@ impl StoreConfig {
     }
 }
 
+/// How hosts fire timers (`[timers]`).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(rename_all = "kebab-case", deny_unknown_fields)]
+pub struct TimerSettings {
+    /// How long a host holds the due timers it claimed: a host that dies
+    /// while firing leaves them to another after this, and a publish with
+    /// its retries must fit in it (or it may be fired twice).
+    #[serde(rename = "lease-ms", with = "millis", default = "default_timer_lease")]
+    pub lease: Duration,
+    /// The longest a host sleeps before asking the store for timers other
+    /// hosts scheduled.
+    #[serde(rename = "poll-ms", with = "millis", default = "default_timer_poll")]
+    pub poll: Duration,
+}
+
+impl Default for TimerSettings {
+    fn default() -> Self {
+        toml::from_str("").expect("defaults parse")
+    }
+}
+
+impl TimerSettings {
+    pub(super) fn validate(&self) -> Checked {
+        check_millis("timers.lease-ms", self.lease, 100, 3_600_000)?;
+        check_millis("timers.poll-ms", self.poll, 1, 60_000)
+    }
+}
+
+fn default_timer_lease() -> Duration {
+    Duration::from_secs(60)
+}
+fn default_timer_poll() -> Duration {
+    Duration::from_millis(250)
+}
+
 impl DeciderSettings {
     pub(super) fn validate(&self) -> Checked {
         check_range(

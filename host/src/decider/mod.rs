@@ -16,13 +16,13 @@ mod cache;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use tokio::sync::OnceCell;
-
-use crate::config::{DeciderSettings, StoreConfig};
+use crate::config::DeciderSettings;
 use crate::contract::{Decision, Event, Message, Output};
 use crate::policy::retry::Backoff;
 use crate::runtime::{CallError, DeciderInstance, Handler, decider_of};
-use crate::store::{self, Cause, EventStore, Snapshot, SnapshotKey, StoreError, StoredEvent};
+use crate::store::{
+    Cause, EventStore, LazyStore, Snapshot, SnapshotKey, Store, StoreError, StoredEvent,
+};
 pub use crate::telemetry::decider::DeciderStats;
 use crate::workers::WorkerPool;
 use cache::{Cached, StateCache};
@@ -70,9 +70,7 @@ pub enum DecideError {
 
 /// Decides messages of decider handlers against the event store.
 pub struct Decider {
-    store: OnceCell<Arc<dyn EventStore>>,
-    /// How to open the store on first use, when it was not given.
-    opener: Option<(StoreConfig, std::path::PathBuf)>,
+    store: Arc<LazyStore>,
     settings: DeciderSettings,
     cache: StateCache,
     stats: Arc<DeciderStats>,
@@ -86,30 +84,22 @@ fn source_of(message: &Message) -> String {
 impl Decider {
     /// A decider over an open store.
     pub fn new(
-        store: Arc<dyn EventStore>,
+        store: Arc<dyn Store>,
         settings: DeciderSettings,
         stats: Arc<DeciderStats>,
     ) -> Decider {
-        Decider {
-            store: OnceCell::new_with(Some(store)),
-            opener: None,
-            cache: StateCache::new(settings.cache_streams, settings.cache_mib << 20),
-            settings,
-            stats,
-        }
+        Decider::lazy(Arc::new(LazyStore::open_already(store)), settings, stats)
     }
 
-    /// A decider that opens the configured store when it is first needed,
-    /// so that hosts without deciders never create one.
+    /// A decider over a store opened when it is first needed, so that
+    /// hosts without deciders never create one.
     pub(crate) fn lazy(
-        store: StoreConfig,
-        base_dir: std::path::PathBuf,
+        store: Arc<LazyStore>,
         settings: DeciderSettings,
         stats: Arc<DeciderStats>,
     ) -> Decider {
         Decider {
-            store: OnceCell::new(),
-            opener: Some((store, base_dir)),
+            store,
             cache: StateCache::new(settings.cache_streams, settings.cache_mib << 20),
             settings,
             stats,
@@ -117,16 +107,8 @@ impl Decider {
     }
 
     /// The store, opened now if it was not yet.
-    pub(crate) async fn store(&self) -> Result<&Arc<dyn EventStore>, StoreError> {
-        self.store
-            .get_or_try_init(|| async {
-                let (config, base_dir) =
-                    self.opener.as_ref().expect("a lazy decider has an opener");
-                let store = store::open(config, base_dir).await?;
-                tracing::info!(store = %store.describe(), "event store open");
-                Ok(store)
-            })
-            .await
+    pub(crate) async fn store(&self) -> Result<&Arc<dyn Store>, StoreError> {
+        self.store.get().await
     }
 
     /// Decides `message` on `stream` with `handler`'s decider functions,

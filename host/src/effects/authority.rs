@@ -57,25 +57,32 @@ impl Authority {
                 Output::Log(_) => {}
                 Output::Publish(record) => self.publish(&record.topic).map_err(refused)?,
                 Output::Http(request) if self.transactional => {
-                    return Err(Failure {
-                        reason: Reason::NotTransactional,
-                        detail: format!(
-                            "an exactly-once route can only publish; {} {} cannot be undone by a transaction",
-                            request.method.as_str(),
-                            request.url
-                        ),
-                        attempts: 0,
-                    });
+                    return Err(not_transactional(format!(
+                        "{} {}",
+                        request.method.as_str(),
+                        request.url
+                    )));
                 }
                 Output::Http(request) => {
                     http.check(request).map_err(refused)?;
                 }
+                Output::Schedule(schedule) if self.transactional => {
+                    return Err(not_transactional(format!("timer {:?}", schedule.id)));
+                }
+                Output::Cancel(id) if self.transactional => {
+                    return Err(not_transactional(format!("cancelling timer {id:?}")));
+                }
+                Output::Schedule(schedule) => {
+                    timer_id(&schedule.id).map_err(refused)?;
+                    self.publish(&schedule.publish.topic).map_err(refused)?;
+                }
+                Output::Cancel(id) => timer_id(id).map_err(refused)?,
             }
         }
         Ok(())
     }
 
-    /// Whether a handler may publish to `topic`.
+    /// Whether a handler may publish to `topic` (now, or when a timer fires).
     fn publish(&self, topic: &str) -> Result<(), EffectError> {
         if let Some(problem) = topics::name_problem(topic) {
             return Err(EffectError::Permanent {
@@ -103,11 +110,49 @@ impl Authority {
     }
 }
 
+/// The failure of an output an exactly-once route cannot take: a
+/// transaction can undo publishes only (an HTTP request is sent, a timer is
+/// kept in the store, outside it).
+fn not_transactional(what: String) -> Failure {
+    Failure {
+        reason: Reason::NotTransactional,
+        detail: format!(
+            "an exactly-once route can only publish; {what} cannot be undone by a transaction"
+        ),
+        attempts: 0,
+    }
+}
+
+/// The longest timer id, in bytes: it is a key of the store's table.
+pub(crate) const MAX_TIMER_ID: usize = 512;
+
+/// Whether `id` can name a timer.
+fn timer_id(id: &str) -> Result<(), EffectError> {
+    let problem = match id.len() {
+        0 => "is empty",
+        n if n > MAX_TIMER_ID => "is longer than 512 bytes",
+        _ => return Ok(()),
+    };
+    Err(EffectError::Permanent {
+        reason: Reason::InvalidTimer,
+        detail: format!("timer id {:?} {problem}", truncate(id)),
+    })
+}
+
+/// At most 64 bytes of `text`, for a message.
+fn truncate(text: &str) -> &str {
+    let mut end = text.len().min(64);
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    &text[..end]
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::config::HttpPolicy;
-    use crate::contract::{Header, HttpMethod, HttpRequest, LogEntry, LogLevel, Publish};
+    use crate::contract::{Header, HttpMethod, HttpRequest, LogEntry, LogLevel, Publish, Schedule};
 
     fn authority(publish_to: &[&str], transactional: bool) -> Authority {
         let mut route: Route = toml::from_str("topic = \"in\"\nhandler = \"h\"").unwrap();
@@ -222,5 +267,47 @@ mod tests {
             reason(&authority(&[], true), &[http(&[])]),
             "not-transactional"
         );
+    }
+
+    fn schedule(id: &str, topic: &str) -> Output {
+        let Output::Publish(publish) = publish(topic) else {
+            unreachable!()
+        };
+        Output::Schedule(Schedule {
+            id: id.into(),
+            due: 1,
+            publish,
+        })
+    }
+
+    #[test]
+    fn a_timer_needs_an_id_and_a_topic_the_route_may_publish_to() {
+        let a = authority(&["fired"], false);
+        let cancel = Output::Cancel("t".into());
+        assert!(
+            a.check(&[schedule("t", "fired"), cancel], &client())
+                .is_ok()
+        );
+        assert_eq!(
+            reason(&a, &[schedule("t", "elsewhere")]),
+            "topic-not-allowed"
+        );
+        assert_eq!(reason(&a, &[schedule("t", "in.dlq")]), "topic-reserved");
+        assert_eq!(reason(&a, &[schedule("", "fired")]), "invalid-timer");
+        let long = "é".repeat(MAX_TIMER_ID);
+        let failure = a.check(&[Output::Cancel(long)], &client()).unwrap_err();
+        assert_eq!(failure.reason, Reason::InvalidTimer);
+        // The detail quotes a cut of the id, not the whole of it.
+        assert!(failure.detail.len() < 200, "{}", failure.detail);
+    }
+
+    #[test]
+    fn a_transaction_cannot_keep_or_cancel_a_timer() {
+        let a = authority(&["fired"], true);
+        for output in [schedule("t", "fired"), Output::Cancel("t".into())] {
+            let failure = a.check(&[output], &client()).unwrap_err();
+            assert_eq!(failure.reason, Reason::NotTransactional);
+            assert!(failure.detail.contains("timer \"t\""), "{}", failure.detail);
+        }
     }
 }

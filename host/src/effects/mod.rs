@@ -1,5 +1,5 @@
 //! Executing what handlers asked for: one executor per output kind (publish,
-//! http, log). A message's outputs run in list order. `run` returns once
+//! http, log; timers are kept by `crate::timers`). A message's outputs run in list order. `run` returns once
 //! each has been handed over (a publish enqueued, an HTTP request answered),
 //! so the next message of its ordering chain can go; `Pending::settle` then
 //! waits for the publishes to be confirmed. Transient failures are retried
@@ -17,12 +17,14 @@ use std::sync::Arc;
 use rdkafka::producer::DeliveryFuture;
 
 use crate::config::{BreakerPolicy, RetryPolicy, Route};
-use crate::contract::{Header, LogEntry, LogLevel, Message, Output, Publish};
+use crate::contract::{Header, LogEntry, LogLevel, Message, Output, Publish, Schedule};
 use crate::policy::breaker::{Admission, Breaker, Breakers, Outcome, Waiting};
 use crate::policy::retry::Retries;
 use crate::runtime::{Handler, MAX_LINE};
+use crate::store::timers::Timer;
 use crate::telemetry::trace::MessageTrace;
 use crate::telemetry::{Origin, RecentDeadLetter, Record, Telemetry};
+use crate::timers::Timers;
 use crate::topics::ReservedTopics;
 use crate::wire::{self, DeadLetter, Reason};
 use authority::Authority;
@@ -87,6 +89,7 @@ impl RouteEffects {
 /// Runs outputs and dead letters, and records what they did.
 pub(crate) struct Effects {
     breakers: Arc<Breakers>,
+    timers: Arc<Timers>,
     telemetry: Arc<Telemetry>,
 }
 
@@ -116,9 +119,14 @@ pub(crate) struct Pending {
 }
 
 impl Effects {
-    pub(crate) fn new(breakers: Arc<Breakers>, telemetry: Arc<Telemetry>) -> Self {
+    pub(crate) fn new(
+        breakers: Arc<Breakers>,
+        timers: Arc<Timers>,
+        telemetry: Arc<Telemetry>,
+    ) -> Self {
         Effects {
             breakers,
+            timers,
             telemetry,
         }
     }
@@ -203,6 +211,42 @@ impl Effects {
                         drive(&breaker, retry, admission, attempt(), attempt).await
                     };
                     if let Err(failed) = result.instrument(span).await {
+                        outcome = Err(failed);
+                        break;
+                    }
+                }
+                Output::Schedule(Schedule {
+                    id,
+                    due,
+                    publish: mut record,
+                }) => {
+                    wire::drop_host_headers(&mut record.headers);
+                    // traceparent, handler and version; sluice-id when it fires.
+                    record.headers.reserve(3);
+                    let span = trace.output(index, Some(&mut record.headers));
+                    span.record("topic", record.topic.as_str());
+                    record
+                        .headers
+                        .extend(wire::handler_headers(handler.name(), handler.version()));
+                    let timer = Timer {
+                        route: message.topic.clone(),
+                        id,
+                        due,
+                        record,
+                        source: output_id(input, index),
+                    };
+                    let rules = (&route.retry, &route.breaker);
+                    let kept = self.timers.schedule(&timer, rules, waiting);
+                    if let Err(failed) = kept.instrument(span).await {
+                        outcome = Err(failed);
+                        break;
+                    }
+                }
+                Output::Cancel(id) => {
+                    let span = trace.output(index, None);
+                    let rules = (&route.retry, &route.breaker);
+                    let cancelled = self.timers.cancel(&message.topic, &id, rules, waiting);
+                    if let Err(failed) = cancelled.instrument(span).await {
                         outcome = Err(failed);
                         break;
                     }

@@ -4,9 +4,11 @@
 //! A component built against an older minor version must keep loading, and
 //! the component model compares types exactly, so the host keeps the bindings
 //! of every version it speaks and picks one by the component's export name.
-//! Adding a version: copy the current WIT verbatim to `wit/archive/<version>/`,
-//! bump `wit/`, add a module here (with `shared_conversions!` and its
-//! `output`), a `ContractVersion` case, and arms in the two enums below.
+//! Adding a version: copy the current WIT verbatim to `wit/archive/<version>/`
+//! (and point the previous module there), bump `wit/`, add a module here
+//! (with `shared_conversions!`, its `output` and, from 0.3 on,
+//! `decider_conversions!`), a `ContractVersion` case, and arms in the
+//! matches and the decider enums below.
 
 use wasmtime::Store;
 use wasmtime::component::{Component, ComponentExportIndex, Func, InstancePre, TypedFunc};
@@ -27,6 +29,8 @@ pub enum ContractVersion {
     V0_2,
     /// `sluice:handler@0.3.x`: adds the `decider` world.
     V0_3,
+    /// `sluice:handler@0.4.x`: adds the `schedule` and `cancel` outputs.
+    V0_4,
 }
 
 impl ContractVersion {
@@ -35,6 +39,7 @@ impl ContractVersion {
         ContractVersion::V0_1,
         ContractVersion::V0_2,
         ContractVersion::V0_3,
+        ContractVersion::V0_4,
     ];
 
     /// The version as written in WIT (`0.1`), for messages.
@@ -43,6 +48,7 @@ impl ContractVersion {
             ContractVersion::V0_1 => "0.1",
             ContractVersion::V0_2 => "0.2",
             ContractVersion::V0_3 => "0.3",
+            ContractVersion::V0_4 => "0.4",
         }
     }
 
@@ -53,6 +59,7 @@ impl ContractVersion {
             (0, 1) => Some(ContractVersion::V0_1),
             (0, 2) => Some(ContractVersion::V0_2),
             (0, 3) => Some(ContractVersion::V0_3),
+            (0, 4) => Some(ContractVersion::V0_4),
             _ => None,
         }
     }
@@ -161,9 +168,10 @@ pub(crate) mod v0_1 {
     }
 }
 
-/// The `output` conversion of versions with the `http` output (0.2 on).
+/// The `output` conversion of versions with the `http` output (0.2 on);
+/// later versions add the arms of their own outputs.
 macro_rules! output_with_http {
-    () => {
+    ($($arm:pat => $converted:expr,)*) => {
         use crate::contract::{HttpMethod, HttpRequest, Output};
 
         pub(crate) fn output(output: wit::Output) -> Output {
@@ -184,6 +192,7 @@ macro_rules! output_with_http {
                     headers: request.headers.into_iter().map(header).collect(),
                     body: request.body,
                 }),
+                $($arm => $converted,)*
             }
         }
     };
@@ -206,33 +215,11 @@ pub(crate) mod v0_2 {
     }
 }
 
-/// Contract 0.3, the current `wit/`. One host-side world exports both
-/// interfaces, so that the `handler` and `decider` worlds share one set of
-/// types; each component is checked against its own interface only.
-pub(crate) mod v0_3 {
-    wasmtime::component::bindgen!({
-        inline: "
-            package sluice:host;
-            world both {
-                export sluice:handler/handle@0.3.0;
-                export sluice:handler/decide@0.3.0;
-            }
-        ",
-        path: "../wit",
-        world: "sluice:host/both",
-        ownership: Borrowing {
-            duplicate_if_necessary: true
-        },
-    });
-
-    pub(crate) use exports::sluice::handler::decide;
-    pub(crate) use exports::sluice::handler::handle;
-
-    pub(crate) mod convert {
-        use super::sluice::handler::types as wit;
+/// The `event` and `decision` conversions of versions with the `decider`
+/// world (0.3 on).
+macro_rules! decider_conversions {
+    () => {
         use crate::contract::{Decision, Event};
-        shared_conversions!();
-        output_with_http!();
 
         pub(crate) fn event_param(event: &Event) -> wit::EventParam<'_> {
             wit::EventParam {
@@ -256,6 +243,73 @@ pub(crate) mod v0_3 {
                 outputs: decision.outputs.into_iter().map(output).collect(),
             }
         }
+    };
+}
+
+/// Contract 0.3, frozen in `wit/archive/0.3.0`. As in every version with
+/// deciders, one host-side world exports both interfaces, so that the
+/// `handler` and `decider` worlds share one set of types; each component is
+/// checked against its own interface only.
+pub(crate) mod v0_3 {
+    wasmtime::component::bindgen!({
+        inline: "
+            package sluice:host;
+            world both {
+                export sluice:handler/handle@0.3.0;
+                export sluice:handler/decide@0.3.0;
+            }
+        ",
+        path: "../wit/archive/0.3.0",
+        world: "sluice:host/both",
+        ownership: Borrowing {
+            duplicate_if_necessary: true
+        },
+    });
+
+    pub(crate) use exports::sluice::handler::decide;
+    pub(crate) use exports::sluice::handler::handle;
+
+    pub(crate) mod convert {
+        use super::sluice::handler::types as wit;
+        shared_conversions!();
+        output_with_http!();
+        decider_conversions!();
+    }
+}
+
+/// Contract 0.4, the current `wit/`.
+pub(crate) mod v0_4 {
+    wasmtime::component::bindgen!({
+        inline: "
+            package sluice:host;
+            world both {
+                export sluice:handler/handle@0.4.0;
+                export sluice:handler/decide@0.4.0;
+            }
+        ",
+        path: "../wit",
+        world: "sluice:host/both",
+        ownership: Borrowing {
+            duplicate_if_necessary: true
+        },
+    });
+
+    pub(crate) use exports::sluice::handler::decide;
+    pub(crate) use exports::sluice::handler::handle;
+
+    pub(crate) mod convert {
+        use super::sluice::handler::types as wit;
+        use crate::contract::Schedule;
+        shared_conversions!();
+        output_with_http!(
+            wit::Output::Schedule(timer) => Output::Schedule(Schedule {
+                id: timer.id,
+                due: timer.due,
+                publish: publish(timer.publish),
+            }),
+            wit::Output::Cancel(id) => Output::Cancel(id),
+        );
+        decider_conversions!();
     }
 }
 
@@ -305,6 +359,9 @@ impl HandlerPre {
             ContractVersion::V0_3 => {
                 v0_3::handle::GuestIndices::new(&pre)?;
             }
+            ContractVersion::V0_4 => {
+                v0_4::handle::GuestIndices::new(&pre)?;
+            }
         }
         let component = pre.component();
         let handle = component
@@ -336,6 +393,9 @@ impl HandlerPre {
             }
             ContractVersion::V0_3 => {
                 let _: handle_signature!(v0_3, 'static) = func.typed(&*store)?;
+            }
+            ContractVersion::V0_4 => {
+                let _: handle_signature!(v0_4, 'static) = func.typed(&*store)?;
             }
         }
         Ok(HandleFunc {
@@ -374,6 +434,7 @@ impl HandleFunc {
             ContractVersion::V0_1 => call_handle!(v0_1, self.func, store, msg),
             ContractVersion::V0_2 => call_handle!(v0_2, self.func, store, msg),
             ContractVersion::V0_3 => call_handle!(v0_3, self.func, store, msg),
+            ContractVersion::V0_4 => call_handle!(v0_4, self.func, store, msg),
         }
     }
 }
@@ -385,18 +446,36 @@ pub(crate) const DECIDE_INTERFACE: &str = "sluice:handler/decide";
 #[derive(Clone)]
 pub(crate) struct DeciderPre {
     pre: InstancePre<GuestState>,
-    indices: v0_3::decide::GuestIndices,
+    indices: DeciderIndices,
 }
 
-/// A live instance's decider functions.
-pub(crate) struct DeciderFuncs {
-    guest: v0_3::decide::Guest,
+/// Where a version's decider functions are among the component's exports.
+#[derive(Clone)]
+enum DeciderIndices {
+    V0_3(v0_3::decide::GuestIndices),
+    V0_4(v0_4::decide::GuestIndices),
+}
+
+/// A live instance's decider functions, in its version's types.
+pub(crate) enum DeciderFuncs {
+    V0_3(v0_3::decide::Guest),
+    V0_4(v0_4::decide::Guest),
 }
 
 impl DeciderPre {
-    /// Checks the component's exports against the `decide` interface.
-    pub(crate) fn new(pre: InstancePre<GuestState>) -> wasmtime::Result<DeciderPre> {
-        let indices = v0_3::decide::GuestIndices::new(&pre)?;
+    /// Checks the component's exports against the `decide` interface of
+    /// `version`.
+    pub(crate) fn new(
+        version: ContractVersion,
+        pre: InstancePre<GuestState>,
+    ) -> wasmtime::Result<DeciderPre> {
+        let indices = match version {
+            ContractVersion::V0_1 | ContractVersion::V0_2 => {
+                wasmtime::bail!("contract {} has no decider world", version.as_str())
+            }
+            ContractVersion::V0_3 => DeciderIndices::V0_3(v0_3::decide::GuestIndices::new(&pre)?),
+            ContractVersion::V0_4 => DeciderIndices::V0_4(v0_4::decide::GuestIndices::new(&pre)?),
+        };
         Ok(DeciderPre { pre, indices })
     }
 
@@ -405,14 +484,38 @@ impl DeciderPre {
         store: &mut Store<GuestState>,
     ) -> wasmtime::Result<DeciderFuncs> {
         let instance = self.pre.instantiate(&mut *store)?;
-        Ok(DeciderFuncs {
-            guest: self.indices.load(&mut *store, &instance)?,
+        Ok(match &self.indices {
+            DeciderIndices::V0_3(indices) => {
+                DeciderFuncs::V0_3(indices.load(&mut *store, &instance)?)
+            }
+            DeciderIndices::V0_4(indices) => {
+                DeciderFuncs::V0_4(indices.load(&mut *store, &instance)?)
+            }
         })
     }
 
     pub(crate) fn component(&self) -> &Component {
         self.pre.component()
     }
+}
+
+/// Runs `$body` with `$guest` bound to the version's decider functions and
+/// `convert` to its conversions.
+macro_rules! with_decider {
+    ($funcs:expr, $guest:ident => $body:expr) => {
+        match $funcs {
+            DeciderFuncs::V0_3($guest) => {
+                #[allow(unused_imports, reason = "not every call converts")]
+                use v0_3::convert;
+                $body
+            }
+            DeciderFuncs::V0_4($guest) => {
+                #[allow(unused_imports, reason = "not every call converts")]
+                use v0_4::convert;
+                $body
+            }
+        }
+    };
 }
 
 impl DeciderFuncs {
@@ -422,16 +525,15 @@ impl DeciderFuncs {
         store: &mut Store<GuestState>,
         msg: &Message,
     ) -> wasmtime::Result<Result<Option<String>, HandleError>> {
-        use v0_3::convert;
-        let headers: Vec<_> = msg.headers.iter().map(convert::header_param).collect();
-        let result = self
-            .guest
-            .call_stream_id(store, convert::message(msg, &headers))?;
-        Ok(result.map_err(convert::error))
+        with_decider!(self, guest => {
+            let headers: Vec<_> = msg.headers.iter().map(convert::header_param).collect();
+            let result = guest.call_stream_id(store, convert::message(msg, &headers))?;
+            Ok(result.map_err(convert::error))
+        })
     }
 
     pub(crate) fn initial(&self, store: &mut Store<GuestState>) -> wasmtime::Result<Vec<u8>> {
-        self.guest.call_initial(store)
+        with_decider!(self, guest => guest.call_initial(store))
     }
 
     pub(crate) fn fold(
@@ -440,8 +542,10 @@ impl DeciderFuncs {
         state: &[u8],
         events: &[Event],
     ) -> wasmtime::Result<Vec<u8>> {
-        let events: Vec<_> = events.iter().map(v0_3::convert::event_param).collect();
-        self.guest.call_fold(store, state, &events)
+        with_decider!(self, guest => {
+            let events: Vec<_> = events.iter().map(convert::event_param).collect();
+            guest.call_fold(store, state, &events)
+        })
     }
 
     pub(crate) fn decide(
@@ -450,11 +554,10 @@ impl DeciderFuncs {
         msg: &Message,
         state: &[u8],
     ) -> wasmtime::Result<Result<Decision, HandleError>> {
-        use v0_3::convert;
-        let headers: Vec<_> = msg.headers.iter().map(convert::header_param).collect();
-        let result = self
-            .guest
-            .call_decide(store, convert::message(msg, &headers), state)?;
-        Ok(result.map(convert::decision).map_err(convert::error))
+        with_decider!(self, guest => {
+            let headers: Vec<_> = msg.headers.iter().map(convert::header_param).collect();
+            let result = guest.call_decide(store, convert::message(msg, &headers), state)?;
+            Ok(result.map(convert::decision).map_err(convert::error))
+        })
     }
 }

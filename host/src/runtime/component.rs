@@ -309,7 +309,7 @@ impl Runtime {
             HandlerKind::Handler => HandlerPre::new(contract_version, export, instance_pre)
                 .map(Pre::Handle)
                 .map_err(mismatch(HANDLE_INTERFACE))?,
-            HandlerKind::Decider => DeciderPre::new(instance_pre)
+            HandlerKind::Decider => DeciderPre::new(contract_version, instance_pre)
                 .map(Pre::Decide)
                 .map_err(mismatch(DECIDE_INTERFACE))?,
         };

@@ -3,18 +3,22 @@
 //! behind one trait: an embedded SQLite file (the default: a demo needs no
 //! server) and PostgreSQL (the production backend). Each creates its schema
 //! itself. Snapshots of folded states are kept per handler version, since
-//! only the version that encoded a state can read it.
+//! only the version that encoded a state can read it. The same store keeps
+//! the handlers' timers (`timers`).
 
 mod postgres;
 mod sqlite;
+pub mod timers;
 
 use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use futures::future::BoxFuture;
+use tokio::sync::OnceCell;
 
 use crate::config::{StoreBackend, StoreConfig};
 use crate::contract::Event;
+use timers::TimerStore;
 
 /// An event as stored: its place in the stream and the event itself.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -131,12 +135,17 @@ pub trait EventStore: Send + Sync {
     fn describe(&self) -> String;
 }
 
+/// Both things a store keeps: deciders' events and handlers' timers.
+pub trait Store: EventStore + TimerStore {}
+
+impl<T: EventStore + TimerStore> Store for T {}
+
 /// Opens (and if need be creates) the store a config names; `base_dir`
 /// resolves a relative SQLite path.
 pub async fn open(
     config: &StoreConfig,
     base_dir: &std::path::Path,
-) -> Result<Arc<dyn EventStore>, StoreError> {
+) -> Result<Arc<dyn Store>, StoreError> {
     Ok(match config.backend {
         StoreBackend::Sqlite => {
             let path = base_dir.join(&config.path);
@@ -144,6 +153,57 @@ pub async fn open(
         }
         StoreBackend::Postgres => Arc::new(postgres::PostgresStore::open(config).await?),
     })
+}
+
+/// The store a host opens when it is first needed (a decider's message, a
+/// timer), so that hosts needing none never create one.
+pub struct LazyStore {
+    store: OnceCell<Arc<dyn Store>>,
+    /// How to open it, when it was not given open.
+    opener: Option<(StoreConfig, std::path::PathBuf)>,
+}
+
+impl LazyStore {
+    /// A store that is open already.
+    pub fn open_already(store: Arc<dyn Store>) -> LazyStore {
+        LazyStore {
+            store: OnceCell::new_with(Some(store)),
+            opener: None,
+        }
+    }
+
+    /// The store `config` names, opened on first use.
+    pub fn new(config: StoreConfig, base_dir: std::path::PathBuf) -> LazyStore {
+        LazyStore {
+            store: OnceCell::new(),
+            opener: Some((config, base_dir)),
+        }
+    }
+
+    /// Whether it may hold something: it was opened, or is a server, or an
+    /// SQLite file that exists (opening one that does not would create it).
+    pub fn may_hold_anything(&self) -> bool {
+        match &self.opener {
+            _ if self.store.initialized() => true,
+            Some((config, base_dir)) if config.backend == StoreBackend::Sqlite => {
+                base_dir.join(&config.path).exists()
+            }
+            _ => true,
+        }
+    }
+
+    /// The store, opened now if it was not yet (an open that fails is
+    /// tried again on the next call).
+    pub async fn get(&self) -> Result<&Arc<dyn Store>, StoreError> {
+        self.store
+            .get_or_try_init(|| async {
+                let (config, base_dir) = self.opener.as_ref().expect("a store to open");
+                let store = open(config, base_dir).await?;
+                tracing::info!(store = %store.describe(), "store open");
+                Ok(store)
+            })
+            .await
+    }
 }
 
 /// A version as both databases store it (BIGINT); past `i64::MAX` (never
@@ -154,9 +214,14 @@ fn as_i64(version: u64) -> i64 {
 
 /// Milliseconds since the Unix epoch, recorded with each event.
 fn now_ms() -> i64 {
+    as_i64(epoch_ms())
+}
+
+/// Milliseconds since the Unix epoch, as timers count time.
+pub(crate) fn epoch_ms() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as i64)
+        .map_or(0, |d| d.as_millis() as u64)
 }
 
 /// A read's rows: `(decided_at, version, type, data, metadata)`, the event
@@ -260,6 +325,8 @@ fn tables_sql(schema: &str, blob: &str) -> String {
              version BIGINT NOT NULL,
              state {blob} NOT NULL,
              PRIMARY KEY (stream, handler, handler_version)
-         );"
+         );
+         {timers}",
+        timers = timers::table_sql(schema, blob)
     )
 }

@@ -12,6 +12,7 @@ use futures::future::BoxFuture;
 use tokio_postgres::error::SqlState;
 use tokio_postgres::{Client, NoTls, Statement};
 
+use super::timers::{self, CLAIMED, PENDING, PendingTimer, Timer, TimerStore};
 use super::{
     Cause, EventStore, Snapshot, SnapshotKey, StoreError, Tail, as_i64, mark_decided_sql, now_ms,
     read_sql, save_snapshot_sql, tables_sql, tail,
@@ -27,6 +28,18 @@ struct Connection {
     append: Statement,
     snapshot: Statement,
     save_snapshot: Statement,
+    timers: TimerStatements,
+}
+
+/// The timer operations' statements (see `store::timers`).
+struct TimerStatements {
+    schedule: Statement,
+    cancel: Statement,
+    claim: Statement,
+    fired: Statement,
+    next_due: Statement,
+    pending: Statement,
+    prune: Statement,
 }
 
 /// The PostgreSQL event store.
@@ -53,6 +66,25 @@ fn append_sql(schema: &str) -> String {
          FROM unnest($3::text[], $4::bytea[], $5::bytea[]) WITH ORDINALITY
              AS e(type, data, metadata, n)
          WHERE (SELECT coalesce(max(version), 0) FROM {schema}.events WHERE stream = $1) = $2"
+    )
+}
+
+/// Claims due timers no host holds; `SKIP LOCKED` lets hosts claiming at
+/// once each take other rows instead of waiting for each other.
+/// Parameters: now, lease until, limit.
+fn claim_sql(schema: &str) -> String {
+    format!(
+        "UPDATE {schema}.timers t SET lease_until = $2
+         FROM (SELECT route, id FROM {schema}.timers
+               WHERE state = {PENDING} AND due <= $1 AND lease_until <= $1
+               ORDER BY due LIMIT $3 FOR UPDATE SKIP LOCKED) d
+         WHERE t.route = d.route AND t.id = d.id
+         RETURNING {columns}",
+        columns = CLAIMED
+            .split(", ")
+            .map(|column| format!("t.{column}"))
+            .collect::<Vec<_>>()
+            .join(", ")
     )
 }
 
@@ -145,9 +177,18 @@ impl PostgresStore {
                 ))
                 .await?,
                 prepare(save_snapshot_sql(&prefix)).await?,
+                TimerStatements {
+                    schedule: prepare(timers::schedule_sql(&prefix)).await?,
+                    cancel: prepare(timers::cancel_sql(&prefix)).await?,
+                    claim: prepare(claim_sql(schema)).await?,
+                    fired: prepare(timers::fired_sql(&prefix)).await?,
+                    next_due: prepare(timers::next_due_sql(&prefix)).await?,
+                    pending: prepare(timers::pending_sql(&prefix)).await?,
+                    prune: prepare(timers::prune_sql(&prefix)).await?,
+                },
             ))
         };
-        let (read, mark_decided, append, snapshot, save_snapshot) =
+        let (read, mark_decided, append, snapshot, save_snapshot, timers) =
             statements.await.map_err(|e| self.failed(e))?;
         Ok(Connection {
             client,
@@ -156,6 +197,7 @@ impl PostgresStore {
             append,
             snapshot,
             save_snapshot,
+            timers,
         })
     }
 
@@ -342,5 +384,135 @@ impl EventStore for PostgresStore {
             self.config.get_dbname().unwrap_or("-"),
             self.schema
         )
+    }
+}
+
+impl PostgresStore {
+    /// Runs `statement` with `params` on a live connection, within the
+    /// timeout; the number of rows it changed.
+    async fn execute(
+        &self,
+        statement: impl Fn(&TimerStatements) -> &Statement,
+        params: &[&(dyn tokio_postgres::types::ToSql + Sync)],
+    ) -> Result<u64, StoreError> {
+        self.timed(async move {
+            let connection = self.connection().await?;
+            connection
+                .client
+                .execute(statement(&connection.timers), params)
+                .await
+                .map_err(|e| self.failed(e))
+        })
+        .await
+    }
+
+    /// Like `execute`, for a statement that returns rows.
+    async fn query(
+        &self,
+        statement: impl Fn(&TimerStatements) -> &Statement,
+        params: &[&(dyn tokio_postgres::types::ToSql + Sync)],
+    ) -> Result<Vec<tokio_postgres::Row>, StoreError> {
+        self.timed(async move {
+            let connection = self.connection().await?;
+            connection
+                .client
+                .query(statement(&connection.timers), params)
+                .await
+                .map_err(|e| self.failed(e))
+        })
+        .await
+    }
+}
+
+impl TimerStore for PostgresStore {
+    fn schedule<'a>(&'a self, timer: &'a Timer) -> BoxFuture<'a, Result<(), StoreError>> {
+        Box::pin(async move {
+            let headers = timers::encode_headers(&timer.record.headers);
+            let params: [&(dyn tokio_postgres::types::ToSql + Sync); 9] = [
+                &timer.route,
+                &timer.id,
+                &as_i64(timer.due),
+                &timer.record.topic,
+                &timer.record.key,
+                &timer.record.payload,
+                &headers,
+                &timer.source,
+                &now_ms(),
+            ];
+            self.execute(|s| &s.schedule, &params).await.map(drop)
+        })
+    }
+
+    fn cancel<'a>(&'a self, route: &'a str, id: &'a str) -> BoxFuture<'a, Result<(), StoreError>> {
+        Box::pin(async move {
+            self.execute(|s| &s.cancel, &[&route, &id, &now_ms()])
+                .await
+                .map(drop)
+        })
+    }
+
+    fn claim_due(
+        &self,
+        now: u64,
+        lease: Duration,
+        limit: usize,
+    ) -> BoxFuture<'_, Result<Vec<Timer>, StoreError>> {
+        Box::pin(async move {
+            let until = as_i64(now.saturating_add(lease.as_millis() as u64));
+            let rows = self
+                .query(|s| &s.claim, &[&as_i64(now), &until, &(limit as i64)])
+                .await?;
+            let mut claimed: Vec<Timer> = rows
+                .iter()
+                .map(|row| {
+                    timers::timer((
+                        row.get(0),
+                        row.get(1),
+                        row.get(2),
+                        row.get(3),
+                        row.get(4),
+                        row.get(5),
+                        row.get(6),
+                        row.get(7),
+                    ))
+                })
+                .collect();
+            claimed.sort_by_key(|timer| timer.due);
+            Ok(claimed)
+        })
+    }
+
+    fn fired<'a>(&'a self, timer: &'a Timer) -> BoxFuture<'a, Result<(), StoreError>> {
+        Box::pin(async move {
+            let params: [&(dyn tokio_postgres::types::ToSql + Sync); 5] = [
+                &timer.route,
+                &timer.id,
+                &timer.source,
+                &as_i64(timer.due),
+                &now_ms(),
+            ];
+            self.execute(|s| &s.fired, &params).await.map(drop)
+        })
+    }
+
+    fn next_due(&self) -> BoxFuture<'_, Result<Option<u64>, StoreError>> {
+        Box::pin(async move {
+            let rows = self.query(|s| &s.next_due, &[]).await?;
+            let due: Option<i64> = rows.first().and_then(|row| row.get(0));
+            Ok(due.map(|due| due.max(0) as u64))
+        })
+    }
+
+    fn pending(&self, limit: usize) -> BoxFuture<'_, Result<(u64, Vec<PendingTimer>), StoreError>> {
+        Box::pin(async move {
+            let rows = self.query(|s| &s.pending, &[&(limit as i64)]).await?;
+            Ok(timers::pending_list(rows.iter().map(|row| {
+                (row.get(0), row.get(1), row.get(2), row.get(3), row.get(4))
+            })))
+        })
+    }
+
+    fn prune(&self, before: u64) -> BoxFuture<'_, Result<u64, StoreError>> {
+        Box::pin(async move { self.execute(|s| &s.prune, &[&as_i64(before)]).await })
     }
 }

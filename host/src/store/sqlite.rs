@@ -9,6 +9,7 @@ use std::time::Duration;
 use futures::future::BoxFuture;
 use rusqlite::{Connection, TransactionBehavior, named_params};
 
+use super::timers::{self, CLAIMED, PENDING, PendingTimer, Timer, TimerStore};
 use super::{
     Cause, EventStore, Snapshot, SnapshotKey, StoreError, Tail, as_i64, mark_decided_sql, now_ms,
     read_sql, save_snapshot_sql, tables_sql, tail,
@@ -247,5 +248,152 @@ impl EventStore for SqliteStore {
 
     fn describe(&self) -> String {
         format!("sqlite {}", self.path.display())
+    }
+}
+
+impl TimerStore for SqliteStore {
+    fn schedule<'a>(&'a self, timer: &'a Timer) -> BoxFuture<'a, Result<(), StoreError>> {
+        let timer = timer.clone();
+        Box::pin(self.blocking(move |connection| {
+            connection
+                .prepare_cached(&timers::schedule_sql(""))
+                .and_then(|mut statement| {
+                    statement.execute(named_params! {
+                        "$1": timer.route,
+                        "$2": timer.id,
+                        "$3": as_i64(timer.due),
+                        "$4": timer.record.topic,
+                        "$5": timer.record.key,
+                        "$6": timer.record.payload,
+                        "$7": timers::encode_headers(&timer.record.headers),
+                        "$8": timer.source,
+                        "$9": now_ms(),
+                    })
+                })
+                .map_err(unavailable)?;
+            Ok(())
+        }))
+    }
+
+    fn cancel<'a>(&'a self, route: &'a str, id: &'a str) -> BoxFuture<'a, Result<(), StoreError>> {
+        let (route, id) = (route.to_owned(), id.to_owned());
+        Box::pin(self.blocking(move |connection| {
+            connection
+                .prepare_cached(&timers::cancel_sql(""))
+                .and_then(|mut statement| {
+                    statement.execute(named_params! { "$1": route, "$2": id, "$3": now_ms() })
+                })
+                .map_err(unavailable)?;
+            Ok(())
+        }))
+    }
+
+    fn claim_due(
+        &self,
+        now: u64,
+        lease: Duration,
+        limit: usize,
+    ) -> BoxFuture<'_, Result<Vec<Timer>, StoreError>> {
+        Box::pin(self.blocking(move |connection| {
+            // One statement: SQLite writes one at a time, so no two
+            // processes claim the same row.
+            let sql = format!(
+                "UPDATE timers SET lease_until = $2
+                 WHERE rowid IN (SELECT rowid FROM timers
+                                 WHERE state = {PENDING} AND due <= $1 AND lease_until <= $1
+                                 ORDER BY due LIMIT $3)
+                 RETURNING {CLAIMED}"
+            );
+            let mut claimed = connection
+                .prepare_cached(&sql)
+                .and_then(|mut statement| {
+                    statement
+                        .query_map(
+                            named_params! {
+                                "$1": as_i64(now),
+                                "$2": as_i64(now.saturating_add(lease.as_millis() as u64)),
+                                "$3": limit as i64,
+                            },
+                            |row| {
+                                Ok((
+                                    row.get(0)?,
+                                    row.get(1)?,
+                                    row.get(2)?,
+                                    row.get(3)?,
+                                    row.get(4)?,
+                                    row.get(5)?,
+                                    row.get(6)?,
+                                    row.get(7)?,
+                                ))
+                            },
+                        )?
+                        .map(|row| row.map(timers::timer))
+                        .collect::<rusqlite::Result<Vec<_>>>()
+                })
+                .map_err(unavailable)?;
+            claimed.sort_by_key(|timer| timer.due);
+            Ok(claimed)
+        }))
+    }
+
+    fn fired<'a>(&'a self, timer: &'a Timer) -> BoxFuture<'a, Result<(), StoreError>> {
+        let timer = timer.clone();
+        Box::pin(self.blocking(move |connection| {
+            connection
+                .prepare_cached(&timers::fired_sql(""))
+                .and_then(|mut statement| {
+                    statement.execute(named_params! {
+                        "$1": timer.route,
+                        "$2": timer.id,
+                        "$3": timer.source,
+                        "$4": as_i64(timer.due),
+                        "$5": now_ms(),
+                    })
+                })
+                .map_err(unavailable)?;
+            Ok(())
+        }))
+    }
+
+    fn next_due(&self) -> BoxFuture<'_, Result<Option<u64>, StoreError>> {
+        Box::pin(self.blocking(move |connection| {
+            let due: Option<i64> = connection
+                .prepare_cached(&timers::next_due_sql(""))
+                .and_then(|mut statement| statement.query_row([], |row| row.get(0)))
+                .map_err(unavailable)?;
+            Ok(due.map(|due| due.max(0) as u64))
+        }))
+    }
+
+    fn pending(&self, limit: usize) -> BoxFuture<'_, Result<(u64, Vec<PendingTimer>), StoreError>> {
+        Box::pin(self.blocking(move |connection| {
+            let rows = connection
+                .prepare_cached(&timers::pending_sql(""))
+                .and_then(|mut statement| {
+                    statement
+                        .query_map(named_params! { "$1": limit as i64 }, |row| {
+                            Ok((
+                                row.get(0)?,
+                                row.get(1)?,
+                                row.get(2)?,
+                                row.get(3)?,
+                                row.get(4)?,
+                            ))
+                        })?
+                        .collect::<rusqlite::Result<Vec<_>>>()
+                })
+                .map_err(unavailable)?;
+            Ok(timers::pending_list(rows))
+        }))
+    }
+
+    fn prune(&self, before: u64) -> BoxFuture<'_, Result<u64, StoreError>> {
+        Box::pin(self.blocking(move |connection| {
+            let deleted = connection
+                .prepare_cached(&timers::prune_sql(""))
+                .and_then(|mut statement| statement.execute(named_params! { "$1": as_i64(before) }))
+                .map_err(unavailable)?;
+            Ok(deleted as u64)
+        }))
     }
 }

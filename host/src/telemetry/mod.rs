@@ -7,7 +7,7 @@ pub(crate) mod exposition;
 mod histogram;
 mod log_format;
 pub mod otlp;
-mod repeats;
+pub(crate) mod repeats;
 pub(crate) mod trace;
 
 pub use histogram::Histogram;
@@ -225,6 +225,17 @@ pub(crate) struct Telemetry {
     dead_letters: Mutex<BTreeMap<(&'static str, &'static str), u64>>,
     /// The latest dead letters, newest last: where from, and why.
     recent_dead_letters: Mutex<std::collections::VecDeque<RecentDeadLetter>>,
+    timers: TimerCounts,
+}
+
+/// What this host did with timers.
+#[derive(Debug, Default)]
+struct TimerCounts {
+    scheduled: AtomicU64,
+    cancelled: AtomicU64,
+    fired: AtomicU64,
+    /// From a timer's due time to its record's confirmation.
+    lateness: Histogram,
 }
 
 /// A dead letter as the status page lists it.
@@ -349,6 +360,28 @@ impl Telemetry {
     /// The deciders' counters, which the decider keeps.
     pub(crate) fn decider_stats(&self) -> Arc<DeciderStats> {
         self.decider.clone()
+    }
+
+    pub(crate) fn timer_scheduled(&self) {
+        self.timers.scheduled.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub(crate) fn timer_cancelled(&self) {
+        self.timers.cancelled.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// A timer's record was confirmed `lateness` after it was due.
+    pub(crate) fn timer_fired(&self, lateness: std::time::Duration) {
+        self.timers.fired.fetch_add(1, Ordering::Relaxed);
+        self.timers.lateness.observe(lateness);
+    }
+
+    /// Timers this host fired, and their lateness.
+    pub(crate) fn timers_fired(&self) -> (u64, &Histogram) {
+        (
+            self.timers.fired.load(Ordering::Relaxed),
+            &self.timers.lateness,
+        )
     }
 
     pub(crate) fn consumed(&self) {
@@ -482,6 +515,30 @@ impl Telemetry {
                     self.phase(phase).as_ref(),
                 )
             }),
+        )?;
+        for (name, help, value) in [
+            (
+                "sluice_timers_scheduled_total",
+                "Timers this host kept in the store (new or replacing one).",
+                &self.timers.scheduled,
+            ),
+            (
+                "sluice_timers_cancelled_total",
+                "Timer cancellations this host kept in the store.",
+                &self.timers.cancelled,
+            ),
+            (
+                "sluice_timers_fired_total",
+                "Timers this host published, confirmed.",
+                &self.timers.fired,
+            ),
+        ] {
+            metrics.counter(name, help, single(value.load(Ordering::Relaxed)))?;
+        }
+        metrics.histogram(
+            "sluice_timer_lateness_seconds",
+            "From a timer's due time to its record's confirmation.",
+            [(Vec::new(), &self.timers.lateness)],
         )?;
         let decider = self.decider.counts();
         for (name, help, value) in [

@@ -1,0 +1,337 @@
+//! Timers: a handler's `schedule` and `cancel` outputs, kept in the store
+//! (`store::timers`), and the task that fires them. A timer fires by
+//! publishing its record, at least once, with a `sluice-id` of
+//! `timer:<route>:<id>:<due>` so that consumers can drop a duplicate; then
+//! its row is marked fired. Hosts sharing a store share the firing: each
+//! claims a batch of due timers for a lease (`FOR UPDATE SKIP LOCKED` on
+//! PostgreSQL), so that one host fires a timer at a time and a host that
+//! dies while firing leaves its claims to the others once the lease ends.
+//!
+//! The task sleeps until the soonest due time, woken early when this host
+//! schedules a timer, and asks the store at least every `timers.poll-ms`
+//! for what other hosts scheduled.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use tokio::sync::{Notify, watch};
+
+use crate::config::{BreakerPolicy, RetryPolicy, Route, TimerSettings};
+use crate::contract::{Header, Publish};
+use crate::effects::publish::Publisher;
+use crate::effects::{EffectError, Failure, drive};
+use crate::policy::breaker::{Breakers, Waiting};
+use crate::store::timers::{KEEP_FINISHED, PendingTimer, Timer};
+use crate::store::{LazyStore, Store, StoreError, epoch_ms as now_ms};
+use crate::telemetry::Telemetry;
+use crate::telemetry::repeats::Repeats;
+use crate::wire;
+
+/// Timers claimed at once.
+const BATCH: usize = 512;
+/// How often the firing task refreshes what the status page and
+/// `/metrics` show of the pending timers.
+const VIEW_EVERY: Duration = Duration::from_secs(1);
+/// How many of the soonest timers they show.
+const SOONEST: usize = 10;
+
+/// The pending timers as last counted: how many, and the soonest.
+#[derive(Debug, Clone, Default)]
+pub struct Upcoming {
+    /// How many are pending.
+    pub pending: u64,
+    /// The soonest of them, soonest first.
+    pub soonest: Vec<PendingTimer>,
+}
+
+impl Upcoming {
+    /// As the admin server's `/timers` and `sluice timers --json` write it.
+    pub fn to_json(&self) -> serde_json::Value {
+        let timers: Vec<_> = self
+            .soonest
+            .iter()
+            .map(|t| {
+                serde_json::json!({ "route": t.route, "id": t.id, "due": t.due, "topic": t.topic })
+            })
+            .collect();
+        serde_json::json!({ "pending": self.pending, "timers": timers })
+    }
+}
+/// How often finished rows older than `KEEP_FINISHED` are deleted.
+const PRUNE_EVERY: Duration = Duration::from_secs(3600);
+
+/// What a route's timers fire with: its retry and breaker rules, and where
+/// a timer that cannot be published is dead-lettered.
+struct RouteRules {
+    retry: RetryPolicy,
+    breaker: BreakerPolicy,
+    dead_letter_topic: String,
+}
+
+/// Schedules, cancels and fires the timers of every route.
+pub(crate) struct Timers {
+    store: Arc<LazyStore>,
+    publisher: Arc<Publisher>,
+    breakers: Arc<Breakers>,
+    telemetry: Arc<Telemetry>,
+    routes: HashMap<String, RouteRules>,
+    /// For timers of a route no longer configured: the default rules, and
+    /// the default dead-letter topic.
+    fallback: fn(&str) -> RouteRules,
+    /// Woken when this host scheduled a timer.
+    scheduled: Notify,
+    /// Firing never pauses a partition; breakers count it here.
+    waiting: Waiting,
+    settings: TimerSettings,
+    /// Refreshed by the firing task, so that a page or a scrape never
+    /// waits for the store; none before the store was first read.
+    view: Mutex<Option<(Instant, Upcoming)>>,
+}
+
+/// Why scheduling or cancelling failed: the store did not take it.
+fn transient(error: StoreError) -> EffectError {
+    EffectError::Transient(error.to_string())
+}
+
+impl Timers {
+    pub(crate) fn new(
+        routes: &[Route],
+        settings: TimerSettings,
+        store: Arc<LazyStore>,
+        publisher: Arc<Publisher>,
+        breakers: Arc<Breakers>,
+        telemetry: Arc<Telemetry>,
+    ) -> Timers {
+        let rules = |route: &Route| RouteRules {
+            retry: route.retry.clone(),
+            breaker: route.breaker.clone(),
+            dead_letter_topic: route.dead_letter_topic(),
+        };
+        Timers {
+            store,
+            publisher,
+            breakers,
+            telemetry,
+            routes: routes
+                .iter()
+                .map(|route| (route.topic.clone(), rules(route)))
+                .collect(),
+            fallback: |route| RouteRules {
+                retry: RetryPolicy::default(),
+                breaker: BreakerPolicy::default(),
+                dead_letter_topic: format!("{route}.dlq"),
+            },
+            scheduled: Notify::new(),
+            waiting: Waiting::default(),
+            settings,
+            view: Mutex::new(None),
+        }
+    }
+
+    /// Keeps `timer` durably (retried behind the store's breaker, within the
+    /// route's budget): once this returns, the message that scheduled it
+    /// may be committed.
+    pub(crate) async fn schedule(
+        &self,
+        timer: &Timer,
+        rules: (&RetryPolicy, &BreakerPolicy),
+        waiting: &Waiting,
+    ) -> Result<(), Failure> {
+        let attempt = || async { self.open().await?.schedule(timer).await.map_err(transient) };
+        self.with_store(attempt, rules, waiting).await?;
+        self.telemetry.timer_scheduled();
+        self.scheduled.notify_one();
+        Ok(())
+    }
+
+    /// Cancels `route`'s pending timer `id`, durably, if there is one.
+    pub(crate) async fn cancel(
+        &self,
+        route: &str,
+        id: &str,
+        rules: (&RetryPolicy, &BreakerPolicy),
+        waiting: &Waiting,
+    ) -> Result<(), Failure> {
+        let attempt = || async {
+            self.open()
+                .await?
+                .cancel(route, id)
+                .await
+                .map_err(transient)
+        };
+        self.with_store(attempt, rules, waiting).await?;
+        self.telemetry.timer_cancelled();
+        Ok(())
+    }
+
+    /// The pending timers as the firing task last counted them.
+    pub(crate) fn upcoming(&self) -> Option<Upcoming> {
+        let view = self.view.lock().expect("timer view lock");
+        view.as_ref().map(|(_, upcoming)| upcoming.clone())
+    }
+
+    /// How many timers are pending, and the `limit` soonest, from the
+    /// store now.
+    pub(crate) async fn list(&self, limit: usize) -> Result<Upcoming, StoreError> {
+        list(&self.store, limit).await
+    }
+
+    async fn open(&self) -> Result<&Arc<dyn Store>, EffectError> {
+        self.store.get().await.map_err(transient)
+    }
+
+    async fn with_store<F, Next>(
+        &self,
+        attempt: F,
+        (retry, breaker): (&RetryPolicy, &BreakerPolicy),
+        waiting: &Waiting,
+    ) -> Result<(), Failure>
+    where
+        F: Fn() -> Next,
+        Next: Future<Output = Result<(), EffectError>>,
+    {
+        let breaker = self.breakers.store(breaker);
+        let admission = breaker.admit(waiting).await;
+        drive(&breaker, (retry, waiting), admission, attempt(), attempt).await
+    }
+
+    /// Fires due timers until `stop` turns true. A host whose store does
+    /// not exist yet waits for its first timer before opening it.
+    pub(crate) async fn fire(self: Arc<Self>, mut stop: watch::Receiver<bool>) {
+        while !self.store.may_hold_anything() {
+            tokio::select! {
+                _ = self.scheduled.notified() => {}
+                _ = stop.changed() => return,
+            }
+        }
+        let mut failing = Repeats::default();
+        let mut pruned = Instant::now();
+        loop {
+            if *stop.borrow() {
+                return;
+            }
+            let wait = match self.round(&mut pruned).await {
+                Ok(Some(wait)) => wait,
+                Ok(None) => continue,
+                Err(error) => {
+                    if let Some(held_back) = failing.admit() {
+                        tracing::warn!(%error, held_back, "timers cannot be fired now");
+                    }
+                    self.settings.poll
+                }
+            };
+            tokio::select! {
+                _ = tokio::time::sleep(wait) => {}
+                _ = self.scheduled.notified() => {}
+                _ = stop.changed() => {}
+            }
+        }
+    }
+
+    /// Fires one batch of due timers; `None` when there may be more due
+    /// now, else how long to sleep.
+    async fn round(&self, pruned: &mut Instant) -> Result<Option<Duration>, StoreError> {
+        let store = self.store.get().await?;
+        if pruned.elapsed() >= PRUNE_EVERY {
+            *pruned = Instant::now();
+            let before = now_ms().saturating_sub(KEEP_FINISHED.as_millis() as u64);
+            store.prune(before).await?;
+        }
+        let stale = (self.view.lock().expect("timer view lock").as_ref())
+            .is_none_or(|(at, _)| at.elapsed() >= VIEW_EVERY);
+        if stale {
+            let (pending, soonest) = store.pending(SOONEST).await?;
+            *self.view.lock().expect("timer view lock") =
+                Some((Instant::now(), Upcoming { pending, soonest }));
+        }
+        let now = now_ms();
+        let due = store.claim_due(now, self.settings.lease, BATCH).await?;
+        let full = due.len() == BATCH;
+        futures::future::join_all(due.into_iter().map(|timer| self.fire_one(store, timer))).await;
+        if full {
+            return Ok(None);
+        }
+        // Nothing more claimable is due: sleep until the soonest pending
+        // timer, unless it is due already (another host holds it).
+        let next = store.next_due().await?;
+        let now = now_ms();
+        Ok(Some(match next {
+            Some(due) if due > now => Duration::from_millis(due - now).min(self.settings.poll),
+            _ => self.settings.poll,
+        }))
+    }
+
+    /// Publishes one claimed timer within its route's rules, dead-letters
+    /// it when they give up, and marks it fired.
+    async fn fire_one(&self, store: &Arc<dyn Store>, timer: Timer) {
+        let fallback;
+        let rules = match self.routes.get(&timer.route) {
+            Some(rules) => rules,
+            None => {
+                fallback = (self.fallback)(&timer.route);
+                &fallback
+            }
+        };
+        let mut record = timer.record.clone();
+        record.headers.push(Header::new(wire::ID, timer_id(&timer)));
+        let breaker = self.breakers.topic(&record.topic, &rules.breaker);
+        let admission = breaker.admit(&self.waiting).await;
+        let attempt = || self.publisher.publish(&record);
+        let published = drive(
+            &breaker,
+            (&rules.retry, &self.waiting),
+            admission,
+            attempt(),
+            attempt,
+        )
+        .await;
+        let lateness = Duration::from_millis(now_ms().saturating_sub(timer.due));
+        match published {
+            Ok(_) => self.telemetry.timer_fired(lateness),
+            Err(failed) => self.dead_letter(rules, &timer, record, failed).await,
+        }
+        if let Err(error) = store.fired(&timer).await {
+            // Its lease ends and it fires again, with the same sluice-id.
+            tracing::warn!(%error, route = %timer.route, id = %timer.id, "a fired timer could not be marked fired");
+        }
+    }
+
+    async fn dead_letter(
+        &self,
+        rules: &RouteRules,
+        timer: &Timer,
+        record: Publish,
+        failed: Failure,
+    ) {
+        tracing::warn!(
+            route = %timer.route,
+            id = %timer.id,
+            topic = %record.topic,
+            reason = failed.reason.as_str(),
+            detail = %failed.detail,
+            attempts = failed.attempts,
+            "dead-lettering a timer"
+        );
+        let letter = wire::timer_dead_letter(record, &rules.dead_letter_topic, &failed);
+        self.publisher.publish_stubbornly(&letter).await;
+        self.telemetry.dead_lettered();
+        self.telemetry
+            .dead_lettered_for(wire::Stage::Timer.as_str(), failed.reason.as_str());
+    }
+}
+
+/// How many timers `store` holds pending, and the `limit` soonest (nothing,
+/// without creating a store that does not exist).
+pub async fn list(store: &LazyStore, limit: usize) -> Result<Upcoming, StoreError> {
+    if !store.may_hold_anything() {
+        return Ok(Upcoming::default());
+    }
+    let (pending, soonest) = store.get().await?.pending(limit).await?;
+    Ok(Upcoming { pending, soonest })
+}
+
+/// A fired timer's `sluice-id`: the same on every firing of that timer.
+pub(crate) fn timer_id(timer: &Timer) -> String {
+    format!("timer:{}:{}:{}", timer.route, timer.id, timer.due)
+}
