@@ -162,6 +162,9 @@ pub(crate) struct Host {
     stop_watching: watch::Sender<bool>,
     /// The OTLP export, when one is configured.
     otlp: Option<Exporter>,
+    /// The task firing timers; it ends after the stop, once the timers it
+    /// claimed are fired.
+    firing: tokio::task::JoinHandle<()>,
     /// How long a stop waits for messages in flight.
     pub(crate) deadline: Duration,
 }
@@ -221,7 +224,7 @@ impl Host {
             breakers.clone(),
             telemetry.clone(),
         ));
-        tokio::spawn(timers.clone().fire(stopped.clone()));
+        let firing = tokio::spawn(timers.clone().fire(stopped.clone()));
         let parts = admin::Parts {
             registry: registry.clone(),
             telemetry: telemetry.clone(),
@@ -294,6 +297,7 @@ impl Host {
             shadows,
             stop_watching,
             otlp,
+            firing,
             deadline: config.shutdown_timeout,
         };
         Ok((host, lanes))
@@ -307,6 +311,12 @@ impl Host {
     ) -> Result<RunReport, RunError> {
         self.stop_watching.send_replace(true);
         self.shadows.finish(self.deadline).await;
+        if tokio::time::timeout(self.deadline, self.firing)
+            .await
+            .is_err()
+        {
+            tracing::warn!("stopped with timers claimed unfired; they fire once their lease ends");
+        }
         self.publisher.flush(self.deadline);
         let unfinished = self.offsets.in_flight() as u64;
         if let Some(otlp) = self.otlp {

@@ -15,7 +15,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use tokio::sync::{Notify, watch};
+use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore, watch};
 
 use crate::config::{BreakerPolicy, RetryPolicy, Route, TimerSettings};
 use crate::contract::{Header, Publish};
@@ -29,7 +29,11 @@ use crate::telemetry::repeats::Repeats;
 use crate::wire;
 
 /// Timers claimed at once.
-const BATCH: usize = 512;
+const BATCH: usize = 1024;
+/// Claimed batches being fired at once, at most.
+const BATCHES_IN_FLIGHT: usize = 8;
+/// How far ahead of due timers are claimed (see `Timers::horizon`).
+const HORIZON: Duration = Duration::from_millis(250);
 /// How often the firing task refreshes what the status page and
 /// `/metrics` show of the pending timers.
 const VIEW_EVERY: Duration = Duration::from_secs(1);
@@ -196,8 +200,9 @@ impl Timers {
         drive(&breaker, (retry, waiting), admission, attempt(), attempt).await
     }
 
-    /// Fires due timers until `stop` turns true. A host whose store does
-    /// not exist yet waits for its first timer before opening it.
+    /// Fires due timers until `stop` turns true, then lets the batches
+    /// it claimed finish. A host whose store does not exist yet waits for
+    /// its first timer before opening it.
     pub(crate) async fn fire(self: Arc<Self>, mut stop: watch::Receiver<bool>) {
         while !self.store.may_hold_anything() {
             tokio::select! {
@@ -205,13 +210,11 @@ impl Timers {
                 _ = stop.changed() => return,
             }
         }
+        let batches = Arc::new(Semaphore::new(BATCHES_IN_FLIGHT));
         let mut failing = Repeats::default();
-        let mut pruned = Instant::now();
-        loop {
-            if *stop.borrow() {
-                return;
-            }
-            let wait = match self.round(&mut pruned).await {
+        let mut pruned = None;
+        while !*stop.borrow() {
+            let wait = match self.round(&batches, &mut pruned).await {
                 Ok(Some(wait)) => wait,
                 Ok(None) => continue,
                 Err(error) => {
@@ -227,14 +230,30 @@ impl Timers {
                 _ = stop.changed() => {}
             }
         }
+        // Claimed timers are at most `horizon` from due: firing them now
+        // spares them waiting for their lease after a restart.
+        let _ = batches.acquire_many(BATCHES_IN_FLIGHT as u32).await;
     }
 
-    /// Fires one batch of due timers; `None` when there may be more due
-    /// now, else how long to sleep.
-    async fn round(&self, pruned: &mut Instant) -> Result<Option<Duration>, StoreError> {
+    /// How far ahead of due a timer is claimed: its claim's round trip is
+    /// then taken before it is due, not after. A cancel or replacement that
+    /// reaches the store less than this before the due time may come too
+    /// late to stop it.
+    fn horizon(&self) -> Duration {
+        HORIZON.min(self.settings.lease / 4)
+    }
+
+    /// Claims one batch of timers due within the horizon and sets it
+    /// firing, each at its due time; `None` when there may be more to
+    /// claim now, else how long to sleep.
+    async fn round(
+        self: &Arc<Self>,
+        batches: &Arc<Semaphore>,
+        pruned: &mut Option<Instant>,
+    ) -> Result<Option<Duration>, StoreError> {
         let store = self.store.get().await?;
-        if pruned.elapsed() >= PRUNE_EVERY {
-            *pruned = Instant::now();
+        if pruned.is_none_or(|at| at.elapsed() >= PRUNE_EVERY) {
+            *pruned = Some(Instant::now());
             let before = now_ms().saturating_sub(KEEP_FINISHED.as_millis() as u64);
             store.prune(before).await?;
         }
@@ -245,26 +264,61 @@ impl Timers {
             *self.view.lock().expect("timer view lock") =
                 Some((Instant::now(), Upcoming { pending, soonest }));
         }
+        let batch = batches
+            .clone()
+            .acquire_owned()
+            .await
+            .expect("the semaphore is never closed");
+        let horizon = self.horizon().as_millis() as u64;
         let now = now_ms();
-        let due = store.claim_due(now, self.settings.lease, BATCH).await?;
+        let due = store
+            .claim_due(now, now + horizon, self.settings.lease, BATCH)
+            .await?;
         let full = due.len() == BATCH;
-        futures::future::join_all(due.into_iter().map(|timer| self.fire_one(store, timer))).await;
+        if !due.is_empty() {
+            tokio::spawn(self.clone().fire_batch(store.clone(), due, batch));
+        }
         if full {
             return Ok(None);
         }
-        // Nothing more claimable is due: sleep until the soonest pending
-        // timer, unless it is due already (another host holds it).
+        // Everything claimable within the horizon is claimed: sleep until
+        // the soonest pending timer enters it, unless it has (another host
+        // holds it, or this one is firing it).
         let next = store.next_due().await?;
         let now = now_ms();
         Ok(Some(match next {
-            Some(due) if due > now => Duration::from_millis(due - now).min(self.settings.poll),
+            Some(due) if due > now + horizon => {
+                Duration::from_millis(due - now - horizon).min(self.settings.poll)
+            }
             _ => self.settings.poll,
         }))
     }
 
-    /// Publishes one claimed timer within its route's rules, dead-letters
-    /// it when they give up, and marks it fired.
-    async fn fire_one(&self, store: &Arc<dyn Store>, timer: Timer) {
+    /// Fires a claimed batch, each timer at its due time, then marks them
+    /// fired at once.
+    async fn fire_batch(
+        self: Arc<Self>,
+        store: Arc<dyn Store>,
+        due: Vec<Timer>,
+        _batch: OwnedSemaphorePermit,
+    ) {
+        let fired = futures::future::join_all(due.into_iter().map(|timer| async {
+            let wait = timer.due.saturating_sub(now_ms());
+            if wait > 0 {
+                tokio::time::sleep(Duration::from_millis(wait)).await;
+            }
+            self.fire_one(timer).await
+        }))
+        .await;
+        if let Err(error) = store.fired(&fired).await {
+            // Their lease ends and they fire again, with the same sluice-ids.
+            tracing::warn!(%error, timers = fired.len(), "fired timers could not be marked fired");
+        }
+    }
+
+    /// Publishes one claimed timer within its route's rules, or
+    /// dead-letters it when they give up: either way it is done with.
+    async fn fire_one(&self, timer: Timer) -> Timer {
         let fallback;
         let rules = match self.routes.get(&timer.route) {
             Some(rules) => rules,
@@ -291,10 +345,7 @@ impl Timers {
             Ok(_) => self.telemetry.timer_fired(lateness),
             Err(failed) => self.dead_letter(rules, &timer, record, failed).await,
         }
-        if let Err(error) = store.fired(&timer).await {
-            // Its lease ends and it fires again, with the same sluice-id.
-            tracing::warn!(%error, route = %timer.route, id = %timer.id, "a fired timer could not be marked fired");
-        }
+        timer
     }
 
     async fn dead_letter(

@@ -485,3 +485,38 @@ fn a_decider_schedules_a_timer_among_its_outputs() {
     );
     assert_eq!(decided[2].header("sluice-handler"), Some("test-decider"));
 }
+
+/// `replay` shows timer outputs in the canonical form, and runs nothing.
+#[test]
+fn replay_shows_schedule_and_cancel_in_canonical_form() {
+    let scratch = Scratch::new();
+    let input = scratch.write(
+        "in.jsonl",
+        r#"{"topic":"in","key":"k","timestamp":1000,"payload":"schedule a 250 fired x\ncancel b"}"#,
+    );
+    let out = succeed(
+        sluice()
+            .args(["replay", "--handler"])
+            .arg(component("test-timers"))
+            .arg("--input")
+            .arg(&input),
+    );
+    let line: serde_json::Value = serde_json::from_str(out.trim()).unwrap();
+    assert_eq!(
+        line["outputs"],
+        serde_json::json!([
+            { "schedule": {
+                "id": "a",
+                "due": 1250,
+                "publish": {
+                    "topic": "fired",
+                    "key": "k",
+                    "payload": "x",
+                    "headers": [{ "name": "scheduled-at-offset", "value": "0" }]
+                }
+            } },
+            { "cancel": { "id": "b" } }
+        ]),
+        "{out}"
+    );
+}

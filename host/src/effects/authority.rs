@@ -128,9 +128,12 @@ pub(crate) const MAX_TIMER_ID: usize = 512;
 
 /// Whether `id` can name a timer.
 fn timer_id(id: &str) -> Result<(), EffectError> {
+    // PostgreSQL's text refuses NUL: kept, such an id would fail every
+    // write as if the store were down.
     let problem = match id.len() {
         0 => "is empty",
         n if n > MAX_TIMER_ID => "is longer than 512 bytes",
+        _ if id.contains('\0') => "holds a NUL character",
         _ => return Ok(()),
     };
     Err(EffectError::Permanent {
@@ -294,6 +297,7 @@ mod tests {
         );
         assert_eq!(reason(&a, &[schedule("t", "in.dlq")]), "topic-reserved");
         assert_eq!(reason(&a, &[schedule("", "fired")]), "invalid-timer");
+        assert_eq!(reason(&a, &[schedule("a\0b", "fired")]), "invalid-timer");
         let long = "é".repeat(MAX_TIMER_ID);
         let failure = a.check(&[Output::Cancel(long)], &client()).unwrap_err();
         assert_eq!(failure.reason, Reason::InvalidTimer);

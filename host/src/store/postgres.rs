@@ -12,7 +12,7 @@ use futures::future::BoxFuture;
 use tokio_postgres::error::SqlState;
 use tokio_postgres::{Client, NoTls, Statement};
 
-use super::timers::{self, CLAIMED, PENDING, PendingTimer, Timer, TimerStore};
+use super::timers::{self, CLAIMED, FIRED, PENDING, PendingTimer, Timer, TimerStore};
 use super::{
     Cause, EventStore, Snapshot, SnapshotKey, StoreError, Tail, as_i64, mark_decided_sql, now_ms,
     read_sql, save_snapshot_sql, tables_sql, tail,
@@ -71,12 +71,12 @@ fn append_sql(schema: &str) -> String {
 
 /// Claims due timers no host holds; `SKIP LOCKED` lets hosts claiming at
 /// once each take other rows instead of waiting for each other.
-/// Parameters: now, lease until, limit.
+/// Parameters: due by, lease until, limit, now.
 fn claim_sql(schema: &str) -> String {
     format!(
         "UPDATE {schema}.timers t SET lease_until = $2
          FROM (SELECT route, id FROM {schema}.timers
-               WHERE state = {PENDING} AND due <= $1 AND lease_until <= $1
+               WHERE state = {PENDING} AND due <= $1 AND lease_until <= $4
                ORDER BY due LIMIT $3 FOR UPDATE SKIP LOCKED) d
          WHERE t.route = d.route AND t.id = d.id
          RETURNING {columns}",
@@ -85,6 +85,17 @@ fn claim_sql(schema: &str) -> String {
             .map(|column| format!("t.{column}"))
             .collect::<Vec<_>>()
             .join(", ")
+    )
+}
+
+/// Marks many claimed timers fired at once (see `timers::fired_sql`).
+/// Parameters: routes, ids, sources, dues (arrays), now.
+fn fired_sql(schema: &str) -> String {
+    format!(
+        "UPDATE {schema}.timers t SET state = {FIRED}, changed_at = $5
+         FROM unnest($1::text[], $2::text[], $3::text[], $4::bigint[]) AS f(route, id, source, due)
+         WHERE t.route = f.route AND t.id = f.id AND t.source = f.source AND t.due = f.due
+             AND t.state = {PENDING}"
     )
 }
 
@@ -181,7 +192,7 @@ impl PostgresStore {
                     schedule: prepare(timers::schedule_sql(&prefix)).await?,
                     cancel: prepare(timers::cancel_sql(&prefix)).await?,
                     claim: prepare(claim_sql(schema)).await?,
-                    fired: prepare(timers::fired_sql(&prefix)).await?,
+                    fired: prepare(fired_sql(schema)).await?,
                     next_due: prepare(timers::next_due_sql(&prefix)).await?,
                     pending: prepare(timers::pending_sql(&prefix)).await?,
                     prune: prepare(timers::prune_sql(&prefix)).await?,
@@ -454,14 +465,15 @@ impl TimerStore for PostgresStore {
     fn claim_due(
         &self,
         now: u64,
+        until: u64,
         lease: Duration,
         limit: usize,
     ) -> BoxFuture<'_, Result<Vec<Timer>, StoreError>> {
         Box::pin(async move {
-            let until = as_i64(now.saturating_add(lease.as_millis() as u64));
-            let rows = self
-                .query(|s| &s.claim, &[&as_i64(now), &until, &(limit as i64)])
-                .await?;
+            let held = as_i64(now.saturating_add(lease.as_millis() as u64));
+            let params: [&(dyn tokio_postgres::types::ToSql + Sync); 4] =
+                [&as_i64(until), &held, &(limit as i64), &as_i64(now)];
+            let rows = self.query(|s| &s.claim, &params).await?;
             let mut claimed: Vec<Timer> = rows
                 .iter()
                 .map(|row| {
@@ -482,15 +494,18 @@ impl TimerStore for PostgresStore {
         })
     }
 
-    fn fired<'a>(&'a self, timer: &'a Timer) -> BoxFuture<'a, Result<(), StoreError>> {
+    fn fired<'a>(&'a self, timers: &'a [Timer]) -> BoxFuture<'a, Result<(), StoreError>> {
         Box::pin(async move {
-            let params: [&(dyn tokio_postgres::types::ToSql + Sync); 5] = [
-                &timer.route,
-                &timer.id,
-                &timer.source,
-                &as_i64(timer.due),
-                &now_ms(),
-            ];
+            let column =
+                |field: fn(&Timer) -> &str| -> Vec<&str> { timers.iter().map(field).collect() };
+            let (routes, ids, sources) = (
+                column(|t| &t.route),
+                column(|t| &t.id),
+                column(|t| &t.source),
+            );
+            let dues: Vec<i64> = timers.iter().map(|t| as_i64(t.due)).collect();
+            let params: [&(dyn tokio_postgres::types::ToSql + Sync); 5] =
+                [&routes, &ids, &sources, &dues, &now_ms()];
             self.execute(|s| &s.fired, &params).await.map(drop)
         })
     }

@@ -3,7 +3,7 @@
 //! tokio's blocking pool.
 
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use futures::future::BoxFuture;
@@ -23,7 +23,10 @@ const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
 /// The SQLite event store.
 pub(crate) struct SqliteStore {
     path: PathBuf,
-    connection: Arc<Mutex<Connection>>,
+    /// Taken before an operation goes to the blocking pool, so that waiting
+    /// operations wait here rather than each holding a blocking thread (a
+    /// thousand waiting schedules would otherwise start hundreds).
+    connection: Arc<tokio::sync::Mutex<Connection>>,
 }
 
 impl SqliteStore {
@@ -49,7 +52,7 @@ impl SqliteStore {
         .map_err(|e| StoreError::Unavailable(format!("sqlite {}: {e}", path.display())))?;
         Ok(SqliteStore {
             path: path.to_owned(),
-            connection: Arc::new(Mutex::new(connection)),
+            connection: Arc::new(tokio::sync::Mutex::new(connection)),
         })
     }
 
@@ -58,13 +61,10 @@ impl SqliteStore {
         &self,
         work: impl FnOnce(&mut Connection) -> Result<R, StoreError> + Send + 'static,
     ) -> Result<R, StoreError> {
-        let connection = self.connection.clone();
-        tokio::task::spawn_blocking(move || {
-            let mut connection = connection.lock().unwrap_or_else(|e| e.into_inner());
-            work(&mut connection)
-        })
-        .await
-        .map_err(|e| StoreError::Unavailable(e.to_string()))?
+        let mut connection = self.connection.clone().lock_owned().await;
+        tokio::task::spawn_blocking(move || work(&mut connection))
+            .await
+            .map_err(|e| StoreError::Unavailable(e.to_string()))?
     }
 }
 
@@ -291,6 +291,7 @@ impl TimerStore for SqliteStore {
     fn claim_due(
         &self,
         now: u64,
+        until: u64,
         lease: Duration,
         limit: usize,
     ) -> BoxFuture<'_, Result<Vec<Timer>, StoreError>> {
@@ -300,7 +301,7 @@ impl TimerStore for SqliteStore {
             let sql = format!(
                 "UPDATE timers SET lease_until = $2
                  WHERE rowid IN (SELECT rowid FROM timers
-                                 WHERE state = {PENDING} AND due <= $1 AND lease_until <= $1
+                                 WHERE state = {PENDING} AND due <= $1 AND lease_until <= $4
                                  ORDER BY due LIMIT $3)
                  RETURNING {CLAIMED}"
             );
@@ -310,9 +311,10 @@ impl TimerStore for SqliteStore {
                     statement
                         .query_map(
                             named_params! {
-                                "$1": as_i64(now),
+                                "$1": as_i64(until),
                                 "$2": as_i64(now.saturating_add(lease.as_millis() as u64)),
                                 "$3": limit as i64,
+                                "$4": as_i64(now),
                             },
                             |row| {
                                 Ok((
@@ -336,22 +338,28 @@ impl TimerStore for SqliteStore {
         }))
     }
 
-    fn fired<'a>(&'a self, timer: &'a Timer) -> BoxFuture<'a, Result<(), StoreError>> {
-        let timer = timer.clone();
+    fn fired<'a>(&'a self, timers: &'a [Timer]) -> BoxFuture<'a, Result<(), StoreError>> {
+        let timers = timers.to_vec();
         Box::pin(self.blocking(move |connection| {
-            connection
-                .prepare_cached(&timers::fired_sql(""))
-                .and_then(|mut statement| {
-                    statement.execute(named_params! {
-                        "$1": timer.route,
-                        "$2": timer.id,
-                        "$3": timer.source,
-                        "$4": as_i64(timer.due),
-                        "$5": now_ms(),
-                    })
-                })
-                .map_err(unavailable)?;
-            Ok(())
+            let transaction = connection.transaction().map_err(unavailable)?;
+            {
+                let mut statement = transaction
+                    .prepare_cached(&timers::fired_sql(""))
+                    .map_err(unavailable)?;
+                let now = now_ms();
+                for timer in &timers {
+                    statement
+                        .execute(named_params! {
+                            "$1": timer.route,
+                            "$2": timer.id,
+                            "$3": timer.source,
+                            "$4": as_i64(timer.due),
+                            "$5": now,
+                        })
+                        .map_err(unavailable)?;
+                }
+            }
+            transaction.commit().map_err(unavailable)
         }))
     }
 

@@ -55,19 +55,20 @@ pub trait TimerStore: Send + Sync {
     /// Cancels the pending timer `id` of `route`, if there is one.
     fn cancel<'a>(&'a self, route: &'a str, id: &'a str) -> BoxFuture<'a, Result<(), StoreError>>;
 
-    /// Takes up to `limit` pending timers due at `now` that no host holds,
-    /// and holds them until `now + lease`: a host that dies while firing
-    /// them leaves them to another after that. Soonest first.
+    /// Takes up to `limit` pending timers due by `until` that no host holds
+    /// at `now`, and holds them until `now + lease`: a host that dies while
+    /// firing them leaves them to another after that. Soonest first.
     fn claim_due(
         &self,
         now: u64,
+        until: u64,
         lease: Duration,
         limit: usize,
     ) -> BoxFuture<'_, Result<Vec<Timer>, StoreError>>;
 
-    /// Marks a claimed timer fired, unless it was replaced or cancelled in
-    /// the meantime.
-    fn fired<'a>(&'a self, timer: &'a Timer) -> BoxFuture<'a, Result<(), StoreError>>;
+    /// Marks claimed timers fired, unless they were replaced or cancelled
+    /// in the meantime. One statement (or transaction) for them all.
+    fn fired<'a>(&'a self, timers: &'a [Timer]) -> BoxFuture<'a, Result<(), StoreError>>;
 
     /// When the soonest pending timer is due.
     fn next_due(&self) -> BoxFuture<'_, Result<Option<u64>, StoreError>>;
