@@ -28,6 +28,8 @@ const SOURCE_OFFSET: &str = "sluice-source-offset";
 const SOURCE_TIMESTAMP: &str = "sluice-source-timestamp";
 /// On a timer's dead letter: the topic the timer was to publish to.
 const TIMER_TOPIC: &str = "sluice-timer-topic";
+/// On a timer's dead letter refused for its size: the payload's length.
+const PAYLOAD_DROPPED: &str = "sluice-payload-dropped";
 const HANDLER: &str = "sluice-handler";
 const HANDLER_VERSION: &str = "sluice-handler-version";
 /// On dead letters that park their key or are held behind it.
@@ -268,7 +270,9 @@ pub(crate) fn dead_letter_record(
 /// record as it would have been published, to the route's dead-letter
 /// topic, with the stage, reason and detail, and where it was going. It has
 /// no source headers, so a re-drive passes it by (there is no message to
-/// run again).
+/// run again). A record refused for its size goes without its payload
+/// (`sluice-payload-dropped` says how many bytes it had), or its dead letter
+/// would be refused too.
 pub(crate) fn timer_dead_letter(record: Publish, topic: &str, failed: &Failure) -> Publish {
     let mut headers = record.headers;
     headers.extend([
@@ -278,10 +282,20 @@ pub(crate) fn timer_dead_letter(record: Publish, topic: &str, failed: &Failure) 
         Header::new(ATTEMPTS, failed.attempts.to_string()),
         Header::new(TIMER_TOPIC, record.topic),
     ]);
+    let payload = match failed.reason {
+        Reason::RecordTooLarge => {
+            headers.push(Header::new(
+                PAYLOAD_DROPPED,
+                record.payload.len().to_string(),
+            ));
+            Vec::new()
+        }
+        _ => record.payload,
+    };
     Publish {
         topic: topic.to_owned(),
         key: record.key,
-        payload: record.payload,
+        payload,
         headers,
     }
 }

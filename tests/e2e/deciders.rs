@@ -21,25 +21,6 @@ use sluice::workers::WorkerPool;
 
 use crate::support::*;
 
-/// Tests `$test(backend)` on each store: `$test::sqlite`, `$test::postgres`.
-macro_rules! on_both_stores {
-    ($test:ident) => {
-        mod $test {
-            use sluice::config::StoreBackend;
-
-            #[test]
-            fn sqlite() {
-                super::$test(StoreBackend::Sqlite);
-            }
-
-            #[test]
-            fn postgres() {
-                super::$test(StoreBackend::Postgres);
-            }
-        }
-    };
-}
-
 /// PostgreSQL as `.ci/run` provides it.
 const POSTGRES: &str = "host=127.0.0.1 port=5432 user=postgres dbname=test";
 

@@ -2,6 +2,10 @@
 //! through the same client code the host uses), real `sluice` processes and
 //! real guest components built from guests/.
 
+// First: its macros serve the modules after it.
+#[macro_use]
+mod support;
+
 mod boundary;
 mod cli;
 mod dead_letters;
@@ -19,7 +23,6 @@ mod redrive;
 mod sandbox;
 mod scaffold;
 mod shop;
-mod support;
 mod timers;
 mod traces;
 mod transactional_broker;

@@ -129,6 +129,25 @@ shutdown-timeout-ms = 20000
     )
 }
 
+/// Tests `$test(backend)` on each store: `$test::sqlite`, `$test::postgres`.
+macro_rules! on_both_stores {
+    ($test:ident) => {
+        mod $test {
+            use sluice::config::StoreBackend;
+
+            #[test]
+            fn sqlite() {
+                super::$test(StoreBackend::Sqlite);
+            }
+
+            #[test]
+            fn postgres() {
+                super::$test(StoreBackend::Postgres);
+            }
+        }
+    };
+}
+
 /// The `sluice` binary under test.
 pub fn sluice() -> Command {
     Command::new(env!("CARGO_BIN_EXE_sluice"))

@@ -9,25 +9,6 @@ use sluice::embedded::EmbeddedBroker;
 use crate::deciders::TestStore;
 use crate::support::*;
 
-/// Tests `$test(backend)` on each store: `$test::sqlite`, `$test::postgres`.
-macro_rules! on_both_stores {
-    ($test:ident) => {
-        mod $test {
-            use sluice::config::StoreBackend;
-
-            #[test]
-            fn sqlite() {
-                super::$test(StoreBackend::Sqlite);
-            }
-
-            #[test]
-            fn postgres() {
-                super::$test(StoreBackend::Postgres);
-            }
-        }
-    };
-}
-
 /// A broker with `in` (one partition), its dead letters and `fired`.
 fn broker() -> EmbeddedBroker {
     let broker = EmbeddedBroker::start().unwrap();
@@ -86,21 +67,27 @@ fn a_timer_fires_once_when_due_a_replaced_one_at_its_new_time_and_a_cancelled_on
     let store = TestStore::new(backend, &scratch);
     let broker = broker();
     let brokers = broker.bootstrap_servers();
+    let config = timers_config(&scratch, brokers, "timers", &store);
+    let host = Host::start(&scratch, "host", &config, &[]);
+    // Once the host serves, the commands below run within moments of each
+    // other: well before their timers' 3 s.
+    produce(&broker, &["cancel nothing"]);
+    wait_until("the host to serve", || {
+        committed(brokers, "timers", "in") == [(0, Some(1))]
+    });
     produce(
         &broker,
         &[
-            "schedule a 1500 fired a1",
-            "schedule b 1500 fired b1",
-            "schedule c 1500 fired c1",
-            "schedule b 3000 fired b2",
+            "schedule a 3000 fired a1",
+            "schedule b 3000 fired b1",
+            "schedule c 3000 fired c1",
+            "schedule b 6000 fired b2",
             "cancel c",
             // Refused before anything of the message runs: dead-lettered.
             "schedule  100 fired no-id",
             "schedule d 100 elsewhere d1",
         ],
     );
-    let config = timers_config(&scratch, brokers, "timers", &store);
-    let host = Host::start(&scratch, "host", &config, &[]);
     // Timers fire soonest first: once b's replacement fired, a and (had it
     // not been cancelled) c had fired before it.
     wait_until("b's replacement to fire", || {
@@ -110,7 +97,7 @@ fn a_timer_fires_once_when_due_a_replaced_one_at_its_new_time_and_a_cancelled_on
                 .any(|r| r.payload == "b2")
     });
     wait_until("every input to be committed", || {
-        committed(brokers, "timers", "in") == [(0, Some(7))]
+        committed(brokers, "timers", "in") == [(0, Some(8))]
     });
     stop(host);
 
@@ -118,7 +105,7 @@ fn a_timer_fires_once_when_due_a_replaced_one_at_its_new_time_and_a_cancelled_on
     let fired = read_topic(brokers, "fired");
     let payloads: Vec<&str> = fired.iter().map(|r| r.payload.as_str()).collect();
     assert_eq!(payloads, ["a1", "b2"]);
-    let (a_due, b_due) = (sent[0] + 1500, sent[3] + 3000);
+    let (a_due, b_due) = (sent[1] + 3000, sent[4] + 6000);
     for (record, id, due) in [(&fired[0], "a", a_due), (&fired[1], "b", b_due)] {
         assert_eq!(
             record.header("sluice-id"),
@@ -134,8 +121,8 @@ fn a_timer_fires_once_when_due_a_replaced_one_at_its_new_time_and_a_cancelled_on
         assert_eq!(record.header("sluice-handler"), Some("test-timers"));
         assert_eq!(record.header("sluice-handler-version"), Some("0.1.0"));
     }
-    assert_eq!(fired[0].header("scheduled-at-offset"), Some("0"));
-    assert_eq!(fired[1].header("scheduled-at-offset"), Some("3"));
+    assert_eq!(fired[0].header("scheduled-at-offset"), Some("1"));
+    assert_eq!(fired[1].header("scheduled-at-offset"), Some("4"));
 
     let dead = read_topic(brokers, "in.dlq");
     let reasons: Vec<(Option<&str>, Option<&str>)> = dead
@@ -145,8 +132,8 @@ fn a_timer_fires_once_when_due_a_replaced_one_at_its_new_time_and_a_cancelled_on
     assert_eq!(
         reasons,
         [
-            (Some("5"), Some("invalid-timer")),
-            (Some("6"), Some("topic-not-allowed"))
+            (Some("6"), Some("invalid-timer")),
+            (Some("7"), Some("topic-not-allowed"))
         ]
     );
 }
@@ -339,7 +326,7 @@ fn a_store_outage_delays_timers_and_loses_none() {
     // store is down.
     let half = TIMERS / 2;
     let messages: Vec<_> = (0..half)
-        .map(|i| message("in", 0, "k", &format!("schedule t{i} 3000 fired {i}")))
+        .map(|i| message("in", 0, "k", &format!("schedule t{i} 5000 fired {i}")))
         .collect();
     broker.produce(&messages).unwrap();
     wait_until("the first half to be committed", || {
@@ -353,7 +340,7 @@ fn a_store_outage_delays_timers_and_loses_none() {
     wait_until("the host to meet the outage", || {
         log_of(&scratch, "host").contains("circuit breaker open")
     });
-    let due = sent_at(brokers)[half - 1] + 3000;
+    let due = sent_at(brokers)[half - 1] + 5000;
     wait_until("the first half to be due", || now_ms() > due + 500);
     assert_eq!(count(brokers, "fired"), 0, "fired while the store was down");
     assert_ne!(
@@ -519,4 +506,59 @@ fn replay_shows_schedule_and_cancel_in_canonical_form() {
         ]),
         "{out}"
     );
+}
+
+/// A timer whose record the producer refuses for good (larger than its
+/// `message.max.bytes`) is dead-lettered when due, with its own stage, and
+/// without the payload that made it too large; the timers after it fire.
+#[test]
+fn a_timer_that_cannot_be_published_is_dead_lettered_when_due() {
+    let scratch = Scratch::new();
+    let store = TestStore::new(StoreBackend::Sqlite, &scratch);
+    let broker = broker();
+    let brokers = broker.bootstrap_servers();
+    let big = "x".repeat(3000);
+    produce(
+        &broker,
+        &[
+            &format!("schedule big 200 fired {big}"),
+            "schedule small 400 fired s",
+        ],
+    );
+    let handlers = scratch.handlers(&[("test-timers", "0.1.0", &component("test-timers"))]);
+    let route = "[[routes]]\ntopic = \"in\"\nhandler = \"test-timers\"\npublish-to = [\"fired\"]\n";
+    let text = config(brokers, "refused", &handlers, route)
+        + "\n[kafka.producer]\n\"message.max.bytes\" = \"2000\"\n\n"
+        + &store.section();
+    let config = scratch.write("refused.toml", text);
+    let host = Host::start(&scratch, "host", &config, &[]);
+    wait_until("the small timer to fire", || count(brokers, "fired") >= 1);
+    wait_until("the big one to be dead-lettered", || {
+        count(brokers, "in.dlq") >= 1
+    });
+    stop(host);
+    let fired = read_topic(brokers, "fired");
+    assert_eq!(fired.len(), 1);
+    assert_eq!(fired[0].payload, "s");
+    let dead = read_topic(brokers, "in.dlq");
+    assert_eq!(dead.len(), 1, "{dead:?}");
+    let due = sent_at(brokers)[0] + 200;
+    for (name, value) in [
+        ("sluice-stage", "timer"),
+        ("sluice-reason", "record-too-large"),
+        ("sluice-timer-topic", "fired"),
+        ("sluice-payload-dropped", "3000"),
+        ("sluice-handler", "test-timers"),
+    ] {
+        assert_eq!(dead[0].header(name), Some(value), "{name} of {dead:?}");
+    }
+    assert_eq!(
+        dead[0].header("sluice-id"),
+        Some(format!("timer:in:big:{due}").as_str())
+    );
+    assert_eq!(dead[0].payload, "");
+    assert_eq!(dead[0].key.as_deref(), Some("k"));
+    // It is done with: not pending, so not fired again.
+    let listed = succeed(sluice().args(["timers", "--config"]).arg(&config));
+    assert!(listed.starts_with("0 pending"), "{listed}");
 }
