@@ -562,3 +562,35 @@ fn a_timer_that_cannot_be_published_is_dead_lettered_when_due() {
     let listed = succeed(sluice().args(["timers", "--config"]).arg(&config));
     assert!(listed.starts_with("0 pending"), "{listed}");
 }
+
+/// The JavaScript and Python builds of test-timers (through their contract
+/// helpers' `schedule` and `cancel`) replay to the Rust build's outputs.
+#[test]
+fn the_contract_helpers_of_javascript_and_python_make_the_same_timers() {
+    let scratch = Scratch::new();
+    let input = scratch.write(
+        "in.jsonl",
+        [
+            r#"{"topic":"in","key":"k","timestamp":1000,"payload":"schedule a 250 fired x y\ncancel b"}"#,
+            r#"{"topic":"in","key":"k","offset":7,"timestamp":2000,"payload":"at c 99999999999999 fired"}"#,
+            r#"{"topic":"in","timestamp":3000,"payload":"schedule  100 fired no-id\ncancel a"}"#,
+        ]
+        .join("\n"),
+    );
+    let replay = |component: &std::path::Path| {
+        succeed(
+            sluice()
+                .args(["replay", "--handler"])
+                .arg(component)
+                .arg("--input")
+                .arg(&input),
+        )
+    };
+    let rust = replay(&component("test-timers"));
+    assert_eq!(rust.lines().count(), 3, "{rust}");
+    assert!(rust.contains(r#""due":99999999999999"#), "{rust}");
+    for language in ["js", "python"] {
+        let built = guests().join(format!("target/{language}/test-timers.wasm"));
+        assert_eq!(replay(&built), rust, "{language}");
+    }
+}
