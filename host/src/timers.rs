@@ -7,9 +7,11 @@
 //! PostgreSQL), so that one host fires a timer at a time and a host that
 //! dies while firing leaves its claims to the others once the lease ends.
 //!
-//! The task sleeps until the soonest due time, woken early when this host
-//! schedules a timer, and asks the store at least every `timers.poll-ms`
-//! for what other hosts scheduled.
+//! The task claims timers a little before they are due (`HORIZON`) and
+//! publishes each at its due time, so that the store's round trips are not
+//! added to the lateness. In between it sleeps until the soonest pending
+//! timer is near, woken early when this host schedules one, and asks the
+//! store at least every `timers.poll-ms` for what other hosts scheduled.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -39,6 +41,8 @@ const HORIZON: Duration = Duration::from_millis(250);
 const VIEW_EVERY: Duration = Duration::from_secs(1);
 /// How many of the soonest timers they show.
 const SOONEST: usize = 10;
+/// How often finished rows older than `KEEP_FINISHED` are deleted.
+const PRUNE_EVERY: Duration = Duration::from_secs(3600);
 
 /// The pending timers as last counted: how many, and the soonest.
 #[derive(Debug, Clone, Default)]
@@ -62,8 +66,6 @@ impl Upcoming {
         serde_json::json!({ "pending": self.pending, "timers": timers })
     }
 }
-/// How often finished rows older than `KEEP_FINISHED` are deleted.
-const PRUNE_EVERY: Duration = Duration::from_secs(3600);
 
 /// What a route's timers fire with: its retry and breaker rules, and where
 /// a timer that cannot be published is dead-lettered.
@@ -80,9 +82,6 @@ pub(crate) struct Timers {
     breakers: Arc<Breakers>,
     telemetry: Arc<Telemetry>,
     routes: HashMap<String, RouteRules>,
-    /// For timers of a route no longer configured: the default rules, and
-    /// the default dead-letter topic.
-    fallback: fn(&str) -> RouteRules,
     /// Woken when this host scheduled a timer.
     scheduled: Notify,
     /// Firing never pauses a partition; breakers count it here.
@@ -121,11 +120,6 @@ impl Timers {
                 .iter()
                 .map(|route| (route.topic.clone(), rules(route)))
                 .collect(),
-            fallback: |route| RouteRules {
-                retry: RetryPolicy::default(),
-                breaker: BreakerPolicy::default(),
-                dead_letter_topic: format!("{route}.dlq"),
-            },
             scheduled: Notify::new(),
             waiting: Waiting::default(),
             settings,
@@ -319,11 +313,16 @@ impl Timers {
     /// Publishes one claimed timer within its route's rules, or
     /// dead-letters it when they give up: either way it is done with.
     async fn fire_one(&self, timer: Timer) -> Timer {
+        // A route no longer configured: the default rules and dead-letter topic.
         let fallback;
         let rules = match self.routes.get(&timer.route) {
             Some(rules) => rules,
             None => {
-                fallback = (self.fallback)(&timer.route);
+                fallback = RouteRules {
+                    retry: RetryPolicy::default(),
+                    breaker: BreakerPolicy::default(),
+                    dead_letter_topic: Route::default_dead_letter_topic(&timer.route),
+                };
                 &fallback
             }
         };

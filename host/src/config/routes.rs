@@ -213,7 +213,12 @@ impl Route {
     pub fn dead_letter_topic(&self) -> String {
         self.dead_letter_topic
             .clone()
-            .unwrap_or_else(|| format!("{}.dlq", self.topic))
+            .unwrap_or_else(|| Route::default_dead_letter_topic(&self.topic))
+    }
+
+    /// The dead-letter topic of a route on `topic` that names none.
+    pub(crate) fn default_dead_letter_topic(topic: &str) -> String {
+        format!("{topic}.dlq")
     }
 
     /// Checks what one route says on its own; `key` names a field of it.
