@@ -97,7 +97,8 @@ pub struct RunArgs {
     /// variables are the whole config (they are layered over a file too).
     #[arg(long, short, env = "SLUICE_CONFIG")]
     pub config: Option<PathBuf>,
-    /// Stop once every input is handled and committed (always so with
+    /// Stop once every input is handled and committed, and the timers due
+    /// within `timers.drain-within-ms` have fired (always so with
     /// `brokers = "embedded"`).
     #[arg(long)]
     pub until_drained: bool,

@@ -132,6 +132,7 @@ pub async fn run(
                 commit_every: config.commit_interval,
                 until_drained,
                 deadline: host.deadline,
+                timers: host.timers.clone(),
             };
             let transaction = host.transaction.clone();
             consume_kafka(source, lanes, &host.offsets, transaction, pace, shutdown).await
@@ -162,6 +163,7 @@ pub(crate) struct Host {
     stop_watching: watch::Sender<bool>,
     /// The OTLP export, when one is configured.
     otlp: Option<Exporter>,
+    timers: Arc<Timers>,
     /// The task firing timers; it ends after the stop, once the timers it
     /// claimed are fired.
     firing: tokio::task::JoinHandle<()>,
@@ -282,7 +284,7 @@ impl Host {
                 .timed(telemetry.phase(Phase::Handle).clone())
                 .within(budget.clone()),
             decider,
-            Effects::new(breakers, timers, telemetry.clone()),
+            Effects::new(breakers, timers.clone(), telemetry.clone()),
             shadows.clone(),
             telemetry.clone(),
         ));
@@ -297,6 +299,7 @@ impl Host {
             shadows,
             stop_watching,
             otlp,
+            timers,
             firing,
             deadline: config.shutdown_timeout,
         };
@@ -423,10 +426,12 @@ enum Event {
 struct Pace {
     /// How often finished offsets are committed (at the latest).
     commit_every: Duration,
-    /// Stop once everything is consumed and committed.
+    /// Stop once everything is consumed and committed, and no timer is
+    /// due soon.
     until_drained: bool,
     /// How long a stop waits for messages in flight.
     deadline: Duration,
+    timers: Arc<Timers>,
 }
 
 async fn consume_kafka(
@@ -441,6 +446,7 @@ async fn consume_kafka(
         commit_every,
         until_drained,
         deadline,
+        timers,
     } = pace;
     let committer = source.committer();
     let mut commits = Serial::new({
@@ -483,7 +489,10 @@ async fn consume_kafka(
             Event::MeasureLags => lags.start(),
             Event::LagsMeasured => lags.finish(),
             Event::CheckDrained => {
-                if offsets.in_flight() == 0 && is_drained(&committer).await {
+                if offsets.in_flight() == 0
+                    && is_drained(&committer).await
+                    && timers.none_due_soon().await
+                {
                     break Stop::Drained;
                 }
             }

@@ -169,6 +169,23 @@ impl Timers {
         view.as_ref().map(|(_, upcoming)| upcoming.clone())
     }
 
+    /// Whether no pending timer is due within `timers.drain-within-ms`
+    /// (for a run until drained); not when the store cannot say.
+    pub(crate) async fn none_due_soon(&self) -> bool {
+        if !self.store.may_hold_anything() {
+            return true;
+        }
+        let next = async { self.store.get().await?.next_due().await };
+        match next.await {
+            Ok(None) => true,
+            Ok(Some(due)) => due > now_ms() + self.settings.drain_within.as_millis() as u64,
+            Err(error) => {
+                tracing::debug!(%error, "timer drain check failed; will check again");
+                false
+            }
+        }
+    }
+
     /// How many timers are pending, and the `limit` soonest, from the
     /// store now.
     pub(crate) async fn list(&self, limit: usize) -> Result<Upcoming, StoreError> {

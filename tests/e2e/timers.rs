@@ -594,3 +594,29 @@ fn the_contract_helpers_of_javascript_and_python_make_the_same_timers() {
         assert_eq!(replay(&built), rust, "{language}");
     }
 }
+
+/// A run until drained also waits for the timers due within
+/// `timers.drain-within-ms` (10 s by default), and leaves later ones in the
+/// store for the next run.
+#[test]
+fn a_run_until_drained_fires_the_timers_due_soon_and_keeps_the_later_ones() {
+    let scratch = Scratch::new();
+    let store = TestStore::new(StoreBackend::Sqlite, &scratch);
+    let broker = broker();
+    let brokers = broker.bootstrap_servers();
+    produce(
+        &broker,
+        &["schedule soon 4000 fired s", "schedule later 60000 fired l"],
+    );
+    let config = timers_config(&scratch, brokers, "drained", &store);
+    Host::start(&scratch, "host", &config, &["--until-drained"]).wait_ok();
+    let fired: Vec<String> = read_topic(brokers, "fired")
+        .into_iter()
+        .map(|r| r.payload)
+        .collect();
+    assert_eq!(fired, ["s"]);
+    let listed = succeed(sluice().args(["timers", "--json", "--config"]).arg(&config));
+    let listed: serde_json::Value = serde_json::from_str(&listed).unwrap();
+    assert_eq!(listed["pending"], 1);
+    assert_eq!(listed["timers"][0]["id"], "later");
+}

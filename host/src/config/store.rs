@@ -142,6 +142,14 @@ pub struct TimerSettings {
     /// hosts scheduled.
     #[serde(rename = "poll-ms", with = "millis", default = "default_timer_poll")]
     pub poll: Duration,
+    /// A run until drained also waits for the pending timers due within
+    /// this of the moment its inputs drained; later ones stay in the store.
+    #[serde(
+        rename = "drain-within-ms",
+        with = "millis",
+        default = "default_timer_drain_within"
+    )]
+    pub drain_within: Duration,
 }
 
 impl Default for TimerSettings {
@@ -153,7 +161,8 @@ impl Default for TimerSettings {
 impl TimerSettings {
     pub(super) fn validate(&self) -> Checked {
         check_millis("timers.lease-ms", self.lease, 100, 3_600_000)?;
-        check_millis("timers.poll-ms", self.poll, 1, 60_000)
+        check_millis("timers.poll-ms", self.poll, 1, 60_000)?;
+        check_millis("timers.drain-within-ms", self.drain_within, 0, 3_600_000)
     }
 }
 
@@ -162,6 +171,9 @@ fn default_timer_lease() -> Duration {
 }
 fn default_timer_poll() -> Duration {
     Duration::from_millis(250)
+}
+fn default_timer_drain_within() -> Duration {
+    Duration::from_secs(10)
 }
 
 impl DeciderSettings {
