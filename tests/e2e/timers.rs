@@ -249,7 +249,9 @@ fn firings(brokers: &str, n: usize) -> Vec<usize> {
 /// Two hosts of one group on one PostgreSQL share 10,000 timers; one is
 /// killed while they fire. Every timer fires; a repeat is only possible for
 /// what the killed host had claimed (its lease, 2 s here, ran out and the
-/// other host took the claims over), which is at most one claim's batch.
+/// other host took the claims over): the batches it was firing, each
+/// marked fired only once all of it was published. At 10,000 over 3 s and
+/// a 250 ms horizon that is under two batches of 1024.
 #[test]
 fn two_hosts_on_postgres_fire_each_timer_once_and_one_killed_midway_loses_none() {
     const TIMERS: usize = 10_000;
@@ -294,8 +296,8 @@ fn two_hosts_on_postgres_fire_each_timer_once_and_one_killed_midway_loses_none()
         "a timer fired 3 times or more"
     );
     assert!(
-        repeated <= 512,
-        "{repeated} repeats: more than the killed host's one claim"
+        repeated <= 2048,
+        "{repeated} repeats: more than the killed host's claims"
     );
 }
 
