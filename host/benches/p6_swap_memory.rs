@@ -63,7 +63,7 @@ fn main() {
             after_first = rss();
         }
         if swap % 25 == 0 {
-            println!("after swap {swap}: RSS {:.1} MiB", mib(rss()));
+            println!("after swap {swap}: RSS {:.1} MiB", support::mib(rss()));
         }
     }
     let after_last = rss();
@@ -86,8 +86,8 @@ fn main() {
         "{SWAPS} swaps in {:.1} s, {sent} messages; {} compiled versions mapped at the end; host RSS after the first swap {:.1} MiB, after the last {:.1} MiB",
         started.elapsed().as_secs_f64(),
         artifacts.len(),
-        mib(after_first),
-        mib(after_last),
+        support::mib(after_first),
+        support::mib(after_last),
     );
     assert!(
         summary.contains(&format!("{SWAPS} handler version swaps")),
@@ -97,10 +97,6 @@ fn main() {
         "RESULT P6 {:.2} ratio",
         after_last as f64 / after_first as f64
     );
-}
-
-fn mib(bytes: u64) -> f64 {
-    bytes as f64 / (1 << 20) as f64
 }
 
 fn config_text(brokers: &str, handlers: &Path, scratch: &Path) -> String {

@@ -147,8 +147,8 @@ publish-to = ["fired"]
         "{store:?}: {TIMERS} timers scheduled in {:.1} s ({:.0}/s); lateness p50 {p50:.1} ms, p99 {p99:.1} ms, max {max:.1} ms; host RSS after the cancels {:.1} MiB, with all pending {:.1} MiB",
         scheduled_in.as_secs_f64(),
         TIMERS as f64 / scheduled_in.as_secs_f64(),
-        mib(before),
-        mib(after),
+        support::mib(before),
+        support::mib(after),
     );
     (p99, after as f64 / before as f64)
 }
@@ -229,8 +229,4 @@ fn now_ms() -> u64 {
         .duration_since(UNIX_EPOCH)
         .unwrap()
         .as_millis() as u64
-}
-
-fn mib(bytes: u64) -> f64 {
-    bytes as f64 / (1 << 20) as f64
 }

@@ -31,7 +31,7 @@ use std::time::Instant;
 use crate::config::{OnDeadLetter, Ordering, Route};
 use crate::contract::{Message, Output};
 use crate::decider::{DecideError, Decider};
-use crate::effects::{EffectError, Effects, Failure, Pending, RouteEffects, drive};
+use crate::effects::{EffectError, Effects, Failure, Pending, RouteEffects, admit_and_drive};
 use crate::exactly_once::Transaction;
 use crate::policy::{self, Disposition};
 use crate::registry::Selection;
@@ -468,7 +468,6 @@ impl Pipeline {
         let (handler, message) = (&job.handler, &job.delivery.message);
         let started = Instant::now();
         let breaker = self.effects.store_breaker(&route.effects);
-        let admission = breaker.admit(&partition.waiting).await;
         let attempt = || async {
             match self
                 .decider
@@ -480,7 +479,7 @@ impl Pipeline {
             }
         };
         let retry = (&route.effects.retry, &partition.waiting);
-        let driven = drive(&breaker, retry, admission, attempt(), attempt).await;
+        let driven = admit_and_drive(&breaker, retry, attempt).await;
         self.telemetry
             .phase(Phase::Decide)
             .observe(started.elapsed());

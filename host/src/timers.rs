@@ -22,7 +22,7 @@ use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore, watch};
 use crate::config::{BreakerPolicy, RetryPolicy, Route, TimerSettings};
 use crate::contract::{Header, Publish};
 use crate::effects::publish::Publisher;
-use crate::effects::{EffectError, Failure, drive};
+use crate::effects::{EffectError, Failure, admit_and_drive};
 use crate::policy::breaker::{Breakers, Waiting};
 use crate::store::timers::{KEEP_FINISHED, PendingTimer, Timer};
 use crate::store::{LazyStore, Store, StoreError, epoch_ms as now_ms};
@@ -196,19 +196,20 @@ impl Timers {
         self.store.get().await.map_err(transient)
     }
 
-    async fn with_store<F, Next>(
+    /// Runs a store write behind the store's breaker, within the route's
+    /// retry budget.
+    async fn with_store<T, Attempt, Next>(
         &self,
-        attempt: F,
+        attempt: Attempt,
         (retry, breaker): (&RetryPolicy, &BreakerPolicy),
         waiting: &Waiting,
-    ) -> Result<(), Failure>
+    ) -> Result<T, Failure>
     where
-        F: Fn() -> Next,
-        Next: Future<Output = Result<(), EffectError>>,
+        Attempt: FnMut() -> Next,
+        Next: Future<Output = Result<T, EffectError>>,
     {
         let breaker = self.breakers.store(breaker);
-        let admission = breaker.admit(waiting).await;
-        drive(&breaker, (retry, waiting), admission, attempt(), attempt).await
+        admit_and_drive(&breaker, (retry, waiting), attempt).await
     }
 
     /// Fires due timers until `stop` turns true, then lets the batches
@@ -346,16 +347,8 @@ impl Timers {
         let mut record = timer.record.clone();
         record.headers.push(Header::new(wire::ID, timer_id(&timer)));
         let breaker = self.breakers.topic(&record.topic, &rules.breaker);
-        let admission = breaker.admit(&self.waiting).await;
         let attempt = || self.publisher.publish(&record);
-        let published = drive(
-            &breaker,
-            (&rules.retry, &self.waiting),
-            admission,
-            attempt(),
-            attempt,
-        )
-        .await;
+        let published = admit_and_drive(&breaker, (&rules.retry, &self.waiting), attempt).await;
         let lateness = Duration::from_millis(now_ms().saturating_sub(timer.due));
         match published {
             Ok(_) => self.telemetry.timer_fired(lateness),

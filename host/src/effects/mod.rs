@@ -205,10 +205,8 @@ impl Effects {
                     let result = async {
                         let (url, host) = route.http.check(&request).map_err(|e| failure(e, 0))?;
                         let breaker = self.breakers.host(&host, &route.breaker);
-                        let admission = breaker.admit(waiting).await;
                         let attempt = || route.http.send(&url, &request, &id);
-                        let retry = (&route.retry, waiting);
-                        drive(&breaker, retry, admission, attempt(), attempt).await
+                        admit_and_drive(&breaker, (&route.retry, waiting), attempt).await
                     };
                     if let Err(failed) = result.instrument(span).await {
                         outcome = Err(failed);
@@ -521,6 +519,22 @@ where
             }
         }
     }
+}
+
+/// Drives an effect none of whose attempts has started yet: the first is
+/// admitted by the target's breaker too, then as `drive`.
+pub(crate) async fn admit_and_drive<T, Attempt, Next>(
+    breaker: &Breaker,
+    (policy, waiting): (&RetryPolicy, &Waiting),
+    mut attempt: Attempt,
+) -> Result<T, Failure>
+where
+    Attempt: FnMut() -> Next,
+    Next: Future<Output = Result<T, EffectError>>,
+{
+    let admission = breaker.admit(waiting).await;
+    let first = attempt();
+    drive(breaker, (policy, waiting), admission, first, attempt).await
 }
 
 fn failure(error: EffectError, attempts: u32) -> Failure {
