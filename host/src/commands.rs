@@ -13,7 +13,7 @@ use sluice::runtime::{Inspection, Runtime};
 use sluice::scaffold::{Language, scaffold};
 use sluice::source::range::Position;
 use sluice::store::LazyStore;
-use sluice::telemetry::Stop;
+use sluice::telemetry::{Stop, utc};
 use sluice::timers;
 
 use crate::cli::{
@@ -176,13 +176,12 @@ pub(crate) fn timers(args: TimersArgs) -> anyhow::Result<ExitCode> {
         writeln!(out, "{:<24} {:<32} {:<26} TOPIC", "ROUTE", "ID", "DUE")?;
     }
     for timer in &upcoming.soonest {
-        let due = std::time::UNIX_EPOCH + std::time::Duration::from_millis(timer.due);
         writeln!(
             out,
             "{:<24} {:<32} {:<26} {}",
             timer.route,
             timer.id,
-            humantime::format_rfc3339_millis(due).to_string(),
+            utc(timer.due),
             timer.topic
         )?;
     }

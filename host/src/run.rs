@@ -4,7 +4,7 @@
 
 use std::collections::HashMap;
 use std::future::Future;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -13,7 +13,8 @@ use tokio::sync::watch;
 use rdkafka::error::KafkaError;
 
 use crate::admin;
-use crate::config::{Config, DeliveryMode, Embedded, OtlpExport};
+use crate::config::{Config, DeliveryMode, OtlpExport};
+use crate::contract::Message;
 use crate::decider::Decider;
 use crate::effects::publish::Publisher;
 use crate::effects::{Effects, RouteEffects};
@@ -106,9 +107,12 @@ pub async fn run(
     options: RunOptions,
     shutdown: impl Future<Output = ()>,
 ) -> Result<RunReport, RunError> {
-    let embedded = match config.is_embedded() {
-        true => Some(start_embedded(config)?),
-        false => None,
+    let (embedded, seeds) = match config.is_embedded() {
+        true => {
+            let (broker, seeds) = start_embedded(config)?;
+            (Some(broker), seeds)
+        }
+        false => (None, Vec::new()),
     };
     let brokers = embedded
         .as_ref()
@@ -120,6 +124,12 @@ pub async fn run(
         None => Hold::UntilCommitted,
     };
     let (host, lanes) = Host::assemble(config, options, &brokers, hold, Serve::Admin).await?;
+    // Seeded once the handlers are compiled (seconds, for JavaScript and
+    // Python): a seed without timestamps gets the time the routes start
+    // from, so the timers its messages set are due as long after as they say.
+    if let Some(broker) = &embedded {
+        seed(broker, seeds)?;
+    }
     let outcome = match &config.source.file {
         Some(file) => {
             let path = config.resolve(file);
@@ -331,9 +341,10 @@ impl Host {
                 "stopped with messages unfinished; they will be redelivered"
             );
         }
+        let pending = self.timers.left_pending(self.deadline).await;
         outcome.map(|stop| {
             self.telemetry
-                .report(stop, unfinished, self.registry.swaps())
+                .report(stop, unfinished, self.registry.swaps(), pending)
         })
     }
 }
@@ -347,24 +358,34 @@ fn otlp_export(config: &Config) -> Option<OtlpExport> {
     })
 }
 
-/// Starts the embedded broker, creates the routes' topics and loads the seeds.
-fn start_embedded(config: &Config) -> Result<EmbeddedBroker, RunError> {
+/// The messages of one seed file.
+type Seed = (PathBuf, Vec<Message>);
+
+/// Starts the embedded broker, creates the routes' topics and reads the
+/// seeds (a bad line fails the run before anything starts).
+fn start_embedded(config: &Config) -> Result<(EmbeddedBroker, Vec<Seed>), RunError> {
     let settings = config.embedded.clone().unwrap_or_default();
     let broker = EmbeddedBroker::start()?;
     for route in &config.routes {
         broker.create_topic(&route.topic, settings.partitions)?;
         broker.create_topic(&route.dead_letter_topic(), 1)?;
     }
-    seed(config, &settings, &broker)?;
-    Ok(broker)
+    let seeds = settings
+        .seed
+        .iter()
+        .map(|file| {
+            let path = config.resolve(file);
+            let messages = JsonlReader::open(&path)?
+                .partition_by_key(settings.partitions)
+                .collect::<Result<Vec<_>, _>>()?;
+            Ok((path, messages))
+        })
+        .collect::<Result<_, RunError>>()?;
+    Ok((broker, seeds))
 }
 
-fn seed(config: &Config, settings: &Embedded, broker: &EmbeddedBroker) -> Result<(), RunError> {
-    for file in &settings.seed {
-        let path = config.resolve(file);
-        let messages = JsonlReader::open(&path)?
-            .partition_by_key(settings.partitions)
-            .collect::<Result<Vec<_>, _>>()?;
+fn seed(broker: &EmbeddedBroker, seeds: Vec<Seed>) -> Result<(), RunError> {
+    for (path, messages) in seeds {
         let count = broker.produce(&messages)?;
         tracing::info!(file = %path.display(), count, "seeded embedded broker");
     }

@@ -26,8 +26,8 @@ use crate::effects::{EffectError, Failure, admit_and_drive};
 use crate::policy::breaker::{Breakers, Waiting};
 use crate::store::timers::{KEEP_FINISHED, PendingTimer, Timer};
 use crate::store::{LazyStore, Store, StoreError, epoch_ms as now_ms};
-use crate::telemetry::Telemetry;
 use crate::telemetry::repeats::Repeats;
+use crate::telemetry::{PendingTimers, Record, Telemetry};
 use crate::wire;
 
 /// Timers claimed at once.
@@ -183,6 +183,22 @@ impl Timers {
                 tracing::debug!(%error, "timer drain check failed; will check again");
                 false
             }
+        }
+    }
+
+    /// How many timers the store holds pending at the end of a run, if it
+    /// can say within `deadline`.
+    pub(crate) async fn left_pending(&self, deadline: Duration) -> Option<PendingTimers> {
+        match tokio::time::timeout(deadline, self.list(1)).await {
+            Ok(Ok(upcoming)) => Some(PendingTimers {
+                count: upcoming.pending,
+                next_due: upcoming.soonest.first().map(|timer| timer.due),
+            }),
+            Ok(Err(error)) => {
+                tracing::warn!(%error, "cannot count the timers left pending");
+                None
+            }
+            Err(_) => None,
         }
     }
 
@@ -351,7 +367,18 @@ impl Timers {
         let published = admit_and_drive(&breaker, (&rules.retry, &self.waiting), attempt).await;
         let lateness = Duration::from_millis(now_ms().saturating_sub(timer.due));
         match published {
-            Ok(_) => self.telemetry.timer_fired(lateness),
+            Ok(landed) => {
+                self.telemetry.timer_fired(lateness);
+                if self.telemetry.keeps_records() {
+                    self.telemetry.keep(Record::Fired {
+                        route: timer.route.clone(),
+                        id: timer.id.clone(),
+                        due: timer.due,
+                        late: lateness,
+                        record: landed.of(&record),
+                    });
+                }
+            }
             Err(failed) => self.dead_letter(rules, &timer, record, failed).await,
         }
         timer

@@ -43,6 +43,7 @@ fn replay_prints_exactly_the_expected_outputs_of_the_shop_samples() {
     for (handler, topic) in [
         ("order-shipped-email", "order-shipped"),
         ("cancel-order", "order-cancel-requests"),
+        ("order-overdue", "orders"),
     ] {
         let output = sluice()
             .args(["replay", "--handler"])

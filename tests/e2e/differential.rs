@@ -17,11 +17,12 @@ use serde_json::{Map, Value};
 use crate::support::*;
 
 /// Each vector file and the handler version it specifies.
-const HANDLERS: [(&str, &str); 4] = [
+const HANDLERS: [(&str, &str); 5] = [
     ("order-shipped-email", "order-shipped-email/0.1.0.wasm"),
     ("cancel-order", "cancel-order/0.1.0.wasm"),
     ("cancel-order-decider", "cancel-order/0.2.0.wasm"),
     ("sku-coupon", "sku-coupon/0.1.0.wasm"),
+    ("order-overdue", "order-overdue/0.1.0.wasm"),
 ];
 
 /// splitmix64: small, and the same on every machine and every version of
@@ -343,8 +344,10 @@ fn cases(name: &str, rng: &mut Rng, count: usize) -> String {
         let (vector, base) = rng.pick(&bases);
         let mut line = Map::new();
         line.insert("topic".into(), vector["topic"].clone());
-        if let Some(key) = vector.get("key") {
-            line.insert("key".into(), key.clone());
+        for field in ["key", "timestamp"] {
+            if let Some(value) = vector.get(field) {
+                line.insert(field.into(), value.clone());
+            }
         }
         let payload = match rng.chance(90) {
             true => mutate(rng, base, &plausible, false),

@@ -308,10 +308,11 @@ fn the_status_page_shows_the_shop_as_it_runs_in_chromium() {
     let config = scratch.write("shop.toml", config(brokers, "shop", &dist(), &routes));
     let host = Host::start(&scratch, "host", &config, &[]);
     let admin = admin_address(&scratch, "host");
-    wait_until("the shop's dead letters", || {
+    wait_until("the shop's dead letters and its pending timers", || {
         status_of(&admin, "/metrics")
             .1
-            .contains("sluice_dead_letters_total 8")
+            .contains("sluice_dead_letters_total 10")
+            && status_of(&admin, "/").1.contains("o-3005")
     });
     let artifacts = repo().join("target/test-artifacts");
     std::fs::create_dir_all(&artifacts).unwrap();
@@ -340,6 +341,8 @@ fn the_status_page_shows_the_shop_as_it_runs_in_chromium() {
         "invalid-input",
         "none",
         "0 messages compared, 0 differed",
+        // o-3005's overdue alert is due in 48 hours.
+        "orders|o-3005|",
     ] {
         assert!(
             text.contains(expected),

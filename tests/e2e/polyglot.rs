@@ -13,11 +13,12 @@ use sluice::embedded::EmbeddedBroker;
 use crate::support::*;
 
 /// Each vector file and the handler version it specifies.
-const VECTORS: [(&str, &str); 4] = [
+const VECTORS: [(&str, &str); 5] = [
     ("order-shipped-email", "order-shipped-email/0.1.0.wasm"),
     ("cancel-order", "cancel-order/0.1.0.wasm"),
     ("cancel-order-decider", "cancel-order/0.2.0.wasm"),
     ("sku-coupon", "sku-coupon/0.1.0.wasm"),
+    ("order-overdue", "order-overdue/0.1.0.wasm"),
 ];
 
 fn replay(handler: &Path, vectors: &Path) -> Output {

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use super::State;
 use crate::registry::VersionState;
-use crate::telemetry::Phase;
+use crate::telemetry::{Phase, utc};
 
 /// Seconds between the page's refreshes.
 const REFRESH_SECONDS: u32 = 2;
@@ -49,13 +49,12 @@ fn timers(state: &State, html: &mut String) {
         upcoming.pending
     );
     for timer in &upcoming.soonest {
-        let due = std::time::UNIX_EPOCH + Duration::from_millis(timer.due);
         let _ = write!(
             html,
             "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
             escape(&timer.route),
             escape(&timer.id),
-            humantime::format_rfc3339_millis(due),
+            utc(timer.due),
             escape(&timer.topic),
         );
     }

@@ -239,6 +239,13 @@ impl Effects {
                         outcome = Err(failed);
                         break;
                     }
+                    self.keep(message, handler, |origin| Record::Scheduled {
+                        origin,
+                        output: index,
+                        id: timer.id,
+                        due: timer.due,
+                        topic: timer.record.topic,
+                    });
                 }
                 Output::Cancel(id) => {
                     let span = trace.output(index, None);
@@ -248,6 +255,11 @@ impl Effects {
                         outcome = Err(failed);
                         break;
                     }
+                    self.keep(message, handler, |origin| Record::Cancelled {
+                        origin,
+                        output: index,
+                        id,
+                    });
                 }
             }
         }
@@ -300,10 +312,23 @@ impl Effects {
     pub(crate) fn skip(&self, message: &Message, handler: &dyn Handler, detail: String) {
         tracing::info!(input = %message.id(), handler = handler.name(), %detail, "skipping message");
         self.telemetry.skipped();
-        self.telemetry.keep(Record::Skipped {
-            origin: Origin::new(message, handler.name(), handler.version()),
+        self.keep(message, handler, |origin| Record::Skipped {
+            origin,
             detail,
         });
+    }
+
+    /// Keeps a record of what `message` led to, if this run keeps them.
+    fn keep(
+        &self,
+        message: &Message,
+        handler: &dyn Handler,
+        record: impl FnOnce(Origin) -> Record,
+    ) {
+        if self.telemetry.keeps_records() {
+            let origin = Origin::new(message, handler.name(), handler.version());
+            self.telemetry.keep(record(origin));
+        }
     }
 
     fn pending(
@@ -444,11 +469,7 @@ fn account(
             Purpose::Output(output) => Record::Published {
                 origin,
                 output,
-                topic: record.topic.clone(),
-                partition: landed.partition,
-                offset: landed.offset,
-                key: record.key.clone(),
-                payload: record.payload.clone(),
+                record: landed.of(record),
             },
             Purpose::DeadLetter(dead, _) => Record::DeadLettered {
                 origin,

@@ -18,6 +18,7 @@ use crate::config::Config;
 use crate::contract::Publish;
 use crate::policy::retry::Backoff;
 use crate::source::offsets::TopicPartition;
+use crate::telemetry::Delivered;
 use crate::telemetry::client_logs::ProducerContext;
 use crate::wire::Reason;
 
@@ -62,6 +63,19 @@ pub(crate) enum CommitError {
 pub(crate) struct Landed {
     pub(crate) partition: i32,
     pub(crate) offset: i64,
+}
+
+impl Landed {
+    /// `record`, landed here, as the run report keeps it.
+    pub(crate) fn of(&self, record: &Publish) -> Delivered {
+        Delivered {
+            topic: record.topic.clone(),
+            partition: self.partition,
+            offset: self.offset,
+            key: record.key.clone(),
+            payload: record.payload.clone(),
+        }
+    }
 }
 
 impl Publisher {

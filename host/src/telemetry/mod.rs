@@ -51,6 +51,21 @@ impl Origin {
     }
 }
 
+/// A record the broker confirmed, as the run report shows it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Delivered {
+    /// Destination topic.
+    pub topic: String,
+    /// Partition it landed in.
+    pub partition: i32,
+    /// Offset it landed at.
+    pub offset: i64,
+    /// Record key.
+    pub key: Option<Vec<u8>>,
+    /// Record payload.
+    pub payload: Vec<u8>,
+}
+
 /// One thing a run did to the outside world.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Record {
@@ -60,16 +75,8 @@ pub enum Record {
         origin: Origin,
         /// Index of the output in the handler's list.
         output: usize,
-        /// Destination topic.
-        topic: String,
-        /// Partition it landed in.
-        partition: i32,
-        /// Offset it landed at.
-        offset: i64,
-        /// Record key.
-        key: Option<Vec<u8>>,
-        /// Record payload.
-        payload: Vec<u8>,
+        /// Where it landed.
+        record: Delivered,
     },
     /// The input was dead-lettered and the broker confirmed it.
     DeadLettered {
@@ -89,24 +96,75 @@ pub enum Record {
         /// Why.
         detail: String,
     },
+    /// A timer was written to the store (scheduled, or replaced).
+    Scheduled {
+        /// The input and handler.
+        origin: Origin,
+        /// Index of the output in the handler's list.
+        output: usize,
+        /// The timer's id, within its route.
+        id: String,
+        /// When it is due, in milliseconds since the Unix epoch.
+        due: u64,
+        /// The topic its record goes to.
+        topic: String,
+    },
+    /// A timer was cancelled (if it was pending).
+    Cancelled {
+        /// The input and handler.
+        origin: Origin,
+        /// Index of the output in the handler's list.
+        output: usize,
+        /// The timer's id, within its route.
+        id: String,
+    },
+    /// A timer fired: its record was published and the broker confirmed it.
+    Fired {
+        /// The route (input topic) whose handler scheduled it.
+        route: String,
+        /// The timer's id, within its route.
+        id: String,
+        /// When it was due, in milliseconds since the Unix epoch.
+        due: u64,
+        /// From its due time to the broker's confirmation.
+        late: std::time::Duration,
+        /// Where it landed.
+        record: Delivered,
+    },
+}
+
+/// Where a record goes in the report: after its input's earlier ones, and
+/// fired timers after every input, by due time.
+#[derive(PartialEq, Eq, PartialOrd, Ord)]
+enum Place<'a> {
+    Input(&'a str, i32, i64, usize),
+    Timer(u64, &'a str, &'a str),
 }
 
 impl Record {
-    fn origin(&self) -> &Origin {
+    fn origin(&self) -> Option<&Origin> {
         match self {
             Record::Published { origin, .. }
             | Record::DeadLettered { origin, .. }
-            | Record::Skipped { origin, .. } => origin,
+            | Record::Skipped { origin, .. }
+            | Record::Scheduled { origin, .. }
+            | Record::Cancelled { origin, .. } => Some(origin),
+            Record::Fired { .. } => None,
         }
     }
 
-    fn sort_key(&self) -> (&str, i32, i64, usize) {
-        let o = self.origin();
-        let index = match self {
-            Record::Published { output, .. } => *output,
-            _ => usize::MAX,
+    fn place(&self) -> Place<'_> {
+        let output = match self {
+            Record::Published { output, .. }
+            | Record::Scheduled { output, .. }
+            | Record::Cancelled { output, .. } => *output,
+            Record::Fired { route, id, due, .. } => return Place::Timer(*due, route, id),
+            Record::DeadLettered { .. } | Record::Skipped { .. } => usize::MAX,
         };
-        (&o.topic, o.partition, o.offset, index)
+        let o = self
+            .origin()
+            .expect("every record but a fired timer has an input");
+        Place::Input(&o.topic, o.partition, o.offset, output)
     }
 }
 
@@ -156,10 +214,34 @@ pub struct RunReport {
     pub swaps: u64,
     /// What deciders did.
     pub decider: DeciderCounts,
+    /// What this host did with timers, and what it left pending.
+    pub timers: TimerTotals,
     /// Individual records, when the run was asked to keep them.
     pub records: Vec<Record>,
     /// Why the run ended.
     pub stop: Stop,
+}
+
+/// Timers in a run's report.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct TimerTotals {
+    /// Timers this host wrote to the store (scheduled or replaced).
+    pub scheduled: u64,
+    /// Cancels this host wrote to the store.
+    pub cancelled: u64,
+    /// Timers this host fired.
+    pub fired: u64,
+    /// Timers left pending in the store, when it could say.
+    pub pending: Option<PendingTimers>,
+}
+
+/// The timers a store holds pending.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct PendingTimers {
+    /// How many.
+    pub count: u64,
+    /// The soonest one's due time, in milliseconds since the Unix epoch.
+    pub next_due: Option<u64>,
 }
 
 /// What readiness depends on beyond the registry and the breakers.
@@ -595,13 +677,20 @@ impl Telemetry {
         }
     }
 
-    pub(crate) fn report(&self, stop: Stop, unfinished: u64, swaps: u64) -> RunReport {
+    /// The run's report; `pending` is what the timer store holds at the end.
+    pub(crate) fn report(
+        &self,
+        stop: Stop,
+        unfinished: u64,
+        swaps: u64,
+        pending: Option<PendingTimers>,
+    ) -> RunReport {
         let mut records = self
             .records
             .as_ref()
             .map(|r| r.lock().expect("records lock").clone())
             .unwrap_or_default();
-        records.sort_by(|a, b| a.sort_key().cmp(&b.sort_key()));
+        records.sort_by(|a, b| a.place().cmp(&b.place()));
         RunReport {
             consumed: self.consumed.load(Ordering::Relaxed),
             succeeded: self.succeeded.load(Ordering::Relaxed),
@@ -613,6 +702,12 @@ impl Telemetry {
             shadow_differences: self.shadow_differences.load(Ordering::Relaxed),
             swaps,
             decider: self.decider.counts(),
+            timers: TimerTotals {
+                scheduled: self.timers.scheduled.load(Ordering::Relaxed),
+                cancelled: self.timers.cancelled.load(Ordering::Relaxed),
+                fired: self.timers.fired.load(Ordering::Relaxed),
+                pending,
+            },
             records,
             stop,
         }
@@ -637,6 +732,18 @@ impl std::fmt::Display for Readable<'_> {
                 base64::engine::general_purpose::STANDARD.encode(self.0)
             ),
         }
+    }
+}
+
+/// A time in milliseconds since the Unix epoch, as RFC 3339 (UTC). A
+/// handler may pick any time for a timer: past year 9999, which RFC 3339
+/// cannot write, it is written as the number.
+pub fn utc(ms: u64) -> String {
+    let time = std::time::UNIX_EPOCH + std::time::Duration::from_millis(ms);
+    let mut text = String::new();
+    match write!(text, "{}", humantime::format_rfc3339_millis(time)) {
+        Ok(()) => text,
+        Err(_) => format!("{ms} ms after 1970-01-01T00:00:00Z"),
     }
 }
 
@@ -685,30 +792,58 @@ impl RunReport {
                 self.shadow_compared, self.shadow_differences
             );
         }
-        let mut last_input = None;
+        let timers = &self.timers;
+        if timers.scheduled + timers.cancelled + timers.fired > 0
+            || timers.pending.is_some_and(|p| p.count > 0)
+        {
+            let mut line = format!(
+                "timers: {} scheduled, {} cancelled, {} fired",
+                timers.scheduled, timers.cancelled, timers.fired
+            );
+            if let Some(PendingTimers { count, next_due }) = timers.pending {
+                let _ = write!(line, ", {count} left pending");
+                if let Some(due) = next_due {
+                    let _ = write!(line, " (the next due {})", utc(due));
+                }
+            }
+            let _ = writeln!(out, "{line}");
+        }
+        let mut last_place = None;
         for record in &self.records {
-            let o = record.origin();
-            let input = (o.topic.as_str(), o.partition, o.offset);
-            if last_input != Some(input) {
-                let _ = writeln!(
-                    out,
-                    "\n{}[{}]@{}  ({} {})",
+            let heading = match (record.origin(), record) {
+                (Some(o), _) => format!(
+                    "{}[{}]@{}  ({} {})",
                     o.topic, o.partition, o.offset, o.handler, o.version
-                );
-                last_input = Some(input);
+                ),
+                (
+                    None,
+                    Record::Fired {
+                        route,
+                        id,
+                        due,
+                        late,
+                        ..
+                    },
+                ) => format!(
+                    "timer {id} of {route}  (due {}, fired {} ms late)",
+                    utc(*due),
+                    late.as_millis()
+                ),
+                (None, _) => unreachable!("only a fired timer has no input"),
+            };
+            if last_place.as_ref() != Some(&heading) {
+                // A timer's id is the handler's: it may not break a line either.
+                let _ = writeln!(out, "\n{}", log_format::Escaped(&heading));
+                last_place = Some(heading);
             }
             let line = match record {
-                Record::Published {
-                    topic,
-                    partition,
-                    offset,
-                    key,
-                    payload,
-                    ..
-                } => format!(
-                    "  published  → {topic}[{partition}]@{offset}  key={}  {}",
-                    key.as_deref().map_or("-".into(), readable),
-                    readable(payload)
+                Record::Published { record, .. } | Record::Fired { record, .. } => format!(
+                    "  published  → {}[{}]@{}  key={}  {}",
+                    record.topic,
+                    record.partition,
+                    record.offset,
+                    record.key.as_deref().map_or("-".into(), readable),
+                    readable(&record.payload)
                 ),
                 Record::DeadLettered {
                     topic,
@@ -717,10 +852,101 @@ impl RunReport {
                     ..
                 } => format!("  dead-letter → {topic}  {reason}: {detail}"),
                 Record::Skipped { detail, .. } => format!("  skipped  {detail}"),
+                Record::Scheduled { id, due, topic, .. } => {
+                    format!("  scheduled  timer {id}  due {}  → {topic}", utc(*due))
+                }
+                Record::Cancelled { id, .. } => format!("  cancelled  timer {id}"),
             };
             // Payloads and details are the handlers': none may break a line.
             let _ = writeln!(out, "{}", log_format::Escaped(&clip(&line, 240)));
         }
         out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn origin(offset: i64) -> Origin {
+        Origin {
+            topic: "orders".into(),
+            partition: 0,
+            offset,
+            handler: "h".into(),
+            version: "1.0.0".into(),
+        }
+    }
+
+    fn delivered(payload: &str) -> Delivered {
+        Delivered {
+            topic: "alerts".into(),
+            partition: 2,
+            offset: 5,
+            key: Some(b"k".to_vec()),
+            payload: payload.as_bytes().to_vec(),
+        }
+    }
+
+    #[test]
+    fn a_summary_shows_timers_under_their_inputs_and_fired_ones_after_every_input() {
+        let report = RunReport {
+            timers: TimerTotals {
+                scheduled: 1,
+                cancelled: 1,
+                fired: 1,
+                pending: Some(PendingTimers {
+                    count: 3,
+                    next_due: Some(1_767_225_600_000),
+                }),
+            },
+            records: vec![
+                Record::Scheduled {
+                    origin: origin(0),
+                    output: 0,
+                    id: "t-1".into(),
+                    due: 1_767_225_603_000,
+                    topic: "alerts".into(),
+                },
+                Record::Cancelled {
+                    origin: origin(1),
+                    output: 0,
+                    id: "t-2".into(),
+                },
+                // A handler's id may hold a line break: it breaks no line.
+                Record::Fired {
+                    route: "orders".into(),
+                    id: "t-1\nforged line".into(),
+                    due: 1_767_225_603_000,
+                    late: std::time::Duration::from_millis(12),
+                    record: delivered("late!"),
+                },
+            ],
+            ..RunReport::default()
+        };
+        let text = report.summary();
+        let lines: Vec<&str> = text.lines().filter(|l| !l.is_empty()).collect();
+        assert_eq!(
+            lines[1..],
+            [
+                "timers: 1 scheduled, 1 cancelled, 1 fired, 3 left pending (the next due 2026-01-01T00:00:00.000Z)",
+                "orders[0]@0  (h 1.0.0)",
+                "  scheduled  timer t-1  due 2026-01-01T00:00:03.000Z  → alerts",
+                "orders[0]@1  (h 1.0.0)",
+                "  cancelled  timer t-2",
+                "timer t-1\\nforged line of orders  (due 2026-01-01T00:00:03.000Z, fired 12 ms late)",
+                "  published  → alerts[2]@5  key=k  late!",
+            ],
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn a_time_past_what_rfc_3339_writes_is_written_as_its_number() {
+        assert_eq!(utc(0), "1970-01-01T00:00:00.000Z");
+        assert_eq!(
+            utc(u64::MAX),
+            "18446744073709551615 ms after 1970-01-01T00:00:00Z"
+        );
     }
 }
