@@ -44,11 +44,25 @@ export interface HttpRequest {
   body: Bytes;
 }
 
+/**
+ * A publish the host makes later, durably, at `due` (milliseconds since the
+ * Unix epoch, computed from the message, never from a clock). Scheduling a
+ * pending `id` again replaces it.
+ */
+export interface Schedule {
+  id: string;
+  due: bigint;
+  publish: Publish;
+}
+
 /** A side effect for the host to execute. */
 export type Output =
   | { tag: 'publish'; val: Publish }
   | { tag: 'log'; val: LogEntry }
-  | { tag: 'http'; val: HttpRequest };
+  | { tag: 'http'; val: HttpRequest }
+  | { tag: 'schedule'; val: Schedule }
+  /** Cancels the route's pending timer of this id, if there is one. */
+  | { tag: 'cancel'; val: string };
 
 /** Why a handler produced no outputs: throw one. */
 export type HandleError =
