@@ -331,7 +331,12 @@ fn host_headers_on_a_publish_are_the_hosts_alone() {
     );
     assert!(served.dead.is_empty(), "{:#?}", served.dead);
     let echoed = served.echoed();
-    let forged = &echoed[1];
+    only_the_hosts_headers(&echoed[1], "in/0/1/0");
+}
+
+/// A record bearing the abuse guest's forged headers: only the host's
+/// remain (`sluice-id` as given), and the handler's own.
+fn only_the_hosts_headers(forged: &Record, id: &str) {
     let values = |name: &str| -> Vec<&str> {
         forged
             .headers
@@ -340,7 +345,7 @@ fn host_headers_on_a_publish_are_the_hosts_alone() {
             .map(|(_, v)| v.as_str())
             .collect()
     };
-    assert_eq!(values("sluice-id"), ["in/0/1/0"], "{forged:?}");
+    assert_eq!(values("sluice-id"), [id], "{forged:?}");
     assert_eq!(values("sluice-handler"), ["hostile"]);
     assert_eq!(values("sluice-handler-version"), ["1.0.0"]);
     assert!(values("sluice-stage").is_empty(), "{forged:?}");
@@ -351,6 +356,30 @@ fn host_headers_on_a_publish_are_the_hosts_alone() {
         "{traceparent:?}"
     );
     assert_eq!(values("x-own"), ["kept"], "the handler's own headers stay");
+}
+
+/// A timer's record is kept for later: the headers only the host sets are
+/// dropped when it is scheduled, and the host's are on it when it fires.
+#[test]
+fn host_headers_on_a_timer_are_the_hosts_alone() {
+    let broker = EmbeddedBroker::start().unwrap();
+    let brokers = broker.bootstrap_servers();
+    broker.create_topic("in", 1).unwrap();
+    broker
+        .produce(&[input("k", "attack:timer-headers")])
+        .unwrap();
+    let scratch = Scratch::new();
+    let handlers = scratch.handlers(&[("hostile", "1.0.0", &abuse())]);
+    let routes = "[[routes]]\ntopic = \"in\"\nhandler = \"hostile\"\npublish-to = [\"echo\"]\n";
+    let config = scratch.write("timer.toml", config(brokers, "boundary", &handlers, routes));
+    // Until drained: it waits for the timer, due at once, to fire.
+    Host::start(&scratch, "host", &config, &["--until-drained"]).wait_ok();
+    let echoed = records(brokers, "echo");
+    assert_eq!(echoed.len(), 1, "{echoed:?}");
+    // Due at the message's time, which the broker gave it.
+    let due = read_topic(brokers, "in")[0].timestamp;
+    let id = format!("timer:in:forged:{due}");
+    only_the_hosts_headers(&echoed[0], &id);
 }
 
 #[test]

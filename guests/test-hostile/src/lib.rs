@@ -18,7 +18,7 @@ wit_bindgen::generate!({ world: "handler", path: "../../wit/archive/0.3.0" });
 use exports::sluice::handler::handle::Guest;
 use sluice::handler::types::{HandleError, Message, Output, Publish};
 #[cfg(feature = "abuse")]
-use sluice::handler::types::{Header, HttpMethod, HttpRequest};
+use sluice::handler::types::{Header, HttpMethod, HttpRequest, Schedule};
 #[cfg(any(feature = "many-outputs", feature = "abuse"))]
 use sluice::handler::types::{LogEntry, LogLevel};
 
@@ -197,12 +197,34 @@ fn attack(_: &Message, _: &str) -> Result<Vec<Output>, HandleError> {
 /// - `write:<bytes>`: one `write` of that many newlines to stdout, past
 ///   what check-write allows.
 #[cfg(feature = "abuse")]
-fn attack(msg: &Message, argument: &str) -> Result<Vec<Output>, HandleError> {
-    let (what, rest) = argument.split_once(':').unwrap_or((argument, ""));
-    let header = |name: &str, value: &str| Header {
+fn header(name: &str, value: &str) -> Header {
+    Header {
         name: name.into(),
         value: value.as_bytes().to_vec(),
-    };
+    }
+}
+
+/// Headers only the host may set, in several spellings, and one of the
+/// handler's own.
+#[cfg(feature = "abuse")]
+fn forged_headers() -> Vec<Header> {
+    vec![
+        header("sluice-id", "forged-id"),
+        header("sluice-handler", "forged-handler"),
+        header("sluice-handler-version", "9.9.9"),
+        header("SLUICE-ID", "forged-upper"),
+        header("Sluice-Stage", "forged-stage"),
+        header(
+            "traceparent",
+            "00-11111111111111111111111111111111-2222222222222222-01",
+        ),
+        header("x-own", "kept"),
+    ]
+}
+
+#[cfg(feature = "abuse")]
+fn attack(msg: &Message, argument: &str) -> Result<Vec<Output>, HandleError> {
+    let (what, rest) = argument.split_once(':').unwrap_or((argument, ""));
     let record = |topic: &str, key: Option<&str>, headers: Vec<Header>| {
         Output::Publish(Publish {
             topic: topic.into(),
@@ -244,22 +266,18 @@ fn attack(msg: &Message, argument: &str) -> Result<Vec<Output>, HandleError> {
                 ],
             )])
         }
-        "headers" => Ok(vec![record(
-            "echo",
-            Some("k"),
-            vec![
-                header("sluice-id", "forged-id"),
-                header("sluice-handler", "forged-handler"),
-                header("sluice-handler-version", "9.9.9"),
-                header("SLUICE-ID", "forged-upper"),
-                header("Sluice-Stage", "forged-stage"),
-                header(
-                    "traceparent",
-                    "00-11111111111111111111111111111111-2222222222222222-01",
-                ),
-                header("x-own", "kept"),
-            ],
-        )]),
+        "headers" => Ok(vec![record("echo", Some("k"), forged_headers())]),
+        // The same headers on a timer's record, due at once.
+        "timer-headers" => Ok(vec![Output::Schedule(Schedule {
+            id: "forged".into(),
+            due: msg.timestamp,
+            publish: Publish {
+                topic: "echo".into(),
+                key: Some(b"k".to_vec()),
+                payload: b"forged".to_vec(),
+                headers: forged_headers(),
+            },
+        })]),
         "http-headers" => Ok(vec![request(
             rest,
             vec![
