@@ -566,8 +566,9 @@ impl Pipeline {
             (None, true) => Outcome::Skipped,
             (None, false) => Outcome::Handled,
         };
+        let topic = &route.route.topic;
         self.telemetry
-            .ended(handler.name(), handler.version(), ended);
+            .ended(topic, handler.name(), handler.version(), ended);
         job.trace.span.record("outcome", ended.as_str());
         if let Some(dead) = dead {
             pending.push(self.dead_letter(route, partition, job, dead).await);

@@ -212,7 +212,7 @@ impl Host {
             transaction: transaction.as_ref(),
         };
         let routes = route_handlers(config, &registry, producers)?;
-        let telemetry = Arc::new(Telemetry::new(options.keep_records));
+        let telemetry = Arc::new(Telemetry::new(options.keep_records, &config.routes));
         let (stop_watching, stopped) = watch::channel(false);
         if config.watch_handlers {
             tokio::spawn(registry::watch(registry.clone(), stopped.clone()));

@@ -357,6 +357,166 @@ fn the_status_page_shows_the_shop_as_it_runs_in_chromium() {
     );
 }
 
+/// The points of `series`' lines in the chart `id` of a rendered page.
+fn chart_points(dom: &str, id: &str, series: &str) -> usize {
+    let start = dom.find(&format!("<figure id=\"{id}\"")).expect(id);
+    let figure = &dom[start..start + dom[start..].find("</figure>").unwrap()];
+    figure
+        .split("<polyline ")
+        .skip(1)
+        .filter(|line| line.contains(&format!("data-series=\"{series}\"")))
+        .map(|line| {
+            let points = &line[line.find("points=\"").unwrap() + 8..];
+            points[..points.find('"').unwrap()].split(' ').count()
+        })
+        .sum()
+}
+
+/// The number in `data-samples` of the chart `id`.
+fn chart_samples(dom: &str, id: &str) -> usize {
+    let start = dom
+        .find(&format!("<figure id=\"{id}\" data-samples=\""))
+        .expect(id);
+    let rest = &dom[start..];
+    let rest = &rest[rest.find("data-samples=\"").unwrap() + 14..];
+    rest[..rest.find('"').unwrap()].parse().unwrap()
+}
+
+#[test]
+fn the_status_page_charts_a_swap_a_dead_letter_burst_and_a_paused_routes_lag_in_chromium() {
+    let broker = EmbeddedBroker::start().unwrap();
+    let brokers = broker.bootstrap_servers();
+    broker.create_topic("in", 1).unwrap();
+    broker.create_topic("held", 1).unwrap();
+    let scratch = Scratch::new();
+    let handlers = scratch.handlers(&[("faults", "1.0.0", &component("test-faults"))]);
+    let routes = format!(
+        "[[routes]]\ntopic = \"in\"\nhandler = \"faults\"\npublish-to = [\"echo\"]\n\
+         [[routes]]\ntopic = \"held\"\nhandler = \"faults\"\npublish-to = [\"echo\"]\n\n\
+         [admin]\nlisten = \"0\"\ntoken = \"{TOKEN}\"\n"
+    );
+    let config = scratch.write("charts.toml", config(brokers, "charts", &handlers, &routes));
+    let host = Host::start(&scratch, "host", &config, &[]);
+    let admin = admin_address(&scratch, "host");
+    let history = || -> serde_json::Value {
+        let (status, body) = status_of(&admin, "/api/history");
+        assert_eq!(status, 200, "{body}");
+        serde_json::from_str(&body).unwrap()
+    };
+    let last_lag = |route: usize| {
+        history()["samples"]
+            .as_array()
+            .unwrap()
+            .last()
+            .map(|s| s["routes"][route]["lag"].clone())
+    };
+
+    let ok: Vec<_> = (0..20)
+        .map(|n| message("in", 0, "k", &format!("ok-{n}")))
+        .collect();
+    broker.produce(&ok).unwrap();
+    wait_until("the first messages", || count(brokers, "echo") == 20);
+    // A burst of dead letters.
+    let invalid: Vec<_> = (0..10).map(|_| message("in", 0, "k", "invalid")).collect();
+    broker.produce(&invalid).unwrap();
+    wait_until("the dead letters", || count(brokers, "in.dlq") == 10);
+
+    let (status, _) = http_post(&admin, "/routes/held/pause", Some(TOKEN));
+    assert_eq!(status, 200);
+    wait_until("a sample of the paused route before its backlog", || {
+        last_lag(1) == Some(serde_json::json!(0))
+    });
+    let backlog: Vec<_> = (0..30)
+        .map(|n| message("held", 0, "k", &format!("held-{n}")))
+        .collect();
+    broker.produce(&backlog).unwrap();
+    wait_until("the paused route's lag in a sample", || {
+        last_lag(1) == Some(serde_json::json!(30))
+    });
+
+    // A new version swaps in.
+    let copied_at = now_ms();
+    std::fs::copy(component("test-faults"), handlers.join("faults/1.1.0.wasm")).unwrap();
+    wait_until("a swap marker", || {
+        history()["markers"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|m| m["kind"] == "swap" && m["version"] == "1.1.0")
+    });
+
+    let (status, _) = http_post(&admin, "/routes/held/resume", Some(TOKEN));
+    assert_eq!(status, 200);
+    wait_until(
+        "the backlog handled and the lag drained in a sample",
+        || count(brokers, "echo") == 50 && last_lag(1) == Some(serde_json::json!(0)),
+    );
+
+    let artifacts = repo().join("target/test-artifacts");
+    std::fs::create_dir_all(&artifacts).unwrap();
+    let screenshot = artifacts.join("status-charts.png");
+    let _ = std::fs::remove_file(&screenshot);
+    let dom = render_in_chromium(&format!("http://{admin}/"), &screenshot);
+    let snapshot = history();
+    host.signal(libc::SIGTERM);
+    host.wait_ok();
+
+    // Every sample is a point of each route's throughput line.
+    let samples = chart_samples(&dom, "chart-handled");
+    assert!(samples >= 3, "{samples} samples");
+    assert_eq!(chart_points(&dom, "chart-handled", "in"), samples);
+    assert_eq!(chart_points(&dom, "chart-dead-letters", "in"), samples);
+    assert_eq!(chart_samples(&dom, "chart-lag"), samples);
+
+    // The burst is in the samples: 10 dead letters, every one counted once.
+    let samples = snapshot["samples"].as_array().unwrap();
+    // Counted per route, though both routes run one handler: the burst and
+    // the backlog each where they happened.
+    let total = |route: usize, field: &str| -> u64 {
+        samples
+            .iter()
+            .map(|s| s["routes"][route][field].as_u64().unwrap())
+            .sum()
+    };
+    assert_eq!(total(0, "dead_lettered"), 10, "{snapshot}");
+    assert_eq!(total(1, "dead_lettered"), 0, "{snapshot}");
+    assert_eq!(total(1, "handled"), 30, "{snapshot}");
+    // The paused route's lag rose to its backlog, then fell to nothing.
+    let lags: Vec<i64> = samples
+        .iter()
+        .filter_map(|s| s["routes"][1]["lag"].as_i64())
+        .collect();
+    let peak = lags
+        .iter()
+        .position(|lag| *lag == 30)
+        .expect("a sample at 30");
+    assert!(lags[..peak].contains(&0), "{lags:?}");
+    assert_eq!(lags.last(), Some(&0), "{lags:?}");
+    // The swap is marked at the sample that first saw it, on the page too.
+    let swap = snapshot["markers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|m| m["kind"] == "swap" && m["version"] == "1.1.0")
+        .unwrap();
+    let at = swap["at"].as_u64().unwrap();
+    assert!(
+        at >= copied_at,
+        "marked at {at}, before the copy at {copied_at}"
+    );
+    assert!(samples.iter().any(|s| s["at"] == at), "no sample at {at}");
+    assert!(
+        dom.contains(&format!("data-kind=\"swap\" data-at=\"{at}\"")),
+        "no swap marker at {at} on the page"
+    );
+    let png = std::fs::read(&screenshot).expect("a screenshot");
+    assert!(
+        png.starts_with(b"\x89PNG") && png.len() > 10_000,
+        "{} bytes",
+        png.len()
+    );
+}
+
 const TOKEN: &str = "test-token-0123456789";
 
 #[test]

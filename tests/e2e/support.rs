@@ -110,6 +110,14 @@ impl Scratch {
     }
 }
 
+/// Milliseconds since the Unix epoch, now.
+pub fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as u64
+}
+
 /// Config text for a host on `brokers` with quick group settings for tests.
 pub fn config(brokers: &str, group: &str, handlers: &Path, routes: &str) -> String {
     format!(

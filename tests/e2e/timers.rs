@@ -230,13 +230,6 @@ fn many_timers(broker: &EmbeddedBroker, n: usize, first_due: u64) {
     broker.produce(&messages).unwrap();
 }
 
-fn now_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_millis() as u64
-}
-
 /// How many times each of `n` timers fired.
 fn firings(brokers: &str, n: usize) -> Vec<usize> {
     let mut times = vec![0; n];

@@ -35,8 +35,12 @@ use crate::telemetry::{Health, Telemetry};
 use crate::timers::Timers;
 use crate::workers::budget::ByteBudget;
 
+mod charts;
+mod history;
 pub(crate) mod metrics;
 mod page;
+
+use history::History;
 
 /// What the endpoints read.
 #[derive(Clone)]
@@ -48,6 +52,8 @@ pub(crate) struct State {
     routes: Arc<Vec<(String, String)>>,
     /// The last sample of the per-version counts, for rates.
     sample: Arc<Mutex<Sample>>,
+    /// The last minutes, for the charts and `/api/history`.
+    history: Arc<History>,
 }
 
 /// Messages counted per version at an instant.
@@ -74,6 +80,9 @@ impl State {
         State {
             parts,
             token: token.map(Arc::from),
+            history: Arc::new(History::new(
+                routes.iter().map(|(topic, _)| topic.clone()).collect(),
+            )),
             routes: Arc::new(routes),
             sample: Arc::new(Mutex::new(Sample {
                 at: Instant::now(),
@@ -136,10 +145,16 @@ pub(crate) async fn bind(address: std::net::SocketAddr) -> std::io::Result<TcpLi
     Ok(listener)
 }
 
-/// Serves until `stop` turns true.
+/// Serves until `stop` turns true, sampling the host for the charts.
 pub(crate) async fn serve(listener: TcpListener, state: State, stop: watch::Receiver<bool>) {
+    let history = state.history.clone();
+    let sampling = tokio::spawn({
+        let (parts, stop) = (state.parts.clone(), stop.clone());
+        async move { history.sample(parts, stop).await }
+    });
     let app = Router::new()
         .route("/", get(status_page))
+        .route("/api/history", get(api_history))
         .route("/handlers", get(handlers))
         .route("/timers", get(timers))
         .route("/metrics", get(metrics::metrics))
@@ -155,6 +170,13 @@ pub(crate) async fn serve(listener: TcpListener, state: State, stop: watch::Rece
     {
         tracing::error!(%error, "admin server failed");
     }
+    sampling.abort();
+}
+
+/// The charts' samples and markers, as JSON.
+async fn api_history(Extract(state): Extract<State>) -> impl IntoResponse {
+    let body = serde_json::to_string(&state.history.snapshot()).expect("samples serialize");
+    ([(CONTENT_TYPE, "application/json")], body)
 }
 
 async fn status_page(Extract(state): Extract<State>) -> impl IntoResponse {

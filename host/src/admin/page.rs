@@ -7,18 +7,70 @@ use std::fmt::Write as _;
 use std::time::Duration;
 
 use super::State;
+use super::charts::{Series, escape, line_chart};
+use super::history::RouteSample;
 use crate::registry::VersionState;
 use crate::telemetry::{Phase, utc};
 
 /// Seconds between the page's refreshes.
 const REFRESH_SECONDS: u32 = 2;
 
-/// Text made safe for HTML.
-fn escape(text: &str) -> String {
-    text.replace('&', "&amp;")
-        .replace('<', "&lt;")
-        .replace('>', "&gt;")
-        .replace('"', "&quot;")
+/// The last minutes as charts: messages handled and dead-lettered per
+/// second and lag, per route; each stage's p99; with the swaps, rollbacks
+/// and opened breakers marked.
+fn charts(state: &State, html: &mut String) {
+    let history = state.history.snapshot();
+    let times: Vec<u64> = history.samples.iter().map(|s| s.at).collect();
+    let per_route = |value: &dyn Fn(&RouteSample) -> Option<f64>| -> Vec<Series> {
+        history
+            .routes
+            .iter()
+            .enumerate()
+            .map(|(index, topic)| Series {
+                name: topic.clone(),
+                values: history
+                    .samples
+                    .iter()
+                    .map(|sample| value(&sample.routes[index]))
+                    .collect(),
+            })
+            .collect()
+    };
+    let stages: Vec<Series> = history
+        .stages
+        .iter()
+        .enumerate()
+        .map(|(index, stage)| Series {
+            name: (*stage).to_owned(),
+            values: history
+                .samples
+                .iter()
+                .map(|sample| sample.stages[index].p99_ms)
+                .collect(),
+        })
+        .collect();
+    html.push_str("<h2>Last minutes</h2><div class=\"charts\">");
+    for (id, title, series) in [
+        (
+            "chart-handled",
+            "messages handled per second, per route",
+            per_route(&|r| Some(r.handled as f64)),
+        ),
+        (
+            "chart-dead-letters",
+            "dead letters per second, per route",
+            per_route(&|r| Some(r.dead_lettered as f64)),
+        ),
+        (
+            "chart-lag",
+            "lag (messages behind the end), per route",
+            per_route(&|r| r.lag.map(|lag| lag as f64)),
+        ),
+        ("chart-latency", "p99 latency per stage (ms)", stages),
+    ] {
+        html.push_str(&line_chart(id, title, &times, &series, &history.markers));
+    }
+    html.push_str("</div>");
 }
 
 fn millis(duration: Option<Duration>) -> String {
@@ -72,7 +124,9 @@ pub(super) fn render(state: &State) -> String {
          <title>sluice status</title><style>\
          body{{font-family:sans-serif;margin:1.5em}}table{{border-collapse:collapse;margin-bottom:1.5em}}\
          td,th{{border:1px solid #ccc;padding:.3em .6em;text-align:left}}\
-         .ok{{color:#060}}.bad{{color:#a00}}</style></head><body><h1>sluice</h1>"
+         .ok{{color:#060}}.bad{{color:#a00}}.charts{{display:flex;flex-wrap:wrap;gap:1em}}\
+         figure{{margin:0}}figcaption{{font-weight:bold}}.legend{{list-style:none;padding:0;margin:.2em 0;font-size:.85em}}\
+         .legend li{{display:inline;margin-right:1em}}</style></head><body><h1>sluice</h1>"
     );
     if unready.is_empty() {
         html.push_str("<p id=\"readiness\" class=\"ok\">ready</p>");
@@ -83,6 +137,8 @@ pub(super) fn render(state: &State) -> String {
             escape(&unready.join("; "))
         );
     }
+
+    charts(state, &mut html);
 
     html.push_str(
         "<h2>Routes</h2><table id=\"routes\"><tr><th>topic</th><th>handler</th>\

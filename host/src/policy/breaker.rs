@@ -321,6 +321,20 @@ impl Breakers {
         )
     }
 
+    /// Effect attempts retried so far, every target's.
+    pub(crate) fn retries(&self) -> u64 {
+        [&self.topics, &self.hosts, &self.store]
+            .into_iter()
+            .map(|map| {
+                map.lock()
+                    .expect("breakers lock")
+                    .values()
+                    .map(|b| b.retries.load(AtomicOrdering::Relaxed))
+                    .sum::<u64>()
+            })
+            .sum()
+    }
+
     /// The targets whose breaker is open or half-open, by name.
     pub(crate) fn not_closed(&self) -> Vec<String> {
         [&self.topics, &self.hosts, &self.store]

@@ -8,6 +8,27 @@ const BOUNDS: [f64; 14] = [
     0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0, 2.5, 10.0,
 ];
 
+/// Durations per bucket, as `Histogram::counts` reads them.
+pub(crate) type Counts = [u64; BOUNDS.len() + 1];
+
+/// The smallest bucket bound under which `quantile` of the durations
+/// counted fall (an upper estimate; `None` when none are).
+pub(crate) fn quantile_of(counts: &Counts, quantile: f64) -> Option<Duration> {
+    let count: u64 = counts.iter().sum();
+    if count == 0 {
+        return None;
+    }
+    let wanted = (count as f64 * quantile).ceil() as u64;
+    let mut seen = 0;
+    for (n, bound) in counts.iter().zip(BOUNDS) {
+        seen += n;
+        if seen >= wanted {
+            return Some(Duration::from_secs_f64(bound));
+        }
+    }
+    Some(Duration::from_secs_f64(BOUNDS[BOUNDS.len() - 1]))
+}
+
 /// Counts of observed durations per bucket, their sum and count.
 #[derive(Debug, Default)]
 pub struct Histogram {
@@ -36,19 +57,20 @@ impl Histogram {
     /// The smallest bucket bound under which `quantile` of the durations
     /// fall (an upper estimate; `None` before any).
     pub fn quantile(&self, quantile: f64) -> Option<Duration> {
-        let count = self.count();
-        if count == 0 {
-            return None;
+        quantile_of(&self.counts(), quantile)
+    }
+
+    /// Each bucket's own count (not cumulative), durations past the last
+    /// bound last: what `quantile_of` reads, and what two readings a while
+    /// apart subtract to give the durations recorded in between.
+    pub(crate) fn counts(&self) -> Counts {
+        let mut counts = [0; BOUNDS.len() + 1];
+        for (count, bucket) in counts.iter_mut().zip(&self.buckets) {
+            *count = bucket.load(Ordering::Relaxed);
         }
-        let wanted = (count as f64 * quantile).ceil() as u64;
-        let mut seen = 0;
-        for (bucket, bound) in self.buckets.iter().zip(BOUNDS) {
-            seen += bucket.load(Ordering::Relaxed);
-            if seen >= wanted {
-                return Some(Duration::from_secs_f64(bound));
-            }
-        }
-        Some(Duration::from_secs_f64(BOUNDS[BOUNDS.len() - 1]))
+        let bounded: u64 = counts.iter().sum();
+        counts[BOUNDS.len()] = self.count().saturating_sub(bounded);
+        counts
     }
 
     /// The sum of durations in seconds, their count, and each bucket's own

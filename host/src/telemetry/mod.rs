@@ -4,7 +4,7 @@
 pub(crate) mod client_logs;
 pub mod decider;
 pub(crate) mod exposition;
-mod histogram;
+pub(crate) mod histogram;
 mod log_format;
 pub mod otlp;
 pub(crate) mod repeats;
@@ -20,6 +20,7 @@ use std::sync::{Arc, Mutex};
 
 use base64::Engine as _;
 
+use crate::config::Route;
 use crate::contract::Message;
 use decider::{DeciderCounts, DeciderStats};
 use exposition::{Exposition, partition_labels, single, version_labels};
@@ -299,6 +300,9 @@ pub(crate) struct Telemetry {
     /// Messages by handler and version, counted per outcome. A short list:
     /// a run sees a few versions, and a lookup allocates nothing.
     by_version: Mutex<Vec<(String, String, [u64; Outcome::ALL.len()])>>,
+    /// Messages by route (input topic), counted per outcome: fixed at
+    /// start, so counting takes no lock.
+    by_route: Vec<(String, [AtomicU64; Outcome::ALL.len()])>,
     records: Option<Mutex<Vec<Record>>>,
     decider: Arc<DeciderStats>,
     /// Time spent per phase of a message's way.
@@ -389,9 +393,13 @@ impl Outcome {
 
 impl Telemetry {
     /// Counters only, or counters and every record.
-    pub(crate) fn new(keep_records: bool) -> Self {
+    pub(crate) fn new(keep_records: bool, routes: &[Route]) -> Self {
         Telemetry {
             records: keep_records.then(Mutex::default),
+            by_route: routes
+                .iter()
+                .map(|route| (route.topic.clone(), Default::default()))
+                .collect(),
             ..Telemetry::default()
         }
     }
@@ -417,6 +425,19 @@ impl Telemetry {
     }
 
     /// Messages by handler and version: handled, dead-lettered, skipped.
+    /// Messages per route and outcome (handled, dead-lettered, skipped).
+    pub(crate) fn by_route(&self) -> Vec<(&str, [u64; Outcome::ALL.len()])> {
+        self.by_route
+            .iter()
+            .map(|(topic, counts)| {
+                (
+                    topic.as_str(),
+                    std::array::from_fn(|i| counts[i].load(Ordering::Relaxed)),
+                )
+            })
+            .collect()
+    }
+
     pub(crate) fn by_version(&self) -> Vec<(String, String, [u64; 3])> {
         self.by_version.lock().expect("counts lock").clone()
     }
@@ -501,7 +522,11 @@ impl Telemetry {
     }
 
     /// Counts a message's outcome under the version that handled it.
-    pub(crate) fn ended(&self, handler: &str, version: &str, outcome: Outcome) {
+    /// Counts a message of route `topic` that `handler` `version` ended so.
+    pub(crate) fn ended(&self, topic: &str, handler: &str, version: &str, outcome: Outcome) {
+        if let Some((_, counts)) = self.by_route.iter().find(|(t, _)| t == topic) {
+            counts[outcome as usize].fetch_add(1, Ordering::Relaxed);
+        }
         let mut counts = self.by_version.lock().expect("counts lock");
         let index = match counts
             .iter()

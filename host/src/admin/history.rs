@@ -1,0 +1,410 @@
+//! The last minutes of a host, for the status page's charts and
+//! `/api/history`: one sample a second, the last 15 minutes of them, in a
+//! ring of fixed size (its memory does not grow with the run), and the
+//! moments a handler version went active, a canary was rolled back or a
+//! breaker opened.
+//!
+//! A task takes the samples; the page and the API only copy the ring, under
+//! its own lock, which nothing on the message path takes. Taking a sample
+//! reads the counters the message path writes (atomics), and, once a second,
+//! briefly, the registry's and the breakers' locks.
+
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::sync::Mutex;
+use std::time::Duration;
+
+use serde::Serialize;
+use tokio::sync::watch;
+
+use super::Parts;
+use crate::registry::VersionState;
+use crate::store::epoch_ms;
+use crate::telemetry::Phase;
+use crate::telemetry::histogram::{Counts, quantile_of};
+
+/// How often a sample is taken.
+pub(crate) const INTERVAL: Duration = Duration::from_secs(1);
+/// How many samples are kept: 15 minutes of them.
+pub(crate) const CAPACITY: usize = 900;
+/// How many markers are kept, at most (older ones than the oldest sample go
+/// first).
+const MAX_MARKERS: usize = 256;
+
+/// One second of a host.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub(crate) struct Sample {
+    /// When it was taken, in milliseconds since the Unix epoch.
+    pub(crate) at: u64,
+    /// Per route, in the config's order.
+    pub(crate) routes: Vec<RouteSample>,
+    /// Messages in flight when it was taken.
+    pub(crate) in_flight: u64,
+    /// Effect attempts retried during the second, every target's.
+    pub(crate) retries: u64,
+    /// Each stage's latency during the second, in `Phase::ALL`'s order.
+    pub(crate) stages: Vec<StageSample>,
+}
+
+/// One second of a route.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize)]
+pub(crate) struct RouteSample {
+    /// Messages it handled (every version of its handler) during the second.
+    pub(crate) handled: u64,
+    /// Messages it dead-lettered during the second.
+    pub(crate) dead_lettered: u64,
+    /// Messages behind the end on its assigned partitions, as last
+    /// measured; `None` with none assigned.
+    pub(crate) lag: Option<i64>,
+}
+
+/// A stage's latency over one second: bucket bounds (upper estimates), in
+/// milliseconds; `None` when nothing went through it.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize)]
+pub(crate) struct StageSample {
+    pub(crate) p50_ms: Option<f64>,
+    pub(crate) p99_ms: Option<f64>,
+}
+
+/// Something that happened, to mark on the charts' time axis.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub(crate) struct Marker {
+    /// When it was first seen (by the sample taken then), in milliseconds
+    /// since the Unix epoch.
+    pub(crate) at: u64,
+    #[serde(flatten)]
+    pub(crate) event: Event,
+}
+
+/// What a marker marks.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(tag = "kind", rename_all = "kebab-case")]
+pub(crate) enum Event {
+    /// A version became its handler's active one.
+    Swap { handler: String, version: String },
+    /// A canary was rolled back.
+    RolledBack { handler: String, version: String },
+    /// An effect target's breaker opened.
+    BreakerOpened { target: String },
+}
+
+/// What the ring holds, copied out.
+#[derive(Debug, Clone, Serialize)]
+pub(crate) struct Snapshot {
+    /// Milliseconds between samples.
+    pub(crate) interval_ms: u64,
+    /// The routes' topics, in the samples' order.
+    pub(crate) routes: Vec<String>,
+    /// The stages, in the samples' order.
+    pub(crate) stages: Vec<&'static str>,
+    /// Oldest first.
+    pub(crate) samples: Vec<Sample>,
+    /// Oldest first.
+    pub(crate) markers: Vec<Marker>,
+}
+
+/// The counters as read at one instant: running totals, which two readings
+/// turn into a sample.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct Reading {
+    pub(crate) at: u64,
+    /// Per route (topic): messages handled and dead-lettered.
+    pub(crate) routes: BTreeMap<String, (u64, u64)>,
+    /// Per topic: the lag of its assigned partitions.
+    pub(crate) lags: BTreeMap<String, i64>,
+    pub(crate) in_flight: u64,
+    pub(crate) retries: u64,
+    /// Per stage, in `Phase::ALL`'s order.
+    pub(crate) stages: Vec<Counts>,
+    /// Each handler's active version.
+    pub(crate) active: BTreeMap<String, String>,
+    /// Versions rolled back.
+    pub(crate) rolled_back: BTreeSet<(String, String)>,
+    /// Targets whose breaker is not closed.
+    pub(crate) open: BTreeSet<String>,
+}
+
+impl Reading {
+    /// Reads what the host's parts count now.
+    fn of(parts: &Parts) -> Reading {
+        let mut reading = Reading {
+            at: epoch_ms(),
+            in_flight: parts.offsets.in_flight() as u64,
+            retries: parts.breakers.retries(),
+            stages: Phase::ALL
+                .iter()
+                .map(|phase| parts.telemetry.phase(*phase).counts())
+                .collect(),
+            open: parts.breakers.not_closed().into_iter().collect(),
+            ..Reading::default()
+        };
+        for (topic, [handled, dead, _]) in parts.telemetry.by_route() {
+            reading.routes.insert(topic.to_owned(), (handled, dead));
+        }
+        for ((topic, _), lag) in parts.health.current_lags() {
+            *reading.lags.entry(topic).or_default() += lag;
+        }
+        for version in parts.registry.status() {
+            match version.state {
+                VersionState::Active => {
+                    reading.active.insert(version.handler, version.version);
+                }
+                VersionState::RolledBack { .. } => {
+                    reading
+                        .rolled_back
+                        .insert((version.handler, version.version));
+                }
+                _ => {}
+            }
+        }
+        reading
+    }
+}
+
+/// The ring, and the reading the next sample is counted from.
+pub(crate) struct History {
+    /// Each route's topic, in the config's order.
+    routes: Vec<String>,
+    ring: Mutex<Ring>,
+}
+
+#[derive(Default)]
+struct Ring {
+    samples: VecDeque<Sample>,
+    markers: VecDeque<Marker>,
+    last: Option<Reading>,
+}
+
+impl History {
+    pub(crate) fn new(routes: Vec<String>) -> History {
+        History {
+            routes,
+            ring: Mutex::new(Ring {
+                samples: VecDeque::with_capacity(CAPACITY),
+                ..Ring::default()
+            }),
+        }
+    }
+
+    /// Takes a sample a second until `stop` turns true.
+    pub(crate) async fn sample(&self, parts: Parts, mut stop: watch::Receiver<bool>) {
+        let mut tick = tokio::time::interval(INTERVAL);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = tick.tick() => self.record(Reading::of(&parts)),
+                _ = stop.wait_for(|stopped| *stopped) => return,
+            }
+        }
+    }
+
+    /// Adds the sample from the last reading to `now`, and the markers of
+    /// what changed in between. The first reading only sets the start.
+    pub(crate) fn record(&self, now: Reading) {
+        let mut ring = self.ring.lock().expect("history lock");
+        let Some(last) = ring.last.take() else {
+            ring.last = Some(now);
+            return;
+        };
+        let routes = self
+            .routes
+            .iter()
+            .map(|topic| {
+                let (handled, dead) = now.routes.get(topic).copied().unwrap_or_default();
+                let (handled_before, dead_before) =
+                    last.routes.get(topic).copied().unwrap_or_default();
+                RouteSample {
+                    handled: handled.saturating_sub(handled_before),
+                    dead_lettered: dead.saturating_sub(dead_before),
+                    lag: now.lags.get(topic).copied(),
+                }
+            })
+            .collect();
+        let stages = now
+            .stages
+            .iter()
+            .zip(&last.stages)
+            .map(|(now, before)| {
+                let mut during: Counts = *now;
+                for (n, b) in during.iter_mut().zip(before) {
+                    *n = n.saturating_sub(*b);
+                }
+                let ms = |q| quantile_of(&during, q).map(|d: Duration| d.as_secs_f64() * 1e3);
+                StageSample {
+                    p50_ms: ms(0.5),
+                    p99_ms: ms(0.99),
+                }
+            })
+            .collect();
+        let sample = Sample {
+            at: now.at,
+            routes,
+            in_flight: now.in_flight,
+            retries: now.retries.saturating_sub(last.retries),
+            stages,
+        };
+        let mut events = Vec::new();
+        for (handler, version) in &now.active {
+            if last.active.get(handler) != Some(version) {
+                events.push(Event::Swap {
+                    handler: handler.clone(),
+                    version: version.clone(),
+                });
+            }
+        }
+        for (handler, version) in now.rolled_back.difference(&last.rolled_back) {
+            events.push(Event::RolledBack {
+                handler: handler.clone(),
+                version: version.clone(),
+            });
+        }
+        for target in now.open.difference(&last.open) {
+            events.push(Event::BreakerOpened {
+                target: target.clone(),
+            });
+        }
+        if ring.samples.len() == CAPACITY {
+            ring.samples.pop_front();
+        }
+        ring.samples.push_back(sample);
+        let oldest = ring.samples.front().map_or(0, |s| s.at);
+        ring.markers
+            .extend(events.into_iter().map(|event| Marker { at: now.at, event }));
+        while ring
+            .markers
+            .front()
+            .is_some_and(|m| m.at < oldest || ring.markers.len() > MAX_MARKERS)
+        {
+            ring.markers.pop_front();
+        }
+        ring.last = Some(now);
+    }
+
+    /// A copy of the ring, for the page and the API.
+    pub(crate) fn snapshot(&self) -> Snapshot {
+        let ring = self.ring.lock().expect("history lock");
+        Snapshot {
+            interval_ms: INTERVAL.as_millis() as u64,
+            routes: self.routes.clone(),
+            stages: Phase::ALL.iter().map(|phase| phase.as_str()).collect(),
+            samples: ring.samples.iter().cloned().collect(),
+            markers: ring.markers.iter().cloned().collect(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn routes() -> Vec<String> {
+        vec!["orders".into(), "paused".into()]
+    }
+
+    fn reading(at: u64, handled: u64, dead: u64, version: &str) -> Reading {
+        let mut stages = vec![[0; 15]; Phase::ALL.len()];
+        // Handle: `handled` calls of up to 1 ms, and one of up to 100 ms.
+        stages[0][3] = handled;
+        stages[0][9] = 1;
+        Reading {
+            at,
+            routes: [("orders".to_owned(), (handled, dead))].into(),
+            lags: [("orders".to_owned(), 7)].into(),
+            in_flight: 2,
+            retries: handled / 10,
+            stages,
+            active: [("shop".to_owned(), version.to_owned())].into(),
+            ..Reading::default()
+        }
+    }
+
+    #[test]
+    fn a_sample_counts_what_happened_since_the_last_reading() {
+        let history = History::new(routes());
+        history.record(reading(1_000, 100, 1, "1.0.0"));
+        assert!(
+            history.snapshot().samples.is_empty(),
+            "the first only starts"
+        );
+        history.record(reading(2_000, 300, 4, "1.0.0"));
+        let snapshot = history.snapshot();
+        assert_eq!(
+            snapshot.samples,
+            [Sample {
+                at: 2_000,
+                routes: vec![
+                    RouteSample {
+                        handled: 200,
+                        dead_lettered: 3,
+                        lag: Some(7)
+                    },
+                    RouteSample::default(),
+                ],
+                in_flight: 2,
+                retries: 20,
+                stages: vec![
+                    StageSample {
+                        p50_ms: Some(1.0),
+                        p99_ms: Some(1.0)
+                    },
+                    StageSample::default(),
+                    StageSample::default(),
+                    StageSample::default(),
+                ],
+            }]
+        );
+        assert!(snapshot.markers.is_empty(), "{:?}", snapshot.markers);
+    }
+
+    #[test]
+    fn swaps_rollbacks_and_opened_breakers_are_marked_when_first_seen() {
+        let history = History::new(routes());
+        history.record(reading(1_000, 0, 0, "1.0.0"));
+        history.record(reading(2_000, 0, 0, "1.0.0"));
+        let mut swapped = reading(3_000, 0, 0, "2.0.0");
+        swapped.rolled_back.insert(("shop".into(), "3.0.0".into()));
+        swapped.open.insert("topic out".into());
+        history.record(swapped.clone());
+        swapped.at = 4_000;
+        history.record(swapped);
+        let markers = history.snapshot().markers;
+        assert_eq!(
+            markers,
+            [
+                Marker {
+                    at: 3_000,
+                    event: Event::Swap {
+                        handler: "shop".into(),
+                        version: "2.0.0".into()
+                    }
+                },
+                Marker {
+                    at: 3_000,
+                    event: Event::RolledBack {
+                        handler: "shop".into(),
+                        version: "3.0.0".into()
+                    }
+                },
+                Marker {
+                    at: 3_000,
+                    event: Event::BreakerOpened {
+                        target: "topic out".into()
+                    }
+                },
+            ]
+        );
+    }
+
+    #[test]
+    fn the_ring_keeps_the_last_fifteen_minutes_and_their_markers_only() {
+        let history = History::new(routes());
+        for second in 0..(CAPACITY as u64 + 100) {
+            let version = if second == 50 { "2.0.0" } else { "1.0.0" };
+            history.record(reading(second * 1_000, second, 0, version));
+        }
+        let snapshot = history.snapshot();
+        assert_eq!(snapshot.samples.len(), CAPACITY);
+        assert_eq!(snapshot.samples[0].at, 100_000);
+        // The swaps at 50 s and back at 51 s are older than every sample.
+        assert!(snapshot.markers.is_empty(), "{:?}", snapshot.markers);
+    }
+}
