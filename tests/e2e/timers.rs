@@ -412,7 +412,17 @@ fn pending_timers_are_listed_by_the_cli_the_admin_api_the_page_and_metrics(backe
     ] {
         assert!(metrics.contains(line), "no {line:?} in:\n{metrics}");
     }
+    // The charts' samples count them too.
+    wait_until("a sample to count the pending timers", || {
+        let history: serde_json::Value =
+            serde_json::from_str(&status_of(&admin, "/api/history").1).unwrap();
+        history["samples"]
+            .as_array()
+            .and_then(|samples| samples.last())
+            .is_some_and(|sample| sample["timers_pending"] == 3)
+    });
     let page = http_get(&admin, "/");
+    assert!(page.contains("<figure id=\"chart-timers\""), "{page}");
     assert!(
         page.contains("<p id=\"timers-pending\">3 pending</p>"),
         "{page}"

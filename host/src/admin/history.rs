@@ -43,6 +43,12 @@ pub(crate) struct Sample {
     pub(crate) retries: u64,
     /// Each stage's latency during the second, in `Phase::ALL`'s order.
     pub(crate) stages: Vec<StageSample>,
+    /// Timers pending in the store, as last counted (`None` before the
+    /// first count).
+    pub(crate) timers_pending: Option<u64>,
+    /// Timers this host fired during the second, and how late.
+    pub(crate) timers_fired: u64,
+    pub(crate) timer_lateness: StageSample,
 }
 
 /// One second of a route.
@@ -115,6 +121,9 @@ pub(crate) struct Reading {
     pub(crate) retries: u64,
     /// Per stage, in `Phase::ALL`'s order.
     pub(crate) stages: Vec<Counts>,
+    pub(crate) timers_pending: Option<u64>,
+    pub(crate) timers_fired: u64,
+    pub(crate) timer_lateness: Counts,
     /// Each handler's active version.
     pub(crate) active: BTreeMap<String, String>,
     /// Versions rolled back.
@@ -135,8 +144,12 @@ impl Reading {
                 .map(|phase| parts.telemetry.phase(*phase).counts())
                 .collect(),
             open: parts.breakers.not_closed().into_iter().collect(),
+            timers_pending: parts.timers.upcoming().map(|upcoming| upcoming.pending),
             ..Reading::default()
         };
+        let (fired, lateness) = parts.telemetry.timers_fired();
+        reading.timers_fired = fired;
+        reading.timer_lateness = lateness.counts();
         for (topic, [handled, dead, _]) in parts.telemetry.by_route() {
             reading.routes.insert(topic.to_owned(), (handled, dead));
         }
@@ -157,6 +170,19 @@ impl Reading {
             }
         }
         reading
+    }
+}
+
+/// The p50 and p99 of the durations counted between two readings.
+fn during(now: &Counts, before: &Counts) -> StageSample {
+    let mut between: Counts = *now;
+    for (n, b) in between.iter_mut().zip(before) {
+        *n = n.saturating_sub(*b);
+    }
+    let ms = |q| quantile_of(&between, q).map(|d: Duration| d.as_secs_f64() * 1e3);
+    StageSample {
+        p50_ms: ms(0.5),
+        p99_ms: ms(0.99),
     }
 }
 
@@ -223,17 +249,7 @@ impl History {
             .stages
             .iter()
             .zip(&last.stages)
-            .map(|(now, before)| {
-                let mut during: Counts = *now;
-                for (n, b) in during.iter_mut().zip(before) {
-                    *n = n.saturating_sub(*b);
-                }
-                let ms = |q| quantile_of(&during, q).map(|d: Duration| d.as_secs_f64() * 1e3);
-                StageSample {
-                    p50_ms: ms(0.5),
-                    p99_ms: ms(0.99),
-                }
-            })
+            .map(|(now, before)| during(now, before))
             .collect();
         let sample = Sample {
             at: now.at,
@@ -241,6 +257,9 @@ impl History {
             in_flight: now.in_flight,
             retries: now.retries.saturating_sub(last.retries),
             stages,
+            timers_pending: now.timers_pending,
+            timers_fired: now.timers_fired.saturating_sub(last.timers_fired),
+            timer_lateness: during(&now.timer_lateness, &last.timer_lateness),
         };
         let mut events = Vec::new();
         for (handler, version) in &now.active {
@@ -313,6 +332,10 @@ mod tests {
             retries: handled / 10,
             stages,
             active: [("shop".to_owned(), version.to_owned())].into(),
+            timers_pending: Some(4),
+            timers_fired: handled / 100,
+            // Every timer fired up to 250 µs late.
+            timer_lateness: std::array::from_fn(|i| if i == 1 { handled / 100 } else { 0 }),
             ..Reading::default()
         }
     }
@@ -350,6 +373,12 @@ mod tests {
                     StageSample::default(),
                     StageSample::default(),
                 ],
+                timers_pending: Some(4),
+                timers_fired: 2,
+                timer_lateness: StageSample {
+                    p50_ms: Some(0.25),
+                    p99_ms: Some(0.25)
+                },
             }]
         );
         assert!(snapshot.markers.is_empty(), "{:?}", snapshot.markers);

@@ -67,6 +67,30 @@ fn charts(state: &State, html: &mut String) {
             per_route(&|r| r.lag.map(|lag| lag as f64)),
         ),
         ("chart-latency", "p99 latency per stage (ms)", stages),
+        (
+            "chart-timers",
+            "timers pending",
+            vec![Series {
+                name: "pending".into(),
+                values: history
+                    .samples
+                    .iter()
+                    .map(|s| s.timers_pending.map(|n| n as f64))
+                    .collect(),
+            }],
+        ),
+        (
+            "chart-timer-lateness",
+            "timer lateness p99 (ms), from due to published",
+            vec![Series {
+                name: "lateness p99".into(),
+                values: history
+                    .samples
+                    .iter()
+                    .map(|s| s.timer_lateness.p99_ms)
+                    .collect(),
+            }],
+        ),
     ] {
         html.push_str(&line_chart(id, title, &times, &series, &history.markers));
     }
