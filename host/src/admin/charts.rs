@@ -14,6 +14,9 @@ const HEIGHT: f64 = 160.0;
 const LEFT: f64 = 48.0;
 const BOTTOM: f64 = 18.0;
 const TOP: f64 = 8.0;
+/// The most points a line has: about one per two pixels. Longer runs of
+/// samples are drawn by the largest of each group (a spike stays visible).
+const MAX_POINTS: usize = 300;
 const COLOURS: [&str; 8] = [
     "#1f77b4", "#d62728", "#2ca02c", "#ff7f0e", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f",
 ];
@@ -104,30 +107,37 @@ pub(super) fn line_chart(
         let name = escape(&line.name);
         // One polyline per unbroken run: no line across a gap. A run of one
         // point is drawn as a dot (the point twice, round caps).
-        let mut run: Vec<String> = Vec::new();
-        let flush = |run: &mut Vec<String>, svg: &mut String| {
-            if let [only] = run.as_slice() {
-                let again = only.clone();
-                run.push(again);
+        let mut run = String::new();
+        let mut points = 0;
+        let flush = |run: &mut String, points: &mut usize, svg: &mut String| {
+            if *points == 1 {
+                let again = run.clone();
+                run.push_str(&again);
             }
-            if !run.is_empty() {
+            if *points > 0 {
                 let _ = write!(
                     svg,
                     "<polyline class=\"series\" data-series=\"{name}\" fill=\"none\" \
                      stroke=\"{colour}\" stroke-width=\"1.5\" stroke-linecap=\"round\" \
                      points=\"{}\"><title>{name}</title></polyline>",
-                    run.join(" ")
+                    run.trim_end()
                 );
                 run.clear();
+                *points = 0;
             }
         };
-        for (at, value) in times.iter().zip(&line.values) {
-            match value {
-                Some(v) => run.push(format!("{:.1},{:.1}", x(*at), y(*v))),
-                None => flush(&mut run, &mut svg),
+        let group = times.len().div_ceil(MAX_POINTS);
+        for (at, values) in times.chunks(group).zip(line.values.chunks(group)) {
+            let largest = values.iter().flatten().copied().reduce(f64::max);
+            match largest {
+                Some(v) => {
+                    let _ = write!(run, "{:.1},{:.1} ", x(at[0]), y(v));
+                    points += 1;
+                }
+                None => flush(&mut run, &mut points, &mut svg),
             }
         }
-        flush(&mut run, &mut svg);
+        flush(&mut run, &mut points, &mut svg);
     }
     svg.push_str("</svg><ul class=\"legend\">");
     for (index, line) in series.iter().enumerate() {
@@ -217,6 +227,31 @@ mod tests {
             "{svg}"
         );
         assert!(svg.contains(">10<"), "the axis' top: {svg}");
+    }
+
+    #[test]
+    fn a_long_line_is_drawn_by_the_largest_of_each_group_of_samples() {
+        let times: Vec<u64> = (0..900).map(|s| 1_000 * s).collect();
+        let mut values = vec![Some(1.0); 900];
+        values[451] = Some(50.0);
+        let svg = line_chart(
+            "c",
+            "t",
+            &times,
+            &[Series {
+                name: "spiky".into(),
+                values,
+            }],
+            &[],
+        );
+        assert_eq!(points(&svg), [MAX_POINTS], "{svg}");
+        // The spike (groups of 3: sample 451 is in the group from 450).
+        let spike = format!(
+            "{:.1},{:.1}",
+            LEFT + 450.0 / 899.0 * (WIDTH - LEFT - 4.0),
+            TOP
+        );
+        assert!(svg.contains(&spike), "{spike} not in {svg}");
     }
 
     #[test]

@@ -4,8 +4,9 @@
 //! (OpenMetrics text, metrics.rs),
 //! `/healthz` (the process serves) and `/readyz` (the group is joined and no
 //! circuit breaker is open; every route has a version serving from start),
-//! and the status page at `/`. It listens where `[admin] listen` says (a
-//! bare port: on 127.0.0.1).
+//! and the status page at `/` with its charts of the last minutes, whose
+//! samples `/api/history` serves (history.rs). It listens where `[admin]
+//! listen` says (a bare port: on 127.0.0.1).
 //!
 //! Calls that change state need the configured token as a bearer token (and
 //! are refused when none is configured): `POST /routes/{topic}/pause` and

@@ -1,4 +1,5 @@
-//! The status page at `/`: every route and handler version with its state
+//! The status page at `/`: charts of the last minutes, then every route and
+//! handler version with its state
 //! and counts, latency, lag, open breakers, recent dead letters, timers and
 //! shadow differences. Plain server-rendered HTML that refreshes itself; no script,
 //! no build step.
