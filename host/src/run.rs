@@ -247,12 +247,12 @@ impl Host {
             budget: budget.clone(),
             timers: timers.clone(),
         };
-        let route_topics = config
-            .routes
-            .iter()
-            .map(|r| (r.topic.clone(), r.handler.clone()))
-            .collect();
-        let state = admin::State::new(parts, config.admin.token(), route_topics);
+        let state = admin::State::new(
+            parts,
+            config.admin.token(),
+            config.routes.clone(),
+            config.limits.clone(),
+        );
         let otlp = match serve {
             Serve::Admin => otlp_export(config).map(|export| {
                 let state = state.clone();

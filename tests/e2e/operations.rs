@@ -458,8 +458,55 @@ fn the_status_page_charts_a_swap_a_dead_letter_burst_and_a_paused_routes_lag_in_
     let _ = std::fs::remove_file(&screenshot);
     let dom = render_in_chromium(&format!("http://{admin}/"), &screenshot);
     let snapshot = history();
+    let handler_shot = artifacts.join("status-handler.png");
+    let _ = std::fs::remove_file(&handler_shot);
+    let handler_dom = render_in_chromium(&format!("http://{admin}/handlers/faults"), &handler_shot);
+    let (status, body) = status_of(&admin, "/api/handlers/faults");
+    assert_eq!(status, 200, "{body}");
+    let handler: serde_json::Value = serde_json::from_str(&body).unwrap();
+    let (status, _) = status_of(&admin, "/api/handlers/nobody");
+    assert_eq!(status, 404);
     host.signal(libc::SIGTERM);
     host.wait_ok();
+
+    // The overview links to the handler's page, which shows its versions,
+    // when each went active, its dead letters and what it may publish to.
+    assert!(
+        dom.contains("<a href=\"/handlers/faults\">faults</a>"),
+        "{dom}"
+    );
+    let text: String = handler_dom
+        .split('<')
+        .filter_map(|part| part.split_once('>').map(|(_, text)| text.trim()))
+        .filter(|text| !text.is_empty())
+        .collect::<Vec<_>>()
+        .join("|");
+    for expected in [
+        "in|echo|in.dlq|running",
+        "held|echo|held.dlq|running",
+        "1.0.0|standby|20|10|0",
+        "1.1.0|active|30|0|0",
+        "in/0/20|decode|invalid-input|invalid requested",
+        "deadline per call|1000 ms",
+    ] {
+        assert!(
+            text.contains(expected),
+            "the handler page lacks {expected:?}:\n{text}"
+        );
+    }
+    let swaps: Vec<(&str, u64)> = handler["swaps"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| (s["version"].as_str().unwrap(), s["at"].as_u64().unwrap()))
+        .collect();
+    assert_eq!(swaps.len(), 2, "{handler}");
+    assert_eq!(swaps[0].0, "1.0.0");
+    assert_eq!(
+        handler["dead_letters"].as_array().unwrap().len(),
+        10,
+        "{handler}"
+    );
 
     // Every sample is a point of each route's throughput line.
     let samples = chart_samples(&dom, "chart-handled");
@@ -509,6 +556,7 @@ fn the_status_page_charts_a_swap_a_dead_letter_burst_and_a_paused_routes_lag_in_
         dom.contains(&format!("data-kind=\"swap\" data-at=\"{at}\"")),
         "no swap marker at {at} on the page"
     );
+    assert_eq!(swaps[1], ("1.1.0", at), "the page's swap is the chart's");
     let png = std::fs::read(&screenshot).expect("a screenshot");
     assert!(
         png.starts_with(b"\x89PNG") && png.len() > 10_000,

@@ -197,6 +197,9 @@ pub(crate) struct History {
 struct Ring {
     samples: VecDeque<Sample>,
     markers: VecDeque<Marker>,
+    /// Every swap since the host started, whatever its age (the last
+    /// `MAX_MARKERS`), for the handlers' pages.
+    swaps: VecDeque<Marker>,
     last: Option<Reading>,
 }
 
@@ -228,6 +231,16 @@ impl History {
     pub(crate) fn record(&self, now: Reading) {
         let mut ring = self.ring.lock().expect("history lock");
         let Some(last) = ring.last.take() else {
+            // What is active at start went active then, as far as this host knows.
+            for (handler, version) in &now.active {
+                ring.swaps.push_back(Marker {
+                    at: now.at,
+                    event: Event::Swap {
+                        handler: handler.clone(),
+                        version: version.clone(),
+                    },
+                });
+            }
             ring.last = Some(now);
             return;
         };
@@ -286,8 +299,16 @@ impl History {
         }
         ring.samples.push_back(sample);
         let oldest = ring.samples.front().map_or(0, |s| s.at);
-        ring.markers
-            .extend(events.into_iter().map(|event| Marker { at: now.at, event }));
+        for event in events {
+            let marker = Marker { at: now.at, event };
+            if matches!(marker.event, Event::Swap { .. }) {
+                if ring.swaps.len() == MAX_MARKERS {
+                    ring.swaps.pop_front();
+                }
+                ring.swaps.push_back(marker.clone());
+            }
+            ring.markers.push_back(marker);
+        }
         while ring
             .markers
             .front()
@@ -296,6 +317,12 @@ impl History {
             ring.markers.pop_front();
         }
         ring.last = Some(now);
+    }
+
+    /// The swaps since the host started (the last 256), oldest first.
+    pub(crate) fn swaps(&self) -> Vec<Marker> {
+        let ring = self.ring.lock().expect("history lock");
+        ring.swaps.iter().cloned().collect()
     }
 
     /// A copy of the ring, for the page and the API.
@@ -395,6 +422,16 @@ mod tests {
         history.record(swapped.clone());
         swapped.at = 4_000;
         history.record(swapped);
+        let swaps: Vec<(u64, String)> = history
+            .swaps()
+            .into_iter()
+            .filter_map(|m| match m.event {
+                Event::Swap { version, .. } => Some((m.at, version)),
+                _ => None,
+            })
+            .collect();
+        // What was active at the first reading counts as gone active then.
+        assert_eq!(swaps, [(1_000, "1.0.0".into()), (3_000, "2.0.0".into())]);
         let markers = history.snapshot().markers;
         assert_eq!(
             markers,

@@ -120,9 +120,9 @@ pub(crate) fn expose(state: &State, metrics: &mut Exposition<'_>) -> std::fmt::R
     metrics.gauge(
         "sluice_route_paused",
         "Whether an operator paused the route.",
-        state.routes.iter().map(|(topic, _)| {
-            let paused = i64::from(parts.controls.is_paused(topic));
-            (vec![("topic", topic.clone())], paused)
+        state.routes.iter().map(|route| {
+            let paused = i64::from(parts.controls.is_paused(&route.topic));
+            (vec![("topic", route.topic.clone())], paused)
         }),
     )?;
     metrics.gauge(

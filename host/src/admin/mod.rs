@@ -27,6 +27,7 @@ use serde::Deserialize;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
+use crate::config::{Limits, Route};
 use crate::policy::breaker::Breakers;
 use crate::registry::{Registry, stopped};
 use crate::schedule::Controls;
@@ -37,6 +38,7 @@ use crate::timers::Timers;
 use crate::workers::budget::ByteBudget;
 
 mod charts;
+mod handler_page;
 mod history;
 pub(crate) mod metrics;
 mod page;
@@ -49,8 +51,10 @@ pub(crate) struct State {
     parts: Parts,
     /// What state-changing calls must carry; none: they are refused.
     token: Option<Arc<str>>,
-    /// Each route's topic and handler, for the status page.
-    routes: Arc<Vec<(String, String)>>,
+    /// The routes, for the pages.
+    routes: Arc<Vec<Route>>,
+    /// The limits handlers run under, for their pages.
+    limits: Arc<Limits>,
     /// The last sample of the per-version counts, for rates.
     sample: Arc<Mutex<Sample>>,
     /// The last minutes, for the charts and `/api/history`.
@@ -77,14 +81,20 @@ pub(crate) struct Parts {
 }
 
 impl State {
-    pub(crate) fn new(parts: Parts, token: Option<String>, routes: Vec<(String, String)>) -> Self {
+    pub(crate) fn new(
+        parts: Parts,
+        token: Option<String>,
+        routes: Vec<Route>,
+        limits: Limits,
+    ) -> Self {
         State {
             parts,
             token: token.map(Arc::from),
             history: Arc::new(History::new(
-                routes.iter().map(|(topic, _)| topic.clone()).collect(),
+                routes.iter().map(|route| route.topic.clone()).collect(),
             )),
             routes: Arc::new(routes),
+            limits: Arc::new(limits),
             sample: Arc::new(Mutex::new(Sample {
                 at: Instant::now(),
                 totals: Vec::new(),
@@ -156,6 +166,8 @@ pub(crate) async fn serve(listener: TcpListener, state: State, stop: watch::Rece
     let app = Router::new()
         .route("/", get(status_page))
         .route("/api/history", get(api_history))
+        .route("/handlers/{name}", get(handler_page))
+        .route("/api/handlers/{name}", get(api_handler))
         .route("/handlers", get(handlers))
         .route("/timers", get(timers))
         .route("/metrics", get(metrics::metrics))
@@ -172,6 +184,38 @@ pub(crate) async fn serve(listener: TcpListener, state: State, stop: watch::Rece
         tracing::error!(%error, "admin server failed");
     }
     sampling.abort();
+}
+
+/// A handler's page; 404 when no route runs it.
+async fn handler_page(Extract(state): Extract<State>, Path(name): Path<String>) -> Response {
+    match handler_page::view(&state, &name) {
+        Some(view) => (
+            [(CONTENT_TYPE, "text/html; charset=utf-8")],
+            handler_page::render(&view),
+        )
+            .into_response(),
+        None => (
+            StatusCode::NOT_FOUND,
+            format!("no route runs handler {name:?}\n"),
+        )
+            .into_response(),
+    }
+}
+
+/// What a handler's page shows, as JSON.
+async fn api_handler(Extract(state): Extract<State>, Path(name): Path<String>) -> Response {
+    match handler_page::view(&state, &name) {
+        Some(view) => (
+            [(CONTENT_TYPE, "application/json")],
+            serde_json::to_string(&view).expect("a view serializes"),
+        )
+            .into_response(),
+        None => (
+            StatusCode::NOT_FOUND,
+            format!("no route runs handler {name:?}\n"),
+        )
+            .into_response(),
+    }
 }
 
 /// The charts' samples and markers, as JSON.

@@ -9,8 +9,8 @@ use std::time::Duration;
 
 use super::State;
 use super::charts::{Series, escape, line_chart};
+use super::handler_page::describe;
 use super::history::RouteSample;
-use crate::registry::VersionState;
 use crate::telemetry::{Phase, utc};
 
 /// Seconds between the page's refreshes.
@@ -170,7 +170,8 @@ pub(super) fn render(state: &State) -> String {
          <th>state</th><th>parked keys</th></tr>",
     );
     let parked = state.parts.controls.parked_keys();
-    for (topic, handler) in state.routes.iter() {
+    for route in state.routes.iter() {
+        let (topic, handler) = (&route.topic, &route.handler);
         let (class, running) = match state.parts.controls.is_paused(topic) {
             true => ("bad", "paused"),
             false => ("ok", "running"),
@@ -182,9 +183,10 @@ pub(super) fn render(state: &State) -> String {
             .sum();
         let _ = write!(
             html,
-            "<tr><td>{}</td><td>{}</td><td class=\"{class}\">{running}</td><td>{keys}</td></tr>",
+            "<tr><td>{}</td><td><a href=\"/handlers/{handler}\">{handler}</a></td>\
+             <td class=\"{class}\">{running}</td><td>{keys}</td></tr>",
             escape(topic),
-            escape(handler)
+            handler = escape(handler)
         );
     }
     html.push_str("</table>");
@@ -196,14 +198,7 @@ pub(super) fn render(state: &State) -> String {
     let counts = state.parts.telemetry.by_version();
     let rates = state.rates(&counts);
     for version in state.parts.registry.status() {
-        let (label, detail) = match &version.state {
-            VersionState::Active => ("active".to_owned(), String::new()),
-            VersionState::Canary { percent } => (format!("canary {percent}%"), String::new()),
-            VersionState::Shadow => ("shadow".to_owned(), String::new()),
-            VersionState::Standby => ("standby".to_owned(), String::new()),
-            VersionState::Rejected { reason } => ("rejected".to_owned(), reason.clone()),
-            VersionState::RolledBack { reason } => ("rolled back".to_owned(), reason.clone()),
-        };
+        let (label, detail) = describe(&version.state);
         let counted = counts
             .iter()
             .find(|(h, v, _)| *h == version.handler && *v == version.version)
