@@ -266,6 +266,15 @@ fn replay_reads_a_topic_range_by_offset_or_time_and_compares_two_versions() {
     assert!(said.contains("reading nope"), "{said}");
 }
 
+/// The text Chromium laid out, tag by tag, joined by `|`.
+fn rendered_text(dom: &str) -> String {
+    dom.split('<')
+        .filter_map(|part| part.split_once('>').map(|(_, text)| text.trim()))
+        .filter(|text| !text.is_empty())
+        .collect::<Vec<_>>()
+        .join("|")
+}
+
 /// Renders a page in headless Chromium: its DOM after load, and a
 /// screenshot saved as a test artifact.
 fn render_in_chromium(url: &str, screenshot: &std::path::Path) -> String {
@@ -323,12 +332,7 @@ fn the_status_page_shows_the_shop_as_it_runs_in_chromium() {
     host.wait_ok();
 
     // Rendered, not just served: the text Chromium laid out, tag by tag.
-    let text: String = dom
-        .split('<')
-        .filter_map(|part| part.split_once('>').map(|(_, text)| text.trim()))
-        .filter(|text| !text.is_empty())
-        .collect::<Vec<_>>()
-        .join("|");
+    let text = rendered_text(&dom);
     for expected in [
         "ready",
         "order-shipped|order-shipped-email",
@@ -475,12 +479,7 @@ fn the_status_page_charts_a_swap_a_dead_letter_burst_and_a_paused_routes_lag_in_
         dom.contains("<a href=\"/handlers/faults\">faults</a>"),
         "{dom}"
     );
-    let text: String = handler_dom
-        .split('<')
-        .filter_map(|part| part.split_once('>').map(|(_, text)| text.trim()))
-        .filter(|text| !text.is_empty())
-        .collect::<Vec<_>>()
-        .join("|");
+    let text = rendered_text(&handler_dom);
     for expected in [
         "in|echo|in.dlq|running",
         "held|echo|held.dlq|running",
