@@ -400,10 +400,16 @@ fn pending_timers_are_listed_by_the_cli_the_admin_api_the_page_and_metrics(backe
     let one = json("/timers?limit=1");
     assert_eq!(one["pending"], 3);
     assert_eq!(one["timers"].as_array().unwrap().len(), 1);
-    // The page and the gauge show what the firing task last counted.
-    wait_until("the gauge to count the pending timers", || {
-        http_get(&admin, "/metrics").contains("sluice_timers_pending 3")
+    // The page and the gauge show what the firing task last counted: once
+    // it counted after the last input (an earlier count, before the cancel
+    // and `never`, was 3 as well), the page lists `never` and not `gone`.
+    let never = format!("{} ms after 1970-01-01T00:00:00Z", i64::MAX);
+    wait_until("the page to list the pending timers as they are", || {
+        let page = http_get(&admin, "/");
+        page.contains(&format!("<td>{never}</td>")) && !page.contains("<td>gone</td>")
     });
+    let counted = now_ms();
+    assert!(http_get(&admin, "/metrics").contains("sluice_timers_pending 3"));
     let metrics = http_get(&admin, "/metrics");
     for line in [
         "sluice_timers_scheduled_total 4",
@@ -413,14 +419,23 @@ fn pending_timers_are_listed_by_the_cli_the_admin_api_the_page_and_metrics(backe
         assert!(metrics.contains(line), "no {line:?} in:\n{metrics}");
     }
     // The charts' samples count them too.
-    wait_until("a sample to count the pending timers", || {
+    wait_until("a sample taken after that count", || {
         let history: serde_json::Value =
             serde_json::from_str(&status_of(&admin, "/api/history").1).unwrap();
         history["samples"]
             .as_array()
             .and_then(|samples| samples.last())
-            .is_some_and(|sample| sample["timers_pending"] == 3)
+            .is_some_and(|sample| sample["at"].as_u64() > Some(counted))
     });
+    let history: serde_json::Value =
+        serde_json::from_str(&status_of(&admin, "/api/history").1).unwrap();
+    let last = history["samples"]
+        .as_array()
+        .unwrap()
+        .last()
+        .unwrap()
+        .clone();
+    assert_eq!(last["timers_pending"], 3, "{last}");
     let page = http_get(&admin, "/");
     assert!(page.contains("<figure id=\"chart-timers\""), "{page}");
     assert!(
@@ -428,8 +443,6 @@ fn pending_timers_are_listed_by_the_cli_the_admin_api_the_page_and_metrics(backe
         "{page}"
     );
     assert!(page.contains("<td>sooner</td>"), "{page}");
-    let never = format!("{} ms after 1970-01-01T00:00:00Z", i64::MAX);
-    assert!(page.contains(&format!("<td>{never}</td>")), "{page}");
     stop(host);
     // The CLI reads the store itself: no host needed.
     let table = succeed(sluice().args(["timers", "--config"]).arg(&config));
