@@ -6,6 +6,7 @@
 
 use std::fmt::Write as _;
 
+use super::escape;
 use super::history::{Event, Marker};
 
 const WIDTH: f64 = 640.0;
@@ -25,14 +26,6 @@ const COLOURS: [&str; 8] = [
 pub(super) struct Series {
     pub(super) name: String,
     pub(super) values: Vec<Option<f64>>,
-}
-
-/// Text made safe for HTML and SVG.
-pub(super) fn escape(text: &str) -> String {
-    text.replace('&', "&amp;")
-        .replace('<', "&lt;")
-        .replace('>', "&gt;")
-        .replace('"', "&quot;")
 }
 
 /// A chart of `series` over the samples taken at `times` (milliseconds

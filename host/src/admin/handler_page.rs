@@ -8,9 +8,8 @@ use std::fmt::Write as _;
 
 use serde::Serialize;
 
-use super::State;
-use super::charts::escape;
 use super::history::Event;
+use super::{STYLE, State, counts_of, escape};
 use crate::config::Limits;
 use crate::registry::VersionState;
 
@@ -85,10 +84,8 @@ pub(super) fn view(state: &State, name: &str) -> Option<HandlerView> {
         .into_iter()
         .filter(|version| version.handler == name)
         .map(|version| {
-            let [handled, dead_lettered, skipped] = counts
-                .iter()
-                .find(|(h, v, _)| *h == version.handler && *v == version.version)
-                .map_or([0; 3], |(_, _, c)| *c);
+            let [handled, dead_lettered, skipped] =
+                counts_of(&counts, &version.handler, &version.version);
             let (state, detail) = describe(&version.state);
             VersionView {
                 version: version.version,
@@ -159,9 +156,7 @@ pub(super) fn render(view: &HandlerView) -> String {
     let mut html = String::new();
     let _ = write!(
         html,
-        "<!doctype html><html><head><meta charset=\"utf-8\"><title>sluice: {name}</title><style>\
-         body{{font-family:sans-serif;margin:1.5em}}table{{border-collapse:collapse;margin-bottom:1.5em}}\
-         td,th{{border:1px solid #ccc;padding:.3em .6em;text-align:left}}</style></head><body>\
+        "<!doctype html><html><head><meta charset=\"utf-8\"><title>sluice: {name}</title><style>{STYLE}</style></head><body>\
          <p><a href=\"/\">sluice</a></p><h1 id=\"handler\">{name}</h1>\
          <h2>Routes</h2><table id=\"routes\"><tr><th>topic</th><th>may publish to</th>\
          <th>dead letters to</th><th>state</th></tr>"

@@ -45,6 +45,28 @@ mod page;
 
 use history::History;
 
+/// Text made safe for HTML and SVG, for every page.
+fn escape(text: &str) -> String {
+    text.replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;")
+        .replace('"', "&quot;")
+}
+
+/// The style every page shares.
+const STYLE: &str = "body{font-family:sans-serif;margin:1.5em}\
+     table{border-collapse:collapse;margin-bottom:1.5em}\
+     td,th{border:1px solid #ccc;padding:.3em .6em;text-align:left}";
+
+/// What `handler` `version` ended so far (handled, dead-lettered, skipped),
+/// from the per-version counts.
+fn counts_of(counts: &[(String, String, [u64; 3])], handler: &str, version: &str) -> [u64; 3] {
+    counts
+        .iter()
+        .find(|(h, v, _)| h == handler && v == version)
+        .map_or([0; 3], |(_, _, c)| *c)
+}
+
 /// What the endpoints read.
 #[derive(Clone)]
 pub(crate) struct State {
@@ -186,6 +208,15 @@ pub(crate) async fn serve(listener: TcpListener, state: State, stop: watch::Rece
     sampling.abort();
 }
 
+/// The answer for a handler no route runs.
+fn no_such_handler(name: &str) -> Response {
+    (
+        StatusCode::NOT_FOUND,
+        format!("no route runs handler {name:?}\n"),
+    )
+        .into_response()
+}
+
 /// A handler's page; 404 when no route runs it.
 async fn handler_page(Extract(state): Extract<State>, Path(name): Path<String>) -> Response {
     match handler_page::view(&state, &name) {
@@ -194,11 +225,7 @@ async fn handler_page(Extract(state): Extract<State>, Path(name): Path<String>) 
             handler_page::render(&view),
         )
             .into_response(),
-        None => (
-            StatusCode::NOT_FOUND,
-            format!("no route runs handler {name:?}\n"),
-        )
-            .into_response(),
+        None => no_such_handler(&name),
     }
 }
 
@@ -210,11 +237,7 @@ async fn api_handler(Extract(state): Extract<State>, Path(name): Path<String>) -
             serde_json::to_string(&view).expect("a view serializes"),
         )
             .into_response(),
-        None => (
-            StatusCode::NOT_FOUND,
-            format!("no route runs handler {name:?}\n"),
-        )
-            .into_response(),
+        None => no_such_handler(&name),
     }
 }
 

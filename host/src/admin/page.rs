@@ -7,10 +7,10 @@
 use std::fmt::Write as _;
 use std::time::Duration;
 
-use super::State;
-use super::charts::{Series, escape, line_chart};
+use super::charts::{Series, line_chart};
 use super::handler_page::describe;
 use super::history::RouteSample;
+use super::{STYLE, State, counts_of, escape};
 use crate::telemetry::{Phase, utc};
 
 /// Seconds between the page's refreshes.
@@ -146,9 +146,7 @@ pub(super) fn render(state: &State) -> String {
         html,
         "<!doctype html><html><head><meta charset=\"utf-8\">\
          <meta http-equiv=\"refresh\" content=\"{REFRESH_SECONDS}\">\
-         <title>sluice status</title><style>\
-         body{{font-family:sans-serif;margin:1.5em}}table{{border-collapse:collapse;margin-bottom:1.5em}}\
-         td,th{{border:1px solid #ccc;padding:.3em .6em;text-align:left}}\
+         <title>sluice status</title><style>{STYLE}\
          .ok{{color:#060}}.bad{{color:#a00}}.charts{{display:flex;flex-wrap:wrap;gap:1em}}\
          figure{{margin:0}}figcaption{{font-weight:bold}}.legend{{list-style:none;padding:0;margin:.2em 0;font-size:.85em}}\
          .legend li{{display:inline;margin-right:1em}}</style></head><body><h1>sluice</h1>"
@@ -199,10 +197,7 @@ pub(super) fn render(state: &State) -> String {
     let rates = state.rates(&counts);
     for version in state.parts.registry.status() {
         let (label, detail) = describe(&version.state);
-        let counted = counts
-            .iter()
-            .find(|(h, v, _)| *h == version.handler && *v == version.version)
-            .map_or([0; 3], |(_, _, c)| *c);
+        let counted = counts_of(&counts, &version.handler, &version.version);
         let rate = rates
             .iter()
             .find(|(h, v, _)| *h == version.handler && *v == version.version)

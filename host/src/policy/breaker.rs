@@ -286,16 +286,7 @@ impl Breakers {
     /// Each target's breaker state (0 closed, 1 open, 2 half-open) and
     /// retries, for `/metrics`.
     pub(crate) fn encode(&self, metrics: &mut Exposition) -> std::fmt::Result {
-        let all: Vec<Arc<Breaker>> = [&self.topics, &self.hosts, &self.store]
-            .into_iter()
-            .flat_map(|map| {
-                map.lock()
-                    .expect("breakers lock")
-                    .values()
-                    .cloned()
-                    .collect::<Vec<_>>()
-            })
-            .collect();
+        let all = self.all();
         let target = |breaker: &Breaker| vec![("target", breaker.target.to_string())];
         metrics.gauge(
             "sluice_breaker_state",
@@ -321,32 +312,34 @@ impl Breakers {
         )
     }
 
-    /// Effect attempts retried so far, every target's.
-    pub(crate) fn retries(&self) -> u64 {
-        [&self.topics, &self.hosts, &self.store]
-            .into_iter()
-            .map(|map| {
-                map.lock()
-                    .expect("breakers lock")
-                    .values()
-                    .map(|b| b.retries.load(AtomicOrdering::Relaxed))
-                    .sum::<u64>()
-            })
-            .sum()
-    }
-
-    /// The targets whose breaker is open or half-open, by name.
-    pub(crate) fn not_closed(&self) -> Vec<String> {
+    /// Every target's breaker (each map's lock taken in turn, briefly).
+    fn all(&self) -> Vec<Arc<Breaker>> {
         [&self.topics, &self.hosts, &self.store]
             .into_iter()
             .flat_map(|map| {
                 map.lock()
                     .expect("breakers lock")
                     .values()
-                    .filter(|b| !matches!(b.state(), BreakerState::Closed { .. }))
-                    .map(|b| b.target.to_string())
+                    .cloned()
                     .collect::<Vec<_>>()
             })
+            .collect()
+    }
+
+    /// Effect attempts retried so far, every target's.
+    pub(crate) fn retries(&self) -> u64 {
+        self.all()
+            .iter()
+            .map(|b| b.retries.load(AtomicOrdering::Relaxed))
+            .sum()
+    }
+
+    /// The targets whose breaker is open or half-open, by name.
+    pub(crate) fn not_closed(&self) -> Vec<String> {
+        self.all()
+            .iter()
+            .filter(|b| !matches!(b.state(), BreakerState::Closed { .. }))
+            .map(|b| b.target.to_string())
             .collect()
     }
 
