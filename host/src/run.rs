@@ -247,12 +247,7 @@ impl Host {
             budget: budget.clone(),
             timers: timers.clone(),
         };
-        let state = admin::State::new(
-            parts,
-            config.admin.token(),
-            config.routes.clone(),
-            config.limits.clone(),
-        );
+        let state = admin::State::new(parts, config);
         let otlp = match serve {
             Serve::Admin => otlp_export(config).map(|export| {
                 let state = state.clone();

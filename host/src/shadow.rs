@@ -18,7 +18,7 @@ use crate::contract::{Header, Message, Output, Publish};
 use crate::effects::publish::Publisher;
 use crate::replay::canonical;
 use crate::runtime::{CallError, Handler};
-use crate::telemetry::{Telemetry, readable};
+use crate::telemetry::{ShadowTally, Telemetry, readable};
 use crate::wire::source_headers;
 use crate::workers::WorkerPool;
 
@@ -89,8 +89,16 @@ impl Shadows {
             return;
         };
         let served_bytes = served.iter().map(|(_, outcome)| bytes(outcome)).sum();
+        let tally = ShadowTally {
+            handler: shadow.name().to_owned(),
+            version: shadow.version().to_owned(),
+            ..ShadowTally::default()
+        };
         let Some(held) = pool.budget().try_hold(served_bytes) else {
-            self.telemetry.shadow_skipped(messages.len() as u64);
+            self.telemetry.shadow_compared(&ShadowTally {
+                skipped: messages.len() as u64,
+                ..tally
+            });
             return;
         };
         let pool = pool.clone();
@@ -101,15 +109,18 @@ impl Shadows {
         running.spawn(async move {
             let calls = messages.iter().map(|m| (shadow.clone(), m.clone())).collect();
             let outcomes = pool.call(calls, Vec::new()).await;
-            telemetry.shadow_skipped((messages.len() - outcomes.len()) as u64);
+            let mut tally = ShadowTally {
+                skipped: (messages.len() - outcomes.len()) as u64,
+                ..tally
+            };
             let compared = messages.iter().zip(served).zip(outcomes);
             for ((message, (version, served)), (outcome, _held)) in compared {
-                telemetry.shadow_compared();
+                tally.compared += 1;
                 let (expected, got) = (canonical(&served), canonical(&outcome));
                 if expected == got {
                     continue;
                 }
-                telemetry.shadow_differed();
+                tally.differed += 1;
                 tracing::warn!(
                     input = %message.id(),
                     handler = shadow.name(),
@@ -140,6 +151,7 @@ impl Shadows {
                     tracing::error!(%error, %topic, input = %message.id(), "cannot publish shadow difference");
                 }
             }
+            telemetry.shadow_compared(&tally);
             drop(held);
         });
     }

@@ -364,6 +364,13 @@ fn a_pinned_version_serves_and_the_listing_shows_every_state() {
     assert_eq!(versions, HashMap::from([("1.0.0".to_owned(), 50)]));
 }
 
+/// `/api/handlers/{name}`.
+fn api_handler(admin: &str, name: &str) -> serde_json::Value {
+    let (status, body) = status_of(admin, &format!("/api/handlers/{name}"));
+    assert_eq!(status, 200, "{body}");
+    serde_json::from_str(&body).unwrap()
+}
+
 #[test]
 fn a_shadow_reports_exactly_the_inputs_whose_outputs_differ_and_runs_nothing() {
     const MESSAGES: usize = 300;
@@ -383,10 +390,30 @@ fn a_shadow_reports_exactly_the_inputs_whose_outputs_differ_and_runs_nothing() {
         .filter(|p| !p.starts_with('m'))
         .collect();
     let host = Host::start(&scratch, "host", &config, &[]);
+    let admin = admin_address(&scratch, "host");
     wait_until("every input to be echoed and compared", || {
         count(&brokers, "echo") >= MESSAGES as i64
             && count(&brokers, "test-echo.shadow-diffs") >= differing.len() as i64
     });
+    // The handler's page tells what the shadow came to, once the last
+    // comparison is counted (its difference is published before).
+    let mut page = serde_json::Value::Null;
+    wait_until("the handler's page to count every comparison", || {
+        page = api_handler(&admin, "test-echo");
+        page["shadow"]["versions"][0]["compared"] == MESSAGES
+    });
+    assert_eq!(
+        page["shadow"],
+        serde_json::json!({
+            "serving": "2.0.0",
+            "diff_topic": "test-echo.shadow-diffs",
+            "versions": [{
+                "handler": "test-echo", "version": "2.0.0",
+                "compared": MESSAGES, "differed": differing.len(), "skipped": 0,
+            }],
+        })
+    );
+    assert_eq!(page["canary"]["serving"], serde_json::Value::Null);
     host.signal(libc::SIGTERM);
     let exit = host.wait_ok();
     assert!(
@@ -480,6 +507,43 @@ fn a_failing_canary_is_rolled_back_and_its_keys_return_to_the_active_version() {
         listing = handlers_of(&config, &admin);
         line_of(&listing, "2.0.0").is_some_and(|l| l.contains("rolled-back"))
     });
+    // The handler's page says which version was rolled back and why, and
+    // its chart marks the moment.
+    let page = api_handler(&admin, "test-echo");
+    let canary = &page["canary"];
+    assert_eq!(canary["serving"], serde_json::Value::Null, "{page}");
+    assert_eq!(canary["rolled_back"][0][0], "2.0.0", "{page}");
+    assert!(
+        canary["rolled_back"][0][1]
+            .as_str()
+            .unwrap()
+            .contains("over the 20% allowed"),
+        "{page}"
+    );
+    assert_eq!(canary["min_messages"], 20);
+    let mut marker = serde_json::Value::Null;
+    wait_until("a sample to mark the rollback", || {
+        let page = api_handler(&admin, "test-echo");
+        marker = page["throughput"]["markers"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|m| m["kind"] == "rolled-back")
+            .cloned()
+            .unwrap_or_default();
+        !marker.is_null()
+    });
+    assert_eq!(marker["version"], "2.0.0");
+    let (status, html) = status_of(&admin, "/handlers/test-echo");
+    assert_eq!(status, 200);
+    assert!(
+        html.contains(&format!(
+            "data-kind=\"rolled-back\" data-at=\"{}\"",
+            marker["at"]
+        )),
+        "{html}"
+    );
+    assert!(html.contains("2.0.0 rolled back: dead-lettered"), "{html}");
     assert!(
         line_of(&listing, "2.0.0")
             .unwrap()

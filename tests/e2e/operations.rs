@@ -468,6 +468,9 @@ fn the_status_page_charts_a_swap_a_dead_letter_burst_and_a_paused_routes_lag_in_
     let (status, body) = status_of(&admin, "/api/handlers/faults");
     assert_eq!(status, 200, "{body}");
     let handler: serde_json::Value = serde_json::from_str(&body).unwrap();
+    let (status, body) = status_of(&admin, "/api/overview");
+    assert_eq!(status, 200, "{body}");
+    let overview: serde_json::Value = serde_json::from_str(&body).unwrap();
     let (status, _) = status_of(&admin, "/api/handlers/nobody");
     assert_eq!(status, 404);
     host.signal(libc::SIGTERM);
@@ -556,6 +559,63 @@ fn the_status_page_charts_a_swap_a_dead_letter_burst_and_a_paused_routes_lag_in_
         "no swap marker at {at} on the page"
     );
     assert_eq!(swaps[1], ("1.1.0", at), "the page's swap is the chart's");
+
+    // The handler's page charts each version's messages per second: the
+    // old version's line carries the first messages and the burst, the new
+    // one's the backlog, and both mark the swap.
+    let handler_samples = chart_samples(&handler_dom, "chart-version-handled");
+    assert!(handler_samples >= samples.len(), "{handler_samples}");
+    for version in ["1.0.0", "1.1.0"] {
+        assert_eq!(
+            chart_points(&handler_dom, "chart-version-handled", version),
+            handler_samples,
+            "{version}"
+        );
+    }
+    assert!(
+        handler_dom.contains(&format!("data-kind=\"swap\" data-at=\"{at}\"")),
+        "no swap marker at {at} on the handler's page"
+    );
+    let ended = |version: &str, field: &str| -> u64 {
+        handler["throughput"]["versions"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|line| line["version"] == version)
+            .unwrap_or_else(|| panic!("no line of {version}: {handler}"))[field]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|n| n.as_u64().unwrap())
+            .sum()
+    };
+    assert_eq!(ended("1.0.0", "handled"), 20, "{handler}");
+    assert_eq!(ended("1.0.0", "dead_lettered"), 10, "{handler}");
+    assert_eq!(ended("1.1.0", "handled"), 30, "{handler}");
+    assert_eq!(ended("1.1.0", "dead_lettered"), 0, "{handler}");
+
+    // The overview's JSON holds what its tables show.
+    let version = |v: &str| {
+        overview["versions"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|row| row["handler"] == "faults" && row["version"] == v)
+            .cloned()
+            .unwrap()
+    };
+    assert_eq!(version("1.0.0")["state"], "standby", "{overview}");
+    assert_eq!(version("1.0.0")["dead_lettered"], 10, "{overview}");
+    assert_eq!(version("1.1.0")["state"], "active", "{overview}");
+    assert_eq!(version("1.1.0")["handled"], 30, "{overview}");
+    assert_eq!(overview["routes"][1]["topic"], "held");
+    assert_eq!(overview["routes"][1]["paused"], false);
+    assert_eq!(overview["dead_letters"].as_array().unwrap().len(), 10);
+    assert_eq!(overview["unready"], serde_json::json!([]));
+    assert!(
+        rendered_text(&dom).contains("faults|1.1.0|active|30|0|0"),
+        "the page's versions table is not the overview's"
+    );
     let png = std::fs::read(&screenshot).expect("a screenshot");
     assert!(
         png.starts_with(b"\x89PNG") && png.len() > 10_000,

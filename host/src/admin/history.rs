@@ -10,7 +10,7 @@
 //! briefly, the registry's and the breakers' locks.
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use serde::Serialize;
@@ -37,6 +37,9 @@ pub(crate) struct Sample {
     pub(crate) at: u64,
     /// Per route, in the config's order.
     pub(crate) routes: Vec<RouteSample>,
+    /// Per handler version that handled or dead-lettered anything during
+    /// the second (a version missing ended nothing).
+    pub(crate) versions: Vec<VersionSample>,
     /// Messages in flight when it was taken.
     pub(crate) in_flight: u64,
     /// Effect attempts retried during the second, every target's.
@@ -61,6 +64,17 @@ pub(crate) struct RouteSample {
     /// Messages behind the end on its assigned partitions, as last
     /// measured; `None` with none assigned.
     pub(crate) lag: Option<i64>,
+}
+
+/// One second of a handler version.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub(crate) struct VersionSample {
+    pub(crate) handler: Arc<str>,
+    pub(crate) version: Arc<str>,
+    /// Messages it handled during the second.
+    pub(crate) handled: u64,
+    /// Messages it dead-lettered during the second.
+    pub(crate) dead_lettered: u64,
 }
 
 /// A stage's latency over one second: bucket bounds (upper estimates), in
@@ -115,6 +129,8 @@ pub(crate) struct Reading {
     pub(crate) at: u64,
     /// Per route (topic): messages handled and dead-lettered.
     pub(crate) routes: BTreeMap<String, (u64, u64)>,
+    /// Per handler and version: messages handled and dead-lettered.
+    pub(crate) versions: BTreeMap<(String, String), (u64, u64)>,
     /// Per topic: the lag of its assigned partitions.
     pub(crate) lags: BTreeMap<String, i64>,
     pub(crate) in_flight: u64,
@@ -152,6 +168,9 @@ impl Reading {
         reading.timer_lateness = lateness.counts();
         for (topic, [handled, dead, _]) in parts.telemetry.by_route() {
             reading.routes.insert(topic.to_owned(), (handled, dead));
+        }
+        for (handler, version, [handled, dead, _]) in parts.telemetry.by_version() {
+            reading.versions.insert((handler, version), (handled, dead));
         }
         for ((topic, _), lag) in parts.health.current_lags() {
             *reading.lags.entry(topic).or_default() += lag;
@@ -201,6 +220,9 @@ struct Ring {
     /// `MAX_MARKERS`), for the handlers' pages.
     swaps: VecDeque<Marker>,
     last: Option<Reading>,
+    /// One copy of each handler's and version's name, for the samples to
+    /// share.
+    names: BTreeMap<(String, String), (Arc<str>, Arc<str>)>,
 }
 
 impl History {
@@ -258,6 +280,28 @@ impl History {
                 }
             })
             .collect();
+        let mut versions = Vec::new();
+        for (key, (handled, dead)) in &now.versions {
+            let (handled_before, dead_before) = last.versions.get(key).copied().unwrap_or_default();
+            let (handled, dead_lettered) = (
+                handled.saturating_sub(handled_before),
+                dead.saturating_sub(dead_before),
+            );
+            if handled == 0 && dead_lettered == 0 {
+                continue;
+            }
+            let (handler, version) = ring
+                .names
+                .entry(key.clone())
+                .or_insert_with(|| (Arc::from(key.0.as_str()), Arc::from(key.1.as_str())))
+                .clone();
+            versions.push(VersionSample {
+                handler,
+                version,
+                handled,
+                dead_lettered,
+            });
+        }
         let stages = now
             .stages
             .iter()
@@ -267,6 +311,7 @@ impl History {
         let sample = Sample {
             at: now.at,
             routes,
+            versions,
             in_flight: now.in_flight,
             retries: now.retries.saturating_sub(last.retries),
             stages,
@@ -354,6 +399,15 @@ mod tests {
         Reading {
             at,
             routes: [("orders".to_owned(), (handled, dead))].into(),
+            // The old version stopped at 50 handled; the new one handles the rest.
+            versions: [
+                (("shop".to_owned(), "1.0.0".to_owned()), (handled.min(50), 0)),
+                (
+                    ("shop".to_owned(), "2.0.0".to_owned()),
+                    (handled.saturating_sub(50), dead),
+                ),
+            ]
+            .into(),
             lags: [("orders".to_owned(), 7)].into(),
             in_flight: 2,
             retries: handled / 10,
@@ -389,6 +443,13 @@ mod tests {
                     },
                     RouteSample::default(),
                 ],
+                // 1.0.0 handled nothing more: it is left out.
+                versions: vec![VersionSample {
+                    handler: "shop".into(),
+                    version: "2.0.0".into(),
+                    handled: 200,
+                    dead_lettered: 3,
+                }],
                 in_flight: 2,
                 retries: 20,
                 stages: vec![

@@ -4,8 +4,10 @@
 //! (OpenMetrics text, metrics.rs),
 //! `/healthz` (the process serves) and `/readyz` (the group is joined and no
 //! circuit breaker is open; every route has a version serving from start),
-//! and the status page at `/` with its charts of the last minutes, whose
-//! samples `/api/history` serves (history.rs). It listens where `[admin]
+//! and the status page at `/`: its tables come from one snapshot that
+//! `/api/overview` serves (overview.rs), its charts of the last minutes from
+//! the samples `/api/history` serves (history.rs). Each handler has a page,
+//! `/handlers/{name}`, and its JSON, `/api/handlers/{name}`. It listens where `[admin]
 //! listen` says (a bare port: on 127.0.0.1).
 //!
 //! Calls that change state need the configured token as a bearer token (and
@@ -27,7 +29,9 @@ use serde::Deserialize;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
-use crate::config::{Limits, Route};
+use std::collections::BTreeMap;
+
+use crate::config::{Config, Limits, Route};
 use crate::policy::breaker::Breakers;
 use crate::registry::{Registry, stopped};
 use crate::schedule::Controls;
@@ -41,9 +45,11 @@ mod charts;
 mod handler_page;
 mod history;
 pub(crate) mod metrics;
+mod overview;
 mod page;
 
 use history::History;
+use overview::Overview;
 
 /// Text made safe for HTML and SVG, for every page.
 fn escape(text: &str) -> String {
@@ -58,14 +64,11 @@ const STYLE: &str = "body{font-family:sans-serif;margin:1.5em}\
      table{border-collapse:collapse;margin-bottom:1.5em}\
      td,th{border:1px solid #ccc;padding:.3em .6em;text-align:left}";
 
-/// What `handler` `version` ended so far (handled, dead-lettered, skipped),
-/// from the per-version counts.
-fn counts_of(counts: &[(String, String, [u64; 3])], handler: &str, version: &str) -> [u64; 3] {
-    counts
-        .iter()
-        .find(|(h, v, _)| h == handler && v == version)
-        .map_or([0; 3], |(_, _, c)| *c)
-}
+/// The style of the pages' charts.
+const CHART_STYLE: &str = ".charts{display:flex;flex-wrap:wrap;gap:1em}\
+     figure{margin:0}figcaption{font-weight:bold}\
+     .legend{list-style:none;padding:0;margin:.2em 0;font-size:.85em}\
+     .legend li{display:inline;margin-right:1em}";
 
 /// What the endpoints read.
 #[derive(Clone)]
@@ -77,6 +80,8 @@ pub(crate) struct State {
     routes: Arc<Vec<Route>>,
     /// The limits handlers run under, for their pages.
     limits: Arc<Limits>,
+    /// Where each handler's shadow differences go, by handler name.
+    diff_topics: Arc<BTreeMap<String, String>>,
     /// The last sample of the per-version counts, for rates.
     sample: Arc<Mutex<Sample>>,
     /// The last minutes, for the charts and `/api/history`.
@@ -103,20 +108,25 @@ pub(crate) struct Parts {
 }
 
 impl State {
-    pub(crate) fn new(
-        parts: Parts,
-        token: Option<String>,
-        routes: Vec<Route>,
-        limits: Limits,
-    ) -> Self {
+    pub(crate) fn new(parts: Parts, config: &Config) -> Self {
+        let routes = &config.routes;
         State {
             parts,
-            token: token.map(Arc::from),
+            token: config.admin.token().map(Arc::from),
             history: Arc::new(History::new(
                 routes.iter().map(|route| route.topic.clone()).collect(),
             )),
-            routes: Arc::new(routes),
-            limits: Arc::new(limits),
+            diff_topics: Arc::new(
+                routes
+                    .iter()
+                    .map(|route| {
+                        let topic = config.shadow_diff_topic(&route.handler);
+                        (route.handler.clone(), topic)
+                    })
+                    .collect(),
+            ),
+            routes: Arc::new(routes.clone()),
+            limits: Arc::new(config.limits.clone()),
             sample: Arc::new(Mutex::new(Sample {
                 at: Instant::now(),
                 totals: Vec::new(),
@@ -187,6 +197,7 @@ pub(crate) async fn serve(listener: TcpListener, state: State, stop: watch::Rece
     });
     let app = Router::new()
         .route("/", get(status_page))
+        .route("/api/overview", get(api_overview))
         .route("/api/history", get(api_history))
         .route("/handlers/{name}", get(handler_page))
         .route("/api/handlers/{name}", get(api_handler))
@@ -247,10 +258,16 @@ async fn api_history(Extract(state): Extract<State>) -> impl IntoResponse {
     ([(CONTENT_TYPE, "application/json")], body)
 }
 
+/// What the page's tables show, as JSON.
+async fn api_overview(Extract(state): Extract<State>) -> impl IntoResponse {
+    let body = serde_json::to_string(&Overview::of(&state)).expect("an overview serializes");
+    ([(CONTENT_TYPE, "application/json")], body)
+}
+
 async fn status_page(Extract(state): Extract<State>) -> impl IntoResponse {
     (
         [(CONTENT_TYPE, "text/html; charset=utf-8")],
-        page::render(&state),
+        page::render(&Overview::of(&state), &state.history.snapshot()),
     )
 }
 

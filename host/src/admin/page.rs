@@ -5,13 +5,12 @@
 //! no build step.
 
 use std::fmt::Write as _;
-use std::time::Duration;
 
 use super::charts::{Series, line_chart};
-use super::handler_page::describe;
-use super::history::RouteSample;
-use super::{STYLE, State, counts_of, escape};
-use crate::telemetry::{Phase, utc};
+use super::history::{RouteSample, Snapshot};
+use super::overview::{DeadLetterRow, Overview, VersionRow};
+use super::{CHART_STYLE, STYLE, escape};
+use crate::telemetry::utc;
 
 /// Seconds between the page's refreshes.
 const REFRESH_SECONDS: u32 = 2;
@@ -19,8 +18,7 @@ const REFRESH_SECONDS: u32 = 2;
 /// The last minutes as charts: messages handled and dead-lettered per
 /// second and lag, per route; each stage's p99; with the swaps, rollbacks
 /// and opened breakers marked.
-fn charts(state: &State, html: &mut String) {
-    let history = state.history.snapshot();
+fn charts(history: &Snapshot, html: &mut String) {
     let times: Vec<u64> = history.samples.iter().map(|s| s.at).collect();
     let per_route = |value: &dyn Fn(&RouteSample) -> Option<f64>| -> Vec<Series> {
         history
@@ -98,34 +96,31 @@ fn charts(state: &State, html: &mut String) {
     html.push_str("</div>");
 }
 
-fn millis(duration: Option<Duration>) -> String {
-    duration.map_or_else(
-        || "-".to_owned(),
-        |d| format!("{:.1} ms", d.as_secs_f64() * 1000.0),
-    )
+/// Milliseconds as the tables write them.
+fn millis(ms: Option<f64>) -> String {
+    ms.map_or_else(|| "-".to_owned(), |ms| format!("{ms:.1} ms"))
 }
 
-/// The pending timers (as the firing task last counted them: the page
-/// never waits for the store) and what this host fired.
-fn timers(state: &State, html: &mut String) {
-    let (fired, lateness) = state.parts.telemetry.timers_fired();
+/// The pending timers and what this host fired.
+fn timers(overview: &Overview, html: &mut String) {
+    let timers = &overview.timers;
     let _ = write!(
         html,
-        "<h2>Timers</h2><p id=\"timers-fired\">fired by this host: {fired}, lateness p50 {}, p99 {}</p>",
-        millis(lateness.quantile(0.5)),
-        millis(lateness.quantile(0.99)),
+        "<h2>Timers</h2><p id=\"timers-fired\">fired by this host: {}, lateness p50 {}, p99 {}</p>",
+        timers.fired,
+        millis(timers.lateness_p50_ms),
+        millis(timers.lateness_p99_ms),
     );
-    let Some(upcoming) = state.parts.timers.upcoming() else {
+    let Some(pending) = timers.pending else {
         html.push_str("<p id=\"timers-pending\">no store read yet</p>");
         return;
     };
     let _ = write!(
         html,
-        "<p id=\"timers-pending\">{} pending</p><table id=\"timers\"><tr><th>route</th>\
+        "<p id=\"timers-pending\">{pending} pending</p><table id=\"timers\"><tr><th>route</th>\
          <th>id</th><th>due</th><th>topic</th></tr>",
-        upcoming.pending
     );
-    for timer in &upcoming.soonest {
+    for timer in &timers.soonest {
         let _ = write!(
             html,
             "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
@@ -138,123 +133,44 @@ fn timers(state: &State, html: &mut String) {
     html.push_str("</table>");
 }
 
-/// The whole page.
-pub(super) fn render(state: &State) -> String {
-    let mut html = String::new();
-    let unready = state.unready();
-    let _ = write!(
-        html,
-        "<!doctype html><html><head><meta charset=\"utf-8\">\
-         <meta http-equiv=\"refresh\" content=\"{REFRESH_SECONDS}\">\
-         <title>sluice status</title><style>{STYLE}\
-         .ok{{color:#060}}.bad{{color:#a00}}.charts{{display:flex;flex-wrap:wrap;gap:1em}}\
-         figure{{margin:0}}figcaption{{font-weight:bold}}.legend{{list-style:none;padding:0;margin:.2em 0;font-size:.85em}}\
-         .legend li{{display:inline;margin-right:1em}}</style></head><body><h1>sluice</h1>"
-    );
-    if unready.is_empty() {
-        html.push_str("<p id=\"readiness\" class=\"ok\">ready</p>");
-    } else {
-        let _ = write!(
-            html,
-            "<p id=\"readiness\" class=\"bad\">not ready: {}</p>",
-            escape(&unready.join("; "))
-        );
+/// A table of handler versions; `with_handler` adds the handler's column
+/// (the overview lists every handler's).
+pub(super) fn versions_table(versions: &[VersionRow], with_handler: bool, html: &mut String) {
+    html.push_str("<table id=\"versions\"><tr>");
+    if with_handler {
+        html.push_str("<th>handler</th>");
     }
-
-    charts(state, &mut html);
-
     html.push_str(
-        "<h2>Routes</h2><table id=\"routes\"><tr><th>topic</th><th>handler</th>\
-         <th>state</th><th>parked keys</th></tr>",
+        "<th>version</th><th>state</th><th>handled</th><th>dead-lettered</th>\
+         <th>skipped</th><th>msg/s</th></tr>",
     );
-    let parked = state.parts.controls.parked_keys();
-    for route in state.routes.iter() {
-        let (topic, handler) = (&route.topic, &route.handler);
-        let (class, running) = match state.parts.controls.is_paused(topic) {
-            true => ("bad", "paused"),
-            false => ("ok", "running"),
-        };
-        let keys: usize = parked
-            .iter()
-            .filter(|((t, _), _)| t == topic)
-            .map(|(_, n)| n)
-            .sum();
+    for version in versions {
+        html.push_str("<tr>");
+        if with_handler {
+            let _ = write!(html, "<td>{}</td>", escape(&version.handler));
+        }
         let _ = write!(
             html,
-            "<tr><td>{}</td><td><a href=\"/handlers/{handler}\">{handler}</a></td>\
-             <td class=\"{class}\">{running}</td><td>{keys}</td></tr>",
-            escape(topic),
-            handler = escape(handler)
-        );
-    }
-    html.push_str("</table>");
-
-    html.push_str(
-        "<h2>Handler versions</h2><table id=\"versions\"><tr><th>handler</th><th>version</th>\
-         <th>state</th><th>handled</th><th>dead-lettered</th><th>skipped</th><th>msg/s</th></tr>",
-    );
-    let counts = state.parts.telemetry.by_version();
-    let rates = state.rates(&counts);
-    for version in state.parts.registry.status() {
-        let (label, detail) = describe(&version.state);
-        let counted = counts_of(&counts, &version.handler, &version.version);
-        let rate = rates
-            .iter()
-            .find(|(h, v, _)| *h == version.handler && *v == version.version)
-            .map_or(0.0, |(_, _, r)| *r);
-        let _ = write!(
-            html,
-            "<tr><td>{}</td><td>{}</td><td title=\"{}\">{}</td><td>{}</td><td>{}</td><td>{}</td><td>{rate:.1}</td></tr>",
-            escape(&version.handler),
+            "<td>{}</td><td title=\"{}\">{}</td><td>{}</td><td>{}</td><td>{}</td><td>{:.1}</td></tr>",
             escape(&version.version),
-            escape(&detail),
-            escape(&label),
-            counted[0],
-            counted[1],
-            counted[2],
+            escape(&version.detail),
+            escape(&version.state),
+            version.handled,
+            version.dead_lettered,
+            version.skipped,
+            version.per_second,
         );
     }
     html.push_str("</table>");
+}
 
-    html.push_str("<h2>Latency</h2><table id=\"latency\"><tr><th>stage</th><th>count</th><th>p50</th><th>p99</th></tr>");
-    for phase in Phase::ALL {
-        let histogram = state.parts.telemetry.phase(phase);
-        let _ = write!(
-            html,
-            "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
-            phase.as_str(),
-            histogram.count(),
-            millis(histogram.quantile(0.5)),
-            millis(histogram.quantile(0.99)),
-        );
-    }
-    html.push_str("</table>");
-
-    html.push_str("<h2>Consumer lag</h2><table id=\"lag\"><tr><th>partition</th><th>lag</th></tr>");
-    for ((topic, partition), lag) in state.parts.health.current_lags() {
-        let _ = write!(
-            html,
-            "<tr><td>{}[{partition}]</td><td>{lag}</td></tr>",
-            escape(&topic)
-        );
-    }
-    html.push_str("</table>");
-
-    let open = state.parts.breakers.not_closed();
-    html.push_str("<h2>Open breakers</h2><ul id=\"breakers\">");
-    if open.is_empty() {
-        html.push_str("<li>none</li>");
-    }
-    for target in open {
-        let _ = write!(html, "<li class=\"bad\">{}</li>", escape(&target));
-    }
-    html.push_str("</ul>");
-
+/// A table of dead letters.
+pub(super) fn dead_letters_table(dead_letters: &[DeadLetterRow], html: &mut String) {
     html.push_str(
-        "<h2>Recent dead letters</h2><table id=\"dead-letters\"><tr><th>input</th><th>stage</th>\
+        "<table id=\"dead-letters\"><tr><th>input</th><th>stage</th>\
          <th>reason</th><th>detail</th></tr>",
     );
-    for dead in state.parts.telemetry.recent_dead_letters() {
+    for dead in dead_letters {
         let _ = write!(
             html,
             "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
@@ -265,13 +181,92 @@ pub(super) fn render(state: &State) -> String {
         );
     }
     html.push_str("</table>");
+}
 
-    timers(state, &mut html);
-
-    let (compared, differed) = state.parts.telemetry.shadow_counts();
+/// The whole page, from one reading of the tables and one of the charts.
+pub(super) fn render(overview: &Overview, history: &Snapshot) -> String {
+    let mut html = String::new();
     let _ = write!(
         html,
-        "<h2>Shadow</h2><p id=\"shadow\">{compared} messages compared, {differed} differed</p></body></html>"
+        "<!doctype html><html><head><meta charset=\"utf-8\">\
+         <meta http-equiv=\"refresh\" content=\"{REFRESH_SECONDS}\">\
+         <title>sluice status</title><style>{STYLE}{CHART_STYLE}\
+         .ok{{color:#060}}.bad{{color:#a00}}</style></head><body><h1>sluice</h1>"
+    );
+    if overview.unready.is_empty() {
+        html.push_str("<p id=\"readiness\" class=\"ok\">ready</p>");
+    } else {
+        let _ = write!(
+            html,
+            "<p id=\"readiness\" class=\"bad\">not ready: {}</p>",
+            escape(&overview.unready.join("; "))
+        );
+    }
+
+    charts(history, &mut html);
+
+    html.push_str(
+        "<h2>Routes</h2><table id=\"routes\"><tr><th>topic</th><th>handler</th>\
+         <th>state</th><th>parked keys</th></tr>",
+    );
+    for route in &overview.routes {
+        let (class, running) = match route.paused {
+            true => ("bad", "paused"),
+            false => ("ok", "running"),
+        };
+        let _ = write!(
+            html,
+            "<tr><td>{}</td><td><a href=\"/handlers/{handler}\">{handler}</a></td>\
+             <td class=\"{class}\">{running}</td><td>{}</td></tr>",
+            escape(&route.topic),
+            route.parked_keys,
+            handler = escape(&route.handler)
+        );
+    }
+    html.push_str("</table><h2>Handler versions</h2>");
+    versions_table(&overview.versions, true, &mut html);
+
+    html.push_str("<h2>Latency</h2><table id=\"latency\"><tr><th>stage</th><th>count</th><th>p50</th><th>p99</th></tr>");
+    for stage in &overview.latency {
+        let _ = write!(
+            html,
+            "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
+            stage.stage,
+            stage.count,
+            millis(stage.p50_ms),
+            millis(stage.p99_ms),
+        );
+    }
+    html.push_str("</table>");
+
+    html.push_str("<h2>Consumer lag</h2><table id=\"lag\"><tr><th>partition</th><th>lag</th></tr>");
+    for lag in &overview.lag {
+        let _ = write!(
+            html,
+            "<tr><td>{}[{}]</td><td>{}</td></tr>",
+            escape(&lag.topic),
+            lag.partition,
+            lag.lag
+        );
+    }
+    html.push_str("</table>");
+
+    html.push_str("<h2>Open breakers</h2><ul id=\"breakers\">");
+    if overview.open_breakers.is_empty() {
+        html.push_str("<li>none</li>");
+    }
+    for target in &overview.open_breakers {
+        let _ = write!(html, "<li class=\"bad\">{}</li>", escape(target));
+    }
+    html.push_str("</ul><h2>Recent dead letters</h2>");
+    dead_letters_table(&overview.dead_letters, &mut html);
+
+    timers(overview, &mut html);
+
+    let _ = write!(
+        html,
+        "<h2>Shadow</h2><p id=\"shadow\">{} messages compared, {} differed</p></body></html>",
+        overview.shadow.compared, overview.shadow.differed
     );
     html
 }

@@ -251,6 +251,17 @@ impl Selection {
         self.swaps.load(Ordering::Relaxed)
     }
 
+    /// The canary's rule, and what it handled and dead-lettered over the
+    /// rule's window so far (with or without a canary in service).
+    pub(crate) fn canary_window(&self) -> (CanarySettings, u64, u64) {
+        let (handled, dead) = self
+            .window
+            .lock()
+            .expect("canary window lock")
+            .totals(Instant::now());
+        (self.settings.canary_settings(), handled, dead)
+    }
+
     /// Counts a message `handler` handled toward its canary's dead-letter
     /// rate, and rolls the canary back when the rate passes the threshold.
     pub(crate) fn observe(&self, handler: &Arc<dyn Handler>, dead_lettered: bool) {

@@ -297,6 +297,8 @@ pub(crate) struct Telemetry {
     shadow_compared: AtomicU64,
     shadow_differences: AtomicU64,
     shadow_skipped: AtomicU64,
+    /// The same, per shadow version: a short list, updated once per batch.
+    shadows: Mutex<Vec<ShadowTally>>,
     /// Messages by handler and version, counted per outcome. A short list:
     /// a run sees a few versions, and a lookup allocates nothing.
     by_version: Mutex<Vec<(String, String, [u64; Outcome::ALL.len()])>>,
@@ -312,6 +314,19 @@ pub(crate) struct Telemetry {
     /// The latest dead letters, newest last: where from, and why.
     recent_dead_letters: Mutex<std::collections::VecDeque<RecentDeadLetter>>,
     timers: TimerCounts,
+}
+
+/// What a shadow version's comparisons came to.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
+pub(crate) struct ShadowTally {
+    pub(crate) handler: String,
+    pub(crate) version: String,
+    /// Messages it handled and compared with the serving version.
+    pub(crate) compared: u64,
+    /// Of those, the ones whose outcome differed.
+    pub(crate) differed: u64,
+    /// Messages not compared: the host's byte budget had no room.
+    pub(crate) skipped: u64,
 }
 
 /// What this host did with timers.
@@ -507,18 +522,37 @@ impl Telemetry {
         self.skipped.fetch_add(1, Ordering::Relaxed);
     }
 
-    pub(crate) fn shadow_compared(&self) {
-        self.shadow_compared.fetch_add(1, Ordering::Relaxed);
+    /// Adds a batch of shadow `handler` `version`'s comparisons.
+    pub(crate) fn shadow_compared(&self, batch: &ShadowTally) {
+        self.shadow_compared
+            .fetch_add(batch.compared, Ordering::Relaxed);
+        self.shadow_differences
+            .fetch_add(batch.differed, Ordering::Relaxed);
+        self.shadow_skipped
+            .fetch_add(batch.skipped, Ordering::Relaxed);
+        let mut shadows = self.shadows.lock().expect("shadows lock");
+        let tally = match shadows
+            .iter_mut()
+            .position(|t| t.handler == batch.handler && t.version == batch.version)
+        {
+            Some(index) => &mut shadows[index],
+            None => {
+                shadows.push(ShadowTally {
+                    handler: batch.handler.clone(),
+                    version: batch.version.clone(),
+                    ..ShadowTally::default()
+                });
+                shadows.last_mut().expect("just pushed")
+            }
+        };
+        tally.compared += batch.compared;
+        tally.differed += batch.differed;
+        tally.skipped += batch.skipped;
     }
 
-    pub(crate) fn shadow_differed(&self) {
-        self.shadow_differences.fetch_add(1, Ordering::Relaxed);
-    }
-
-    /// Counts messages a shadow did not compare: the host's byte budget
-    /// had no room for them.
-    pub(crate) fn shadow_skipped(&self, messages: u64) {
-        self.shadow_skipped.fetch_add(messages, Ordering::Relaxed);
+    /// What each shadow version's comparisons came to so far.
+    pub(crate) fn shadows(&self) -> Vec<ShadowTally> {
+        self.shadows.lock().expect("shadows lock").clone()
     }
 
     /// Counts a message's outcome under the version that handled it.
