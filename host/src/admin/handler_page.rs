@@ -343,9 +343,12 @@ pub(super) fn render(view: &HandlerView) -> String {
         html,
         "</ul><h2>Shadow</h2><p>{}; differences go to {}.</p><table id=\"shadow\"><tr><th>version</th>\
          <th>compared</th><th>differed</th><th>not compared (no room)</th></tr>",
-        shadow.serving.as_ref().map_or("No shadow runs".to_owned(), |version| {
-            format!("{} runs in shadow", escape(version))
-        }),
+        shadow
+            .serving
+            .as_ref()
+            .map_or("No shadow runs".to_owned(), |version| {
+                format!("{} runs in shadow", escape(version))
+            }),
         escape(&shadow.diff_topic)
     );
     for tally in &shadow.versions {

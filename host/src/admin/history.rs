@@ -401,7 +401,10 @@ mod tests {
             routes: [("orders".to_owned(), (handled, dead))].into(),
             // The old version stopped at 50 handled; the new one handles the rest.
             versions: [
-                (("shop".to_owned(), "1.0.0".to_owned()), (handled.min(50), 0)),
+                (
+                    ("shop".to_owned(), "1.0.0".to_owned()),
+                    (handled.min(50), 0),
+                ),
                 (
                     ("shop".to_owned(), "2.0.0".to_owned()),
                     (handled.saturating_sub(50), dead),
