@@ -58,11 +58,31 @@ fn readiness_is_lost_while_a_breaker_is_open_and_comes_back_with_the_target() {
         "{body}"
     );
     assert_eq!(status_of(&admin, "/healthz").0, 200, "alive all the same");
+    // The charts mark when the breaker opened (the target stays down, so
+    // it stays open or half-open until a sample sees it).
+    let breaker = format!("host {}", target.host());
+    let mut at = 0;
+    wait_until("a sample to mark the breaker opening", || {
+        let (_, body) = status_of(&admin, "/api/history");
+        let history: serde_json::Value = serde_json::from_str(&body).unwrap();
+        at = history["markers"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|m| m["kind"] == "breaker-opened" && m["target"] == breaker.as_str())
+            .map_or(0, |m| m["at"].as_u64().unwrap());
+        at > 0
+    });
 
     target.come_up();
     wait_until("readiness to come back", || {
         status_of(&admin, "/readyz").0 == 200
     });
+    let (_, page) = status_of(&admin, "/");
+    assert!(
+        page.contains(&format!("data-kind=\"breaker-opened\" data-at=\"{at}\"")),
+        "{page}"
+    );
     wait_until("every call to get through", || {
         target.succeeded().len() >= 20
     });

@@ -83,7 +83,9 @@ pub(super) fn line_chart(
             Event::RolledBack { handler, version } => {
                 ("rolled-back", format!("{handler} {version} rolled back"))
             }
-            Event::BreakerOpened { target } => ("breaker", format!("breaker opened: {target}")),
+            Event::BreakerOpened { target } => {
+                ("breaker-opened", format!("breaker opened: {target}"))
+            }
         };
         let at = x(marker.at);
         let _ = write!(

@@ -120,6 +120,8 @@ pub(crate) struct Snapshot {
     pub(crate) samples: Vec<Sample>,
     /// Oldest first.
     pub(crate) markers: Vec<Marker>,
+    /// The memory the ring holds (samples, markers, swaps and names).
+    pub(crate) bytes: usize,
 }
 
 /// The counters as read at one instant: running totals, which two readings
@@ -212,6 +214,16 @@ pub(crate) struct History {
     ring: Mutex<Ring>,
 }
 
+/// The heap a marker's text takes.
+fn text_bytes(marker: &Marker) -> usize {
+    match &marker.event {
+        Event::Swap { handler, version } | Event::RolledBack { handler, version } => {
+            handler.capacity() + version.capacity()
+        }
+        Event::BreakerOpened { target } => target.capacity(),
+    }
+}
+
 #[derive(Default)]
 struct Ring {
     samples: VecDeque<Sample>,
@@ -280,7 +292,7 @@ impl History {
                 }
             })
             .collect();
-        let mut versions = Vec::new();
+        let mut versions = Vec::with_capacity(now.versions.len());
         for (key, (handled, dead)) in &now.versions {
             let (handled_before, dead_before) = last.versions.get(key).copied().unwrap_or_default();
             let (handled, dead_lettered) = (
@@ -361,6 +373,10 @@ impl History {
         {
             ring.markers.pop_front();
         }
+        // A name no sample holds any more goes: swaps without end take no
+        // more memory.
+        ring.names
+            .retain(|_, (handler, _)| Arc::strong_count(handler) > 1);
         ring.last = Some(now);
     }
 
@@ -379,7 +395,37 @@ impl History {
             stages: Phase::ALL.iter().map(|phase| phase.as_str()).collect(),
             samples: ring.samples.iter().cloned().collect(),
             markers: ring.markers.iter().cloned().collect(),
+            bytes: ring.bytes(),
         }
+    }
+}
+
+impl Ring {
+    /// The memory the ring holds: what its samples, markers and names take,
+    /// by their allocations' sizes.
+    fn bytes(&self) -> usize {
+        use std::mem::size_of;
+        let samples: usize = self
+            .samples
+            .iter()
+            .map(|s| {
+                s.routes.capacity() * size_of::<RouteSample>()
+                    + s.versions.capacity() * size_of::<VersionSample>()
+                    + s.stages.capacity() * size_of::<StageSample>()
+            })
+            .sum();
+        let markers: usize = self.markers.iter().chain(&self.swaps).map(text_bytes).sum();
+        let names: usize = self
+            .names
+            .iter()
+            .map(|((handler, version), _)| 2 * (handler.len() + version.len()) + 64)
+            .sum();
+        size_of::<Ring>()
+            + self.samples.capacity() * size_of::<Sample>()
+            + samples
+            + (self.markers.capacity() + self.swaps.capacity()) * size_of::<Marker>()
+            + markers
+            + names
     }
 }
 
@@ -536,5 +582,61 @@ mod tests {
         assert_eq!(snapshot.samples[0].at, 100_000);
         // The swaps at 50 s and back at 51 s are older than every sample.
         assert!(snapshot.markers.is_empty(), "{:?}", snapshot.markers);
+    }
+
+    #[test]
+    fn the_rings_memory_stays_the_same_however_long_the_run_and_however_many_swaps() {
+        const ROUTES: usize = 50;
+        let topics: Vec<String> = (0..ROUTES).map(|r| format!("topic-{r:02}")).collect();
+        let history = History::new(topics.clone());
+        // Every route's handler handles every second; each swaps to a new
+        // version every 10 seconds, and one breaker opens and closes.
+        let reading = |second: u64| {
+            let version = format!("1.0.{}", second / 10);
+            Reading {
+                at: second * 1_000,
+                routes: topics
+                    .iter()
+                    .map(|t| (t.clone(), (second * 100, second)))
+                    .collect(),
+                versions: (0..ROUTES)
+                    .map(|h| {
+                        (
+                            (format!("handler-{h:02}"), version.clone()),
+                            (second * 100, second),
+                        )
+                    })
+                    .collect(),
+                lags: topics.iter().map(|t| (t.clone(), 5)).collect(),
+                stages: vec![[second; 15]; Phase::ALL.len()],
+                active: (0..ROUTES)
+                    .map(|h| (format!("handler-{h:02}"), version.clone()))
+                    .collect(),
+                open: if second.is_multiple_of(20) {
+                    ["topic out".to_owned()].into()
+                } else {
+                    BTreeSet::new()
+                },
+                ..Reading::default()
+            }
+        };
+        let mut second = 0;
+        let mut bytes_after = |until: u64| {
+            while second < until {
+                history.record(reading(second));
+                second += 1;
+            }
+            history.snapshot().bytes
+        };
+        let full = bytes_after(CAPACITY as u64 + 100);
+        let later = bytes_after(5 * CAPACITY as u64);
+        // Equal but for the versions' names growing a digit.
+        assert!(
+            later.abs_diff(full) < full / 100,
+            "{full} bytes, then {later}"
+        );
+        // 50 routes and 50 versions: about 4.3 MB.
+        assert!((3_000_000..5_000_000).contains(&later), "{later} bytes");
+        eprintln!("the ring, full, 50 routes and versions: {later} bytes");
     }
 }

@@ -16,7 +16,7 @@ pub use log_format::EscapedFields;
 use std::collections::BTreeMap;
 use std::fmt::{self, Write as _};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, RwLock};
 
 use base64::Engine as _;
 
@@ -300,8 +300,10 @@ pub(crate) struct Telemetry {
     /// The same, per shadow version: a short list, updated once per batch.
     shadows: Mutex<Vec<ShadowTally>>,
     /// Messages by handler and version, counted per outcome. A short list:
-    /// a run sees a few versions, and a lookup allocates nothing.
-    by_version: Mutex<Vec<(String, String, [u64; Outcome::ALL.len()])>>,
+    /// a run sees a few versions, and a lookup allocates nothing. Counting
+    /// and reading take the read lock (the status page never holds up a
+    /// message); only a version's first message takes the write lock.
+    by_version: RwLock<Vec<VersionCounts>>,
     /// Messages by route (input topic), counted per outcome: fixed at
     /// start, so counting takes no lock.
     by_route: Vec<(String, [AtomicU64; Outcome::ALL.len()])>,
@@ -314,6 +316,14 @@ pub(crate) struct Telemetry {
     /// The latest dead letters, newest last: where from, and why.
     recent_dead_letters: Mutex<std::collections::VecDeque<RecentDeadLetter>>,
     timers: TimerCounts,
+}
+
+/// A handler version's messages, per outcome.
+#[derive(Debug)]
+struct VersionCounts {
+    handler: String,
+    version: String,
+    counts: [AtomicU64; Outcome::ALL.len()],
 }
 
 /// What a shadow version's comparisons came to.
@@ -439,7 +449,6 @@ impl Telemetry {
         recent.iter().rev().cloned().collect()
     }
 
-    /// Messages by handler and version: handled, dead-lettered, skipped.
     /// Messages per route and outcome (handled, dead-lettered, skipped).
     pub(crate) fn by_route(&self) -> Vec<(&str, [u64; Outcome::ALL.len()])> {
         self.by_route
@@ -453,8 +462,19 @@ impl Telemetry {
             .collect()
     }
 
+    /// Messages by handler and version: handled, dead-lettered, skipped.
     pub(crate) fn by_version(&self) -> Vec<(String, String, [u64; 3])> {
-        self.by_version.lock().expect("counts lock").clone()
+        let counts = self.by_version.read().expect("counts lock");
+        counts
+            .iter()
+            .map(|c| {
+                (
+                    c.handler.clone(),
+                    c.version.clone(),
+                    std::array::from_fn(|i| c.counts[i].load(Ordering::Relaxed)),
+                )
+            })
+            .collect()
     }
 
     /// Shadow messages compared, and those that differed.
@@ -555,28 +575,35 @@ impl Telemetry {
         self.shadows.lock().expect("shadows lock").clone()
     }
 
-    /// Counts a message's outcome under the version that handled it.
     /// Counts a message of route `topic` that `handler` `version` ended so.
     pub(crate) fn ended(&self, topic: &str, handler: &str, version: &str, outcome: Outcome) {
         if let Some((_, counts)) = self.by_route.iter().find(|(t, _)| t == topic) {
             counts[outcome as usize].fetch_add(1, Ordering::Relaxed);
         }
-        let mut counts = self.by_version.lock().expect("counts lock");
-        let index = match counts
+        let of = |c: &VersionCounts| c.handler == handler && c.version == version;
+        if let Some(counts) = self
+            .by_version
+            .read()
+            .expect("counts lock")
             .iter()
-            .position(|(h, v, _)| h == handler && v == version)
+            .find(|c| of(c))
         {
+            counts.counts[outcome as usize].fetch_add(1, Ordering::Relaxed);
+            return;
+        }
+        let mut all = self.by_version.write().expect("counts lock");
+        let index = match all.iter().position(of) {
             Some(index) => index,
             None => {
-                counts.push((
-                    handler.to_owned(),
-                    version.to_owned(),
-                    [0; Outcome::ALL.len()],
-                ));
-                counts.len() - 1
+                all.push(VersionCounts {
+                    handler: handler.to_owned(),
+                    version: version.to_owned(),
+                    counts: Default::default(),
+                });
+                all.len() - 1
             }
         };
-        counts[index].2[outcome as usize] += 1;
+        all[index].counts[outcome as usize].fetch_add(1, Ordering::Relaxed);
     }
 
     /// The counters and stage histograms, for `/metrics`.
