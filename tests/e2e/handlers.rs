@@ -500,6 +500,13 @@ fn a_failing_canary_is_rolled_back_and_its_keys_return_to_the_active_version() {
     let brokers = broker.bootstrap_servers().to_owned();
     let host = Host::start(&scratch, "host", &config, &[]);
     let admin = admin_address(&scratch, "host");
+    let before = api_handler(&admin, "test-echo");
+    assert_eq!(
+        before["canary"]["serving"],
+        serde_json::json!(["2.0.0", 50.0]),
+        "{before}"
+    );
+    assert_eq!(before["canary"]["handled"], 0, "{before}");
     // The canary fails on every one of these.
     produce(&broker, 0, 400, 400, &|i| format!("fail-next:{i}"));
     let mut listing = String::new();
@@ -521,6 +528,10 @@ fn a_failing_canary_is_rolled_back_and_its_keys_return_to_the_active_version() {
         "{page}"
     );
     assert_eq!(canary["min_messages"], 20);
+    // What it had done when it was rolled back: nothing but dead letters.
+    let handled = canary["handled"].as_u64().unwrap();
+    assert!(handled >= 20, "{page}");
+    assert_eq!(canary["dead_lettered"], handled, "{page}");
     let mut marker = serde_json::Value::Null;
     wait_until("a sample to mark the rollback", || {
         let page = api_handler(&admin, "test-echo");

@@ -75,8 +75,8 @@ struct SwapView {
 struct CanaryView {
     /// The version taking a share of keys now, and the share in percent.
     serving: Option<(String, f64)>,
-    /// Over the last `window_ms`: the canary's messages handled and
-    /// dead-lettered.
+    /// Over the `window_ms` up to its last message: the canary's messages
+    /// handled and dead-lettered.
     handled: u64,
     dead_lettered: u64,
     /// The rule: rolled back above this share of dead letters over the
@@ -312,7 +312,7 @@ pub(super) fn render(view: &HandlerView) -> String {
         Some((version, percent)) => {
             let _ = write!(
                 html,
-                "{} takes {percent}% of keys; over the last {} ms it handled {} and dead-lettered {}.",
+                "{} takes {percent}% of keys; over the {} ms up to its last message it handled {} and dead-lettered {}.",
                 escape(version),
                 canary.window_ms,
                 canary.handled,

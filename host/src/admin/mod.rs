@@ -16,6 +16,7 @@
 //! `POST /routes/{topic}/unpark?partition=P&key=K&through=O`, which
 //! `sluice redrive` calls once a parked key's dead letters are re-driven.
 
+use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
@@ -28,8 +29,6 @@ use axum::routing::{get, post};
 use serde::Deserialize;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
-
-use std::collections::BTreeMap;
 
 use crate::config::{Config, Limits, Route};
 use crate::policy::breaker::Breakers;

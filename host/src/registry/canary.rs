@@ -47,7 +47,13 @@ impl Window {
 
     /// Counts one message; returns the totals over the window.
     pub(crate) fn record(&mut self, now: Instant, dead: bool) -> (u64, u64) {
-        self.expire(now);
+        while self
+            .buckets
+            .front()
+            .is_some_and(|(start, _, _)| now.duration_since(*start) > self.span)
+        {
+            self.buckets.pop_front();
+        }
         let step = self.span / BUCKETS;
         match self.buckets.back_mut() {
             Some((start, handled, dead_lettered)) if now.duration_since(*start) < step => {
@@ -56,26 +62,6 @@ impl Window {
             }
             _ => self.buckets.push_back((now, 1, u64::from(dead))),
         }
-        self.sum()
-    }
-
-    /// Messages handled and dead-lettered over the window ending `now`.
-    pub(crate) fn totals(&mut self, now: Instant) -> (u64, u64) {
-        self.expire(now);
-        self.sum()
-    }
-
-    fn expire(&mut self, now: Instant) {
-        while self
-            .buckets
-            .front()
-            .is_some_and(|(start, _, _)| now.duration_since(*start) > self.span)
-        {
-            self.buckets.pop_front();
-        }
-    }
-
-    fn sum(&self) -> (u64, u64) {
         self.buckets
             .iter()
             .fold((0, 0), |(h, d), (_, bh, bd)| (h + bh, d + bd))

@@ -207,6 +207,9 @@ pub(crate) struct Selection {
     serving: RwLock<Arc<Serving>>,
     known: Mutex<Known>,
     window: Mutex<canary::Window>,
+    /// The window's totals as of the canary's last message (handled,
+    /// dead-lettered), for the pages to read without the window's lock.
+    window_totals: [AtomicU64; 2],
     swaps: AtomicU64,
 }
 
@@ -237,6 +240,7 @@ impl Selection {
             serving: RwLock::new(Arc::new(serving)),
             known: Mutex::new(known),
             window: Mutex::new(window),
+            window_totals: Default::default(),
             swaps: AtomicU64::new(0),
         }
     }
@@ -252,14 +256,14 @@ impl Selection {
     }
 
     /// The canary's rule, and what it handled and dead-lettered over the
-    /// rule's window so far (with or without a canary in service).
+    /// rule's window as of its last message.
     pub(crate) fn canary_window(&self) -> (CanarySettings, u64, u64) {
-        let (handled, dead) = self
-            .window
-            .lock()
-            .expect("canary window lock")
-            .totals(Instant::now());
-        (self.settings.canary_settings(), handled, dead)
+        let [handled, dead] = &self.window_totals;
+        (
+            self.settings.canary_settings(),
+            handled.load(Ordering::Relaxed),
+            dead.load(Ordering::Relaxed),
+        )
     }
 
     /// Counts a message `handler` handled toward its canary's dead-letter
@@ -278,6 +282,8 @@ impl Selection {
             .lock()
             .expect("canary window lock")
             .record(Instant::now(), dead_lettered);
+        self.window_totals[0].store(handled, Ordering::Relaxed);
+        self.window_totals[1].store(dead, Ordering::Relaxed);
         let rate = dead as f64 / handled as f64;
         if handled < settings.min_messages || rate <= settings.max_dead_letter_rate {
             return;
@@ -746,6 +752,9 @@ impl Registry {
         log_serving(&selection.name, Some(&current), &next);
         if !next.same_canary(&current) {
             selection.window.lock().expect("canary window lock").clear();
+            for total in &selection.window_totals {
+                total.store(0, Ordering::Relaxed);
+            }
         }
         *selection.serving.write().expect("serving lock") = Arc::new(next);
         selection.swaps.fetch_add(1, Ordering::Relaxed);
