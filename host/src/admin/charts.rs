@@ -101,19 +101,22 @@ pub(super) fn line_chart(
         let colour = COLOURS[index % COLOURS.len()];
         let name = escape(&line.name);
         // One polyline per unbroken run: no line across a gap. A run of one
-        // point is drawn as a dot (the point twice, round caps).
+        // point is drawn as a dot (the point twice, round caps, thicker to
+        // be seen).
         let mut run = String::new();
         let mut points = 0;
         let flush = |run: &mut String, points: &mut usize, svg: &mut String| {
+            let mut width = 1.5;
             if *points == 1 {
                 let again = run.clone();
                 run.push_str(&again);
+                width = 4.0;
             }
             if *points > 0 {
                 let _ = write!(
                     svg,
                     "<polyline class=\"series\" data-series=\"{name}\" fill=\"none\" \
-                     stroke=\"{colour}\" stroke-width=\"1.5\" stroke-linecap=\"round\" \
+                     stroke=\"{colour}\" stroke-width=\"{width}\" stroke-linecap=\"round\" \
                      points=\"{}\"><title>{name}</title></polyline>",
                     run.trim_end()
                 );
