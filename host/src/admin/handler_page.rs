@@ -11,12 +11,12 @@ use serde::Serialize;
 
 use super::charts::{Series, line_chart};
 use super::history::{Event, Marker, Snapshot};
-use super::overview::{DeadLetterRow, VersionRow, versions};
+use super::overview::{VersionRow, versions};
 use super::page::{dead_letters_table, versions_table};
 use super::{CHART_STYLE, STYLE, State, escape};
 use crate::config::Limits;
 use crate::registry::VersionState;
-use crate::telemetry::{ShadowTally, utc};
+use crate::telemetry::{RecentDeadLetter, ShadowTally, utc};
 
 /// Everything the page shows.
 #[derive(Debug, Serialize)]
@@ -31,7 +31,7 @@ pub(super) struct HandlerView {
     canary: CanaryView,
     shadow: ShadowView,
     /// The latest dead letters of its routes, newest first.
-    dead_letters: Vec<DeadLetterRow>,
+    dead_letters: Vec<RecentDeadLetter>,
     limits: Limits,
 }
 
@@ -214,7 +214,6 @@ pub(super) fn view(state: &State, name: &str) -> Option<HandlerView> {
                     .is_some_and(|rest| rest.starts_with('/'))
             })
         })
-        .map(DeadLetterRow::from)
         .collect();
     Some(HandlerView {
         name: name.to_owned(),

@@ -28,7 +28,7 @@ pub(super) struct Overview {
     /// Effect targets whose breaker is not closed.
     pub(super) open_breakers: Vec<String>,
     /// Newest first.
-    pub(super) dead_letters: Vec<DeadLetterRow>,
+    pub(super) dead_letters: Vec<RecentDeadLetter>,
     pub(super) timers: TimersRow,
     pub(super) shadow: ShadowRow,
 }
@@ -74,16 +74,6 @@ pub(super) struct PartitionLag {
     pub(super) lag: i64,
 }
 
-/// A dead letter: where from, and why.
-#[derive(Debug, Serialize)]
-pub(super) struct DeadLetterRow {
-    /// `topic/partition/offset` of the input.
-    pub(super) input: String,
-    pub(super) stage: &'static str,
-    pub(super) reason: &'static str,
-    pub(super) detail: String,
-}
-
 #[derive(Debug, Serialize)]
 pub(super) struct TimersRow {
     /// Timers this host fired since start.
@@ -119,17 +109,6 @@ pub(super) struct ShadowRow {
 /// A duration in milliseconds, as the JSON writes it.
 pub(super) fn ms(duration: Option<Duration>) -> Option<f64> {
     duration.map(|d| d.as_secs_f64() * 1e3)
-}
-
-impl From<RecentDeadLetter> for DeadLetterRow {
-    fn from(dead: RecentDeadLetter) -> Self {
-        DeadLetterRow {
-            input: dead.input,
-            stage: dead.stage,
-            reason: dead.reason,
-            detail: dead.detail,
-        }
-    }
 }
 
 /// A version's state as the pages write it, and its reason if any.
@@ -246,12 +225,7 @@ impl Overview {
             latency,
             lag,
             open_breakers: parts.breakers.not_closed(),
-            dead_letters: parts
-                .telemetry
-                .recent_dead_letters()
-                .into_iter()
-                .map(DeadLetterRow::from)
-                .collect(),
+            dead_letters: parts.telemetry.recent_dead_letters(),
             timers,
             shadow: ShadowRow {
                 compared,

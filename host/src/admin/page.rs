@@ -8,9 +8,9 @@ use std::fmt::Write as _;
 
 use super::charts::{Series, line_chart};
 use super::history::{RouteSample, Snapshot};
-use super::overview::{DeadLetterRow, Overview, VersionRow};
+use super::overview::{Overview, VersionRow};
 use super::{CHART_STYLE, STYLE, escape};
-use crate::telemetry::utc;
+use crate::telemetry::{RecentDeadLetter, utc};
 
 /// Seconds between the page's refreshes.
 const REFRESH_SECONDS: u32 = 2;
@@ -165,7 +165,7 @@ pub(super) fn versions_table(versions: &[VersionRow], with_handler: bool, html: 
 }
 
 /// A table of dead letters.
-pub(super) fn dead_letters_table(dead_letters: &[DeadLetterRow], html: &mut String) {
+pub(super) fn dead_letters_table(dead_letters: &[RecentDeadLetter], html: &mut String) {
     html.push_str(
         "<table id=\"dead-letters\"><tr><th>input</th><th>stage</th>\
          <th>reason</th><th>detail</th></tr>",

@@ -349,9 +349,10 @@ struct TimerCounts {
     lateness: Histogram,
 }
 
-/// A dead letter as the status page lists it.
-#[derive(Debug, Clone)]
+/// A dead letter as the status pages list it: where from, and why.
+#[derive(Debug, Clone, serde::Serialize)]
 pub(crate) struct RecentDeadLetter {
+    /// `topic/partition/offset` of the input.
     pub(crate) input: String,
     pub(crate) stage: &'static str,
     pub(crate) reason: &'static str,
