@@ -9,15 +9,9 @@
 
 mod support;
 
-use std::collections::HashMap;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use futures::stream::{FuturesUnordered, StreamExt};
-use rdkafka::config::ClientConfig;
-use rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
-use rdkafka::message::{Header as KafkaHeader, Message as _, OwnedHeaders};
-use rdkafka::producer::{FutureProducer, FutureRecord};
-use rdkafka::{Offset, TopicPartitionList};
+use rdkafka::message::Message as _;
 use support::logic;
 
 const MESSAGES: usize = 200_000;
@@ -67,58 +61,14 @@ fn measure(run: impl FnOnce() -> Duration) -> (f64, f64) {
     )
 }
 
-/// The baseline: the least a correct at-least-once loop must do.
+/// The baseline: the least a correct at-least-once loop must do, with the
+/// handler's logic compiled in.
 async fn native_loop(brokers: &str, group: &str) -> Duration {
-    let consumer: StreamConsumer = ClientConfig::new()
-        .set("bootstrap.servers", brokers)
-        .set("group.id", group)
-        .set("auto.offset.reset", "earliest")
-        .set("partition.assignment.strategy", "cooperative-sticky")
-        .set("enable.auto.commit", "true")
-        .set("enable.auto.offset.store", "false")
-        .create()
-        .unwrap();
-    let producer: FutureProducer = ClientConfig::new()
-        .set("bootstrap.servers", brokers)
-        .set("enable.idempotence", "true")
-        .create()
-        .unwrap();
-    let started = Instant::now();
-    consumer.subscribe(&["order-shipped"]).unwrap();
-    let mut deliveries = FuturesUnordered::new();
-    let mut next_offsets: HashMap<i32, i64> = HashMap::new();
-    let (mut received, mut delivered) = (0, 0);
-    while delivered < MESSAGES {
-        tokio::select! {
-            msg = consumer.recv(), if received < MESSAGES => {
-                let msg = msg.unwrap();
-                let email = logic::handle(msg.payload().unwrap()).unwrap();
-                let id = format!("order-shipped/{}/{}/0", msg.partition(), msg.offset());
-                let headers = OwnedHeaders::new()
-                    .insert(KafkaHeader { key: "content-type", value: Some("application/json") })
-                    .insert(KafkaHeader { key: "sluice-id", value: Some(&id) });
-                let record = FutureRecord::to("email-native")
-                    .key(&email.order_id)
-                    .payload(&email.payload)
-                    .headers(headers);
-                let delivery = producer.send_result(record).map_err(|(e, _)| e).unwrap();
-                let (partition, offset) = (msg.partition(), msg.offset());
-                deliveries.push(async move { (delivery.await, partition, offset) });
-                received += 1;
-            }
-            Some((result, partition, offset)) = deliveries.next() => {
-                result.unwrap().unwrap();
-                let next = next_offsets.entry(partition).or_default();
-                *next = (*next).max(offset + 1);
-                let mut tpl = TopicPartitionList::new();
-                tpl.add_partition_offset("order-shipped", partition, Offset::Offset(*next)).unwrap();
-                consumer.store_offsets(&tpl).unwrap();
-                delivered += 1;
-            }
-        }
-    }
-    consumer.commit_consumer_state(CommitMode::Sync).unwrap();
-    started.elapsed()
+    support::bare_loop::run(brokers, group, MESSAGES, |msg| {
+        let email = logic::handle(msg.payload().unwrap()).unwrap();
+        (email.order_id.into_bytes(), email.payload)
+    })
+    .await
 }
 
 /// The same work as a sluice run, in process, until drained.
