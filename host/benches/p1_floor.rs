@@ -18,11 +18,8 @@ use rdkafka::message::{Headers as _, Message as _};
 use sluice::config::Limits;
 use sluice::contract::{Header, Message, Output};
 use sluice::runtime::{Handler, Runtime};
-use support::logic;
+use support::p1::{MESSAGES, PARTITIONS, native_loop, sluice_run};
 
-const MESSAGES: usize = 200_000;
-/// As P1: 200,000 messages of ~250 bytes need 16 partitions to stay whole.
-const PARTITIONS: i32 = 16;
 const ROUNDS: usize = 3;
 
 fn main() {
@@ -41,20 +38,11 @@ fn main() {
 
     let mut cpu = [Vec::new(), Vec::new(), Vec::new()];
     for round in 0..ROUNDS {
-        let native = measure(|| {
-            runtime.block_on(support::bare_loop::run(
-                &brokers,
-                &format!("native-{round}"),
-                MESSAGES,
-                |msg| {
-                    let email = logic::handle(msg.payload().unwrap()).unwrap();
-                    (email.order_id.into_bytes(), email.payload)
-                },
-            ))
-        });
+        let native =
+            measure(|| runtime.block_on(native_loop(&brokers, &format!("native-{round}"))));
         let mut instance = component.instantiate().unwrap();
         let floor = measure(|| {
-            runtime.block_on(support::bare_loop::run(
+            runtime.block_on(support::p1::run(
                 &brokers,
                 &format!("wasm-{round}"),
                 MESSAGES,
@@ -93,17 +81,7 @@ fn main() {
             ))
         });
         let sluice = measure(|| {
-            runtime.block_on(async {
-                let text = support::order_shipped_config(
-                    &brokers,
-                    &handlers,
-                    &format!("sluice-{round}"),
-                    "",
-                );
-                let (took, report) = support::timed_run(&text).await;
-                assert_eq!(report.published as usize, MESSAGES);
-                took
-            })
+            runtime.block_on(sluice_run(&brokers, &handlers, &format!("sluice-{round}")))
         });
         println!(
             "round {round}: CPU per message: native {native:.1} µs, Wasm loop {floor:.1} µs, sluice {sluice:.1} µs"

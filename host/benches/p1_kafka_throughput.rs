@@ -11,13 +11,8 @@ mod support;
 
 use std::time::Duration;
 
-use rdkafka::message::Message as _;
-use support::logic;
+use support::p1::{MESSAGES, PARTITIONS, native_loop, sluice_run};
 
-const MESSAGES: usize = 200_000;
-/// The mock broker keeps about 5 MB per partition and drops older records:
-/// 200,000 messages of ~250 bytes need 16 partitions to stay whole.
-const PARTITIONS: i32 = 16;
 const ROUNDS: usize = 3;
 
 fn main() {
@@ -59,22 +54,4 @@ fn measure(run: impl FnOnce() -> Duration) -> (f64, f64) {
         MESSAGES as f64 / elapsed.as_secs_f64(),
         cpu.as_secs_f64() * 1e6 / MESSAGES as f64,
     )
-}
-
-/// The baseline: the least a correct at-least-once loop must do, with the
-/// handler's logic compiled in.
-async fn native_loop(brokers: &str, group: &str) -> Duration {
-    support::bare_loop::run(brokers, group, MESSAGES, |msg| {
-        let email = logic::handle(msg.payload().unwrap()).unwrap();
-        (email.order_id.into_bytes(), email.payload)
-    })
-    .await
-}
-
-/// The same work as a sluice run, in process, until drained.
-async fn sluice_run(brokers: &str, handlers: &std::path::Path, group: &str) -> Duration {
-    let text = support::order_shipped_config(brokers, handlers, group, "");
-    let (took, report) = support::timed_run(&text).await;
-    assert_eq!(report.published as usize, MESSAGES);
-    took
 }

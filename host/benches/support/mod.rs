@@ -18,10 +18,10 @@ use sluice::runtime::{CallError, Handler, HandlerInstance, Trap};
 use sluice::telemetry::RunReport;
 use sluice::{Config, RunOptions};
 
-pub mod bare_loop;
 /// The guest's own logic, compiled natively: the baseline runs the same code.
 #[path = "../../../guests/order-shipped-email/src/logic.rs"]
 pub mod logic;
+pub mod p1;
 
 pub mod wait_server;
 

@@ -1,6 +1,7 @@
-//! The least a correct at-least-once Kafka loop must do (consume, handle,
-//! produce, store the offset once delivered), on one task, for the
-//! benchmarks to compare sluice with.
+//! P1's workload, shared by `p1_kafka_throughput` and `p1_floor`: its size,
+//! the least a correct at-least-once Kafka loop must do (consume, handle,
+//! produce, store the offset once delivered) on one task, and sluice's run
+//! of the same work.
 
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
@@ -11,6 +12,31 @@ use rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
 use rdkafka::message::{BorrowedMessage, Header as KafkaHeader, Message as _, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::{Offset, TopicPartitionList};
+
+use super::logic;
+
+/// Messages per round.
+pub const MESSAGES: usize = 200_000;
+/// The mock broker keeps about 5 MB per partition and drops older records:
+/// 200,000 messages of ~250 bytes need 16 partitions to stay whole.
+pub const PARTITIONS: i32 = 16;
+
+/// The baseline: the loop with the handler's logic compiled in.
+pub async fn native_loop(brokers: &str, group: &str) -> Duration {
+    run(brokers, group, MESSAGES, |msg| {
+        let email = logic::handle(msg.payload().unwrap()).unwrap();
+        (email.order_id.into_bytes(), email.payload)
+    })
+    .await
+}
+
+/// The same work as a sluice run, in process, until drained.
+pub async fn sluice_run(brokers: &str, handlers: &std::path::Path, group: &str) -> Duration {
+    let text = super::order_shipped_config(brokers, handlers, group, "");
+    let (took, report) = super::timed_run(&text).await;
+    assert_eq!(report.published as usize, MESSAGES);
+    took
+}
 
 /// Consumes `messages` from `order-shipped` in group `group`, turns each into
 /// a record with `handle` (its key and payload), produces it to
