@@ -107,12 +107,12 @@ pub(super) struct ShadowRow {
 }
 
 /// A duration in milliseconds, as the JSON writes it.
-pub(super) fn ms(duration: Option<Duration>) -> Option<f64> {
+fn ms(duration: Option<Duration>) -> Option<f64> {
     duration.map(|d| d.as_secs_f64() * 1e3)
 }
 
 /// A version's state as the pages write it, and its reason if any.
-pub(super) fn describe(state: &VersionState) -> (String, String) {
+fn describe(state: &VersionState) -> (String, String) {
     match state {
         VersionState::Active => ("active".to_owned(), String::new()),
         VersionState::Canary { percent } => (format!("canary {percent}%"), String::new()),
