@@ -5,12 +5,13 @@
 //! its shadow are doing, its recent dead letters and the limits it runs
 //! under. Both are made from one `HandlerView`.
 
+use std::collections::VecDeque;
 use std::fmt::Write as _;
 
 use serde::Serialize;
 
 use super::charts::{Series, line_chart};
-use super::history::{Event, Marker, Snapshot};
+use super::history::{Event, Marker, Sample};
 use super::overview::{VersionRow, versions};
 use super::page::{dead_letters_table, versions_table};
 use super::{CHART_STYLE, STYLE, State, escape};
@@ -98,11 +99,11 @@ struct ShadowView {
     versions: Vec<ShadowTally>,
 }
 
-/// The samples of handler `name`'s versions in `history`.
-fn throughput(history: &Snapshot, name: &str) -> Throughput {
+/// Handler `name`'s versions in `samples`, and its markers.
+fn throughput(samples: &VecDeque<Sample>, markers: &VecDeque<Marker>, name: &str) -> Throughput {
     let mut lines: Vec<VersionLine> = Vec::new();
-    let count = history.samples.len();
-    for (index, sample) in history.samples.iter().enumerate() {
+    let count = samples.len();
+    for (index, sample) in samples.iter().enumerate() {
         for ended in sample.versions.iter().filter(|v| &*v.handler == name) {
             let line = match lines.iter().position(|l| *l.version == *ended.version) {
                 Some(at) => &mut lines[at],
@@ -120,10 +121,9 @@ fn throughput(history: &Snapshot, name: &str) -> Throughput {
         }
     }
     Throughput {
-        at: history.samples.iter().map(|s| s.at).collect(),
+        at: samples.iter().map(|s| s.at).collect(),
         versions: lines,
-        markers: history
-            .markers
+        markers: markers
             .iter()
             .filter(|m| match &m.event {
                 Event::Swap { handler, .. } | Event::RolledBack { handler, .. } => handler == name,
@@ -219,7 +219,11 @@ pub(super) fn view(state: &State, name: &str) -> Option<HandlerView> {
         name: name.to_owned(),
         routes,
         versions: versions(state, |version| version.handler == name),
-        throughput: throughput(&state.history.snapshot(), name),
+        // Read in place: a copy of the whole ring (every route's samples)
+        // would be most of the page's cost.
+        throughput: state
+            .history
+            .read(|samples, markers| throughput(samples, markers, name)),
         swaps,
         canary,
         shadow,

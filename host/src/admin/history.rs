@@ -386,6 +386,16 @@ impl History {
         ring.swaps.iter().cloned().collect()
     }
 
+    /// What `read` makes of the samples and markers, oldest first, without
+    /// copying the ring (the ring's lock is held meanwhile: keep it short).
+    pub(crate) fn read<R>(
+        &self,
+        read: impl FnOnce(&VecDeque<Sample>, &VecDeque<Marker>) -> R,
+    ) -> R {
+        let ring = self.ring.lock().expect("history lock");
+        read(&ring.samples, &ring.markers)
+    }
+
     /// A copy of the ring, for the page and the API.
     pub(crate) fn snapshot(&self) -> Snapshot {
         let ring = self.ring.lock().expect("history lock");
