@@ -216,7 +216,8 @@ impl Overview {
                 })
                 .collect(),
         };
-        let (compared, differed) = parts.telemetry.shadow_counts();
+        // One read of the tallies, so the totals are their sums.
+        let shadows = parts.telemetry.shadows();
         Overview {
             at: epoch_ms(),
             unready: state.unready(),
@@ -228,9 +229,9 @@ impl Overview {
             dead_letters: parts.telemetry.recent_dead_letters(),
             timers,
             shadow: ShadowRow {
-                compared,
-                differed,
-                versions: parts.telemetry.shadows(),
+                compared: shadows.iter().map(|t| t.compared).sum(),
+                differed: shadows.iter().map(|t| t.differed).sum(),
+                versions: shadows,
             },
         }
     }

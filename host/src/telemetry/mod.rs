@@ -294,10 +294,8 @@ pub(crate) struct Telemetry {
     published: AtomicU64,
     dead_lettered: AtomicU64,
     skipped: AtomicU64,
-    shadow_compared: AtomicU64,
-    shadow_differences: AtomicU64,
-    shadow_skipped: AtomicU64,
-    /// The same, per shadow version: a short list, updated once per batch.
+    /// What each shadow version's comparisons came to: a short list,
+    /// updated once per batch; the host's totals are its sums.
     shadows: Mutex<Vec<ShadowTally>>,
     /// Messages by handler and version, counted per outcome. A short list:
     /// a run sees a few versions, and a lookup allocates nothing. Counting
@@ -478,12 +476,16 @@ impl Telemetry {
             .collect()
     }
 
-    /// Shadow messages compared, and those that differed.
-    pub(crate) fn shadow_counts(&self) -> (u64, u64) {
-        (
-            self.shadow_compared.load(Ordering::Relaxed),
-            self.shadow_differences.load(Ordering::Relaxed),
-        )
+    /// Every shadow version's comparisons added up: messages compared,
+    /// differed and not compared.
+    pub(crate) fn shadow_totals(&self) -> [u64; 3] {
+        self.shadows
+            .lock()
+            .expect("shadows lock")
+            .iter()
+            .fold([0; 3], |[c, d, s], t| {
+                [c + t.compared, d + t.differed, s + t.skipped]
+            })
     }
 
     /// Counts a dead letter by where and why.
@@ -545,12 +547,6 @@ impl Telemetry {
 
     /// Adds a batch of shadow `handler` `version`'s comparisons.
     pub(crate) fn shadow_compared(&self, batch: &ShadowTally) {
-        self.shadow_compared
-            .fetch_add(batch.compared, Ordering::Relaxed);
-        self.shadow_differences
-            .fetch_add(batch.differed, Ordering::Relaxed);
-        self.shadow_skipped
-            .fetch_add(batch.skipped, Ordering::Relaxed);
         let mut shadows = self.shadows.lock().expect("shadows lock");
         let tally = match shadows
             .iter_mut()
@@ -626,39 +622,41 @@ impl Telemetry {
                         })
                 }),
         )?;
+        let load = |counter: &AtomicU64| counter.load(Ordering::Relaxed);
+        let [compared, differed, skipped] = self.shadow_totals();
         for (name, help, value) in [
             (
                 "sluice_consumed_total",
                 "Messages received from the source.",
-                &self.consumed,
+                load(&self.consumed),
             ),
             (
                 "sluice_published_total",
                 "Outputs published and confirmed.",
-                &self.published,
+                load(&self.published),
             ),
             (
                 "sluice_dead_letters_total",
                 "Messages dead-lettered and confirmed.",
-                &self.dead_lettered,
+                load(&self.dead_lettered),
             ),
             (
                 "sluice_shadow_compared_total",
                 "Messages a shadow version handled and compared.",
-                &self.shadow_compared,
+                compared,
             ),
             (
                 "sluice_shadow_differences_total",
                 "Messages where the shadow's outcome differed.",
-                &self.shadow_differences,
+                differed,
             ),
             (
                 "sluice_shadow_skipped_total",
                 "Messages a shadow did not compare: the host's byte budget had no room.",
-                &self.shadow_skipped,
+                skipped,
             ),
         ] {
-            metrics.counter(name, help, single(value.load(Ordering::Relaxed)))?;
+            metrics.counter(name, help, single(value))?;
         }
         let dead_letters: Vec<_> = self
             .dead_letters
@@ -778,6 +776,7 @@ impl Telemetry {
             .map(|r| r.lock().expect("records lock").clone())
             .unwrap_or_default();
         records.sort_by(|a, b| a.place().cmp(&b.place()));
+        let [shadow_compared, shadow_differences, _] = self.shadow_totals();
         RunReport {
             consumed: self.consumed.load(Ordering::Relaxed),
             succeeded: self.succeeded.load(Ordering::Relaxed),
@@ -785,8 +784,8 @@ impl Telemetry {
             dead_lettered: self.dead_lettered.load(Ordering::Relaxed),
             skipped: self.skipped.load(Ordering::Relaxed),
             unfinished,
-            shadow_compared: self.shadow_compared.load(Ordering::Relaxed),
-            shadow_differences: self.shadow_differences.load(Ordering::Relaxed),
+            shadow_compared,
+            shadow_differences,
             swaps,
             decider: self.decider.counts(),
             timers: TimerTotals {
